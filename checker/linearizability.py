@@ -1,0 +1,581 @@
+"""Linearizability checking: Wing & Gong's search with Lowe's memoization.
+
+One call, `check(model, ops)`, in the spirit of Porcupine. What makes it fast enough in
+Python is the search space, not micro-tuning:
+
+* **Configurations are merged** on (linearized set, model state) as in Lowe's WGL. The
+  linearized set is stored as (base, window bits): every op called before `base` is
+  linearized, so keys stay small however long the history is.
+* **Indeterminate ops are linearized lazily.** An `info` op may take effect at any
+  point after its call, or never. Rather than branching on it everywhere, it is only
+  applied as part of a chain right before a completed op that needs the state it
+  produces (any linearization can be rearranged that way: an unknown op that nothing
+  later observes may as well never happen). Equivalent unknown ops (same f, key and
+  value) are interchangeable, so the earliest available one is always used, and a
+  configuration is pruned when one with the same set and state but fewer unknown ops
+  spent was seen before (it can do everything this one can).
+* Ops that can never constrain anything (a read whose result nobody saw) are dropped.
+* **P-compositionality**: the model splits the history (per key) and each part is
+  checked alone, in parallel processes when the work is large.
+
+A check never hangs or eats the machine: a timeout and a bound on remembered
+configurations turn into an `unknown` verdict with the reason.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from bisect import bisect_left
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .history import UNKNOWN, Op
+from .models import Model
+
+
+class Verdict(StrEnum):
+    """The outcome of a check; the order of badness is invalid > unknown > valid."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        return {"valid": 0, "unknown": 1, "invalid": 2}[self.value]
+
+    @property
+    def exit_code(self) -> int:
+        return {"valid": 0, "invalid": 1, "unknown": 2}[self.value]
+
+    @staticmethod
+    def worst(verdicts: list[Verdict]) -> Verdict:
+        return max(verdicts, key=lambda v: v.rank, default=Verdict.VALID)
+
+
+@dataclass
+class Step:
+    """One op placed in a linearization, with the model state right after it."""
+
+    op: Op
+    state: Any
+    unknown_chain: bool = False  # an indeterminate op applied to enable the next one
+
+
+@dataclass
+class PartitionResult:
+    """The verdict for one independent part of the history (e.g. one key)."""
+
+    verdict: Verdict
+    ops: list[Op]
+    linearization: list[Step] = field(default_factory=list)  # full, or the longest prefix
+    blocked: list[tuple[Op, bool]] = field(default_factory=list)  # (op, illegal right there)
+    reason: str = ""
+    configurations: int = 0
+    key: Any = None
+
+    @property
+    def valid(self) -> bool | str:
+        return _as_valid(self.verdict)
+
+
+@dataclass
+class CheckResult:
+    """The overall verdict is the worst of the partitions."""
+
+    verdict: Verdict
+    partitions: list[PartitionResult]
+    model: str
+    seconds: float = 0.0
+
+    @property
+    def valid(self) -> bool | str:
+        return _as_valid(self.verdict)
+
+    def failures(self) -> list[PartitionResult]:
+        return [p for p in self.partitions if p.verdict is not Verdict.VALID]
+
+
+def _as_valid(v: Verdict) -> bool | str:
+    return True if v is Verdict.VALID else False if v is Verdict.INVALID else "unknown"
+
+
+class _Abort(Exception):
+    pass
+
+
+DEFAULT_MAX_CONFIGS = 3_000_000
+_REACH_LIMIT = 20_000
+_SLICE = 256  # configurations a search explores before it yields to the scheduler
+
+
+def search_partition(model: Model, ops: list[Op], order: str = "call",
+                     max_configs: int = DEFAULT_MAX_CONFIGS) -> Generator[None, None,
+                                                                        PartitionResult]:
+    """The search for one partition as a generator: it yields every few hundred
+    configurations, so a scheduler can interleave partitions and strategies, stop
+    when one partition is invalid, and enforce a deadline; it returns the result.
+
+    `order` is the order candidates are tried in: by call ("call", Porcupine's order)
+    or by return ("ret", closer to when a real server applied them). Each is much
+    faster than the other on some histories, so `check` races both.
+    """
+    step = model.step
+    readonly = model.readonly
+    # Required ops completed inside their interval; unknown ones are optional.
+    req = sorted((o for o in ops if o.ret is not None
+                  and not (o.output is UNKNOWN and readonly(o))), key=lambda o: o.call)
+    unk = sorted((o for o in ops if o.ret is None and not readonly(o)), key=lambda o: o.call)
+    n = len(req)
+    calls = [o.call for o in req]
+    rets = [o.ret for o in req]
+    ro = [readonly(o) for o in req]
+    read_memo: list[dict[Any, bool]] = [{} for _ in req]
+    by_ret = sorted(range(n), key=rets.__getitem__)
+    rets_sorted = [rets[i] for i in by_ret]
+    by_ret_order = order == "ret"
+
+    # Classes of interchangeable unknown ops, each sorted by call.
+    cls_index: dict[Any, int] = {}
+    cls_ops: list[list[int]] = []
+    for j, o in enumerate(unk):
+        c = cls_index.setdefault((o.f, _freeze(o.key), _freeze(o.value)), len(cls_ops))
+        if c == len(cls_ops):
+            cls_ops.append([])
+        cls_ops[c].append(j)
+    cls_mask = [sum(1 << j for j in js) for js in cls_ops]
+    cls_calls = [[unk[j].call for j in js] for js in cls_ops]
+    has_unknown = bool(unk)
+
+    def reach(state: Any, used: int, frontier: float) -> Any:
+        """States reachable by chains of still-unused unknown ops, minimal spend each."""
+        out: list[tuple[Any, int, tuple[int, ...]]] = [(state, 0, ())]
+        avail = [c for c in range(len(cls_ops))
+                 if (k := (used & cls_mask[c]).bit_count()) < len(cls_ops[c])
+                 and cls_calls[c][k] < frontier]
+        if not avail:
+            return out
+        best: dict[Any, list[int]] = {state: [0]}
+        layer = out[:]
+        while layer:
+            nxt: list[tuple[Any, int, tuple[int, ...]]] = []
+            for s, m, chain in layer:
+                um = used | m
+                for c in avail:
+                    k = (um & cls_mask[c]).bit_count()
+                    if k >= len(cls_ops[c]) or cls_calls[c][k] >= frontier:
+                        continue
+                    j = cls_ops[c][k]
+                    legal, s2 = step(s, unk[j])
+                    if not legal or s2 == s:
+                        continue
+                    m2 = m | (1 << j)
+                    seen = best.get(s2)
+                    if seen is not None:
+                        if any(x & ~m2 == 0 for x in seen):
+                            continue
+                        seen.append(m2)
+                    else:
+                        best[s2] = [m2]
+                    item = (s2, m2, chain + (j,))
+                    nxt.append(item)
+                    out.append(item)
+                    if len(out) > _REACH_LIMIT:
+                        raise _Abort(f"more than {_REACH_LIMIT} states reachable through "
+                                     "indeterminate operations")
+            layer = nxt
+        return out
+
+    INF = float("inf")
+
+    def frontier_of(base: int, rel: int, lo_ret: int) -> tuple[int, float]:
+        while lo_ret < n:
+            i = by_ret[lo_ret]
+            if i < base or (rel >> (i - base)) & 1:
+                lo_ret += 1
+            else:
+                return lo_ret, rets_sorted[lo_ret]
+        return lo_ret, INF
+
+    def candidates(base: int, rel: int, frontier: float) -> list[int]:
+        """Unlinearized ops called before the frontier, in the order to try them."""
+        width = bisect_left(calls, frontier, base) - base
+        free = ~rel & ((1 << width) - 1)
+        out = []
+        while free:
+            low = free & -free
+            out.append(base + low.bit_length() - 1)
+            free ^= low
+        if by_ret_order:
+            out.sort(key=rets.__getitem__)
+        return out
+
+    def successors(base: int, rel: int, state: Any, used: int,
+                   frontier: float) -> Iterator[tuple[Any, Any, int, tuple]]:
+        cands = candidates(base, rel, frontier)
+        # Reads legal right now are linearized now, all at once, without branching:
+        # moving a read earlier never hurts (it changes nothing and only relaxes the
+        # frontier). Read legality per state is memoized: reads are re-tested a lot.
+        legal_reads = []
+        for i in cands:
+            if ro[i]:
+                memo = read_memo[i]
+                ok = memo.get(state)
+                if ok is None:
+                    ok = memo[state] = step(state, req[i])[0]
+                if ok:
+                    legal_reads.append(i)
+        if legal_reads:
+            yield legal_reads, state, 0, ()
+            return
+        if not has_unknown:
+            # No chains: reads were just found illegal here, only mutations can move.
+            for i in cands:
+                if not ro[i]:
+                    legal, s2 = step(state, req[i])
+                    if legal:
+                        yield (i,), s2, 0, ()
+            return
+        options = reach(state, used, frontier)
+        for i in cands:
+            op = req[i]
+            for s1, m, chain in options:
+                legal, s2 = step(s1, op)
+                if legal:
+                    yield (i,), s2, m, chain
+
+    root_state = model.init()
+    result = PartitionResult(Verdict.VALID, ops)
+    lo_ret, frontier = frontier_of(0, 0, 0)
+    if lo_ret == n:
+        return result
+    # A path node: (parent, op index, state after, chain of unknown ops before it).
+    stack: list[tuple[Iterator, int, int, int, int, Any]] = [
+        (successors(0, 0, root_state, 0, frontier), 0, 0, 0, lo_ret, None)]
+    seen_plain: set[tuple[int, int, Any]] = set()
+    seen_unknown: dict[tuple[int, int, Any], list[int]] = {}
+    configs = 0
+    best_depth = -1
+    best_node: Any = None
+    best_cfg = (0, 0, root_state, 0)
+    ticks = 0
+    try:
+        while stack:
+            gen, base, rel, used, lo_ret, node = stack[-1]
+            for idxs, s2, m, chain in gen:
+                rel2 = rel
+                for i in idxs:
+                    rel2 |= 1 << (i - base)
+                tz = (rel2 ^ (rel2 + 1)).bit_length() - 1
+                base2 = base + tz
+                rel2 >>= tz
+                used2 = used | m
+                key = (base2, rel2, s2)
+                if has_unknown:
+                    prev = seen_unknown.get(key)
+                    if prev is not None:
+                        if any(x & ~used2 == 0 for x in prev):
+                            continue
+                        prev.append(used2)
+                    else:
+                        seen_unknown[key] = [used2]
+                else:
+                    if key in seen_plain:
+                        continue
+                    seen_plain.add(key)
+                configs += 1
+                child = (node, idxs, s2, chain)
+                lo2, fr2 = frontier_of(base2, rel2, lo_ret)
+                if lo2 == n:
+                    result.linearization = _path(model, child, req, unk)
+                    result.configurations = configs
+                    return result
+                depth = base2 + rel2.bit_count()
+                if depth > best_depth:
+                    best_depth, best_node, best_cfg = depth, child, (base2, rel2, s2, used2)
+                ticks += 1
+                if ticks >= _SLICE:
+                    ticks = 0
+                    if configs > max_configs:
+                        raise _Abort(f"explored more than {max_configs} configurations "
+                                     "(memory bound)")
+                    yield
+                stack.append((successors(base2, rel2, s2, used2, fr2), base2, rel2, used2,
+                              lo2, child))
+                break
+            else:
+                stack.pop()
+    except _Abort as e:
+        result.verdict = Verdict.UNKNOWN
+        result.reason = str(e)
+        result.configurations = configs
+        result.linearization = _path(model, best_node, req, unk)
+        return result
+
+    result.verdict = Verdict.INVALID
+    result.configurations = configs
+    result.linearization = _path(model, best_node, req, unk)
+    base, rel, state, used = best_cfg
+    _, frontier = frontier_of(base, rel, 0)
+    options = reach(state, used, frontier) if has_unknown else [(state, 0, ())]
+    for i in candidates(base, rel, frontier):
+        legal_somewhere = any(step(s, req[i])[0] for s, _, _ in options)
+        result.blocked.append((req[i], not legal_somewhere))
+    return result
+
+
+def check_partition(model: Model, ops: list[Op], timeout: float | None = None,
+                    max_configs: int = DEFAULT_MAX_CONFIGS) -> PartitionResult:
+    """Check one partition alone (both candidate orders raced); see `check`."""
+    return _schedule(model, [ops], timeout, max_configs, stop_early=False)[0]
+
+
+def _path(model: Model, node: Any, req: list[Op], unk: list[Op]) -> list[Step]:
+    nodes = []
+    while node is not None:
+        nodes.append(node)
+        node = node[0]
+    steps: list[Step] = []
+    state = model.init()
+    for _, idxs, s2, chain in reversed(nodes):
+        for j in chain:
+            state = model.step(state, unk[j])[1]
+            steps.append(Step(unk[j], state, unknown_chain=True))
+        for i in idxs:
+            steps.append(Step(req[i], s2))
+        state = s2
+    return steps
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return v
+
+
+def _schedule(model: Model, parts: list[list[Op]], deadline: float | None, max_configs: int,
+              stop_early: bool, budget: float | None = None) -> list[PartitionResult | None]:
+    """Round-robin over every partition's searches, a slice at a time, in this process.
+
+    Each partition races two candidate orders; the first to finish decides. A cheap
+    violation in one key is found without waiting for an expensive valid key, as
+    Porcupine's parallel checker does, and the deadline is honoured between slices.
+    With `budget` (seconds), stops early and leaves unfinished partitions as None.
+    """
+    results: list[PartitionResult | None] = [None] * len(parts)
+    per_search = max(1, max_configs // 2)
+    active = [(k, [search_partition(model, ops, o, per_search) for o in ("call", "ret")])
+              for k, ops in enumerate(parts)]
+    until = None if budget is None else time.monotonic() + budget
+
+    def abort_all(reason: str) -> None:
+        for k, gens in active:
+            if results[k] is None:
+                results[k] = _interrupt(gens, reason)
+
+    while active:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            abort_all("timed out")
+            break
+        if until is not None and now > until:
+            for _, gens in active:
+                for g in gens:
+                    g.close()
+            break
+        still = []
+        for pos, (k, gens) in enumerate(active):
+            res = None
+            for g in list(gens):
+                try:
+                    next(g)
+                except StopIteration as e:
+                    if e.value.verdict is Verdict.UNKNOWN and len(gens) > 1:
+                        gens.remove(g)  # out of memory budget: let the other one go on
+                        continue
+                    res = e.value
+                    break
+            if res is None:
+                still.append((k, gens))
+                continue
+            for g in gens:
+                g.close()
+            results[k] = res
+            if res.verdict is Verdict.INVALID and stop_early:
+                active = still + active[pos + 1:]
+                abort_all(_SKIPPED)
+                return results
+        active = still
+    return results
+
+
+_SKIPPED = "not finished: another partition is already invalid"
+
+
+def _interrupt(gens: list[Generator], reason: str) -> PartitionResult:
+    """Stop a partition's searches; keep the deepest partial linearization found."""
+    best: PartitionResult | None = None
+    for g in gens:
+        try:
+            g.throw(_Abort(reason))
+        except StopIteration as e:
+            r = e.value
+            if best is None or len(r.linearization) > len(best.linearization):
+                best = r
+        except _Abort:
+            pass  # never started: nothing explored yet
+    if best is None:
+        best = PartitionResult(Verdict.UNKNOWN, [], reason=reason)
+    best.verdict = Verdict.UNKNOWN
+    best.reason = reason
+    return best
+
+
+_IN_PROCESS_BUDGET = 0.05  # seconds of in-process work before forking helpers pays off
+
+
+def check(model: Model, ops: list[Op], timeout: float | None = None,
+          max_configs: int = DEFAULT_MAX_CONFIGS, workers: int | None = None,
+          stop_early: bool = True) -> CheckResult:
+    """Is `ops` linearizable with respect to `model`? One call, like Porcupine's.
+
+    The model splits the history into independent partitions, each checked alone; the
+    verdict is the worst. With `stop_early` (the default), the first invalid partition
+    ends the check and partitions not finished by then are `unknown` with a reason.
+    Work that is not done after a short in-process try moves to `workers` forked
+    processes (default: one per CPU, at most 2), which race the two search orders.
+    """
+    t0 = time.perf_counter()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    parts = [p for p in model.partition(ops) if p]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 2)
+    can_fork = workers > 1 and "fork" in mp.get_all_start_methods()
+    results = _schedule(model, parts, deadline, max_configs, stop_early,
+                        budget=_IN_PROCESS_BUDGET if can_fork else None)
+    todo = [k for k, r in enumerate(results) if r is None]
+    if todo:
+        if can_fork:
+            extra = _race(model, parts, todo, deadline, max_configs, stop_early)
+        else:  # pragma: no cover - only without fork
+            extra = _schedule(model, [parts[k] for k in todo], deadline, max_configs,
+                              stop_early)
+        for k, r in zip(todo, extra, strict=True):
+            results[k] = r
+    final: list[PartitionResult] = []
+    for p, r in zip(parts, results, strict=True):
+        if r is None:
+            r = PartitionResult(Verdict.UNKNOWN, p, reason=_SKIPPED)
+        r.ops = p
+        r.key = p[0].key
+        final.append(r)
+    verdict = Verdict.worst([r.verdict for r in final])
+    return CheckResult(verdict, final, model.name, time.perf_counter() - t0)
+
+
+def _compact(r: PartitionResult) -> tuple:
+    """A result without Op objects, cheap to send between processes."""
+    return (r.verdict.value, [(s.op.id, s.state, s.unknown_chain) for s in r.linearization],
+            [(o.id, ill) for o, ill in r.blocked], r.reason, r.configurations)
+
+
+def _expand(c: tuple, ops: list[Op]) -> PartitionResult:
+    by_id = {o.id: o for o in ops}
+    verdict, lin, blocked, reason, configs = c
+    return PartitionResult(Verdict(verdict), ops,
+                           [Step(by_id[i], st, ch) for i, st, ch in lin],
+                           [(by_id[i], ill) for i, ill in blocked], reason, configs)
+
+
+def _race(model: Model, parts: list[list[Op]], todo: list[int], deadline: float | None,
+          max_configs: int, stop_early: bool) -> list[PartitionResult]:
+    """Two forked workers, one per search order, over the same partitions.
+
+    One walks the partitions forwards and the other backwards, so easy partitions are
+    shared out and meet in the middle, while a hard one is raced by both orders at
+    once. A shared flag per partition tells a worker to drop what the other finished.
+    """
+    ctx = mp.get_context("fork")
+    done = ctx.Array("b", len(todo), lock=True)
+    stop = ctx.Event()
+    queue = ctx.SimpleQueue()
+    per_search = max(1, max_configs // 2)
+    procs = [ctx.Process(target=_race_worker, daemon=True,
+                         args=(model, [parts[k] for k in todo], order, direction, deadline,
+                               per_search, stop_early, done, stop, queue))
+             for order, direction in (("call", 1), ("ret", -1))]
+    for pr in procs:
+        pr.start()
+    final: dict[int, PartitionResult] = {}
+    partial: dict[int, PartitionResult] = {}
+    ended = 0
+    try:
+        while ended < len(procs):
+            msg = queue.get()
+            if msg[0] == "end":
+                ended += 1
+                continue
+            if msg[0] == "error":
+                raise RuntimeError(f"checker worker failed: {msg[1]}")
+            kind, j, comp = msg
+            res = _expand(comp, parts[todo[j]])
+            if kind == "final":
+                final[j] = res
+            elif j not in partial or len(res.linearization) > len(partial[j].linearization):
+                partial[j] = res
+    finally:
+        stop.set()
+        for pr in procs:
+            pr.join(timeout=5)
+            if pr.is_alive():
+                pr.kill()
+    out = []
+    for j, k in enumerate(todo):
+        r = final.get(j) or partial.get(j) or PartitionResult(Verdict.UNKNOWN, parts[k],
+                                                              reason=_SKIPPED)
+        out.append(r)
+    return out
+
+
+def _race_worker(model: Model, parts: list[list[Op]], order: str, direction: int,
+                 deadline: float | None, max_configs: int, stop_early: bool, done: Any,
+                 stop: Any, queue: Any) -> None:
+    try:
+        idx = list(range(len(parts)))[::direction]
+        active = {j: search_partition(model, parts[j], order, max_configs) for j in idx}
+        while active and not stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                for j, g in active.items():
+                    if not done[j]:
+                        queue.put(("partial", j, _compact(_interrupt([g], "timed out"))))
+                break
+            for j in list(active):
+                if done[j]:
+                    active.pop(j).close()
+                    continue
+                try:
+                    next(active[j])
+                except StopIteration as e:
+                    res = e.value
+                    del active[j]
+                    if res.verdict is Verdict.UNKNOWN:
+                        queue.put(("partial", j, _compact(res)))
+                        continue
+                    with done.get_lock():
+                        first = not done[j]
+                        done[j] = 1
+                    if first:
+                        queue.put(("final", j, _compact(res)))
+                        if res.verdict is Verdict.INVALID and stop_early:
+                            stop.set()
+                if stop.is_set():
+                    break
+    except BaseException as e:  # noqa: BLE001 - report to the parent, never hang it
+        queue.put(("error", repr(e)))
+    finally:
+        queue.put(("end",))

@@ -1,0 +1,164 @@
+"""Sequential specifications, Porcupine-style: init / step / partition / describe.
+
+A model is a small object; states must be hashable and compare with `==`, because the
+search merges configurations whose states are equal (that is what keeps it bounded).
+`step(state, op)` returns `(legal, new_state)`; an op whose `output` is `UNKNOWN` is an
+op nobody saw complete, so the model must accept any outcome consistent with the state.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Protocol
+
+from .history import UNKNOWN, Op
+
+
+class Model(Protocol):
+    """What the checker needs from a model; see the module docstring."""
+
+    name: str
+
+    def init(self) -> Any: ...
+
+    def step(self, state: Any, op: Op) -> tuple[bool, Any]: ...
+
+    def partition(self, ops: list[Op]) -> list[list[Op]]: ...
+
+    def readonly(self, op: Op) -> bool: ...
+
+    def describe_op(self, op: Op) -> str: ...
+
+    def describe_state(self, state: Any) -> str: ...
+
+
+def _fmt(v: Any) -> str:
+    return "nil" if v is None else repr(v) if isinstance(v, str) else str(v)
+
+
+def _describe(op: Op) -> str:
+    out = op.output
+    if op.f in ("read", "get"):
+        res = "?" if out is UNKNOWN else _fmt(out)
+        return f"{op.f}({_key(op)}) -> {res}"
+    if op.f == "cas":
+        a, b = op.value
+        res = "?" if out is UNKNOWN else ("ok" if out else "fail")
+        return f"cas({_key(op)}{_fmt(a)}, {_fmt(b)}) -> {res}"
+    res = "?" if out is UNKNOWN else "ok"
+    return f"{op.f}({_key(op)}{_fmt(op.value)}) -> {res}"
+
+
+def _key(op: Op) -> str:
+    return "" if op.key is None else f"{_fmt(op.key)}, "
+
+
+class CasRegister:
+    """One register with read / write / cas; absent (None) at the start.
+
+    A cas whose output is True happened and matched; False means it happened and did
+    not match (Porcupine's etcd semantics; Jepsen `fail` ops never reach the model);
+    UNKNOWN applies iff it matches at its linearization point. A read with an unknown
+    output is always legal.
+    """
+
+    name = "cas-register"
+    allow_cas = True
+
+    def init(self) -> Any:
+        return None
+
+    def step(self, state: Any, op: Op) -> tuple[bool, Any]:
+        f = op.f
+        if f == "read":
+            return (op.output is UNKNOWN or op.output == state), state
+        if f == "write":
+            return True, op.value
+        if f == "cas" and self.allow_cas:
+            a, b = op.value
+            out = op.output
+            if out is UNKNOWN:
+                return True, (b if state == a else state)
+            if out:
+                return state == a, b
+            return state != a, state
+        return False, state
+
+    def partition(self, ops: list[Op]) -> list[list[Op]]:
+        return [ops]
+
+    def readonly(self, op: Op) -> bool:
+        return op.f == "read"
+
+    def describe_op(self, op: Op) -> str:
+        return _describe(op)
+
+    def describe_state(self, state: Any) -> str:
+        return _fmt(state)
+
+
+class Register(CasRegister):
+    """A plain read/write register (a cas op is illegal here)."""
+
+    name = "register"
+    allow_cas = False
+
+
+class KV:
+    """A map of independent keys, split per key (P-compositionality).
+
+    Two vocabularies: Porcupine's kv corpus (get / put / append on strings that start
+    empty) and ours (read / write / cas on values that start absent).
+    """
+
+    name = "kv"
+
+    def __init__(self) -> None:
+        self._reg = CasRegister()
+
+    def init(self) -> Any:
+        return None
+
+    def step(self, state: Any, op: Op) -> tuple[bool, Any]:
+        f = op.f
+        if f == "get":
+            cur = "" if state is None else state
+            return (op.output is UNKNOWN or op.output == cur), state
+        if f == "put":
+            return True, op.value
+        if f == "append":
+            return True, ("" if state is None else state) + op.value
+        return self._reg.step(state, op)
+
+    def partition(self, ops: list[Op]) -> list[list[Op]]:
+        by_key: dict[Any, list[Op]] = defaultdict(list)
+        for op in ops:
+            by_key[_hashable(op.key)].append(op)
+        return list(by_key.values())
+
+    def readonly(self, op: Op) -> bool:
+        return op.f in ("read", "get")
+
+    def describe_op(self, op: Op) -> str:
+        return _describe(op)
+
+    def describe_state(self, state: Any) -> str:
+        return _fmt("" if state is None else state) if isinstance(state, str) else _fmt(state)
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):
+        return tuple(_hashable(k) for k in key)
+    if isinstance(key, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in key.items()))
+    return key
+
+
+MODELS: dict[str, type] = {"register": Register, "cas-register": CasRegister, "kv": KV}
+
+
+def get_model(name: str) -> Model:
+    """The model called `name`; raises KeyError naming the known ones."""
+    try:
+        return MODELS[name]()
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None

@@ -1,0 +1,762 @@
+"""A check result as one self-contained HTML page, in the spirit of Porcupine's visualizer.
+
+Text (`explain`) says *what* failed; a picture of the concurrent ops says *why*: which
+ops overlapped, which order the search managed to find, and where it got stuck. The page
+is meant to be mailed around and opened years later, so it is a single file with inline
+CSS, server-side SVG and a few lines of inline JS for tooltips; nothing is fetched.
+
+Layout per partition: one lane per process, x = event position compressed to the events of
+the ops drawn (keys of a kv history interleave, and gaps between them carry no meaning).
+The linearization (or its longest prefix) is drawn as numbered points joined by a line:
+each point lies inside its op's interval and the points never move backwards in time,
+which is exactly the real-time condition a linearization has to satisfy.
+
+Tooltip data (op, state after, position in the linearization) is one JSON blob read by
+the JS; every value goes through the model's `describe_*` and `str()` first, so arbitrary
+Python values never reach `json.dumps`, and `<`, `>`, `&` are escaped inside the blob so
+a value like `</script>` cannot end the script element.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .history import Op
+from .linearizability import CheckResult, PartitionResult, Step, Verdict
+from .models import Model
+
+MAX_FULL_OPS = 2000  # a partition with more ops than this is drawn as a window
+WINDOW_STEPS = 300  # linearized ops kept in a window (the last ones)
+MAX_WINDOW_OPS = 1500  # hard cap on the ops of a window, whatever overlaps it
+MAX_DRAWN_PARTITIONS = 50  # the others are listed in a table
+MAX_DRAWN_OPS = 40_000  # page-wide budget, so a huge run still gives a page a browser opens
+MAX_TABLE_ROWS = 5000
+MAX_OP_TEXT = 300
+MAX_STATE_TEXT = 1500
+
+# Geometry (px).
+_GUTTER = 110
+_AXIS_H = 28
+_ROW_H = 30
+_LANE_GAP = 6
+_BAR_Y = 10
+_BAR_H = 16
+_CHAR_W = 6.1  # 10px monospace
+_KIND_COLORS = ["#ff7f00", "#6a3d9a", "#1f78b4", "#33a02c", "#e31a1c", "#b15928", "#a6761d"]
+
+_VERDICT_ORDER = {Verdict.INVALID: 0, Verdict.UNKNOWN: 1, Verdict.VALID: 2}
+
+
+def write_html(path: str, model: Model, result: CheckResult, title: str = "",
+               annotations: list[dict] | None = None) -> None:
+    """Write the page for `result` to `path`; the write is atomic, so a reader (or a
+    report linking to it) never sees half a page."""
+    text = render_html(model, result, title=title, annotations=annotations)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def render_html(model: Model, result: CheckResult, title: str = "",
+                annotations: list[dict] | None = None) -> str:
+    """The whole page as a string (see the module docstring for what it shows).
+
+    `annotations` are bands over the lanes, e.g. nemesis faults from a run report:
+    dicts with `start` / `end` event positions (`end` None: until the end), `label`
+    and `kind` (bands of one kind share a color).
+    """
+    page = _Page(model, annotations or [])
+    parts = sorted(result.partitions, key=lambda p: _VERDICT_ORDER.get(p.verdict, 3))
+    drawn: list[PartitionResult] = []
+    rest: list[PartitionResult] = []
+    budget = MAX_DRAWN_OPS
+    for p in parts:
+        cost = min(len(p.ops), MAX_WINDOW_OPS if len(p.ops) > MAX_FULL_OPS else MAX_FULL_OPS)
+        if len(drawn) < MAX_DRAWN_PARTITIONS and (cost <= budget or not drawn):
+            drawn.append(p)
+            budget -= cost
+        else:
+            rest.append(p)
+    open_valid = len(parts) <= 4
+    body = [_header(page, result, title)]
+    for idx, p in enumerate(drawn):
+        body.append(_partition_section(page, p, idx, open_valid))
+    if rest:
+        body.append(_rest_table(page, rest))
+    if not parts:
+        body.append('<p class="note">The history has no operations to check.</p>')
+    return _document(title, "\n".join(body), {"ops": page.data, "states": page.states})
+
+
+# --------------------------------------------------------------------------------------
+# Page state and text helpers
+
+
+@dataclass
+class _Page:
+    model: Model
+    annotations: list[dict]
+    data: list[list[Any]] = field(default_factory=list)  # tooltip rows, indexed by data-i
+    # State texts, each stored once: reads repeat the state before them, and a kv state
+    # (a long appended string) would otherwise be copied into every row.
+    states: list[str] = field(default_factory=list)
+    state_ids: dict[str, int] = field(default_factory=dict)
+    kind_colors: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for a in self.annotations:
+            self.color(str(a.get("kind", "fault")))
+
+    def color(self, kind: str) -> str:
+        if kind not in self.kind_colors:
+            self.kind_colors[kind] = _KIND_COLORS[len(self.kind_colors) % len(_KIND_COLORS)]
+        return self.kind_colors[kind]
+
+    def op_text(self, op: Op) -> str:
+        return _clip(_safe(self.model.describe_op, op, _fallback_op), MAX_OP_TEXT)
+
+    def state_text(self, state: Any) -> str:
+        return _clip(_safe(self.model.describe_state, state, str), MAX_STATE_TEXT)
+
+    def state_ref(self, state: Any) -> int:
+        text = self.state_text(state)
+        ref = self.state_ids.get(text)
+        if ref is None:
+            ref = self.state_ids[text] = len(self.states)
+            self.states.append(text)
+        return ref
+
+
+def _safe(fn: Callable[[Any], str], x: Any, fallback: Callable[[Any], str]) -> str:
+    """A model's describe_* crashing on an odd value must not cost the whole page."""
+    try:
+        return str(fn(x))
+    except Exception:  # noqa: BLE001 - any model bug, shown with the fallback text
+        return fallback(x)
+
+
+def _fallback_op(op: Op) -> str:
+    return f"{op.f}({op.key}, {op.value}) -> {op.output}"
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + f"… ({len(s)} chars)"
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _key_text(page: _Page, part: PartitionResult) -> str:
+    if part.key is None:
+        return "(whole history)"
+    return _clip(_safe(page.model.describe_state, part.key, str), 80)
+
+
+def _proc_sort_key(p: Any) -> tuple[int, Any]:
+    if isinstance(p, bool):
+        return (1, str(p))
+    if isinstance(p, int | float):
+        return (0, p)
+    return (1, str(p))
+
+
+# --------------------------------------------------------------------------------------
+# Header, legend, tables
+
+
+def _header(page: _Page, result: CheckResult, title: str) -> str:
+    counts = {v: 0 for v in Verdict}
+    for p in result.partitions:
+        counts[p.verdict] += 1
+    n = len(result.partitions)
+    split = ", ".join(f"{counts[v]} {v.value}" for v in (Verdict.INVALID, Verdict.UNKNOWN,
+                                                         Verdict.VALID) if counts[v])
+    n_ops = sum(len(p.ops) for p in result.partitions)
+    v = result.verdict.value
+    out = [f'<header><h1>{_e(title or "linearizability check")}</h1>',
+           f'<div class="verdict v-{v}" id="verdict">{_e(v)}</div>',
+           '<dl class="facts">',
+           f"<dt>model</dt><dd>{_e(result.model)}</dd>",
+           f"<dt>partitions</dt><dd>{n}{f' ({_e(split)})' if split else ''}</dd>",
+           f"<dt>operations</dt><dd>{n_ops}</dd>",
+           f"<dt>check time</dt><dd>{result.seconds:.3f} s</dd>",
+           "</dl></header>", _legend(page)]
+    if page.annotations:
+        rows = []
+        for a in page.annotations:
+            kind = str(a.get("kind", "fault"))
+            end = a.get("end")
+            rows.append(f'<tr><td><span class="sw" style="background:{page.color(kind)}">'
+                        f'</span>{_e(kind)}</td><td>{_e(a.get("label", ""))}</td>'
+                        f'<td>{_e(a.get("start", 0))}</td>'
+                        f'<td>{"end" if end is None else _e(end)}</td></tr>')
+        out.append('<details class="annots"><summary>annotations '
+                   f"({len(page.annotations)})</summary><table><tr><th>kind</th><th>label</th>"
+                   "<th>from event</th><th>to event</th></tr>" + "".join(rows)
+                   + "</table></details>")
+    return "\n".join(out)
+
+
+def _legend(page: _Page) -> str:
+    items = [("lin", "linearized (number = order)"), ("nl", "not linearized"),
+             ("bl", "cannot be linearized next: illegal in that state"),
+             ("bx", "cannot be linearized next: legal, but nothing can follow"),
+             ("ch", "indeterminate, applied to enable the next op"),
+             ("ind", "indeterminate (no response): open to the end")]
+    cells = []
+    for cls, text in items:
+        hatch = '<rect class="hatch" x="1" y="1" width="26" height="12"/>' if cls == "ind" else ""
+        cells.append(f'<span class="lg"><svg width="28" height="14"><g class="op {cls}">'
+                     f'<rect class="bar" x="1" y="1" width="26" height="12" rx="2"/>{hatch}'
+                     f"</g></svg>{_e(text)}</span>")
+    cells.append('<span class="lg"><svg width="28" height="14"><polyline class="path" '
+                 'points="1,11 13,3 27,9"/></svg>linearization order</span>')
+    return ('<div class="legend">' + "".join(cells) + '<span class="hint">hover an op for '
+            "details, click to pin</span></div>")
+
+
+def _rest_table(page: _Page, rest: list[PartitionResult]) -> str:
+    rows = []
+    for p in rest[:MAX_TABLE_ROWS]:
+        done = sum(1 for s in p.linearization if not s.unknown_chain)
+        total = sum(1 for o in p.ops if o.ret is not None)
+        note = p.reason if p.verdict is Verdict.UNKNOWN else (
+            f"{len(p.blocked)} op(s) cannot be linearized next"
+            if p.verdict is Verdict.INVALID else "")
+        rows.append(f"<tr><td>{_e(_key_text(page, p))}</td>"
+                    f'<td class="v-{p.verdict.value}">{p.verdict.value}</td>'
+                    f"<td>{len(p.ops)}</td><td>{done} / {total}</td><td>{_e(note)}</td></tr>")
+    more = (f'<p class="note">... and {len(rest) - MAX_TABLE_ROWS} more partitions.</p>'
+            if len(rest) > MAX_TABLE_ROWS else "")
+    return (f'<section class="rest"><h2>{len(rest)} more partition(s), not drawn</h2>'
+            f'<p class="note">At most {MAX_DRAWN_PARTITIONS} partitions (and '
+            f"{MAX_DRAWN_OPS} ops) are drawn per page; the rest are listed here, worst "
+            "first.</p><table><tr><th>key</th><th>verdict</th><th>ops</th>"
+            "<th>linearized / completed</th><th>note</th></tr>" + "".join(rows)
+            + "</table>" + more + "</section>")
+
+
+# --------------------------------------------------------------------------------------
+# One partition
+
+
+@dataclass
+class _View:
+    """What gets drawn of a partition: its ops, the steps shown, and the left edge."""
+
+    ops: list[Op]
+    first_step: int  # index in the linearization of the first step shown
+    t0: int | None  # left edge (event position) when windowed, else None
+    note: str = ""
+
+
+def _lin_points(steps: list[Step]) -> list[int]:
+    """For each step, the latest call among it and the steps before it: a point in time
+    inside the op's interval, never moving backwards (why it is inside: an op linearized
+    before this one cannot have been called after this one returned)."""
+    out = []
+    g = -1
+    for s in steps:
+        g = max(g, s.op.call)
+        out.append(g)
+    return out
+
+
+def _choose_view(part: PartitionResult, points: list[int]) -> _View:
+    ops = part.ops
+    if len(ops) <= MAX_FULL_OPS:
+        return _View(list(ops), 0, None)
+    lin = part.linearization
+    first = max(0, len(lin) - WINDOW_STEPS)
+    blocked_ops = [o for o, _ in part.blocked]
+    if first < len(lin):
+        t0 = points[first]
+    elif blocked_ops:
+        t0 = min(o.call for o in blocked_ops)
+    else:
+        t0 = min(o.call for o in ops)
+    ends = [points[-1]] if lin else []
+    ends += [o.call for o in blocked_ops]
+    t1 = max(ends) if ends else None
+    before = {s.op.id for s in lin[:first]}
+    keep = {s.op.id for s in lin[first:]} | {o.id for o in blocked_ops}
+    inside = []
+    overlap = []
+    for o in ops:
+        if o.id in keep:
+            continue
+        if o.call >= t0:
+            if t1 is None or o.call <= t1:
+                inside.append(o)
+        elif o.id not in before and (o.ret is None or o.ret > t0):
+            overlap.append(o)  # pending across the left edge: still a candidate there
+    room = max(0, MAX_WINDOW_OPS - len(keep))
+    inside.sort(key=lambda o: o.call)
+    # Nearest the failure when there is one, else from the start.
+    extra = (inside[-room:] if t1 is not None else inside[:room]) if room else []
+    room -= len(extra)
+    overlap.sort(key=lambda o: o.call)
+    extra += overlap[-room:] if room else []
+    chosen = [o for o in ops if o.id in keep] + extra
+    chosen.sort(key=lambda o: o.call)
+    where = ("around the failure" if part.verdict is Verdict.INVALID else
+             "around where the search stopped" if part.verdict is Verdict.UNKNOWN else
+             "at the end of the linearization")
+    bits = []
+    if lin:
+        bits.append(f"the last {len(lin) - first} of {len(lin)} linearized ops")
+    if blocked_ops:
+        bits.append(f"the {len(blocked_ops)} op(s) that cannot be linearized next")
+    if bits:
+        what = " and ".join(bits) + ", with the ops concurrent with them"
+    else:
+        where, what = "from the start", "no op was linearized"
+    span = f"events {t0} to {t1}" if t1 is not None else f"from event {t0}"
+    note = (f"This partition has {len(ops)} operations, too many to draw: showing "
+            f"{len(chosen)} {where} ({what}; {span}). Ops that started earlier are cut "
+            "at the left edge.")
+    return _View(chosen, first, t0, note)
+
+
+def _partition_section(page: _Page, part: PartitionResult, idx: int, open_valid: bool) -> str:
+    lin = part.linearization
+    points = _lin_points(lin)
+    view = _choose_view(part, points)
+    v = part.verdict.value
+    is_open = part.verdict is not Verdict.VALID or open_valid
+    summary = _partition_summary(page, part)
+    svg, focus = _partition_svg(page, part, view, points)
+    return (f'<details class="part v-{v}" id="p{idx}"{" open" if is_open else ""}>'
+            f'<summary><span class="key">key {_e(_key_text(page, part))}</span> '
+            f'<span class="pv v-{v}">{_e(v)}</span> '
+            f'<span class="cnt">{len(part.ops)} ops</span></summary>'
+            f"{summary}"
+            + (f'<p class="note window">{_e(view.note)}</p>' if view.note else "")
+            + f'<div class="scroll" data-focus="{_num(focus)}">{svg}</div></details>')
+
+
+def _partition_summary(page: _Page, part: PartitionResult) -> str:
+    lin = part.linearization
+    done = sum(1 for s in lin if not s.unknown_chain)
+    chain = len(lin) - done
+    total = sum(1 for o in part.ops if o.ret is not None)
+    indet = len(part.ops) - total
+    extra = f", {chain} indeterminate op(s) applied" if chain else ""
+    facts = (f"{done} of {total} completed ops linearized{extra}; {indet} indeterminate; "
+             f"{part.configurations} configurations explored")
+    if part.verdict is Verdict.VALID:
+        return f'<p class="sum">Linearizable: {_e(facts)}.</p>'
+    if part.verdict is Verdict.UNKNOWN:
+        return (f'<p class="sum">Unknown: {_e(part.reason or "no reason given")}. '
+                f"Longest prefix found so far: {_e(facts)}.</p>")
+    state = lin[-1].state if lin else _safe_init(page.model)
+    items = []
+    for op, illegal in part.blocked:
+        why = ("illegal in this state" if illegal else
+               "legal here, but every continuation fails")
+        items.append(f'<li><span class="mono">{_e(page.op_text(op))}</span> by process '
+                     f"{_e(op.process)} [{op.call}, {'∞' if op.ret is None else op.ret}]: "
+                     f"{why}</li>")
+    return (f'<p class="sum">Not linearizable. The longest linearizable prefix: {_e(facts)}. '
+            f'Nothing can come next from state <span class="mono">'
+            f"{_e(page.state_text(state))}</span>:</p><ul class=\"blocked\">"
+            + "".join(items) + "</ul>")
+
+
+def _safe_init(model: Model) -> Any:
+    try:
+        return model.init()
+    except Exception:  # noqa: BLE001 - only used for a caption
+        return None
+
+
+def _partition_svg(page: _Page, part: PartitionResult, view: _View,
+                   points: list[int]) -> tuple[str, float]:
+    """The SVG of one partition, and the x (px) to scroll to first (the failure)."""
+    lin = part.linearization
+    step_of = {s.op.id: i for i, s in enumerate(lin)}
+    blocked = {o.id: illegal for o, illegal in part.blocked}
+    t0 = view.t0
+    ops = view.ops
+
+    def start_of(o: Op) -> int:
+        return o.call if t0 is None else max(o.call, t0)
+
+    axis_set = {start_of(o) for o in ops} | {o.ret for o in ops if o.ret is not None}
+    if t0 is not None:
+        axis_set.add(t0)
+    axis = sorted(axis_set)
+    n = len(axis)
+    unit = max(14.0 if n <= 1000 else 9.0, min(36.0, 2400.0 / max(1, n)))  # px per event
+    end_x = n + 1.5  # where indeterminate ops run off to
+
+    at = {p: i for i, p in enumerate(axis)}
+
+    def idx(pos: int) -> int:
+        i = at.get(pos)
+        return i if i is not None else max(0, bisect_right(axis, pos) - 1)
+
+    def px(x: float) -> float:
+        return _GUTTER + unit * (x + 1)
+
+    # Lanes: one per process; overlapping ops of a process (an indeterminate op stays
+    # open while the process goes on) get extra rows.
+    by_proc: dict[Any, list[Op]] = {}
+    for o in sorted(ops, key=lambda o: o.call):
+        by_proc.setdefault(o.process, []).append(o)
+    procs = sorted(by_proc, key=_proc_sort_key)
+    row_y: dict[int, float] = {}
+    lanes = []
+    y = float(_AXIS_H)
+    for p in procs:
+        ends: list[float] = []
+        for o in by_proc[p]:
+            a = idx(start_of(o))
+            b = end_x if o.ret is None else idx(o.ret)
+            for r, e in enumerate(ends):
+                if e < a:
+                    ends[r] = b
+                    break
+            else:
+                r = len(ends)
+                ends.append(b)
+            row_y[o.id] = y + r * _ROW_H
+        h = max(1, len(ends)) * _ROW_H
+        lanes.append((p, y, h))
+        y += h + _LANE_GAP
+    height = y + 4
+    width = px(end_x) + 24
+
+    out: list[str] = [f'<svg class="hist" width="{_num(width)}" height="{_num(height)}" '
+                      f'viewBox="0 0 {_num(width)} {_num(height)}" role="img">']
+    # Lane backgrounds and labels.
+    for k, (p, ly, h) in enumerate(lanes):
+        out.append(f'<rect class="lane{k % 2}" x="0" y="{_num(ly)}" width="{_num(width)}" '
+                   f'height="{h}"/><text class="lname" x="6" y="{_num(ly + h / 2 + 4)}">'
+                   f"{_e(_clip(str(p), 16))}</text>")
+    # Time axis: ticks labelled with real event positions.
+    tick = max(1, math.ceil(56 / unit))
+    for i in range(0, n, tick):
+        x = px(i)
+        out.append(f'<line class="grid" x1="{_num(x)}" y1="{_AXIS_H - 6}" x2="{_num(x)}" '
+                   f'y2="{_num(height)}"/><text class="tick" x="{_num(x)}" '
+                   f'y="{_AXIS_H - 10}">{axis[i]}</text>')
+    out.append(f'<text class="tick axl" x="6" y="{_AXIS_H - 10}">process \\ event</text>')
+    # Annotation bands, behind the ops.
+    for a in page.annotations:
+        band = _band(a, axis, t0)
+        if band is None:
+            continue
+        xa, xb = band
+        x1 = px(xa) - unit / 2
+        x2 = px(min(xb, end_x)) + unit / 2 if xb >= xa else x1 + 3
+        kind = str(a.get("kind", "fault"))
+        label = str(a.get("label", ""))
+        out.append(f'<g class="band"><title>{_e(kind)}: {_e(label)}</title>'
+                   f'<rect x="{_num(x1)}" y="{_AXIS_H - 4}" width="{_num(max(3, x2 - x1))}" '
+                   f'height="{_num(height - _AXIS_H)}" fill="{page.color(kind)}"/>'
+                   f'<text x="{_num(x1 + 2)}" y="{_num(height - 4)}" '
+                   f'fill="{page.color(kind)}">{_e(_clip(label, 40))}</text></g>')
+
+    # Linearization points (x in axis units), spread inside the slot they share.
+    shown = list(range(view.first_step, len(lin)))
+    slot = [idx(points[i]) for i in shown]
+    point_x: dict[int, float] = {}
+    j = 0
+    while j < len(shown):
+        k = j
+        while k < len(shown) and slot[k] == slot[j]:
+            k += 1
+        m = k - j
+        for r in range(j, k):
+            point_x[lin[shown[r]].op.id] = slot[j] + (r - j + 1) / (m + 1)
+        j = k
+
+    total = len(lin)
+    bars: list[str] = []
+    badges: list[str] = []
+    focus = 0.0
+    for o in ops:
+        a = idx(start_of(o))
+        b = end_x if o.ret is None else idx(o.ret)
+        x1, x2 = px(a), px(b)
+        ry = row_y[o.id]
+        si = step_of.get(o.id)
+        chain = si is not None and lin[si].unknown_chain
+        if o.id in blocked:
+            cls = "bl" if blocked[o.id] else "bx"
+        elif si is None:
+            cls = "nl"
+        else:
+            cls = "ch lin" if chain else "lin"
+        if o.ret is None:
+            cls += " ind"
+        if t0 is not None and o.call < t0:
+            cls += " cut"
+        desc = page.op_text(o)
+        state = page.state_ref(lin[si].state) if si is not None else None
+        note = ""
+        if o.id in blocked:
+            before = lin[-1].state if lin else _safe_init(page.model)
+            note = (("cannot be linearized next: illegal in state " if blocked[o.id] else
+                     "cannot be linearized next: legal in state ")
+                    + page.state_text(before)
+                    + ("" if blocked[o.id] else ", but no continuation succeeds from there"))
+            focus = max(focus, x1)
+        elif chain:
+            note = "indeterminate op, applied right before the next op because it needs it"
+        elif o.ret is None and si is None:
+            note = "indeterminate op, never needed: it may never have happened"
+        i = len(page.data)
+        page.data.append([desc, str(o.process), o.call, o.ret,
+                          None if si is None else si + 1, total, state, note, cls.split()[0]])
+        w = max(2.0, x2 - x1)
+        parts = [f'<g class="op {cls}" data-i="{i}">',
+                 f'<rect class="bar" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" width="{_num(w)}" '
+                 f'height="{_BAR_H}" rx="2"/>']
+        if o.ret is None:
+            parts.append(f'<rect class="hatch" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" '
+                         f'width="{_num(w)}" height="{_BAR_H}"/>')
+        chars = int((w - 6) / _CHAR_W)
+        if chars >= 3:
+            label = desc if len(desc) <= chars else desc[: chars - 1] + "…"
+            parts.append(f'<text class="olabel" x="{_num(x1 + 3)}" '
+                         f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{_e(label)}</text>')
+        parts.append("</g>")
+        bars.append("".join(parts))
+        if si is not None and o.id in point_x:
+            cx = px(point_x[o.id])
+            txt = str(si + 1)
+            bw = 5.6 * len(txt) + 5
+            badges.append(f'<g class="badge{" chb" if chain else ""}" data-i="{i}">'
+                          f'<rect x="{_num(cx - bw / 2)}" y="{_num(ry + 2)}" width="{_num(bw)}" '
+                          f'height="12" rx="6"/><text x="{_num(cx)}" y="{_num(ry + 11)}">'
+                          f"{txt}</text></g>")
+            if si == total - 1 and not part.blocked:
+                focus = max(focus, cx)
+    out.extend(bars)
+    # The order found, as a line through the points, and dashed red lines from its last
+    # point to every op that cannot come next.
+    pts = [(px(point_x[lin[s].op.id]), row_y[lin[s].op.id] + 8) for s in shown
+           if lin[s].op.id in row_y]
+    if len(pts) > 1:
+        out.append('<polyline class="path" points="'
+                   + " ".join(f"{_num(x)},{_num(yy)}" for x, yy in pts) + '"/>')
+    if part.blocked:
+        last = pts[-1] if pts else (px(0), _AXIS_H)
+        for o, _ in part.blocked:
+            if o.id not in row_y:
+                continue
+            a = idx(start_of(o))
+            b = end_x if o.ret is None else idx(o.ret)
+            bx = px(max(a + 0.5, min((a + b) / 2, a + 2)))
+            out.append(f'<line class="stuck" x1="{_num(last[0])}" y1="{_num(last[1])}" '
+                       f'x2="{_num(bx)}" y2="{_num(row_y[o.id] + _BAR_Y + _BAR_H / 2)}"/>')
+    out.extend(badges)
+    out.append("</svg>")
+    return "".join(out), focus
+
+
+def _band(a: dict, axis: list[int], t0: int | None) -> tuple[float, float] | None:
+    """An annotation's extent in axis units, or None when it misses what is drawn."""
+    try:
+        start = int(a.get("start", 0) or 0)
+        end_raw = a.get("end")
+        end = None if end_raw is None else int(end_raw)
+    except (TypeError, ValueError):
+        return None
+    if not axis or start > axis[-1] or (end is not None and t0 is not None and end < t0):
+        return None
+    xa = bisect_left(axis, start)
+    xb = (len(axis) + 1.0) if end is None else float(bisect_right(axis, end) - 1)
+    return float(xa), xb
+
+
+# --------------------------------------------------------------------------------------
+# The document
+
+
+def _json_blob(data: dict[str, Any]) -> str:
+    """Tooltip data for a <script> element: `<`, `>` and `&` become JSON escapes, so no
+    value can close the element or open a comment, and JSON.parse restores them."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px;color:#222}
+h1{font-size:20px;margin:0 12px 0 0;display:inline-block;vertical-align:middle}
+h2{font-size:16px}
+header{margin-bottom:8px}
+.verdict{display:inline-block;vertical-align:middle;padding:2px 12px;border-radius:12px;
+ font-weight:700;text-transform:uppercase;color:#fff}
+.v-valid.verdict,.pv.v-valid{background:#2e7d32}
+.v-invalid.verdict,.pv.v-invalid{background:#c62828}
+.v-unknown.verdict,.pv.v-unknown{background:#ef8f00}
+td.v-valid{color:#2e7d32;font-weight:600}td.v-invalid{color:#c62828;font-weight:600}
+td.v-unknown{color:#ef8f00;font-weight:600}
+.facts{display:flex;flex-wrap:wrap;gap:4px 18px;margin:8px 0}
+.facts dt{color:#666}.facts dt:after{content:":"}.facts dd{margin:0 0 0 -14px;font-weight:600}
+.legend{display:flex;flex-wrap:wrap;gap:6px 16px;font-size:12px;color:#444;margin:6px 0 12px}
+.legend .lg{display:inline-flex;align-items:center;gap:4px}.hint{color:#888}
+details.part{border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:4px 8px}
+details.part.v-invalid{border-color:#e57373}details.part.v-unknown{border-color:#ffb74d}
+details.part>summary{cursor:pointer;font-weight:600;padding:4px 0}
+.pv{color:#fff;border-radius:8px;padding:0 8px;font-size:12px;text-transform:uppercase}
+.cnt{color:#777;font-weight:400;font-size:12px}
+.sum,.note{margin:4px 0;font-size:13px}.note{color:#8a6d3b}
+.mono,.olabel,.tick,.lname{font-family:ui-monospace,Menlo,Consolas,monospace}
+ul.blocked{margin:2px 0 6px;font-size:13px;color:#b71c1c}
+.scroll{overflow-x:auto;border-top:1px solid #eee}
+svg.hist{display:block}
+.lane0{fill:#fafafa}.lane1{fill:#f0f3f7}
+.lname{font-size:12px;fill:#333}
+.tick{font-size:10px;fill:#888;text-anchor:middle}.tick.axl{text-anchor:start}
+.grid{stroke:#e3e3e3;stroke-width:1}
+.band rect{opacity:.14}.band text{font-size:10px;opacity:.9}
+.op{cursor:pointer}
+.op .bar{fill:#9ecae1;stroke:#3182bd;stroke-width:1}
+.op.nl .bar{fill:#e6e6e6;stroke:#b5b5b5}.op.nl .olabel{fill:#999}
+.op.bl .bar{fill:#e53935;stroke:#8e0000;stroke-width:2}.op.bl .olabel{fill:#fff}
+.op.bx .bar{fill:#ffcdd2;stroke:#c62828;stroke-width:2}
+.op.ch .bar{fill:#d9c2e9;stroke:#7b3294;stroke-width:2;stroke-dasharray:4 2}
+.op.ind .bar{fill-opacity:.55}.op.cut .bar{stroke-dasharray:2 2}
+.op .hatch{fill:url(#hatch);pointer-events:none}
+.op:hover .bar,.op.pin .bar{stroke:#000;stroke-width:2}
+.olabel{font-size:10px;fill:#123;pointer-events:none}
+.badge{cursor:pointer}.badge rect{fill:#08519c;stroke:#fff;stroke-width:1}
+.badge.chb rect{fill:#7b3294}
+.badge text{font:bold 9px ui-monospace,Menlo,Consolas,monospace;fill:#fff;text-anchor:middle;
+ pointer-events:none}
+.path{fill:none;stroke:#08519c;stroke-width:1.5;stroke-opacity:.55;pointer-events:none}
+.stuck{stroke:#c62828;stroke-width:1.5;stroke-dasharray:5 3;pointer-events:none}
+table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}
+.sw{display:inline-block;width:10px;height:10px;margin-right:4px;opacity:.6}
+#tip{position:fixed;z-index:10;max-width:520px;background:#fff;border:1px solid #888;
+ border-radius:6px;box-shadow:0 2px 10px rgba(0,0,0,.2);padding:6px 10px;font-size:12px;
+ pointer-events:none}
+#tip.pinned{pointer-events:auto;border-color:#08519c;border-width:2px}
+#tip table{font-size:12px}#tip td{border:none;padding:1px 6px 1px 0;vertical-align:top}
+#tip td:first-child{color:#666;white-space:nowrap}
+#tip td.v{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
+#tip .x{color:#888;font-size:11px;margin-top:4px}
+"""
+
+_JS = """
+(function () {
+  var blob = JSON.parse(document.getElementById('opdata').textContent);
+  var data = blob.ops, states = blob.states;
+  var tip = document.getElementById('tip');
+  var pinned = null;
+  function row(t, k, v) {
+    var tr = document.createElement('tr');
+    var a = document.createElement('td'); a.textContent = k;
+    var b = document.createElement('td'); b.className = 'v'; b.textContent = v;
+    tr.appendChild(a); tr.appendChild(b); t.appendChild(tr);
+  }
+  function fill(i) {
+    var d = data[i];
+    tip.textContent = '';
+    var t = document.createElement('table');
+    row(t, 'op', d[0]);
+    row(t, 'process', d[1]);
+    row(t, 'call', String(d[2]));
+    row(t, 'return', d[3] === null ? 'none (indeterminate)' : String(d[3]));
+    row(t, 'linearized', d[4] === null ? 'no' : '#' + d[4] + ' of ' + d[5]);
+    if (d[6] !== null) { row(t, 'state after', states[d[6]]); }
+    if (d[7]) { row(t, 'note', d[7]); }
+    tip.appendChild(t);
+    var x = document.createElement('div'); x.className = 'x';
+    x.textContent = pinned ? 'pinned: click elsewhere or press Esc to release'
+                           : 'click to pin';
+    tip.appendChild(x);
+  }
+  function place(ev) {
+    var w = tip.offsetWidth, h = tip.offsetHeight;
+    var x = ev.clientX + 14, y = ev.clientY + 14;
+    if (x + w > window.innerWidth - 4) { x = Math.max(4, ev.clientX - w - 14); }
+    if (y + h > window.innerHeight - 4) { y = Math.max(4, ev.clientY - h - 14); }
+    tip.style.left = x + 'px'; tip.style.top = y + 'px';
+  }
+  function target(ev) {
+    var el = ev.target;
+    return el && el.closest ? el.closest('[data-i]') : null;
+  }
+  function unpin() {
+    if (pinned) { pinned.classList.remove('pin'); }
+    pinned = null; tip.classList.remove('pinned'); tip.hidden = true;
+  }
+  document.addEventListener('mouseover', function (ev) {
+    if (pinned) { return; }
+    var g = target(ev);
+    if (!g) { tip.hidden = true; return; }
+    fill(+g.getAttribute('data-i')); tip.hidden = false; place(ev);
+  });
+  document.addEventListener('mousemove', function (ev) {
+    if (!pinned && !tip.hidden) { place(ev); }
+  });
+  document.addEventListener('click', function (ev) {
+    if (tip.contains(ev.target)) { return; }
+    var g = target(ev);
+    if (!g) { unpin(); return; }
+    var same = pinned && pinned.getAttribute('data-i') === g.getAttribute('data-i');
+    unpin();
+    if (same) { return; }
+    var i = +g.getAttribute('data-i');
+    pinned = document.querySelector('.op[data-i="' + i + '"]') || g;
+    pinned.classList.add('pin'); tip.classList.add('pinned');
+    fill(i); tip.hidden = false; place(ev);
+  });
+  document.addEventListener('keydown', function (ev) {
+    if (ev.key === 'Escape') { unpin(); }
+  });
+  function focus(d) {
+    var s = d.querySelector('.scroll');
+    if (s && !s.dataset.done) {
+      s.dataset.done = '1';
+      s.scrollLeft = Math.max(0, +s.getAttribute('data-focus') - s.clientWidth / 2);
+    }
+  }
+  document.querySelectorAll('details.part').forEach(function (d) {
+    if (d.open) { focus(d); }
+    d.addEventListener('toggle', function () { if (d.open) { focus(d); } });
+  });
+})();
+"""
+
+_DEFS = ('<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>'
+         '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" '
+         'patternTransform="rotate(45)"><rect width="6" height="6" fill="none"/>'
+         '<line x1="0" y1="0" x2="0" y2="6" stroke="#444" stroke-width="2" '
+         'stroke-opacity=".35"/></pattern></defs></svg>')
+
+
+def _document(title: str, body: str, data: dict[str, Any]) -> str:
+    head_title = f"{title} - linearizability" if title else "linearizability check"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(head_title)}</title><style>{_CSS}</style></head><body>\n"
+            f"{_DEFS}\n{body}\n"
+            '<div id="tip" hidden></div>\n'
+            f'<script type="application/json" id="opdata">{_json_blob(data)}</script>\n'
+            f"<script>{_JS}</script>\n</body></html>\n")

@@ -1,0 +1,109 @@
+"""The `cutover` command line (click).
+
+Exit codes follow Jepsen: 0 valid, 1 invalid, 2 unknown; 3 and above mean the harness
+itself could not do its job (bad input, bad flag), always with a one-line reason.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+EXIT_BAD_INPUT = 3
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """A user's mistake: one line on stderr, never a traceback."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Click's usage errors exit 2, which our contract reserves for `unknown`."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            fail("aborted", 130)
+        except click.ClickException as e:
+            fail(e.format_message())
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """cutover: a Jepsen-style fault-injection lab for the raft-envelope cutover."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["porcupine-etcd", "porcupine-kv", "jepsen-edn", "jsonl"]),
+              help="How the history files are written.")
+@click.option("--model", type=click.Choice(["register", "cas-register", "kv"]),
+              help="Sequential model (default: per format).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds per file before the verdict is `unknown`.")
+@click.option("--html", "html_out", help="Write the visualization here (a directory when "
+                                         "several files are checked).")
+@click.option("--tsv", is_flag=True, help="One line per file: FILE, verdict, check seconds.")
+@click.option("--all-partitions", is_flag=True,
+              help="Check every partition to the end instead of stopping at the first "
+                   "violation.")
+def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
+        html_out: str | None, tsv: bool, all_partitions: bool) -> None:
+    """Check histories for linearizability (Porcupine's algorithm, with extras)."""
+    from checker import DEFAULT_MODEL, HistoryError, Verdict, check, get_model, read_history
+    from checker.explain import explain
+
+    model_name = model or DEFAULT_MODEL[fmt]
+    worst: list[Verdict] = []
+    errors = 0
+    if html_out and len(files) > 1:
+        os.makedirs(html_out, exist_ok=True)
+    for path in files:
+        try:
+            ops = read_history(path, fmt, model_name)
+        except HistoryError as e:
+            click.echo(f"error: {e}", err=True)
+            errors += 1
+            continue
+        m = get_model(model_name)
+        t0 = time.perf_counter()
+        result = check(m, ops, timeout=timeout, stop_early=not all_partitions)
+        secs = time.perf_counter() - t0
+        worst.append(result.verdict)
+        if tsv:
+            click.echo(f"{path}\t{result.verdict.value}\t{secs:.6f}")
+        elif len(files) == 1:
+            click.echo(explain(m, result))
+        else:
+            click.echo(f"{path}: {result.verdict.value} ({secs:.3f} s)")
+        if html_out:
+            from checker.visualize import write_html
+
+            out = html_out if len(files) == 1 else os.path.join(
+                html_out, os.path.basename(path) + ".html")
+            try:
+                write_html(out, m, result, title=os.path.basename(path))
+            except OSError as e:
+                fail(f"cannot write {out}: {e.strerror}")
+    if errors:
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(Verdict.worst(worst).exit_code)
+
+
+def _register() -> None:
+    from .bench import bench
+
+    main.add_command(bench)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

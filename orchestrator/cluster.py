@@ -1,0 +1,239 @@
+"""Real node processes on one machine: spawn, kill, restart, pause, and tear down.
+
+Nodes are started with stdlib `multiprocessing` (spawn context: forking a process that
+holds ZeroMQ state is undefined behaviour). Every node dies with this process (the node
+sets PR_SET_PDEATHSIG and watches its parent), and `close()` kills whatever is left, so
+a run never leaves a node behind, even on Ctrl-C.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .client import Client, ClientTimeout
+from .switchboard import SwitchboardControl, SwitchboardProcess, spawn_switchboard
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not do what was asked (a node that will not start, no leader)."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the node binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_entry(opts: Any, log_path: str) -> None:
+    """Child side: stdout/stderr to the node's log file, then serve."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    from node.server import serve
+
+    os._exit(serve(opts))
+
+
+@dataclass
+class NodeHandle:
+    """One node: its fixed identity and endpoint, and its current process (if any)."""
+
+    id: str
+    data_dir: str
+    endpoint: str
+    log_path: str
+    process: BaseProcess | None = None
+    paused: bool = False
+    starts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
+class Cluster:
+    """N nodes plus the switchboard, under one root directory."""
+
+    def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
+                 seed: int = 0, tick_ms: float = 10.0, election_ticks: int = 20,
+                 snapshot_every: int = 20_000, node_ids: list[str] | None = None) -> None:
+        self.root = root
+        self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
+        self.bugs = list(bugs)
+        self.seed = seed
+        self.tick_ms = tick_ms
+        self.election_ticks = election_ticks
+        self.snapshot_every = snapshot_every
+        self.switchboard: SwitchboardProcess | None = None
+        self.control: SwitchboardControl | None = None
+        self._mp = multiprocessing.get_context("spawn")
+        os.makedirs(root, exist_ok=True)
+        self.nodes: dict[str, NodeHandle] = {}
+        for nid in self.ids:
+            self.nodes[nid] = NodeHandle(
+                nid, os.path.join(root, nid), f"tcp://127.0.0.1:{free_port()}",
+                os.path.join(root, f"{nid}.log"))
+
+    # ----------------------------------------------------------- lifecycle
+
+    def start(self, wait: float = 20.0) -> None:
+        """Switchboard first, then every node; waits until each answers `status`."""
+        self.switchboard = spawn_switchboard(seed=self.seed)
+        self.control = SwitchboardControl(self.switchboard.control)
+        for nid in self.ids:
+            self.start_node(nid, wait=None)
+        for nid in self.ids:
+            self.wait_up(nid, wait)
+
+    def start_node(self, nid: str, wait: float | None = 20.0) -> None:
+        from node.server import NodeOptions
+
+        h = self.nodes[nid]
+        if h.alive:
+            return
+        assert self.switchboard is not None
+        opts = NodeOptions(node_id=nid, data_dir=h.data_dir, listen=h.endpoint,
+                           switchboard=self.switchboard.bind, peers=list(self.ids),
+                           bugs=list(self.bugs), tick_ms=self.tick_ms,
+                           election_ticks=self.election_ticks,
+                           snapshot_every=self.snapshot_every,
+                           seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)))
+        h.process = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
+                                     name=f"node-{nid}", daemon=True)
+        h.process.start()
+        h.paused = False
+        h.starts += 1
+        if wait is not None:
+            self.wait_up(nid, wait)
+
+    def wait_up(self, nid: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Status of `nid` once it answers; a clear error naming its log if it never does."""
+        h = self.nodes[nid]
+        deadline = time.monotonic() + timeout
+        with Client({nid: h.endpoint}, timeout=0.5) as c:
+            while True:
+                if h.process is not None and not h.process.is_alive():
+                    raise ClusterError(f"node {nid} exited with code {h.process.exitcode} "
+                                       f"while starting; see {h.log_path}: "
+                                       f"{_tail(h.log_path)}")
+                try:
+                    rep = c.admin(nid, "status", timeout=0.5)
+                    if rep.get("ok"):
+                        return rep["value"]
+                except ClientTimeout:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {nid} did not come up within {timeout:.0f} s; "
+                                       f"see {h.log_path}")
+
+    def kill(self, nid: str) -> None:
+        """SIGKILL: no goodbye, no flush; unsynced writes are lost, as in a crash."""
+        h = self.nodes[nid]
+        if h.process is not None and h.process.is_alive():
+            os.kill(h.process.pid, signal.SIGKILL)
+            h.process.join(5)
+        h.paused = False
+
+    def restart(self, nid: str, wait: float | None = 20.0) -> None:
+        self.kill(nid)
+        self.start_node(nid, wait=wait)
+
+    def pause(self, nid: str) -> None:
+        h = self.nodes[nid]
+        if h.alive and not h.paused:
+            os.kill(h.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            h.paused = True
+
+    def resume(self, nid: str) -> None:
+        h = self.nodes[nid]
+        if h.alive and h.paused:
+            os.kill(h.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        h.paused = False
+
+    def close(self) -> None:
+        """Kill everything this cluster started; safe to call twice."""
+        for h in self.nodes.values():
+            if h.process is not None and h.process.is_alive():
+                try:
+                    os.kill(h.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for h in self.nodes.values():
+            if h.process is not None:
+                h.process.join(5)
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.switchboard is not None:
+            self.switchboard.stop()
+            self.switchboard = None
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- queries
+
+    def endpoints(self) -> dict[str, str]:
+        return {nid: h.endpoint for nid, h in self.nodes.items()}
+
+    def pids(self) -> list[int]:
+        out = [h.process.pid for h in self.nodes.values() if h.alive and h.process]
+        if self.switchboard is not None and self.switchboard.pid:
+            out.append(self.switchboard.pid)
+        return out
+
+    def statuses(self, timeout: float = 0.5) -> dict[str, dict[str, Any] | None]:
+        out: dict[str, dict[str, Any] | None] = {}
+        with Client(self.endpoints(), timeout=timeout) as c:
+            for nid, h in self.nodes.items():
+                if not h.alive or h.paused:
+                    out[nid] = None
+                    continue
+                try:
+                    rep = c.admin(nid, "status", timeout=timeout)
+                    out[nid] = rep.get("value") if rep.get("ok") else None
+                except ClientTimeout:
+                    out[nid] = None
+        return out
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        """The node that says it leads in the highest term (among `among`), if any."""
+        best: tuple[int, str] | None = None
+        for nid, st in self.statuses().items():
+            if st and st["role"] == "leader" and (among is None or nid in among):
+                if best is None or st["term"] > best[0]:
+                    best = (st["term"], nid)
+        return best[1] if best else None
+
+    def wait_leader(self, timeout: float = 10.0, among: list[str] | None = None,
+                    exclude: str | None = None) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nid = self.leader(among)
+            if nid is not None and nid != exclude:
+                return nid
+            time.sleep(0.02)
+        raise ClusterError(f"no leader within {timeout:.0f} s")
+
+
+def _tail(path: str, n: int = 300) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - n))
+            return fh.read().decode("utf-8", "replace").strip().replace("\n", " | ")
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,150 @@
+"""Real processes: 3 nodes and the switchboard on 127.0.0.1, real WAL files and fsync.
+
+No mocks: these drive the actual node processes through the client library and the
+switchboard's control socket, and look at what the nodes report and leave on disk.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from node.events import read_events
+from orchestrator.client import Client
+from orchestrator.cluster import Cluster
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _write_all(c: Client, n: int, prefix: str) -> dict[str, str]:
+    acked = {}
+    for i in range(n):
+        k = f"{prefix}{i % 7}"
+        v = f"{prefix}-{i}"
+        r = c.invoke("write", k, v)
+        if r.type == "ok":
+            acked[k] = v
+    return acked
+
+
+def _wait(pred, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cl = Cluster(str(tmp_path / "run"), 3, seed=7)
+    pids: list[int] = []
+    try:
+        cl.start()
+        yield cl
+        pids = cl.pids()
+    finally:
+        cl.close()
+    for pid in pids:
+        _wait(lambda pid=pid: not _alive(pid), 5, f"process {pid} to exit")
+
+
+def test_kill_leader_restart_and_catch_up(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    with Client(cluster.endpoints(), timeout=1.0) as c:
+        acked = _write_all(c, 60, "a")
+        assert len(acked) == 7
+        for k, v in acked.items():
+            assert c.invoke("read", k).value == v
+        cluster.kill(leader)
+        new = cluster.wait_leader(exclude=leader, among=[n for n in cluster.ids if n != leader])
+        assert new != leader
+        # Every acknowledged write survives the leader's death.
+        for k, v in acked.items():
+            r = c.invoke("read", k)
+            assert r.type == "ok" and r.value == v, (k, r)
+        more = _write_all(c, 30, "b")
+        assert more
+        cluster.start_node(leader)
+        # The killed node restarts from its own disk and catches up.
+        def same() -> bool:
+            st = cluster.statuses()
+            ds = {s["digest"] for s in st.values() if s}
+            ap = {s["applied"] for s in st.values() if s}
+            return all(st.values()) and len(ds) == 1 and len(ap) == 1
+        _wait(same, 15, "the restarted node to converge")
+    kinds = [e["kind"] for e in read_events(cluster.nodes[leader].data_dir)]
+    assert kinds.count("start") == 2 and "recovery" in kinds
+
+
+def test_wiped_follower_catches_up_by_install_snapshot(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    follower = next(n for n in cluster.ids if n != leader)
+    with Client(cluster.endpoints(), timeout=1.0) as c:
+        acked = _write_all(c, 80, "s")
+        rep = c.admin(leader, "snapshot-now")
+        assert rep["ok"] and rep["value"]["snapshot_index"] > 0
+        cluster.kill(follower)
+        shutil.rmtree(cluster.nodes[follower].data_dir)
+        _write_all(c, 10, "t")
+        cluster.start_node(follower)
+        _wait(lambda: (st := cluster.statuses()[follower]) and st["applied"]
+              >= rep["value"]["snapshot_index"], 15, "the wiped follower to catch up")
+        digests = _wait(lambda: (d := {s["digest"] for s in cluster.statuses().values()
+                                       if s}) and len(d) == 1 and d, 15, "convergence")
+        assert len(digests) == 1
+        assert c.invoke("read", "s0").value == acked["s0"]
+    kinds = [e["kind"] for e in read_events(cluster.nodes[follower].data_dir)]
+    assert "snapshot-installed" in kinds
+
+
+def test_partitioned_leader_stops_committing(cluster: Cluster) -> None:
+    leader = cluster.wait_leader()
+    others = [n for n in cluster.ids if n != leader]
+    assert cluster.control is not None
+    cluster.control.partition([[leader, o] for o in others] + [[o, leader] for o in others])
+    new = cluster.wait_leader(among=others, timeout=10)
+    assert new in others
+    before = cluster.statuses()[leader]
+    with Client({leader: cluster.nodes[leader].endpoint}, timeout=0.5) as old:
+        r = old.invoke("write", "p", "minority")
+        assert r.type in ("info", "fail")
+    with Client({n: cluster.nodes[n].endpoint for n in others}, timeout=1.0) as c:
+        assert c.invoke("write", "p", "majority").type == "ok"
+        assert c.invoke("read", "p").value == "majority"
+    after = cluster.statuses()[leader]
+    assert after["commit"] == before["commit"], "a minority leader must not commit"
+    cluster.control.heal()
+    _wait(lambda: (st := cluster.statuses()[leader]) and st["role"] == "follower", 10,
+          "the old leader to step down")
+
+
+def test_data_dir_of_another_node_is_refused(tmp_path) -> None:
+    cl = Cluster(str(tmp_path / "run"), 3, seed=3)
+    try:
+        cl.start()
+        cl.kill("n2")
+        # Point n2's process at n1's data dir: it must refuse, not adopt it.
+        cl.nodes["n2"].data_dir = cl.nodes["n1"].data_dir + "-copy"
+        shutil.copytree(cl.nodes["n1"].data_dir, cl.nodes["n2"].data_dir,
+                        ignore=shutil.ignore_patterns("LOCK"))
+        with pytest.raises(Exception, match="n2"):
+            cl.start_node("n2", wait=5)
+        log = open(cl.nodes["n2"].log_path).read()
+        assert "refusing to start" in log and "n1" in log
+    finally:
+        cl.close()
