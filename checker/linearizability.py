@@ -112,6 +112,16 @@ _REACH_LIMIT = 20_000
 _SLICE = 256  # configurations a search explores before it yields to the scheduler
 
 
+class _Retro:
+    """A move that puts an op right before an earlier overwrite (see `search_partition`)."""
+
+    __slots__ = ("state_after", "before")
+
+    def __init__(self, state_after: Any, before: Any) -> None:
+        self.state_after = state_after  # state right after it, where it really goes
+        self.before = before  # the path node of the overwrite it goes in front of
+
+
 def search_partition(model: Model, ops: list[Op], order: str = "call",
                      max_configs: int = DEFAULT_MAX_CONFIGS) -> Generator[None, None,
                                                                         PartitionResult]:
@@ -134,6 +144,8 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     rets = [o.ret for o in req]
     ro = [readonly(o) for o in req]
     read_memo: list[dict[Any, bool]] = [{} for _ in req]
+    overwrites = getattr(model, "overwrites", None)
+    blind = [bool(overwrites and overwrites(o)) for o in req]
     by_ret = sorted(range(n), key=rets.__getitem__)
     rets_sorted = [rets[i] for i in by_ret]
     by_ret_order = order == "ret"
@@ -200,22 +212,18 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
                 return lo_ret, rets_sorted[lo_ret]
         return lo_ret, INF
 
-    def candidates(base: int, rel: int, frontier: float) -> list[int]:
-        """Unlinearized ops called before the frontier, in the order to try them."""
+    def successors(base: int, rel: int, state: Any, used: int, frontier: float,
+                   erase: tuple | None, lo_ret: int) -> Iterator[tuple[Any, Any, int, Any]]:
+        # Candidates: unlinearized ops called before the frontier, in the order to try.
         width = bisect_left(calls, frontier, base) - base
         free = ~rel & ((1 << width) - 1)
-        out = []
+        cands = []
         while free:
             low = free & -free
-            out.append(base + low.bit_length() - 1)
+            cands.append(base + low.bit_length() - 1)
             free ^= low
         if by_ret_order:
-            out.sort(key=rets.__getitem__)
-        return out
-
-    def successors(base: int, rel: int, state: Any, used: int,
-                   frontier: float) -> Iterator[tuple[Any, Any, int, tuple]]:
-        cands = candidates(base, rel, frontier)
+            cands.sort(key=rets.__getitem__)
         # Reads legal right now are linearized now, all at once, without branching:
         # moving a read earlier never hurts (it changes nothing and only relaxes the
         # frontier). Read legality per state is memoized: reads are re-tested a lot.
@@ -231,6 +239,16 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
         if legal_reads:
             yield legal_reads, state, 0, ()
             return
+        # The op that must be linearized now may never have been observed: try first to
+        # put it right before the last overwrite (a write that ignores the state), which
+        # erases it and leaves the state as it is. That is a real linearization (it was
+        # pending then), and it keeps an unobserved write from being tried everywhere.
+        if erase is not None:
+            i = by_ret[lo_ret]
+            if not ro[i] and calls[i] < erase[0]:
+                legal, s_after = step(erase[1], req[i])
+                if legal:
+                    yield (i,), state, 0, _Retro(s_after, erase[2])
         if not has_unknown:
             # No chains: reads were just found illegal here, only mutations can move.
             for i in cands:
@@ -253,8 +271,11 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     if lo_ret == n:
         return result
     # A path node: (parent, op index, state after, chain of unknown ops before it).
-    stack: list[tuple[Iterator, int, int, int, int, Any]] = [
-        (successors(0, 0, root_state, 0, frontier), 0, 0, 0, lo_ret, None)]
+    # A frame: (moves, base, rel, spent unknowns, lo_ret, path node, erase, state) where
+    # erase = (frontier then, state just before, path node) of the last overwrite.
+    stack: list[tuple[Iterator, int, int, int, int, Any, Any, Any]] = [
+        (successors(0, 0, root_state, 0, frontier, None, lo_ret), 0, 0, 0, lo_ret, None, None,
+         root_state)]
     seen_plain: set[tuple[int, int, Any]] = set()
     seen_unknown: dict[tuple[int, int, Any], list[int]] = {}
     configs = 0
@@ -264,7 +285,8 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     ticks = 0
     try:
         while stack:
-            gen, base, rel, used, lo_ret, node = stack[-1]
+            gen, base, rel, used, lo_ret, node, erase, state = stack[-1]
+            here = rets_sorted[lo_ret] if lo_ret < n else INF
             for idxs, s2, m, chain in gen:
                 rel2 = rel
                 for i in idxs:
@@ -303,8 +325,14 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
                         raise _Abort(f"explored more than {max_configs} configurations "
                                      "(memory bound)")
                     yield
-                stack.append((successors(base2, rel2, s2, used2, fr2), base2, rel2, used2,
-                              lo2, child))
+                erase2 = erase
+                if chain.__class__ is _Retro:
+                    erase2 = (erase[0], chain.state_after, erase[2])
+                elif not chain and blind[idxs[0]]:  # multi-op moves are reads
+                    # Ops pending now could have gone right before this overwrite.
+                    erase2 = (here, state, child)
+                stack.append((successors(base2, rel2, s2, used2, fr2, erase2, lo2), base2,
+                              rel2, used2, lo2, child, erase2, s2))
                 break
             else:
                 stack.pop()
@@ -321,7 +349,8 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     base, rel, state, used = best_cfg
     _, frontier = frontier_of(base, rel, 0)
     options = reach(state, used, frontier) if has_unknown else [(state, 0, ())]
-    for i in candidates(base, rel, frontier):
+    width = bisect_left(calls, frontier, base) - base
+    for i in (base + k for k in range(width) if not (rel >> k) & 1):
         legal_somewhere = any(step(s, req[i])[0] for s, _, _ in options)
         result.blocked.append((req[i], not legal_somewhere))
     return result
@@ -339,13 +368,21 @@ def _path(model: Model, node: Any, req: list[Op], unk: list[Op]) -> list[Step]:
         nodes.append(node)
         node = node[0]
     steps: list[Step] = []
+    placed: dict[int, Step] = {}  # path node -> the Step of its (last) op
     state = model.init()
-    for _, idxs, s2, chain in reversed(nodes):
+    for nd in reversed(nodes):
+        _, idxs, s2, chain = nd
+        if chain.__class__ is _Retro:
+            # It goes right before the overwrite that erased it.
+            k = steps.index(placed[id(chain.before)])
+            steps.insert(k, Step(req[idxs[0]], chain.state_after))
+            continue
         for j in chain:
             state = model.step(state, unk[j])[1]
             steps.append(Step(unk[j], state, unknown_chain=True))
         for i in idxs:
             steps.append(Step(req[i], s2))
+        placed[id(nd)] = steps[-1]
         state = s2
     return steps
 
@@ -359,24 +396,26 @@ def _freeze(v: Any) -> Any:
 
 
 def _schedule(model: Model, parts: list[list[Op]], deadline: float | None, max_configs: int,
-              stop_early: bool, budget: float | None = None) -> list[PartitionResult | None]:
+              stop_early: bool, budget: float | None = None,
+              leftover: list | None = None) -> list[PartitionResult | None]:
     """Round-robin over every partition's searches, a slice at a time, in this process.
 
     Each partition races two candidate orders; the first to finish decides. A cheap
     violation in one key is found without waiting for an expensive valid key, as
     Porcupine's parallel checker does, and the deadline is honoured between slices.
-    With `budget` (seconds), stops early and leaves unfinished partitions as None.
+    With `budget` (seconds), stops early: unfinished partitions stay None and their
+    live searches go to `leftover` as (index, {order: generator}) for the caller.
     """
     results: list[PartitionResult | None] = [None] * len(parts)
     per_search = max(1, max_configs // 2)
-    active = [(k, [search_partition(model, ops, o, per_search) for o in ("call", "ret")])
+    active = [(k, {o: search_partition(model, ops, o, per_search) for o in ORDERS})
               for k, ops in enumerate(parts)]
     until = None if budget is None else time.monotonic() + budget
 
     def abort_all(reason: str) -> None:
         for k, gens in active:
             if results[k] is None:
-                results[k] = _interrupt(gens, reason)
+                results[k] = _interrupt(list(gens.values()), reason)
 
     while active:
         now = time.monotonic()
@@ -384,26 +423,25 @@ def _schedule(model: Model, parts: list[list[Op]], deadline: float | None, max_c
             abort_all("timed out")
             break
         if until is not None and now > until:
-            for _, gens in active:
-                for g in gens:
-                    g.close()
+            if leftover is not None:
+                leftover.extend(active)
             break
         still = []
         for pos, (k, gens) in enumerate(active):
             res = None
-            for g in list(gens):
+            for o, g in list(gens.items()):
                 try:
                     next(g)
                 except StopIteration as e:
                     if e.value.verdict is Verdict.UNKNOWN and len(gens) > 1:
-                        gens.remove(g)  # out of memory budget: let the other one go on
+                        del gens[o]  # out of memory budget: let the other one go on
                         continue
                     res = e.value
                     break
             if res is None:
                 still.append((k, gens))
                 continue
-            for g in gens:
+            for g in gens.values():
                 g.close()
             results[k] = res
             if res.verdict is Verdict.INVALID and stop_early:
@@ -414,6 +452,7 @@ def _schedule(model: Model, parts: list[list[Op]], deadline: float | None, max_c
     return results
 
 
+ORDERS = ("call", "ret")
 _SKIPPED = "not finished: another partition is already invalid"
 
 
@@ -436,7 +475,7 @@ def _interrupt(gens: list[Generator], reason: str) -> PartitionResult:
     return best
 
 
-_IN_PROCESS_BUDGET = 0.05  # seconds of in-process work before forking helpers pays off
+_IN_PROCESS_BUDGET = 0.015  # seconds of in-process work before forking helpers pays off
 
 
 def check(model: Model, ops: list[Op], timeout: float | None = None,
@@ -456,15 +495,12 @@ def check(model: Model, ops: list[Op], timeout: float | None = None,
     if workers is None:
         workers = min(os.cpu_count() or 1, 2)
     can_fork = workers > 1 and "fork" in mp.get_all_start_methods()
+    leftover: list = []
     results = _schedule(model, parts, deadline, max_configs, stop_early,
-                        budget=_IN_PROCESS_BUDGET if can_fork else None)
-    todo = [k for k, r in enumerate(results) if r is None]
-    if todo:
-        if can_fork:
-            extra = _race(model, parts, todo, deadline, max_configs, stop_early)
-        else:  # pragma: no cover - only without fork
-            extra = _schedule(model, [parts[k] for k in todo], deadline, max_configs,
-                              stop_early)
+                        budget=_IN_PROCESS_BUDGET if can_fork else None, leftover=leftover)
+    if leftover:
+        todo = [k for k, _ in leftover]
+        extra = _race(parts, leftover, deadline, stop_early)
         for k, r in zip(todo, extra, strict=True):
             results[k] = r
     final: list[PartitionResult] = []
@@ -492,25 +528,28 @@ def _expand(c: tuple, ops: list[Op]) -> PartitionResult:
                            [(by_id[i], ill) for i, ill in blocked], reason, configs)
 
 
-def _race(model: Model, parts: list[list[Op]], todo: list[int], deadline: float | None,
-          max_configs: int, stop_early: bool) -> list[PartitionResult]:
-    """Two forked workers, one per search order, over the same partitions.
+def _race(parts: list[list[Op]], leftover: list, deadline: float | None,
+          stop_early: bool) -> list[PartitionResult]:
+    """Two forked workers, one per search order, carry on the searches begun here.
 
-    One walks the partitions forwards and the other backwards, so easy partitions are
+    Fork copies this process, live generators included, so no work is repeated. One
+    worker walks the partitions forwards and the other backwards, so easy ones are
     shared out and meet in the middle, while a hard one is raced by both orders at
     once. A shared flag per partition tells a worker to drop what the other finished.
     """
     ctx = mp.get_context("fork")
-    done = ctx.Array("b", len(todo), lock=True)
+    done = ctx.Array("b", len(leftover), lock=True)
     stop = ctx.Event()
     queue = ctx.SimpleQueue()
-    per_search = max(1, max_configs // 2)
     procs = [ctx.Process(target=_race_worker, daemon=True,
-                         args=(model, [parts[k] for k in todo], order, direction, deadline,
-                               per_search, stop_early, done, stop, queue))
+                         args=(leftover, order, direction, deadline, stop_early, done, stop,
+                               queue))
              for order, direction in (("call", 1), ("ret", -1))]
     for pr in procs:
         pr.start()
+    for _, gens in leftover:  # the children own them now
+        for g in gens.values():
+            g.close()
     final: dict[int, PartitionResult] = {}
     partial: dict[int, PartitionResult] = {}
     ended = 0
@@ -523,9 +562,9 @@ def _race(model: Model, parts: list[list[Op]], todo: list[int], deadline: float 
             if msg[0] == "error":
                 raise RuntimeError(f"checker worker failed: {msg[1]}")
             kind, j, comp = msg
-            res = _expand(comp, parts[todo[j]])
+            res = _expand(comp, parts[leftover[j][0]])
             if kind == "final":
-                final[j] = res
+                final.setdefault(j, res)
             elif j not in partial or len(res.linearization) > len(partial[j].linearization):
                 partial[j] = res
     finally:
@@ -535,19 +574,17 @@ def _race(model: Model, parts: list[list[Op]], todo: list[int], deadline: float 
             if pr.is_alive():
                 pr.kill()
     out = []
-    for j, k in enumerate(todo):
-        r = final.get(j) or partial.get(j) or PartitionResult(Verdict.UNKNOWN, parts[k],
-                                                              reason=_SKIPPED)
-        out.append(r)
+    for j, (k, _) in enumerate(leftover):
+        out.append(final.get(j) or partial.get(j)
+                   or PartitionResult(Verdict.UNKNOWN, parts[k], reason=_SKIPPED))
     return out
 
 
-def _race_worker(model: Model, parts: list[list[Op]], order: str, direction: int,
-                 deadline: float | None, max_configs: int, stop_early: bool, done: Any,
-                 stop: Any, queue: Any) -> None:
+def _race_worker(leftover: list, order: str, direction: int, deadline: float | None,
+                 stop_early: bool, done: Any, stop: Any, queue: Any) -> None:
     try:
-        idx = list(range(len(parts)))[::direction]
-        active = {j: search_partition(model, parts[j], order, max_configs) for j in idx}
+        idx = list(range(len(leftover)))[::direction]
+        active = {j: leftover[j][1][order] for j in idx if order in leftover[j][1]}
         while active and not stop.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 for j, g in active.items():

@@ -89,6 +89,10 @@ class CasRegister:
     def readonly(self, op: Op) -> bool:
         return op.f == "read"
 
+    def overwrites(self, op: Op) -> bool:
+        """A write sets the state whatever it was: what came just before is erased."""
+        return op.f == "write"
+
     def describe_op(self, op: Op) -> str:
         return _describe(op)
 
@@ -126,7 +130,10 @@ class KV:
         if f == "put":
             return True, op.value
         if f == "append":
-            return True, ("" if state is None else state) + op.value
+            cur = "" if state is None else state
+            if not isinstance(cur, str) or not isinstance(op.value, str):
+                return False, state  # appending to a number, or a number: never legal
+            return True, cur + op.value
         return self._reg.step(state, op)
 
     def partition(self, ops: list[Op]) -> list[list[Op]]:
@@ -137,6 +144,9 @@ class KV:
 
     def readonly(self, op: Op) -> bool:
         return op.f in ("read", "get")
+
+    def overwrites(self, op: Op) -> bool:
+        return op.f in ("write", "put")
 
     def describe_op(self, op: Op) -> str:
         return _describe(op)

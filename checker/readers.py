@@ -121,10 +121,11 @@ def _json_maps(path: str, text: str) -> Iterable[tuple[int, Any]]:
 
 
 def _freeze(v: Any) -> Any:
-    if isinstance(v, list):
+    """A hashable equivalent: lists become tuples, maps sorted item tuples."""
+    if isinstance(v, list | tuple):
         return tuple(_freeze(x) for x in v)
     if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+        return tuple(sorted(((_freeze(k), _freeze(x)) for k, x in v.items()), key=repr))
     return v
 
 
@@ -158,10 +159,12 @@ def parse_jepsen_maps(path: str, maps: Iterable[tuple[int, Any]], model: str,
             key, value = value[0], value[1]
         if key.__class__ is list or key.__class__ is dict:
             key = _freeze(key)
-        if isinstance(value, list) and f == "cas":
-            if len(value) != 2:
-                raise HistoryError(path, ln, f"expected a cas value [from to], found {value!r}")
-            value = tuple(value)
+        if f == "cas" and typ == "invoke":
+            if not isinstance(value, list | tuple) or len(value) != 2:
+                raise HistoryError(path, ln, f"expected a cas value [from to], found "
+                                             f"{_short(value)}")
+        if value.__class__ in (list, dict, tuple):
+            value = _freeze(value)  # states must be hashable: values become tuples
         if typ == "invoke":
             p.invoke(ln, proc, f, key, None if f in ("read", "get") else value,
                      meta=_meta(m))
