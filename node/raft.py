@@ -91,7 +91,9 @@ class Message:
     - VOTE_RESP/PRE_VOTE_RESP: `reject` = not granted.
     - HEARTBEAT: `commit` = min(follower's match, leader's commit): a follower's log
       beyond its match may still diverge, so it must not commit past it.
-    - HEARTBEAT/HEARTBEAT_RESP: `read_seq` = the leader's ReadIndex round, echoed back.
+    - HEARTBEAT/HEARTBEAT_RESP and APP/APP_RESP: `read_seq` = the leader's ReadIndex
+      round when it sent the message, echoed back: any answer in the leader's term to a
+      message sent after a read started confirms leadership for that read.
     - SNAP: `snapshot` (its meta in `index`/`log_term` too, for logs and filters).
     """
 
@@ -588,9 +590,9 @@ class RaftNode:
         if self._role is not Role.LEADER:
             self._flush_append = self._flush_heartbeat = False
             return
-        if self._flush_heartbeat:
-            self._flush_heartbeat = False
-            self._bcast_heartbeat()
+        heartbeat = self._flush_heartbeat
+        self._flush_heartbeat = False
+        covered: set[str] = set()  # followers that get an APP carrying the read round
         if self._flush_append:
             self._flush_append = False
             for p in self._others:
@@ -599,6 +601,11 @@ class RaftNode:
                     sent = True
                 if not sent:
                     self._maybe_send_commit(p)
+                last = self._msgs[-1] if self._msgs else None
+                if last is not None and last.dst == p and last.type is MsgType.APP:
+                    covered.add(p)
+        if heartbeat:
+            self._bcast_heartbeat(skip=covered)
 
     # ---------------------------------------------------------------- roles
 
@@ -738,14 +745,14 @@ class RaftNode:
     def _handle_append(self, m: Message) -> None:
         if m.index < self._commit:
             # Everything up to our commit matches any leader's log (Leader Completeness).
-            self._send(MsgType.APP_RESP, m.src, index=self._commit)
+            self._send(MsgType.APP_RESP, m.src, index=self._commit, read_seq=m.read_seq)
             return
         if self.term_at(m.index) == m.log_term:
             last_new = m.index + len(m.entries)
             self._append_from_leader(m.entries)
             self._commit_to(min(m.commit, last_new))
             # Ack only what this message proved: our log beyond last_new may diverge.
-            self._send(MsgType.APP_RESP, m.src, index=last_new)
+            self._send(MsgType.APP_RESP, m.src, index=last_new, read_seq=m.read_seq)
             return
         if m.index == self._commit:
             raise RaftPanic(
@@ -760,6 +767,7 @@ class RaftNode:
             reject=True,
             reject_hint=hint,
             log_term=hint_term,
+            read_seq=m.read_seq,
         )
 
     def _append_from_leader(self, entries: Sequence[Entry]) -> None:
@@ -863,6 +871,11 @@ class RaftNode:
                 self._release_reads()
 
     def _handle_append_response(self, m: Message, pr: _Progress) -> None:
+        if m.read_seq > pr.read_ack:
+            # An answer in our term to an APP sent after read round r started proves,
+            # like a heartbeat answer, that this follower still follows us.
+            pr.read_ack = m.read_seq
+            self._release_reads()
         if m.reject:
             next_probe = m.reject_hint
             if m.log_term > 0:
@@ -956,6 +969,7 @@ class RaftNode:
                 log_term=prev_term,
                 commit=self._commit,
                 entries=ents,
+                read_seq=self._read_seq,
             )
         )
         pr.commit_sent = max(pr.commit_sent, min(self._commit, prev + len(ents)))
@@ -987,12 +1001,15 @@ class RaftNode:
                 index=pr.match,
                 log_term=match_term,
                 commit=self._commit,
+                read_seq=self._read_seq,
             )
         )
         pr.commit_sent = target
 
-    def _bcast_heartbeat(self) -> None:
+    def _bcast_heartbeat(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
         for p in self._others:
+            if p in skip:
+                continue
             pr = self._prs[p]
             commit = min(pr.match, self._commit)
             self._msgs.append(
@@ -1098,16 +1115,29 @@ def _bytes(v: Any) -> bytes:
     return bytes(v)
 
 
+_MSG_TYPES = {int(t): t for t in MsgType}
+_KINDS = {int(k): k for k in EntryKind}
+
+
 def from_wire(d: dict[str, Any]) -> Message:
     """Decode what `to_wire` produced; raises ValueError on anything malformed, so the
-    node can drop garbage from the network instead of crashing on it."""
+    node can drop garbage from the network instead of crashing on it.
+
+    This runs for every message a node receives, so the checks are table lookups and
+    type tests rather than enum constructor calls."""
     if not isinstance(d, dict):
         raise ValueError(f"malformed raft message: not a map but {type(d).__name__}")
     try:
-        entries = tuple(
-            Entry(_int(i), _int(t), EntryKind(_int(k)), _bytes(data))
-            for i, t, k, data in d["entries"]
-        )
+        entries: tuple[Entry, ...] = ()
+        raw = d["entries"]
+        if raw:
+            out = []
+            for i, t, k, data in raw:
+                if type(i) is not int or type(t) is not int or i < 0 or t < 0 \
+                        or type(data) is not bytes:
+                    raise ValueError(f"bad entry {i!r}/{t!r}")
+                out.append(Entry(i, t, _KINDS[k], data))
+            entries = tuple(out)
         snap = d.get("snapshot")
         snapshot = None
         if snap is not None:
@@ -1117,7 +1147,7 @@ def from_wire(d: dict[str, Any]) -> Message:
         if not isinstance(reject, bool):
             raise ValueError("reject must be a bool")
         return Message(
-            type=MsgType(_int(d["type"])),
+            type=_MSG_TYPES[d["type"]],
             src=_str(d["from"]),
             dst=_str(d["to"]),
             term=_int(d["term"]),
@@ -1131,4 +1161,4 @@ def from_wire(d: dict[str, Any]) -> Message:
             read_seq=_int(d["read_seq"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed raft message: {exc}") from exc
+        raise ValueError(f"malformed raft message: {exc!r}") from exc

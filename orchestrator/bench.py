@@ -10,6 +10,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -113,22 +114,25 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def _load(endpoints: dict[str, str], clients: int, seconds: float, keys: int,
-          seed: int) -> tuple[int, list[float]]:
-    """Closed-loop clients, 50/50 reads and writes; returns (acked ops, latencies ms)."""
+def _load_worker(endpoints: dict[str, str], ids: list[int], start: float, stop: float,
+                 keys: int, seed: int, out: Any) -> None:
+    """One client process: a thread per client, closed loop until `stop`."""
     import random
     import threading
 
     from .client import Client
 
-    stop = time.monotonic() + seconds
-    lats: list[list[float]] = [[] for _ in range(clients)]
-    oks = [0] * clients
+    lats: list[float] = []
+    oks = [0]
+    lock = threading.Lock()
 
     def worker(w: int) -> None:
         rng = random.Random(seed * 1000 + w)
+        mine: list[float] = []
+        n = 0
         with Client(endpoints, timeout=1.0) as c:
-            n = 0
+            while time.monotonic() < start:
+                time.sleep(0.01)
             while time.monotonic() < stop:
                 key = f"k{rng.randrange(keys)}"
                 t0 = time.perf_counter()
@@ -138,15 +142,46 @@ def _load(endpoints: dict[str, str], clients: int, seconds: float, keys: int,
                     n += 1
                     r = c.invoke("write", key, f"w{w}-{n}")
                 if r.type == "ok":
-                    oks[w] += 1
-                    lats[w].append((time.perf_counter() - t0) * 1000)
+                    mine.append((time.perf_counter() - t0) * 1000)
+        with lock:
+            lats.extend(mine)
+            oks[0] += len(mine)
 
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(clients)]
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in ids]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(oks), [x for xs in lats for x in xs]
+    out.put((oks[0], lats))
+
+
+def _load(endpoints: dict[str, str], clients: int, seconds: float, keys: int,
+          seed: int, procs: int = 4) -> tuple[int, list[float]]:
+    """Closed-loop clients, 50/50 reads and writes; returns (acked ops, latencies ms).
+
+    Clients run in a few processes (threads inside each), so the load generator's own
+    GIL does not become the bottleneck being measured.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.SimpleQueue()
+    procs = max(1, min(procs, clients))
+    start = time.monotonic() + 2.0  # every process is up by then: all start together
+    stop = start + seconds
+    groups = [list(range(clients))[i::procs] for i in range(procs)]
+    ps = [ctx.Process(target=_load_worker, args=(endpoints, g, start, stop, keys, seed, q),
+                      daemon=True) for g in groups]
+    for p in ps:
+        p.start()
+    acked, lats = 0, []
+    for _ in ps:
+        a, ls = q.get()
+        acked += a
+        lats.extend(ls)
+    for p in ps:
+        p.join()
+    return acked, lats
 
 
 def _election_ms(cluster, kills: int) -> list[float]:

@@ -64,7 +64,7 @@ class Cluster:
     """N nodes plus the switchboard, under one root directory."""
 
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
-                 seed: int = 0, tick_ms: float = 10.0, election_ticks: int = 20,
+                 seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
                  snapshot_every: int = 20_000, node_ids: list[str] | None = None) -> None:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
