@@ -148,3 +148,84 @@ def test_data_dir_of_another_node_is_refused(tmp_path) -> None:
         assert "refusing to start" in log and "n1" in log
     finally:
         cl.close()
+
+
+def _stale_read_history(tmp_path, bugs: list[str]) -> list:
+    """Partition the leader away, write on the majority, then read from the old leader.
+
+    Returns the client history as checker ops (Jepsen semantics: fail dropped)."""
+    from checker.history import EventPairer
+
+    cl = Cluster(str(tmp_path / "run"), 3, seed=11, bugs=bugs)
+    p = EventPairer("history")
+    try:
+        cl.start()
+        leader = cl.wait_leader()
+        others = [n for n in cl.ids if n != leader]
+        with Client(cl.endpoints(), timeout=1.0) as c:
+            p.invoke(0, 0, "write", "x", "old")
+            r = c.invoke("write", "x", "old")
+            p.complete(0, 0, r.type if r.type != "fail" else "fail")
+        assert cl.control is not None
+        cl.control.partition([[leader, o] for o in others] + [[o, leader] for o in others])
+        cl.wait_leader(among=others)
+        with Client({n: cl.nodes[n].endpoint for n in others}, timeout=1.0) as c:
+            p.invoke(0, 1, "write", "x", "new")
+            r = c.invoke("write", "x", "new")
+            p.complete(0, 1, r.type)
+            assert r.type == "ok"
+        with Client({leader: cl.nodes[leader].endpoint}, timeout=0.5) as old:
+            p.invoke(0, 2, "read", "x", None)
+            r = old.invoke("read", "x")
+            p.complete(0, 2, r.type, r.value)
+    finally:
+        cl.close()
+    return p.finish()
+
+
+def test_stale_read_switch_breaks_linearizability(tmp_path) -> None:
+    from checker import check, get_model
+
+    ops = _stale_read_history(tmp_path, ["stale-read"])
+    res = check(get_model("kv"), ops)
+    assert res.verdict.value == "invalid"
+    read = next(o for o in ops if o.f == "read")
+    assert read.output == "old"
+
+
+def test_reads_stay_linearizable_without_the_switch(tmp_path) -> None:
+    from checker import check, get_model
+
+    ops = _stale_read_history(tmp_path, [])
+    assert check(get_model("kv"), ops).verdict.value == "valid"
+    read = next(o for o in ops if o.f == "read")
+    assert read.ret is None or read.output == "new"  # the old leader cannot answer
+
+
+def test_nodes_die_with_the_orchestrator(tmp_path) -> None:
+    """Kill -9 the process that started the cluster: no node may outlive it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from orchestrator.cluster import Cluster
+        if __name__ == "__main__":
+            cl = Cluster({str(tmp_path / "run")!r}, 3, seed=5)
+            cl.start()
+            print(" ".join(str(p) for p in cl.pids()), flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            text=True, cwd=os.getcwd())
+    try:
+        pids = [int(x) for x in proc.stdout.readline().split()]
+        assert len(pids) == 4
+        proc.kill()
+        proc.wait(5)
+        for pid in pids:
+            _wait(lambda pid=pid: not _alive(pid), 5, f"orphan {pid} to die")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

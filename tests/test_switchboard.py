@@ -283,22 +283,14 @@ def test_control_client_times_out_clearly() -> None:
     assert issubclass(SwitchboardTimeout, SwitchboardError)
 
 
-def test_forwarding_is_fast(net: Net) -> None:
-    # A guard against pathologies (say, forwarding only on poll timeouts), not a benchmark.
+def test_forwarding_keeps_every_message_in_order(net: Net) -> None:
+    # Throughput is a benchmark's business (`cutover bench cluster`), not a test's: here
+    # only that a burst is forwarded completely and in order on a fault-free link.
     n1, n2 = net.socks["n1"], net.socks["n2"]
-    samples = []
-    for _ in range(500):
-        t0 = time.perf_counter()
-        net.send("n1", "n2", b"x")
-        assert recv(n2) is not None
-        samples.append(time.perf_counter() - t0)
-    samples.sort()
-    assert samples[len(samples) // 2] < 0.005
-    t0 = time.perf_counter()
-    for _ in range(5000):
-        n2.send_multipart([b"n1", b"y"])
-    recv_n(n1, 5000)
-    assert time.perf_counter() - t0 < 5.0
+    for i in range(5000):
+        n2.send_multipart([b"n1", str(i).encode()])
+    got = recv_n(n1, 5000)
+    assert [int(f[-1]) for f in got] == list(range(5000))
 
 
 def test_sigterm_exits_cleanly(sb: SwitchboardProcess) -> None:
