@@ -17,8 +17,11 @@ The Ready contract (the same as etcd-raft's; breaking it breaks Raft, not only t
 3. Only then send `rd.messages`. A vote or an append acknowledgement is a promise that
    the state behind it is durable: sent before the fsync, a crash can break that promise
    (two votes in one term, or an acknowledged entry missing from the quorum that
-   committed it). The leader counts its own unsynced entries towards commit precisely
-   because nobody can see them before this step.
+   committed it). One exception (Raft thesis §10.2.1): messages for which
+   `may_send_early(m)` is true (a leader's APP, HEARTBEAT and SNAP) promise nothing
+   and may be sent before persisting, so the leader's fsync overlaps its followers'.
+   The leader counts its own entries towards commit only after `advance`, i.e. once
+   they are durable.
 4. Restore the state machine from `rd.snapshot` if any, then apply
    `rd.committed_entries` in order. `rd.read_states` are released linearizable reads:
    answer each once the local applied index is >= its `index`.
@@ -130,6 +133,15 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
     read_states: list[ReadState] = field(default_factory=list)
+
+
+_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP})
+
+
+def may_send_early(m: Message) -> bool:
+    """True for messages that promise nothing about the sender's disk (a leader's
+    appends, heartbeats and snapshots): the host may send them before persisting."""
+    return m.type in _EARLY
 
 
 class NotLeader(Exception):
@@ -574,6 +586,12 @@ class RaftNode:
             if self.term_at(e.index) == e.term:
                 self._stable = max(self._stable, e.index)
                 break
+        if self._role is Role.LEADER:
+            me = self._prs[self.id]
+            if self._stable > me.match:
+                me.match = self._stable
+                if self._maybe_commit():
+                    self._flush_append = True  # tell the followers the new commit index
         if rd.hard_state is not None:
             self._persisted_hs = rd.hard_state
         if rd.committed_entries:
@@ -678,6 +696,7 @@ class RaftNode:
         self._clear_leader_state()
         last = self.last_index
         self._prs = {p: _Progress(match=0, next=last + 1) for p in self._peers}
+        self._prs[self.id].match = min(self._stable, last)
         # The no-op lets the leader commit (and so learn) everything earlier terms left
         # behind: entries of older terms may not be committed by counting alone.
         self._term_start = last + 1
@@ -900,11 +919,10 @@ class RaftNode:
         self._flush_append = True
 
     def _append_as_leader(self, entries: list[Entry]) -> None:
+        # The leader's own copy counts towards commit only once it is durable (see
+        # `advance`): that is what lets the host send APPs before its own fsync.
         self._ents.extend(entries)
-        me = self._prs[self.id]
-        me.match = self.last_index
-        me.next = self.last_index + 1
-        self._maybe_commit()
+        self._prs[self.id].next = self.last_index + 1
 
     def _maybe_commit(self) -> bool:
         matches = sorted((pr.match for pr in self._prs.values()), reverse=True)

@@ -25,7 +25,17 @@ import zmq
 from node import payload as pl
 from node.events import EventLog
 from node.kv import KV
-from node.raft import Config, NotLeader, RaftNode, Ready, Role, from_wire, to_wire
+from node.raft import (
+    Config,
+    Message,
+    NotLeader,
+    RaftNode,
+    Ready,
+    Role,
+    from_wire,
+    may_send_early,
+    to_wire,
+)
 from node.storage import Storage, StorageError
 from node.types import EntryKind, Snapshot
 
@@ -315,13 +325,11 @@ class Node:
                     del self.read_wait[ctx]
                     self._not_leader(ident, rid)
 
-    def _handle_ready(self, rd: Ready) -> None:
-        self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
-                                snapshot=rd.snapshot, sync=rd.must_sync)
-        # One network message per destination per Ready: every send costs a wakeup of
-        # ZeroMQ's I/O thread here and a forward in the switchboard.
+    def _send_batch(self, msgs: list[Message]) -> None:
+        """One network message per destination: every send costs a wakeup of ZeroMQ's
+        I/O thread here and a forward in the switchboard."""
         by_dst: dict[str, list[dict[str, Any]]] = {}
-        for m in rd.messages:
+        for m in msgs:
             by_dst.setdefault(m.dst, []).append(to_wire(m))
         send = self.peer.send_multipart
         for dst, batch in by_dst.items():
@@ -329,6 +337,17 @@ class Node:
                 send([dst.encode(), msgpack.packb(batch, use_bin_type=True)], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the switchboard is gone or full: Raft copes with loss
+
+    def _handle_ready(self, rd: Ready) -> None:
+        # A leader's appends go out before its own fsync, so the two overlap; replies
+        # that promise durability (votes, acks) wait for it (the core's contract).
+        early = [m for m in rd.messages if may_send_early(m)]
+        if early:
+            self._send_batch(early)
+        self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
+                                snapshot=rd.snapshot, sync=rd.must_sync)
+        if len(early) < len(rd.messages):
+            self._send_batch([m for m in rd.messages if not may_send_early(m)])
         if rd.snapshot is not None:
             self.kv.restore(rd.snapshot.data)
             self.applied = rd.snapshot.meta.index

@@ -48,7 +48,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from node.raft import Config, Message, NotLeader, RaftNode, RaftPanic, ReadState, Ready, Role
+from node.raft import (
+    Config,
+    Message,
+    NotLeader,
+    RaftNode,
+    RaftPanic,
+    ReadState,
+    Ready,
+    Role,
+    may_send_early,
+)
 from node.types import Entry, EntryKind, HardState, Snapshot
 
 
@@ -172,6 +182,7 @@ class SimNode:
         self.fsm: Any = None
         self.incarnation = 0
         self.ready_scheduled = False
+        self.pending_ready: Ready | None = None  # taken from the core, not yet synced
         self.panicked = False
         self.writes: dict[int, tuple[int, bytes]] = {}  # index -> (term, payload), pending
         self.reads: dict[bytes, int] = {}  # ctx -> lowest acceptable read index
@@ -284,6 +295,7 @@ class Cluster:
             node.fsm.restore(snap.data)
         node.incarnation += 1
         node.ready_scheduled = False
+        node.pending_ready = None
         node.writes = {}
         node.reads = {}
         self.at(
@@ -300,12 +312,16 @@ class Cluster:
         node = self.nodes[node_id]
         if node.core is None:
             return
-        if after_sync and node.core.has_ready():
-            node.storage.persist(node.core.ready())
+        if after_sync:
+            if node.pending_ready is not None:
+                node.storage.persist(node.pending_ready)
+            elif node.core.has_ready():
+                node.storage.persist(node.core.ready())
         node.core = None
         node.fsm = None
         node.incarnation += 1
         node.ready_scheduled = False
+        node.pending_ready = None
         node.writes = {}
         node.reads = {}
         self.stats["crashes"] += 1
@@ -333,6 +349,13 @@ class Cluster:
             self._observe_leader(node, core)
         if not node.ready_scheduled and core.has_ready():
             node.ready_scheduled = True
+            # Taken now: a leader's appends and heartbeats leave at once, before the sync
+            # delay, as the node process sends them (they promise nothing about its disk);
+            # everything else waits for the sync, and a crash before it loses the lot.
+            rd = node.pending_ready = core.ready()
+            for m in rd.messages:
+                if may_send_early(m):
+                    self._send(m)
             lo, hi = self.cfg.sync_delay
             self.at(self.now + self.rng.randint(lo, hi), self._on_ready, node, node.incarnation)
 
@@ -341,10 +364,13 @@ class Cluster:
             return
         node.ready_scheduled = False
         core = node.core
-        rd = core.ready()
+        rd = node.pending_ready
+        node.pending_ready = None
+        assert rd is not None
         node.storage.persist(rd)
         for m in rd.messages:
-            self._send(m)
+            if not may_send_early(m):
+                self._send(m)
         if rd.snapshot is not None:
             node.fsm.restore(rd.snapshot.data)
             # Writes inside the snapshot can no longer be matched to their entry.

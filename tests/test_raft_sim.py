@@ -24,6 +24,7 @@ from node.raft import (
     RaftPanic,
     Role,
     from_wire,
+    may_send_early,
     to_wire,
 )
 from node.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
@@ -67,11 +68,14 @@ def test_single_node_elects_itself_commits_and_reads() -> None:
     idx = n.propose(b"x")
     n.read_index(b"ctx")
     rd = n.ready()
-    # Entries, hard state and their application come in one Ready: the host persists
-    # before applying, so committing its own unsynced entries is safe.
-    assert [e.index for e in rd.entries] == [1, 2]
+    # The leader's own entries count towards commit only once durable: nothing is
+    # committed (or read) before the Ready that persists them has been advanced.
+    assert [e.index for e in rd.entries] == [1, 2] and rd.must_sync
+    assert rd.committed_entries == [] and rd.read_states == []
+    n.advance(rd)
+    rd = n.ready()
     assert [e.kind for e in rd.committed_entries] == [EntryKind.NOOP, EntryKind.NORMAL]
-    assert rd.hard_state == HardState(1, "n1", 2) and rd.must_sync
+    assert rd.hard_state == HardState(1, "n1", 2)
     assert [(r.index, r.ctx) for r in rd.read_states] == [(2, b"ctx")]
     n.advance(rd)
     assert idx == 2 and n.applied == 2 and n.term_start_applied
@@ -582,3 +586,55 @@ def test_a_wiped_follower_is_brought_back_by_a_snapshot() -> None:
     # And it does not flood: a handful of APPs, not one per round forever.
     apps = [m for m in sent[-40:] if m.type is MsgType.APP and m.dst == wiped and m.entries]
     assert len(apps) <= 2
+
+
+def _deliver(nodes: dict[str, RaftNode], msgs: list[Message]) -> None:
+    for m in msgs:
+        nodes[m.dst].step(m)
+
+
+def test_leader_counts_its_own_entry_only_once_durable() -> None:
+    """The host may send a leader's APPs before its fsync (`may_send_early`); in return
+    the leader must not count its unsynced copy: with one follower ack in a 3-node
+    group, the entry is not committed until the leader's Ready is advanced."""
+    ls = Lockstep(config=Config(pre_vote=False))
+    lead = ls.elect("n1")
+    ls.settle()
+    idx = lead.propose(b"w")
+    rd = lead.ready()  # taken, not yet persisted
+    assert all(may_send_early(m) for m in rd.messages if m.type is MsgType.APP)
+    apps = [m for m in rd.messages if m.type is MsgType.APP and m.dst == "n2"]
+    f = ls.cores["n2"]
+    _deliver(ls.cores, apps)
+    frd = f.ready()
+    f.advance(frd)
+    acks = [m for m in frd.messages if m.type is MsgType.APP_RESP]
+    assert acks
+    _deliver(ls.cores, acks)
+    assert lead.commit < idx, "committed on one durable copy out of three"
+    lead.advance(rd)  # now its own copy is durable: two of three
+    assert lead.commit == idx
+
+
+def test_a_read_rides_on_the_append_round() -> None:
+    """A read started together with a write needs no heartbeat round of its own: the
+    answers to the APP (sent after the read began) confirm leadership."""
+    ls = Lockstep(config=Config(pre_vote=False))
+    lead = ls.elect("n1")
+    ls.settle()
+    lead.propose(b"w")
+    lead.read_index(b"r")
+    rd = lead.ready()
+    kinds = {m.type for m in rd.messages}
+    assert MsgType.APP in kinds and MsgType.HEARTBEAT not in kinds
+    assert all(m.read_seq > 0 for m in rd.messages if m.type is MsgType.APP)
+    lead.advance(rd)
+    replies = []
+    for fid in ("n2", "n3"):
+        _deliver(ls.cores, [m for m in rd.messages if m.dst == fid])
+        frd = ls.cores[fid].ready()
+        ls.cores[fid].advance(frd)
+        replies += frd.messages
+    _deliver(ls.cores, replies)
+    rd2 = lead.ready()
+    assert [s.ctx for s in rd2.read_states] == [b"r"]
