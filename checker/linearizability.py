@@ -14,9 +14,16 @@ Python is the search space, not micro-tuning:
   value) are interchangeable, so the earliest available one is always used, and a
   configuration is pruned when one with the same set and state but fewer unknown ops
   spent was seen before (it can do everything this one can).
-* Ops that can never constrain anything (a read whose result nobody saw) are dropped.
-* **P-compositionality**: the model splits the history (per key) and each part is
-  checked alone, in parallel processes when the work is large.
+* Ops that can never constrain anything (a read whose result nobody saw) are dropped;
+  reads legal in the current state are linearized at once, without branching.
+* **Unobserved writes are erased first.** The op that must be linearized now is first
+  tried right before the last overwrite on the path, which erases it (see
+  `search_partition`), so a write nobody read is not tried at every later position.
+* **Two candidate orders race** (by return time and by call time), and
+  **P-compositionality** splits the history per key: partitions are searched
+  round-robin so a cheap violation is found early, then in forked workers.
+
+`docs/checker.md` explains each point and why it keeps the search complete.
 
 A check never hangs or eats the machine: a timeout and a bound on remembered
 configurations turn into an `unknown` verdict with the reason.
