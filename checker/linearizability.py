@@ -139,6 +139,14 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     `order` is the order candidates are tried in: by call ("call", Porcupine's order)
     or by return ("ret", closer to when a real server applied them). Each is much
     faster than the other on some histories, so `check` races both.
+
+    Erasing moves: when the op whose return comes first (the one that must go now) is a
+    mutation that was already invoked when the last overwrite B on the path was
+    linearized, and is legal in the state just before B, it is first tried right
+    before B. B overwrites whatever it did, so the state stays as it is; the order
+    "..., op, B, ..." is a real linearization, and every ordinary move is still tried
+    afterwards, so the search stays complete. A model opts in with `overwrites(op)`:
+    true for ops that are always legal and whose result ignores the prior state.
     """
     step = model.step
     readonly = model.readonly
