@@ -70,3 +70,31 @@ def opcode(payload: bytes) -> int:
     if not payload:
         raise PayloadError("empty payload")
     return payload[0]
+
+
+# Encryption admin entries (protocol §2): a DEK travels only KEK-wrapped.
+
+def bootstrap_payload(key_id: int, wrapped: bytes) -> bytes:
+    return bytes([OP_BOOTSTRAP]) + msgpack.packb({"id": key_id, "wrapped": wrapped},
+                                                  use_bin_type=True)
+
+
+def rotate_payload(key_id: int, wrapped: bytes) -> bytes:
+    return bytes([OP_ROTATION, SUB_ROTATE_DEK]) + msgpack.packb(
+        {"id": key_id, "wrapped": wrapped}, use_bin_type=True)
+
+
+def marker_payload(dek: int) -> bytes:
+    """The enable-raft-envelope marker: carries the active DEK id its proposer saw."""
+    return bytes([OP_ROTATION, SUB_ENABLE_ENVELOPE]) + msgpack.packb({"dek": dek})
+
+
+def rotation_body(payload: bytes) -> tuple[int, Any]:
+    """(sub-tag, decoded body) of an opcode-0x05 payload."""
+    if len(payload) < 2:
+        raise PayloadError("rotation payload without a sub-tag")
+    try:
+        body = msgpack.unpackb(payload[2:], raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise PayloadError(f"malformed rotation body: {e}") from None
+    return payload[1], body

@@ -1,0 +1,338 @@
+"""The raft-envelope cutover on one node (protocol §3-§6), as pure logic.
+
+No socket, no Raft, no clock here: the host (the node process, or the simulator) feeds
+committed entries in log order and asks for proposals to be sealed; durable state goes
+through an injected `CutoverStore` (the sidecar file in a real node, a dict in the
+simulator), so the same code runs in both and a schedule that breaks it in simulation
+replays bit for bit.
+
+Terms: C = cutover index (0 = not cut over); `cell` = the in-memory copy of C the apply
+hook reads; `wrap` = the DEK id the proposer seals with (None = cleartext).
+
+Each bug switch of §8 that lives in this logic is one `if` naming it, so the fixed
+build is the code with every such branch off.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from node import payload as pl
+from node.envelope import NonceSource, UnwrapError, unwrap
+from node.envelope import wrap as seal_bytes
+from node.keystore import Kek, Keystore, KeystoreError, WrappedKey
+from node.sidecar import Sidecar
+
+CUTOVER_BUGS = {
+    "nonstrict-dispatch": "the apply hook unwraps at i >= cell instead of i > cell",
+    "silent-unwrap-skip": "an entry that fails to unwrap is skipped instead of halting apply",
+    "no-barrier": "no quiescence barrier: user proposals go on during EnableRaftEnvelope",
+    "raw-admin-proposer": "rotate-DEK is proposed raw (cleartext) after the cutover",
+    "no-apply-installer": "only the leader's EnableRaftEnvelope handler installs the wrap",
+    "stale-check-first": "the marker applier checks 'stale' before 'already active'",
+    "no-startup-wrap": "the wrap is not initialised from the sidecar at start-up",
+    "barrier-release-on-timeout": "the barrier is lowered when the marker's apply wait "
+                                  "times out",
+    "leader-unapplied-marker": "a new leader serves before applying its own term's first "
+                               "entry",
+    "duplicate-marker": "EnableRaftEnvelope's pre-check does not wait for applied >= commit",
+    "snapshot-install-no-cutover": "a snapshot installed at run time ignores the "
+                                   "encryption state it carries",
+}
+
+
+class Halt(Exception):
+    """Apply must stop at `index`: fail closed, never skip (§3)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"entry {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class Busy(Exception):
+    """A definite refusal of a proposal; `code` is what the client is told."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class CutoverStore(Protocol):
+    """Durable state of the cutover: the sidecar, or the simulator's stand-in."""
+
+    def load(self) -> Sidecar: ...
+
+    def save(self, sidecar: Sidecar) -> None: ...
+
+    def bump_epoch(self) -> int: ...
+
+
+class FileStore:
+    """The real one: `sidecar.json` in the node's data dir (atomic, fsynced)."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def load(self) -> Sidecar:
+        from node.sidecar import load
+
+        return load(self.data_dir)
+
+    def save(self, sidecar: Sidecar) -> None:
+        from node.sidecar import save
+
+        save(self.data_dir, sidecar)
+
+    def bump_epoch(self) -> int:
+        from node.sidecar import bump_epoch
+
+        return bump_epoch(self.data_dir)
+
+
+class MemoryStore:
+    """The simulator's: survives a simulated crash because the simulator keeps it."""
+
+    def __init__(self) -> None:
+        self._sc = Sidecar()
+
+    def load(self) -> Sidecar:
+        return copy.deepcopy(self._sc)
+
+    def save(self, sidecar: Sidecar) -> None:
+        self._sc = copy.deepcopy(sidecar)
+
+    def bump_epoch(self) -> int:
+        self._sc.local_epoch = self._sc.local_epoch % 0xFFFF + 1
+        return self._sc.local_epoch
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying an encryption entry did, for the event log (never key bytes)."""
+
+    kind: str  # bootstrap | rotate | marker-fresh | marker-already-active | marker-stale | ...
+    index: int
+    cutover: int
+    active: int
+
+
+class Cutover:
+    """One node's encryption state and the rules that move it."""
+
+    def __init__(self, node_num: int, store: CutoverStore, kek: Kek,
+                 bugs: frozenset[str] = frozenset(),
+                 on_event: Callable[..., None] | None = None) -> None:
+        unknown = set(bugs) - set(CUTOVER_BUGS)
+        if unknown:
+            raise ValueError(f"unknown cutover bug switch(es): {sorted(unknown)}")
+        self.bugs = frozenset(bugs)
+        self.store = store
+        self._event = on_event or (lambda kind, **kw: None)
+        epoch = store.bump_epoch()  # before any seal: nonces never repeat across restarts
+        self.nonces = NonceSource(node_num, epoch)
+        sc = store.load()
+        self.keys = Keystore(kek)
+        self.keys.import_wrapped(sc.keys)
+        self.cell = 0
+        self.wrap: int | None = None
+        # §5 start-up: an active cutover is installed before anything is served.
+        if sc.raft_envelope_cutover_index:
+            self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
+                          wrap="no-startup-wrap" not in self.bugs, why="start-up")
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def sidecar(self) -> Sidecar:
+        return self.store.load()
+
+    def status(self) -> dict[str, Any]:
+        sc = self.store.load()
+        return {"cutover": sc.raft_envelope_cutover_index, "cell": self.cell,
+                "wrap_key_id": self.wrap, "active_dek": sc.active_raft_dek,
+                "key_ids": sorted(sc.keys)}
+
+    def _install(self, cutover: int, key_id: int, wrap: bool = True, why: str = "") -> None:
+        """The installer (§4): idempotent; sets the hook's cell and the proposer's key."""
+        self.cell = cutover
+        if wrap:
+            self.wrap = key_id
+        self._event("installer", cutover=cutover, key_id=key_id, wrap=wrap, why=why)
+
+    # ------------------------------------------------------------------ apply
+
+    def open_entry(self, index: int, data: bytes) -> bytes | None:
+        """The strict apply hook (§3): the cleartext payload of committed entry `index`.
+
+        Raises Halt when an entry above the cell does not unwrap. None means "skip this
+        entry", which only the `silent-unwrap-skip` switch ever answers.
+        """
+        if self.cell == 0:
+            return data
+        above = index >= self.cell if "nonstrict-dispatch" in self.bugs else index > self.cell
+        if not above:
+            return data
+        try:
+            return unwrap(self.keys.get, data)
+        except UnwrapError as e:
+            if "silent-unwrap-skip" in self.bugs:
+                return None
+            raise Halt(index, f"unwrap failed ({e.code}): {e.reason}") from None
+
+    def apply(self, index: int, payload: bytes) -> Applied:
+        """Apply a cleartext encryption entry (opcodes 0x04 and 0x05); Halt on anything
+        unknown (fail closed)."""
+        try:
+            op = pl.opcode(payload)
+            if op == pl.OP_BOOTSTRAP:
+                body = pl.decode_body(payload)
+                return self._bootstrap(index, int(body["id"]), bytes(body["wrapped"]))
+            if op == pl.OP_ROTATION:
+                sub, body = pl.rotation_body(payload)
+                if sub == pl.SUB_ROTATE_DEK:
+                    return self._rotate(index, int(body["id"]), bytes(body["wrapped"]))
+                if sub == pl.SUB_ENABLE_ENVELOPE:
+                    return self._marker(index, int(body["dek"]))
+                raise Halt(index, f"unknown rotation sub-tag 0x{sub:02x}")
+        except (pl.PayloadError, KeyError, TypeError, ValueError, KeystoreError) as e:
+            raise Halt(index, f"malformed encryption entry: {e}") from None
+        raise Halt(index, f"not an encryption opcode: 0x{op:02x}")
+
+    def _add_key(self, sc: Sidecar, index: int, key_id: int, wrapped: bytes,
+                 purpose: str) -> None:
+        rec = WrappedKey(wrapped, purpose, index)
+        old = sc.keys.get(key_id)
+        if old is not None and old.wrapped != wrapped:
+            raise Halt(index, f"key id {key_id} already holds a different DEK")
+        self.keys.install_wrapped(key_id, wrapped, purpose, index)
+        if old is None:
+            sc.keys[key_id] = rec
+
+    def _bootstrap(self, index: int, key_id: int, wrapped: bytes) -> Applied:
+        sc = self.store.load()
+        if sc.active_raft_dek == 0:
+            self._add_key(sc, index, key_id, wrapped, "raft")
+            sc.active_raft_dek = key_id
+        # An identical replay (or a late duplicate) changes nothing else.
+        sc.raft_applied_index = max(sc.raft_applied_index, index)
+        self.store.save(sc)
+        return Applied("bootstrap", index, sc.raft_envelope_cutover_index, sc.active_raft_dek)
+
+    def _rotate(self, index: int, key_id: int, wrapped: bytes) -> Applied:
+        sc = self.store.load()
+        if index <= sc.raft_applied_index:
+            # A replay from a snapshot older than this entry: the key is already in the
+            # sidecar, and re-activating it would move the active key backwards.
+            self.keys.install_wrapped(key_id, wrapped, "raft", index)
+            return Applied("rotate-replay", index, sc.raft_envelope_cutover_index,
+                           sc.active_raft_dek)
+        self._add_key(sc, index, key_id, wrapped, "raft")
+        sc.active_raft_dek = key_id
+        sc.raft_applied_index = index
+        self.store.save(sc)  # the sidecar write precedes the installer
+        if sc.raft_envelope_cutover_index:
+            self._install(sc.raft_envelope_cutover_index, key_id, why="rotate")
+        return Applied("rotate", index, sc.raft_envelope_cutover_index, key_id)
+
+    def _marker(self, index: int, dek: int) -> Applied:
+        """The applier of §4: already-active, then stale, then fresh, in that order."""
+        sc = self.store.load()
+        cutover = sc.raft_envelope_cutover_index
+        checks = ["already", "stale"]
+        if "stale-check-first" in self.bugs:
+            checks.reverse()
+        for check in checks:
+            if check == "already" and cutover != 0:
+                sc.raft_applied_index = max(sc.raft_applied_index, index)
+                self.store.save(sc)
+                self._install(cutover, sc.active_raft_dek, why="marker-replay")
+                return Applied("marker-already-active", index, cutover, sc.active_raft_dek)
+            if check == "stale" and dek != sc.active_raft_dek:
+                # A rotation raced the marker: not a cutover. As far as this marker
+                # knows nothing is installed (the fixed order only gets here with C=0).
+                sc.raft_applied_index = max(sc.raft_applied_index, index)
+                self.store.save(sc)
+                self.wrap = None
+                return Applied("marker-stale", index, cutover, sc.active_raft_dek)
+        sc.raft_envelope_cutover_index = index
+        sc.raft_applied_index = max(sc.raft_applied_index, index)
+        self.store.save(sc)  # fsynced before the installer runs
+        self._install(index, sc.active_raft_dek, wrap="no-apply-installer" not in self.bugs,
+                      why="marker")
+        return Applied("marker-fresh", index, index, sc.active_raft_dek)
+
+    # ---------------------------------------------------------------- propose
+
+    def seal(self, payload: bytes) -> bytes:
+        """Wrap `payload` under the proposer's key, if one is installed."""
+        if self.wrap is None:
+            return payload
+        dek = self.keys.get(self.wrap)
+        if dek is None:  # pragma: no cover - the installer only installs known keys
+            raise Busy("failed", f"wrap key {self.wrap} is not in the keystore")
+        return seal_bytes(dek, self.wrap, self.nonces.next(), payload)
+
+    def user_proposal(self, payload: bytes, barrier_up: bool) -> bytes:
+        """The barrier-aware proposer for user commands (and leases)."""
+        if barrier_up and "no-barrier" not in self.bugs:
+            raise Busy("cutover-in-progress", "the cutover barrier is up")
+        return self.seal(payload)
+
+    def admin_proposal(self, payload: bytes) -> bytes:
+        """The wrap-aware proposer for bootstrap and rotate-DEK (no barrier)."""
+        if "raw-admin-proposer" in self.bugs:
+            return payload
+        return self.seal(payload)
+
+    @staticmethod
+    def marker_proposal(dek: int) -> bytes:
+        """The raw proposer: the marker is never wrapped (it is at C, not above it)."""
+        return pl.marker_payload(dek)
+
+    # --------------------------------------------------------------- snapshots
+
+    def snapshot_fields(self, snapshot_index: int) -> tuple[int, bytes]:
+        """(header cutover, encryption blob) for a snapshot taken at `snapshot_index`."""
+        import msgpack
+
+        sc = self.store.load()
+        c = sc.raft_envelope_cutover_index
+        header_cutover = c if c and snapshot_index >= c else 0
+        blob = msgpack.packb({
+            "keys": {k: {"wrapped": w.wrapped, "purpose": w.purpose,
+                         "created_index": w.created_index} for k, w in sc.keys.items()},
+            "active": sc.active_raft_dek, "cutover": header_cutover}, use_bin_type=True)
+        return header_cutover, blob
+
+    def check_startup_snapshot(self, header_cutover: int) -> None:
+        """The start-up divergence guard (§6): a snapshot that disagrees with the
+        sidecar about C means this node's state cannot be trusted."""
+        c = self.store.load().raft_envelope_cutover_index
+        if header_cutover and header_cutover != c:
+            raise Halt(0, f"cutover-divergence: snapshot says C={header_cutover}, "
+                          f"sidecar says C={c}")
+
+    def adopt_snapshot(self, header_cutover: int, blob: bytes, snapshot_index: int) -> None:
+        """Runtime InstallSnapshot (§6): adopt the encryption state it carries."""
+        if "snapshot-install-no-cutover" in self.bugs or not blob:
+            return
+        import msgpack
+
+        enc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        sc = self.store.load()
+        for k, rec in enc.get("keys", {}).items():
+            if int(k) not in sc.keys:
+                self._add_key(sc, snapshot_index, int(k), bytes(rec["wrapped"]),
+                              str(rec.get("purpose", "raft")))
+        if enc.get("active"):
+            sc.active_raft_dek = int(enc["active"])
+        if header_cutover and not sc.raft_envelope_cutover_index:
+            sc.raft_envelope_cutover_index = header_cutover
+        sc.raft_applied_index = max(sc.raft_applied_index, snapshot_index)
+        self.store.save(sc)
+        if sc.raft_envelope_cutover_index:
+            self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
+                          why="install-snapshot")
