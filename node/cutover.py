@@ -138,6 +138,7 @@ class Cutover:
         self.keys.import_wrapped(sc.keys)
         self.cell = 0
         self.wrap: int | None = None
+        self.barrier = False  # only a restart clears a barrier left up by a failure
         # §5 start-up: an active cutover is installed before anything is served.
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
@@ -336,3 +337,106 @@ class Cutover:
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
                           why="install-snapshot")
+
+
+class EnableHost(Protocol):
+    """What the EnableRaftEnvelope flow needs from the node around it."""
+
+    def is_leader(self) -> bool: ...
+
+    def commit_index(self) -> int: ...
+
+    def applied_index(self) -> int: ...
+
+    def inflight_user(self) -> int: ...
+
+    def propose_raw(self, payload: bytes) -> int: ...  # raises on a non-leader
+
+
+@dataclass
+class EnableResult:
+    """The answer to EnableRaftEnvelope: ok / already-active / stale / not-bootstrapped /
+    failed / not-leader, with C where there is one."""
+
+    status: str
+    cutover: int = 0
+    text: str = ""
+
+
+class EnableFlow:
+    """EnableRaftEnvelope on the leader (§5), one step per call, driven by ticks.
+
+    The host calls `poll(host)` from its loop until it returns a result. The barrier
+    lives on the Cutover (the proposers read it); the flow raises it and decides when
+    it may come down. Steps: pre-check (leader, applied >= commit, bootstrapped, not yet
+    active), barrier up, drain in-flight user proposals, propose the marker raw, wait
+    for it to apply, then read the sidecar back: C == 0 means the stale branch ran.
+    """
+
+    def __init__(self, cut: Cutover, timeout_ticks: int) -> None:
+        self.cut = cut
+        self.timeout_ticks = timeout_ticks
+        self.phase = "precheck"
+        self.ticks = 0
+        self.marker_index = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+    def _fail(self, text: str) -> EnableResult:
+        # Step 5: a marker that may still commit makes lowering the barrier unsafe;
+        # it stays up until a restart (unless the switch puts the old defect back).
+        if "barrier-release-on-timeout" in self.cut.bugs:
+            self.cut.barrier = False
+        self.phase = "done"
+        return EnableResult("failed", 0, text)
+
+    def poll(self, host: EnableHost) -> EnableResult | None:
+        cut = self.cut
+        if self.phase == "precheck":
+            if not host.is_leader():
+                self.phase = "done"
+                return EnableResult("not-leader", 0, "not the leader")
+            if "duplicate-marker" not in cut.bugs and host.applied_index() < host.commit_index():
+                if self.ticks > self.timeout_ticks:
+                    self.phase = "done"
+                    return EnableResult("failed", 0, "log not applied in time")
+                return None  # a marker committed by an earlier leader may be in there
+            sc = cut.store.load()
+            if sc.active_raft_dek == 0:
+                self.phase = "done"
+                return EnableResult("not-bootstrapped", 0, "no raft DEK yet")
+            if sc.raft_envelope_cutover_index:
+                self.phase = "done"
+                return EnableResult("already-active", sc.raft_envelope_cutover_index)
+            cut.barrier = True
+            cut._event("barrier", up=True)
+            self.phase, self.ticks = "drain", 0
+        if self.phase == "drain":
+            if host.inflight_user() > 0:
+                if self.ticks > self.timeout_ticks:
+                    return self._fail("in-flight proposals did not drain in time")
+                return None
+            try:
+                self.marker_index = host.propose_raw(
+                    cut.marker_proposal(cut.store.load().active_raft_dek))
+            except Exception as e:  # noqa: BLE001 - leadership lost: same as a timeout
+                return self._fail(f"could not propose the marker: {e}")
+            cut._event("marker-proposed", index=self.marker_index)
+            self.phase, self.ticks = "wait-apply", 0
+            return None
+        if self.phase == "wait-apply":
+            if host.applied_index() < self.marker_index:
+                if self.ticks > self.timeout_ticks:
+                    return self._fail(f"marker {self.marker_index} not applied in time")
+                return None
+            sc = cut.store.load()
+            self.phase = "done"
+            cut.barrier = False
+            cut._event("barrier", up=False)
+            c = sc.raft_envelope_cutover_index
+            if c == 0:
+                return EnableResult("stale", 0, "a DEK rotation raced the marker")
+            cut._install(c, sc.active_raft_dek, why="enable-handler")
+            return EnableResult("ok", c)
+        return None

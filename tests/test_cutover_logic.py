@@ -208,3 +208,114 @@ def test_snapshot_carries_and_installs_the_encryption_state(kek: Kek) -> None:
             assert (f.cell, f.wrap) == (10, 1) and f.open_entry(21, entry) == b"\x00after"
         else:
             assert f.cell == 0 and f.open_entry(21, entry) == entry  # wrapped bytes leak
+
+
+class _Host:
+    """A leader as the EnableRaftEnvelope flow sees it: entries it proposes are applied
+    through the same Cutover when the test says so."""
+
+    def __init__(self, cut: Cutover, commit: int, applied: int) -> None:
+        self.cut, self.commit, self.applied = cut, commit, applied
+        self.leader, self.inflight, self.log = True, 0, []
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    def commit_index(self) -> int:
+        return self.commit
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def inflight_user(self) -> int:
+        return self.inflight
+
+    def propose_raw(self, payload: bytes) -> int:
+        self.log.append(payload)
+        return self.commit + len(self.log)
+
+    def apply_all(self) -> None:
+        for i, p in enumerate(self.log, self.commit + 1):
+            self.cut.apply(i, p)
+            self.applied = i
+
+
+def test_enable_flow_happy_path(kek: Kek) -> None:
+    from node.cutover import EnableFlow
+
+    c = boot(kek)
+    bootstrap(c, kek, 3)
+    host = _Host(c, commit=5, applied=4)
+    flow = EnableFlow(c, timeout_ticks=10)
+    assert flow.poll(host) is None and not c.barrier  # waits for applied >= commit
+    host.applied = 5
+    host.inflight = 2
+    assert flow.poll(host) is None and c.barrier  # barrier up, draining
+    with pytest.raises(Busy):
+        c.user_proposal(b"\x00x", barrier_up=c.barrier)
+    host.inflight = 0
+    assert flow.poll(host) is None and host.log == [pl.marker_payload(1)]
+    assert flow.poll(host) is None  # marker not applied yet
+    host.apply_all()
+    res = flow.poll(host)
+    assert res.status == "ok" and res.cutover == 6 and not c.barrier and c.wrap == 1
+
+
+def test_enable_flow_answers(kek: Kek) -> None:
+    from node.cutover import EnableFlow
+
+    c = boot(kek)
+    host = _Host(c, 1, 1)
+    assert EnableFlow(c, 10).poll(host).status == "not-bootstrapped"
+    bootstrap(c, kek, 1)
+    host.leader = False
+    assert EnableFlow(c, 10).poll(host).status == "not-leader"
+    host.leader = True
+    c.apply(2, pl.marker_payload(1))
+    host.commit = host.applied = 2
+    res = EnableFlow(c, 10).poll(host)
+    assert (res.status, res.cutover) == ("already-active", 2)
+
+
+def test_enable_flow_timeout_keeps_the_barrier_up_unless_the_bug(kek: Kek) -> None:
+    from node.cutover import EnableFlow
+
+    for bugs, stays_up in (((), True), (("barrier-release-on-timeout",), False)):
+        c = boot(kek, bugs=bugs)
+        bootstrap(c, kek, 3)
+        host = _Host(c, 3, 3)
+        flow = EnableFlow(c, timeout_ticks=2)
+        flow.poll(host)
+        flow.poll(host)  # marker proposed, never applied
+        res = None
+        while res is None:
+            flow.tick()
+            res = flow.poll(host)
+        assert res.status == "failed" and c.barrier is stays_up
+
+
+def test_enable_flow_stale_when_a_rotation_races(kek: Kek) -> None:
+    from node.cutover import EnableFlow
+
+    c = boot(kek)
+    bootstrap(c, kek, 3)
+    host = _Host(c, 3, 3)
+    flow = EnableFlow(c, 10)
+    flow.poll(host)
+    flow.poll(host)
+    host.log.insert(0, pl.rotate_payload(2, kek.wrap_dek(generate_dek())))  # lands first
+    host.apply_all()
+    flow.marker_index = host.applied
+    res = flow.poll(host)
+    assert res.status == "stale" and not c.barrier and c.cell == 0
+
+
+def test_duplicate_marker_bug_skips_the_applied_wait(kek: Kek) -> None:
+    from node.cutover import EnableFlow
+
+    c = boot(kek, bugs=["duplicate-marker"])
+    bootstrap(c, kek, 3)
+    host = _Host(c, commit=9, applied=3)  # a committed marker may sit unapplied
+    flow = EnableFlow(c, 10)
+    flow.poll(host)
+    assert c.barrier and flow.poll(host) is None and host.log  # proposes regardless
