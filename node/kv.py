@@ -48,3 +48,28 @@ class KV:
     def digest(self) -> str:
         """A short stable fingerprint of the whole map."""
         return hashlib.sha256(self.snapshot()).hexdigest()[:16]
+
+
+# The image a snapshot carries (Raft's Snapshot.data): the map plus the encryption state
+# that the compacted entries installed (§6), so a follower that installs it at run time
+# can adopt C and the keys. The snapshot file header repeats `cutover` and the blob.
+
+def snapshot_data(kv_image: bytes, cutover: int, encryption: bytes) -> bytes:
+    return msgpack.packb({"kv": kv_image, "cutover": cutover, "enc": encryption},
+                         use_bin_type=True)
+
+
+def _image(data: bytes) -> dict:
+    if not data:
+        return {}
+    img = msgpack.unpackb(data, raw=False)
+    return img if isinstance(img, dict) else {"kv": data}
+
+
+def snapshot_kv(data: bytes) -> bytes:
+    return _image(data).get("kv", b"")
+
+
+def snapshot_enc(data: bytes) -> tuple[int, bytes]:
+    img = _image(data)
+    return int(img.get("cutover", 0)), bytes(img.get("enc", b""))

@@ -23,8 +23,10 @@ import msgpack
 import zmq
 
 from node import payload as pl
+from node.cutover import CUTOVER_BUGS, Busy, Cutover, EnableFlow, FileStore, Halt
 from node.events import EventLog
-from node.kv import KV
+from node.keystore import KeystoreError, load_kek
+from node.kv import KV, snapshot_data, snapshot_enc, snapshot_kv
 from node.raft import (
     Config,
     Message,
@@ -65,6 +67,8 @@ class NodeOptions:
     snapshot_every: int = 20_000
     proposal_timeout: float = 30.0
     linger_ms: float = 1.0
+    kek_path: str | None = None  # None: a node without encryption (admin ops refused)
+    enable_timeout_ticks: int = 200
     seed: int | None = None
 
 
@@ -83,9 +87,10 @@ class Node:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
-        unknown = sorted(set(opts.bugs) - set(NODE_BUGS))
+        known = set(NODE_BUGS) | set(CUTOVER_BUGS)
+        unknown = sorted(set(opts.bugs) - known)
         if unknown:
-            raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(NODE_BUGS)}")
+            raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")
         self.bugs = frozenset(opts.bugs)
         os.makedirs(opts.data_dir, exist_ok=True)
         self.storage = Storage.open(opts.data_dir, opts.node_id)
@@ -94,9 +99,21 @@ class Node:
             ev = dict(ev)
             self.log.emit(ev.pop("kind"), **ev)
         self.kv = KV()
+        self.cut: Cutover | None = None
+        if opts.kek_path:
+            node_num = sorted(opts.peers).index(opts.node_id) + 1
+            self.cut = Cutover(node_num, FileStore(opts.data_dir), load_kek(opts.kek_path),
+                               frozenset(self.bugs & set(CUTOVER_BUGS)),
+                               on_event=self.log.emit)
+            header = self.storage.snapshot_header
+            if header is not None:
+                try:  # the start-up divergence guard (§6)
+                    self.cut.check_startup_snapshot(header.cutover)
+                except Halt as h:
+                    raise StorageError(h.reason) from None
         snap = self.storage.snapshot
         if snap is not None:
-            self.kv.restore(snap.data)
+            self.kv.restore(snapshot_kv(snap.data))
         rng = random.Random(opts.seed if opts.seed is not None else os.urandom(8))
         cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks)
         self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
@@ -111,6 +128,8 @@ class Node:
         self.read_wait: dict[bytes, tuple[bytes, Any, str, float]] = {}  # ctx -> request
         self.reads_ready: deque[tuple[int, bytes, Any, str]] = deque()  # (index, ident, id, key)
         self._read_ctr = 0
+        self.admin_busy = False
+        self.enable: tuple[EnableFlow, bytes, Any] | None = None
         self._last_role = (None, -1, None)
         self._last_lease = 0.0
         self._last_progress_event = 0.0
@@ -156,11 +175,16 @@ class Node:
             now = time.monotonic()
             if now >= next_tick:
                 self.raft.tick()
+                if self.enable is not None:
+                    self.enable[0].tick()
                 next_tick += tick
                 if now - next_tick > 10 * tick:  # we were stopped (SIGSTOP): do not burst
                     next_tick = now + tick
                 self._maybe_lease(now)
             self._process_ready()
+            if self.enable is not None:
+                self._poll_enable()
+                self._process_ready()
             self._answer_reads()
             if now >= next_parent_check:
                 next_parent_check = now + 0.5
@@ -244,6 +268,9 @@ class Node:
             idx = self.take_snapshot()
             self._reply(ident, {"id": rid, "ok": True, "value": {"snapshot_index": idx}})
             return
+        if op in ("bootstrap", "rotate-dek", "enable-raft-envelope"):
+            self._admin(ident, rid, op, req)
+            return
         if op not in ("read", "write", "cas"):
             self._fail(ident, rid, "bad-request", f"unknown op {op!r}")
             return
@@ -267,8 +294,7 @@ class Node:
                 return
             self.read_wait[ctx] = (ident, rid, key, time.monotonic() + self.opts.proposal_timeout)
             return
-        if self.raft.role is not Role.LEADER:
-            self._not_leader(ident, rid)
+        if not self._can_serve(ident, rid):
             return
         cmd: dict[str, Any] = {"op": op, "key": key}
         if op == "write":
@@ -276,31 +302,125 @@ class Node:
         else:
             cmd["from"] = req.get("from")
             cmd["to"] = req.get("to")
-        self._propose(pl.user_payload(cmd), ident, rid)
+        payload = pl.user_payload(cmd)
+        if self.cut is not None:
+            try:
+                payload = self.cut.user_proposal(payload, self.cut.barrier)
+            except Busy as b:
+                self._fail(ident, rid, b.code, str(b))
+                return
+        self._propose(payload, ident, rid)
 
-    def _propose(self, payload: bytes, ident: bytes | None, rid: Any) -> None:
+    def _can_serve(self, ident: bytes | None, rid: Any) -> bool:
+        """A leader serves no proposal until it has applied its own term's first entry
+        (§5): a marker committed by an earlier leader is then applied and installed."""
+        if self.raft.role is not Role.LEADER:
+            if ident is not None:
+                self._not_leader(ident, rid)
+            return False
+        if "leader-unapplied-marker" in self.bugs:
+            return True
+        if self.applied < self.raft.term_start_index:
+            if ident is not None:
+                self._fail(ident, rid, "not-ready", "new leader still applying its log")
+            return False
+        return True
+
+    def _admin(self, ident: bytes, rid: Any, op: str, req: dict[str, Any]) -> None:
+        """bootstrap / rotate-dek / enable-raft-envelope: one at a time per node."""
+        if self.cut is None:
+            self._fail(ident, rid, "not-configured", "this node runs without a KEK")
+            return
+        if self.admin_busy or self.enable is not None:
+            self._fail(ident, rid, "busy", "another admin request is running here")
+            return
+        if not self._can_serve(ident, rid):
+            return
+        if op == "enable-raft-envelope":
+            self.admin_busy = True
+            self.enable = (EnableFlow(self.cut, self.opts.enable_timeout_ticks), ident, rid)
+            self._poll_enable()
+            return
+        key_id, wrapped = req.get("key_id"), req.get("wrapped")
+        if not isinstance(key_id, int) or not 0 < key_id < 2**32 \
+                or not isinstance(wrapped, bytes):
+            self._fail(ident, rid, "bad-request", "need key_id (uint32 > 0) and wrapped bytes")
+            return
+        make = pl.bootstrap_payload if op == "bootstrap" else pl.rotate_payload
+        self.admin_busy = True
+        self._propose(self.cut.admin_proposal(make(key_id, wrapped)), ident, rid,
+                      admin=True)
+
+    def _poll_enable(self) -> None:
+        if self.enable is None:
+            return
+        flow, ident, rid = self.enable
+        res = flow.poll(self)
+        if res is None:
+            return
+        self.enable = None
+        self.admin_busy = False
+        self.log.emit("enable-raft-envelope", status=res.status, cutover=res.cutover,
+                      text=res.text)
+        if res.status in ("ok", "already-active", "stale"):
+            self._reply(ident, {"id": rid, "ok": True,
+                                "value": {"status": res.status, "cutover": res.cutover}})
+        else:
+            self._fail(ident, rid, res.status, res.text or res.status,
+                       definite=res.status != "failed", cutover=res.cutover)
+
+    # EnableHost, for the flow
+    def is_leader(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    def commit_index(self) -> int:
+        return self.raft.commit
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def inflight_user(self) -> int:
+        return sum(1 for w in self.pending.values() if not w[4])
+
+    def propose_raw(self, payload: bytes) -> int:
+        self._pid_next += 1
+        return self.raft.propose(pl.encode_proposal(self._pid_next, payload))
+
+    def _propose(self, payload: bytes, ident: bytes | None, rid: Any,
+                 admin: bool = False) -> None:
         self._pid_next += 1
         pid = self._pid_next
         try:
             index = self.raft.propose(pl.encode_proposal(pid, payload))
         except NotLeader:
+            if admin:
+                self.admin_busy = False
             if ident is not None:
                 self._not_leader(ident, rid)
             return
         if ident is not None:
-            self.pending[pid] = (ident, rid, index, time.monotonic() + self.opts.proposal_timeout)
+            self.pending[pid] = (ident, rid, index,
+                                 time.monotonic() + self.opts.proposal_timeout, admin)
 
     def _maybe_lease(self, now: float) -> None:
         if (self.raft.role is Role.LEADER and now - self._last_lease >= self.opts.lease_interval
-                and not self.halted):
+                and not self.halted and self._can_serve(None, None)):
             self._last_lease = now
-            self._propose(pl.lease_payload(self.id, self.raft.term), None, None)
+            payload = pl.lease_payload(self.id, self.raft.term)
+            if self.cut is not None:
+                try:
+                    payload = self.cut.user_proposal(payload, self.cut.barrier)
+                except Busy:
+                    return  # no lease while the barrier is up
+            self._propose(payload, None, None)
 
     def _expire(self, now: float) -> None:
         """Forget requests nobody will answer (the client has long recorded `info`)."""
-        for pid, (ident, rid, _idx, deadline) in list(self.pending.items()):
+        for pid, (ident, rid, _idx, deadline, admin) in list(self.pending.items()):
             if now > deadline:
                 del self.pending[pid]
+                if admin:
+                    self.admin_busy = False
                 self._fail(ident, rid, "timeout", "not committed in time", definite=False)
         for ctx, (ident, rid, _key, deadline) in list(self.read_wait.items()):
             if now > deadline:
@@ -344,12 +464,17 @@ class Node:
         early = [m for m in rd.messages if may_send_early(m)]
         if early:
             self._send_batch(early)
+        cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
+                        else (0, b""))
         self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
-                                snapshot=rd.snapshot, sync=rd.must_sync)
+                                snapshot=rd.snapshot, cutover=cutover, encryption=enc,
+                                sync=rd.must_sync)
         if len(early) < len(rd.messages):
             self._send_batch([m for m in rd.messages if not may_send_early(m)])
         if rd.snapshot is not None:
-            self.kv.restore(rd.snapshot.data)
+            self.kv.restore(snapshot_kv(rd.snapshot.data))
+            if self.cut is not None:  # runtime InstallSnapshot adopts the encryption state
+                self.cut.adopt_snapshot(cutover, enc, rd.snapshot.meta.index)
             self.applied = rd.snapshot.meta.index
             self.log.emit("snapshot-installed", index=rd.snapshot.meta.index,
                           term=rd.snapshot.meta.term)
@@ -375,20 +500,37 @@ class Node:
             return
         try:
             pid, body = pl.decode_proposal(e.data)
+            if self.cut is not None:
+                opened = self.cut.open_entry(e.index, body)  # the strict hook (§3)
+                if opened is None:  # only with silent-unwrap-skip
+                    self.log.emit("unwrap-skipped", index=e.index, term=e.term)
+                    self.applied = e.index
+                    return
+                body = opened
             op = pl.opcode(body)
             if op == pl.OP_USER:
                 ok, value = self.kv.apply(pl.decode_body(body))
             elif op == pl.OP_LEASE:
                 ok, value = True, None
+            elif op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
+                applied = self.cut.apply(e.index, body)
+                self.log.emit("encryption-applied", what=applied.kind, index=e.index,
+                              term=e.term, cutover=applied.cutover, active=applied.active)
+                ok, value = True, {"cutover": applied.cutover, "active": applied.active}
             else:
                 raise pl.PayloadError(f"unknown opcode 0x{op:02x}")
         except pl.PayloadError as err:
             self._halt(e.index, e.term, str(err))
             return
+        except Halt as h:
+            self._halt(e.index, e.term, h.reason)
+            return
         self.applied = e.index
         w = self.pending.pop(pid, None)
         if w is not None:
-            ident, rid, index, _ = w
+            ident, rid, index, _, admin = w
+            if admin:
+                self.admin_busy = False
             if index != e.index:  # pragma: no cover - ids are unique per proposal
                 self._fail(ident, rid, "dropped", "proposal lost", definite=False)
             elif ok:
@@ -397,9 +539,11 @@ class Node:
                 self._fail(ident, rid, "cas-mismatch", f"current value {value!r}",
                            value=value)
         # Proposals at this index that did not make it: a different entry won the slot.
-        for opid, (ident, rid, index, _) in list(self.pending.items()):
+        for opid, (ident, rid, index, _, admin) in list(self.pending.items()):
             if index <= e.index:
                 del self.pending[opid]
+                if admin:
+                    self.admin_busy = False
                 self._fail(ident, rid, "dropped",
                            f"entry {index} was replaced after a leader change")
 
@@ -420,9 +564,11 @@ class Node:
         idx = min(self.applied, self.raft.applied)
         if idx <= self.raft.snapshot_index:
             return self.raft.snapshot_index
-        snap: Snapshot = self.raft.compact(idx, self.kv.snapshot())
-        self.storage.compact(snap)
-        self.log.emit("snapshot-taken", index=snap.meta.index, term=snap.meta.term)
+        cutover, enc = self.cut.snapshot_fields(idx) if self.cut else (0, b"")
+        snap: Snapshot = self.raft.compact(idx, snapshot_data(self.kv.snapshot(), cutover, enc))
+        self.storage.compact(snap, cutover=cutover, encryption=enc)
+        self.log.emit("snapshot-taken", index=snap.meta.index, term=snap.meta.term,
+                      cutover=cutover)
         return snap.meta.index
 
     def _positions(self) -> dict[str, Any]:
@@ -430,8 +576,12 @@ class Node:
                 "last_index": self.raft.last_index, "snapshot_index": self.raft.snapshot_index}
 
     def status(self) -> dict[str, Any]:
-        return {"id": self.id, "role": str(self.raft.role), "leader": self.raft.leader,
-                "halted": self.halted, "digest": self.kv.digest(), **self._positions()}
+        out = {"id": self.id, "role": str(self.raft.role), "leader": self.raft.leader,
+               "halted": self.halted, "digest": self.kv.digest(), **self._positions()}
+        if self.cut is not None:
+            out.update(self.cut.status())
+            out["barrier"] = self.cut.barrier
+        return out
 
 
 def parse_args(argv: list[str]) -> NodeOptions:
@@ -448,6 +598,7 @@ def parse_args(argv: list[str]) -> NodeOptions:
     ap.add_argument("--election-ticks", type=int, default=10)
     ap.add_argument("--snapshot-every", type=int, default=20_000)
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--kek", dest="kek_path", help="KEK file (32 bytes, mode 0600)")
     a = ap.parse_args(argv)
     peers = [p for p in a.peers.split(",") if p]
     if a.node_id not in peers:
@@ -455,7 +606,7 @@ def parse_args(argv: list[str]) -> NodeOptions:
     return NodeOptions(node_id=a.node_id, data_dir=a.data_dir, listen=a.listen,
                        switchboard=a.switchboard, peers=peers, bugs=a.bugs,
                        tick_ms=a.tick_ms, election_ticks=a.election_ticks,
-                       snapshot_every=a.snapshot_every, seed=a.seed)
+                       snapshot_every=a.snapshot_every, seed=a.seed, kek_path=a.kek_path)
 
 
 def serve(opts: NodeOptions) -> int:
@@ -463,7 +614,7 @@ def serve(opts: NodeOptions) -> int:
     die_with_parent()
     try:
         node = Node(opts)
-    except (StorageError, ValueError, OSError, zmq.ZMQError) as e:
+    except (StorageError, KeystoreError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"node {opts.node_id}: refusing to start: {e}", file=sys.stderr)
         return 2
 

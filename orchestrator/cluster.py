@@ -65,7 +65,8 @@ class Cluster:
 
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
                  seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
-                 snapshot_every: int = 20_000, node_ids: list[str] | None = None) -> None:
+                 snapshot_every: int = 20_000, node_ids: list[str] | None = None,
+                 kek_path: str | None = None) -> None:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
         self.bugs = list(bugs)
@@ -73,6 +74,7 @@ class Cluster:
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
         self.snapshot_every = snapshot_every
+        self.kek_path = kek_path
         self.switchboard: SwitchboardProcess | None = None
         self.control: SwitchboardControl | None = None
         self._mp = multiprocessing.get_context("spawn")
@@ -105,7 +107,7 @@ class Cluster:
                            switchboard=self.switchboard.bind, peers=list(self.ids),
                            bugs=list(self.bugs), tick_ms=self.tick_ms,
                            election_ticks=self.election_ticks,
-                           snapshot_every=self.snapshot_every,
+                           snapshot_every=self.snapshot_every, kek_path=self.kek_path,
                            seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)))
         h.process = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
                                      name=f"node-{nid}", daemon=True)

@@ -1,0 +1,127 @@
+"""The cutover in real node processes: bootstrap, EnableRaftEnvelope under load,
+rotation after the cutover, a restart, and what the nodes leave on disk."""
+from __future__ import annotations
+
+import threading
+
+from node.envelope import is_wrapped_shape, parse_header
+from node.keystore import generate_dek, write_kek
+from node.payload import decode_proposal
+from node.sidecar import load as load_sidecar
+from node.types import EntryKind
+from node.wal import iter_entries
+from orchestrator.client import Client, ClientTimeout
+from orchestrator.cluster import Cluster
+
+
+def _durable_entries(wal_dir: str) -> dict[int, object]:
+    last: dict[int, object] = {}
+    for rec in iter_entries(wal_dir):
+        e = rec.value if hasattr(rec, "value") else rec
+        last[e.index] = e
+    return last
+
+
+def test_cutover_end_to_end(tmp_path) -> None:
+    kek_path = str(tmp_path / "kek")
+    kek = write_kek(kek_path)
+    cl = Cluster(str(tmp_path / "run"), 3, seed=21, kek_path=kek_path)
+    stop = threading.Event()
+    refused = []
+    try:
+        cl.start()
+        leader = cl.wait_leader()
+        with Client(cl.endpoints(), timeout=2.0) as c:
+            rep = c.admin(leader, "bootstrap", key_id=1, wrapped=kek.wrap_dek(generate_dek()))
+            assert rep["ok"], rep
+            assert c.invoke("write", "before", "b").type == "ok"
+
+            def load() -> None:
+                with Client(cl.endpoints(), timeout=1.0) as w:
+                    i = 0
+                    while not stop.is_set():
+                        i += 1
+                        r = w.invoke("write", f"k{i % 5}", f"tok-{i}")
+                        if r.type == "fail" and r.error == "cutover-in-progress":
+                            refused.append(i)
+
+            t = threading.Thread(target=load, daemon=True)
+            t.start()
+            rep = c.admin(leader, "enable-raft-envelope", timeout=10)
+            assert rep["ok"] and rep["value"]["status"] == "ok", rep
+            cutover = rep["value"]["cutover"]
+            assert cutover > 0
+            again = c.admin(leader, "enable-raft-envelope", timeout=10)
+            assert again["value"] == {"status": "already-active", "cutover": cutover}
+            rot = c.admin(leader, "rotate-dek", key_id=2, wrapped=kek.wrap_dek(generate_dek()))
+            assert rot["ok"], rot
+            stop.set()
+            t.join()
+            assert c.invoke("write", "after", "a").type == "ok"
+        follower = next(n for n in cl.ids if n != leader)
+        cl.restart(follower)
+        with Client(cl.endpoints(), timeout=2.0) as c:
+            assert c.invoke("read", "after").value == "a"
+            assert c.invoke("read", "before").value == "b"
+        statuses = cl.statuses()
+        assert all(s and not s["halted"] for s in statuses.values()), statuses
+        assert {s["cutover"] for s in statuses.values()} == {cutover}
+        assert {s["wrap_key_id"] for s in statuses.values()} == {2}
+    finally:
+        stop.set()
+        cl.close()
+    # On disk: every node agrees on C; above C everything is wrapped, at/below cleartext.
+    for nid in cl.ids:
+        d = cl.nodes[nid].data_dir
+        assert load_sidecar(d).raft_envelope_cutover_index == cutover
+        for index, e in _durable_entries(f"{d}/wal").items():
+            if e.kind is EntryKind.NOOP or not e.data:
+                continue
+            _, body = decode_proposal(e.data)
+            if index > cutover:
+                assert is_wrapped_shape(body) and parse_header(body)[0] in (1, 2), (nid, index)
+            else:
+                assert not is_wrapped_shape(body), (nid, index)
+
+
+def test_raw_admin_proposer_switch_puts_cleartext_above_c(tmp_path) -> None:
+    """With `raw-admin-proposer`, a rotation after the cutover goes in raw: every replica's
+    strict hook refuses it and halts, and the cleartext entry sits above C on disk."""
+    from node.events import read_events
+
+    kek_path = str(tmp_path / "kek")
+    kek = write_kek(kek_path)
+    cl = Cluster(str(tmp_path / "run"), 3, seed=5, kek_path=kek_path,
+                 bugs=["raw-admin-proposer"])
+    try:
+        cl.start()
+        leader = cl.wait_leader()
+        with Client(cl.endpoints(), timeout=2.0) as c:
+            assert c.admin(leader, "bootstrap", key_id=1,
+                           wrapped=kek.wrap_dek(generate_dek()))["ok"]
+            rep = c.admin(leader, "enable-raft-envelope", timeout=10)
+            cutover = rep["value"]["cutover"]
+            try:  # the leader halts on its own entry: no answer is the expected outcome
+                c.admin(leader, "rotate-dek", key_id=2, wrapped=kek.wrap_dek(generate_dek()),
+                        timeout=1)
+            except ClientTimeout:
+                pass
+
+        def all_halted() -> bool:
+            st = cl.statuses()
+            return all(s and s["halted"] for s in st.values())
+
+        import time
+        deadline = time.monotonic() + 10
+        while not all_halted():
+            assert time.monotonic() < deadline, cl.statuses()
+            time.sleep(0.05)
+    finally:
+        cl.close()
+    for nid in cl.ids:
+        halts = [e for e in read_events(cl.nodes[nid].data_dir) if e["kind"] == "halt"]
+        assert halts and halts[0]["index"] > cutover and "unwrap" in halts[0]["reason"]
+        cleartext_above = [i for i, e in _durable_entries(f"{cl.nodes[nid].data_dir}/wal").items()
+                           if i > cutover and e.data
+                           and not is_wrapped_shape(decode_proposal(e.data)[1])]
+        assert cleartext_above, nid
