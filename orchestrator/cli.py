@@ -97,6 +97,18 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
     sys.exit(Verdict.worst(worst).exit_code)
 
 
+@main.command()
+def bugs() -> None:
+    """List the bug switches: real historical defects a node can be started with."""
+    from node.cutover import CUTOVER_BUGS
+    from node.server import NODE_BUGS
+
+    table = {**NODE_BUGS, **CUTOVER_BUGS}
+    width = max(len(k) for k in table)
+    for name in sorted(table):
+        click.echo(f"{name:<{width}}  {table[name]}")
+
+
 def _register() -> None:
     from .bench import bench
 

@@ -319,3 +319,18 @@ def test_duplicate_marker_bug_skips_the_applied_wait(kek: Kek) -> None:
     flow = EnableFlow(c, 10)
     flow.poll(host)
     assert c.barrier and flow.poll(host) is None and host.log  # proposes regardless
+
+
+def test_bugs_lists_every_switch_of_the_protocol() -> None:
+    """`cutover bugs` lists the 13 switches of protocol §8, one line each."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "bugs"],
+                         capture_output=True, text=True, check=True).stdout
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert names == {
+        "nonstrict-dispatch", "silent-unwrap-skip", "no-barrier", "raw-admin-proposer",
+        "no-apply-installer", "stale-check-first", "no-startup-wrap",
+        "barrier-release-on-timeout", "leader-unapplied-marker", "duplicate-marker",
+        "snapshot-install-no-cutover", "stale-read", "commit-old-term"}

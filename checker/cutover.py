@@ -1,0 +1,915 @@
+"""The offline checker of the cutover invariants I1-I6 (protocol §7).
+
+Pure analysis of what the nodes left on disk: it reads each node's WAL, snapshots,
+``sidecar.json`` and ``events.jsonl`` and never writes into a data dir. Every byte format
+is parsed by the module that owns it (``node.wal``, ``node.snapshot``, ``node.payload``,
+``node.envelope``, ``node.keystore``, ``node.sidecar``, ``node.events``); nothing here
+slices those bytes itself. The one exception is the snapshot encryption blob, which the
+node side writes inline (``node.cutover.Cutover.snapshot_fields``) without a public
+decoder; `decode_encryption_state` mirrors it and should move next to its encoder.
+
+What the checker takes from the disk (and what the node side must keep writing):
+
+* **Durable log of a node**: every ENTRY record of its WAL, the last record per index
+  winning, minus what a later TRUNCATE record removed, minus entries a later snapshot
+  marker replaced (a marker at S whose term does not match the node's own entry at S
+  drops the entries <= S above the node's highest recorded commit index: a stale
+  suffix, not the cluster's log). Structural checks (I1 first half, I2, I6) and the
+  scan rows use this log. Byte checks (I1 second half) and I5 use every record on disk,
+  truncated or compacted ones included.
+* **Entry payloads** (``node.payload``): bootstrap ``0x04 | msgpack {"id": u32,
+  "wrapped": bin}``, rotate ``0x05 0x01 | msgpack {"id", "wrapped"}``, marker ``0x05 0x05
+  | msgpack {"dek": u32}``; ``wrapped`` is the 61-byte KEK-wrapped DEK of
+  ``node.keystore``. Installs are learnt from cleartext entries and from wrapped entries
+  that unwrap (a rotation above C is wrapped under the old key), iterating until no new
+  key appears.
+* **Snapshot encryption blob** (the header's ``encryption`` region): msgpack ``{"keys":
+  {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
+  "cutover": int}``; empty means "no encryption state".
+* **Events** (``events.jsonl``): ``halt`` ``{index, term, reason}`` (I3); any event with
+  an integer ``applied`` and a string ``digest`` is a digest observation (I4), the
+  expected one being ``{"kind": "digest", "applied": N, "digest": "..."}`` or ``stop``
+  carrying both; the cutover time T is the earliest ``t`` of an event that applied the
+  marker at C fresh: ``encryption-applied`` with ``what == "marker-fresh"``, or a
+  ``cutover-applied`` / ``marker-applied`` event (an ``index`` field, when present, must
+  equal C). Without any, every token counts as written after the cutover (strict).
+
+Known DEKs are the union over the cluster (every node's sidecar and snapshot blobs, plus
+install entries): I1 asks whether an entry authenticates under a DEK that a keystore
+holds, and Raft replicates installs to everyone.
+
+The byte scan looks for the workload's plaintext tokens written after T (monotonic
+``time_ns``, strictly greater than T) in: the bytes of every WAL entry record whose
+index is above C (truncated ones too), every torn WAL tail when C != 0 (its index is
+unknown), and the data region of every snapshot file whose index is above C. Tokens
+shorter than `MIN_TOKEN_LEN` bytes are ignored: random ciphertext would contain them by
+chance. Leftover ``*.tmp`` snapshot files are not scanned (start-up prunes them).
+
+The report never holds key material: key ids, nonces (public), sizes and reasons only.
+A KEK file that cannot be loaded raises `node.keystore.KeyFileError` (a harness
+failure, not a verdict); unreadable WALs, snapshots or sidecars are listed in
+``errors`` and make the report invalid, since the invariants cannot be established.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+
+from node import payload as pl
+from node.envelope import MAX_KEY_ID, UnwrapError, parse_header, unwrap
+from node.events import read_events
+from node.keystore import DekUnwrapError, Keystore, KeystoreError, load_kek
+from node.sidecar import Sidecar, SidecarError
+from node.sidecar import load as load_sidecar
+from node.snapshot import SnapshotError, SnapshotFile, SnapshotStore, read_snapshot_file
+from node.storage import SNAP_DIR, WAL_DIR
+from node.types import Entry, EntryKind
+from node.wal import RecordKind, TornTail, WalError, WalRecord, iter_records
+
+__all__ = [
+    "CUTOVER_EVENT_KINDS",
+    "DIGEST_EVENT_KINDS",
+    "INVARIANTS",
+    "MIN_TOKEN_LEN",
+    "CutoverReport",
+    "InvariantResult",
+    "LogRow",
+    "check_cutover",
+    "decode_encryption_state",
+]
+
+INVARIANTS = {
+    "I1": "no cleartext above the cutover",
+    "I2": "one cutover",
+    "I3": "no halts",
+    "I4": "convergence",
+    "I5": "nonce uniqueness",
+    "I6": "keys precede use",
+}
+# Events whose `t` is the cutover time (besides encryption-applied / marker-fresh).
+CUTOVER_EVENT_KINDS = ("cutover-applied", "marker-applied")
+# The kinds documented as digest carriers; any event with `applied` + `digest` counts.
+DIGEST_EVENT_KINDS = ("digest", "stop")
+MIN_TOKEN_LEN = 6
+_PATTERN_PREFIX = 256  # a match of a token's first 256 bytes counts as a match
+_MAX_LISTED = 200  # violations kept per invariant (the count is always exact)
+
+
+class LogRow(NamedTuple):
+    """One durable log entry as scanned, for the results database (`log_entries`).
+
+    `opcode` is the cleartext ``payload[0]`` (of the unwrapped payload for a wrapped
+    entry), None for no-ops and for entries that do not open.
+    """
+
+    node: str
+    index: int
+    term: int
+    opcode: int | None
+    wrapped: bool
+    key_id: int | None
+
+
+@dataclass
+class InvariantResult:
+    """The verdict on one invariant: the first violation and per-node details."""
+
+    name: str
+    title: str
+    valid: bool = True
+    first_violation: dict[str, Any] | None = None
+    violations: list[dict[str, Any]] = field(default_factory=list)  # at most _MAX_LISTED
+    violation_count: int = 0
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "valid": self.valid,
+            "first_violation": self.first_violation,
+            "violation_count": self.violation_count,
+            "violations": self.violations,
+            "nodes": self.nodes,
+            "summary": self.summary,
+        }
+
+
+@dataclass
+class CutoverReport:
+    """Everything `check_cutover` found; `to_dict()` is JSON-serializable."""
+
+    cutover: int
+    cutover_time_ns: int | None
+    results: dict[str, InvariantResult]
+    rows: list[LogRow]
+    nodes: dict[str, dict[str, Any]]
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors and all(r.valid for r in self.results.values())
+
+    def __getitem__(self, name: str) -> InvariantResult:
+        return self.results[name]
+
+    def first_violation(self) -> tuple[str, dict[str, Any]] | None:
+        """(invariant, violation) of the first failing invariant, in I1..I6 order."""
+        for name, r in self.results.items():
+            if r.first_violation is not None:
+                return name, r.first_violation
+        return None
+
+    def to_dict(self, *, include_rows: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "valid": self.valid,
+            "cutover": self.cutover,
+            "cutover_time_ns": self.cutover_time_ns,
+            "invariants": {k: r.to_dict() for k, r in self.results.items()},
+            "nodes": self.nodes,
+            "errors": list(self.errors),
+            "notes": list(self.notes),
+        }
+        if include_rows:
+            out["log_entries"] = [r._asdict() for r in self.rows]
+        return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Node:
+    name: str
+    path: Path
+    records: list[WalRecord] = field(default_factory=list)  # every entry record on disk
+    log: dict[int, WalRecord] = field(default_factory=dict)  # the durable log
+    torn: list[TornTail] = field(default_factory=list)
+    commit: int = 0  # highest commit index of any hard-state record
+    stale_dropped: int = 0
+    sidecar: Sidecar | None = None
+    snapshots: list[SnapshotFile] = field(default_factory=list)  # oldest first
+    enc: dict[int, dict[str, Any] | None] = field(default_factory=dict)  # by snapshot index
+    enc_errors: dict[int, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def rel(self, p: Path) -> str:
+        try:
+            return str(Path(p).relative_to(self.path))
+        except ValueError:
+            return str(p)
+
+
+def decode_encryption_state(blob: bytes) -> dict[str, Any] | None:
+    """The snapshot header's encryption blob, or None when empty; ValueError if malformed.
+
+    Mirrors the encoder in ``node.cutover.Cutover.snapshot_fields``: msgpack ``{"keys":
+    {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
+    "cutover": int}``. Returns ``{"keys": {id: (wrapped, purpose, created_index)},
+    "active": int, "cutover": int}``.
+    """
+    if not blob:
+        return None
+    try:
+        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"encryption blob is not msgpack: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("encryption blob is not a map")
+    keys: dict[int, tuple[bytes, str, int]] = {}
+    raw_keys = doc.get("keys") or {}
+    if not isinstance(raw_keys, dict):
+        raise ValueError("encryption blob: keys is not a map")
+    for k, rec in raw_keys.items():
+        kid = _as_int(k)
+        if kid is None or not isinstance(rec, dict) or not isinstance(rec.get("wrapped"), bytes):
+            raise ValueError(f"encryption blob: malformed key entry {k!r}")
+        created = _as_int(rec.get("created_index", 0))
+        keys[kid] = (rec["wrapped"], str(rec.get("purpose", "")), created or 0)
+    active = _as_int(doc.get("active", 0))
+    cutover = _as_int(doc.get("cutover", 0))
+    if active is None or cutover is None:
+        raise ValueError("encryption blob: active/cutover is not an integer")
+    return {"keys": keys, "active": active, "cutover": cutover}
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.isascii() and v.isdigit():
+        return int(v)
+    return None
+
+
+def _read_node(name: str, path: Path) -> _Node:
+    node = _Node(name, path)
+    log = node.log
+    try:
+        for rec in iter_records(path / WAL_DIR, on_torn_tail=node.torn.append):
+            v = rec.value
+            if rec.kind is RecordKind.ENTRY:
+                assert isinstance(v, Entry)
+                node.records.append(rec)
+                log[v.index] = rec
+            elif rec.kind is RecordKind.TRUNCATE:
+                assert isinstance(v, int)
+                for i in [i for i in log if i >= v]:
+                    del log[i]
+            elif rec.kind is RecordKind.HARD_STATE:
+                node.commit = max(node.commit, v.commit)  # type: ignore[union-attr]
+            else:  # snapshot marker
+                s, t = v.index, v.term  # type: ignore[union-attr]
+                own = log.get(s)
+                if own is None or own.value.term != t:  # type: ignore[union-attr]
+                    stale = [i for i in log if node.commit < i <= s]
+                    for i in stale:
+                        del log[i]
+                    node.stale_dropped += len(stale)
+    except WalError as e:
+        node.errors.append(f"{name}: unreadable WAL: {e}")
+    try:
+        node.sidecar = load_sidecar(path)
+    except SidecarError as e:
+        node.errors.append(f"{name}: {e}")
+    for index, p in SnapshotStore(path / SNAP_DIR).files():
+        try:
+            snap = read_snapshot_file(p)
+        except (SnapshotError, OSError) as e:
+            node.errors.append(f"{name}: unreadable snapshot: {e}")
+            continue
+        node.snapshots.append(snap)
+        try:
+            node.enc[index] = decode_encryption_state(snap.header.encryption)
+        except ValueError as e:
+            node.enc[index] = None
+            node.enc_errors[index] = str(e)
+    node.events = read_events(str(path))
+    return node
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """One distinct entry (index, term, kind, data) and what it turned out to be."""
+
+    status: str  # noop | clear | wrapped | malformed
+    payload: bytes = b""  # the (possibly wrapped) payload after the proposal envelope
+    key_id: int | None = None
+    nonce: bytes | None = None
+    inner: bytes | None = None  # plaintext of a wrapped payload that opened
+    error: str | None = None  # why it is malformed / does not open
+
+    @property
+    def cleartext(self) -> bytes | None:
+        if self.status == "clear":
+            return self.payload
+        return self.inner
+
+    @property
+    def opcode(self) -> int | None:
+        p = self.cleartext
+        return p[0] if p else None
+
+
+def _decode(e: Entry) -> _Decoded:
+    if e.kind is not EntryKind.NORMAL or not e.data:
+        return _Decoded("noop")  # no-ops carry no payload and are never wrapped
+    try:
+        _, payload = pl.decode_proposal(e.data)
+    except pl.PayloadError as err:
+        return _Decoded("malformed", error=str(err))
+    if not payload:
+        return _Decoded("malformed", error="empty payload")
+    head = parse_header(payload)
+    if head is None:
+        return _Decoded("clear", payload)
+    return _Decoded("wrapped", payload, head[0], head[1])
+
+
+def _entry_key(e: Entry) -> tuple[int, int, int, bytes]:
+    return (e.index, e.term, int(e.kind), e.data)
+
+
+def _op_name(p: bytes | None) -> str | None:
+    if not p:
+        return None
+    op = p[0]
+    if op == pl.OP_ROTATION:
+        sub = p[1] if len(p) > 1 else None
+        if sub == pl.SUB_ROTATE_DEK:
+            return "rotate-dek"
+        if sub == pl.SUB_ENABLE_ENVELOPE:
+            return "enable-raft-envelope"
+        return "rotation/?" if sub is None else f"rotation/0x{sub:02x}"
+    return pl.OPCODE_NAMES.get(op, f"0x{op:02x}")
+
+
+def _is_marker(p: bytes | None) -> bool:
+    return bool(p) and len(p) >= 2 and p[0] == pl.OP_ROTATION and p[1] == pl.SUB_ENABLE_ENVELOPE
+
+
+def _install_of(p: bytes | None) -> tuple[int, bytes, str] | str | None:
+    """(key id, wrapped DEK, purpose) of a bootstrap/rotate payload, an error, or None."""
+    if not p:
+        return None
+    try:
+        if p[0] == pl.OP_BOOTSTRAP:
+            body, what = pl.decode_body(p), "bootstrap"
+        elif p[0] == pl.OP_ROTATION and len(p) > 1 and p[1] == pl.SUB_ROTATE_DEK:
+            body, what = pl.rotation_body(p)[1], "rotate"
+        else:
+            return None
+    except pl.PayloadError as e:
+        return str(e)
+    kid = _as_int(body.get("id")) if isinstance(body, dict) else None
+    wrapped = body.get("wrapped") if isinstance(body, dict) else None
+    if kid is None or not isinstance(wrapped, bytes):
+        return f"malformed {what} body (need id and wrapped bytes)"
+    return kid, wrapped, what
+
+
+class _Keys:
+    """The cluster's known DEKs (a real Keystore) and where each key got installed."""
+
+    def __init__(self, keystore: Keystore) -> None:
+        self.store = keystore
+        self.installed: dict[int, tuple[int, str]] = {}  # key id -> (point, source)
+        self.problems: list[dict[str, Any]] = []
+        self.conflicts: list[dict[str, Any]] = []
+
+    def add(self, key_id: int, wrapped: bytes, purpose: str, created: int, source: str,
+            node: str | None = None, index: int | None = None) -> bool:
+        """Learn a DEK; True if the id was new."""
+        if not 1 <= key_id <= MAX_KEY_ID:
+            self.problems.append({"source": source, "key_id": key_id,
+                                  "reason": "key id out of range"})
+            return False
+        new = key_id not in self.store
+        try:
+            self.store.install_wrapped(key_id, wrapped, purpose or "raft", max(created, 0))
+        except DekUnwrapError as e:
+            self.problems.append({"source": source, "key_id": key_id, "reason": str(e)})
+            return False
+        except (KeystoreError, ValueError) as e:
+            self.conflicts.append({"source": source, "key_id": key_id, "reason": str(e),
+                                   "node": node, "index": index})
+            return False
+        return new
+
+    def installed_at(self, key_id: int, point: int, source: str) -> None:
+        old = self.installed.get(key_id)
+        if old is None or point < old[0]:
+            self.installed[key_id] = (point, source)
+
+
+# --------------------------------------------------------------------------- results
+
+
+class _Collector:
+    def __init__(self, name: str) -> None:
+        self.result = InvariantResult(name, INVARIANTS[name])
+        self._all: list[dict[str, Any]] = []
+
+    def add(self, node: str | None, index: int | None, term: int | None,
+            opcode: int | str | None, reason: str, **extra: Any) -> None:
+        v: dict[str, Any] = {"node": node, "index": index, "term": term, "opcode": opcode,
+                             "reason": reason}
+        v.update({k: x for k, x in extra.items() if x is not None})
+        self._all.append(v)
+
+    def finish(self, order: Any = None) -> InvariantResult:
+        def default(v: dict[str, Any]) -> tuple[Any, ...]:
+            i = v.get("index")
+            return (i if isinstance(i, int) else float("inf"), v.get("node") or "")
+
+        self._all.sort(key=order or default)
+        r = self.result
+        r.violation_count = len(self._all)
+        r.valid = not self._all
+        r.violations = self._all[:_MAX_LISTED]
+        r.first_violation = self._all[0] if self._all else None
+        return r
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def check_cutover(
+    node_dirs: Mapping[str, str | PathLike[str]],
+    kek_path: str | PathLike[str],
+    plaintext_tokens: Iterable[tuple[bytes, int]] = (),
+    *,
+    scan_snapshot_data: bool = True,
+) -> CutoverReport:
+    """Check I1-I6 on the data dirs `node_dirs` (node name -> dir); read-only.
+
+    `plaintext_tokens` are (token, monotonic time_ns at which the workload wrote it);
+    tokens written after the cutover must not appear in cleartext above C.
+    `scan_snapshot_data=False` leaves snapshot data regions out of the byte scan.
+    """
+    kek = load_kek(kek_path)
+    nodes = [_read_node(n, Path(d)) for n, d in sorted(node_dirs.items())]
+    errors = [e for n in nodes for e in n.errors]
+    notes: list[str] = []
+
+    # ---- the cluster's C
+    side_c = {n.name: n.sidecar.raft_envelope_cutover_index for n in nodes if n.sidecar}
+    counts = Counter(c for c in side_c.values() if c)
+    cut = min(counts, key=lambda c: (-counts[c], c)) if counts else 0
+
+    # ---- distinct durable entries, decoded once however many replicas hold them
+    decoded: dict[tuple[int, int, int, bytes], _Decoded] = {}
+    holders: dict[tuple[int, int, int, bytes], list[str]] = defaultdict(list)
+    for n in nodes:
+        for rec in n.log.values():
+            e: Entry = rec.value  # type: ignore[assignment]
+            k = _entry_key(e)
+            if k not in decoded:
+                decoded[k] = _decode(e)
+            holders[k].append(n.name)
+
+    # ---- known DEKs: sidecars, snapshot blobs, then install entries (to a fixed point)
+    keys = _Keys(Keystore(kek))
+    for n in nodes:
+        if n.sidecar:
+            for kid, wk in sorted(n.sidecar.keys.items()):
+                keys.add(kid, wk.wrapped, wk.purpose, wk.created_index, f"sidecar of {n.name}",
+                         n.name)
+        for snap in n.snapshots:
+            s = snap.header.index
+            st = n.enc.get(s)
+            for kid, (wrapped, purpose, created) in sorted((st or {}).get("keys", {}).items()):
+                src = f"snapshot {s} of {n.name}"
+                keys.add(kid, wrapped, purpose, created, src, n.name, s)
+                keys.installed_at(kid, created if 0 < created <= s else s, src)
+    install_errors: list[dict[str, Any]] = []
+
+    def harvest(k: tuple[int, int, int, bytes], d: _Decoded) -> bool:
+        got = _install_of(d.cleartext)
+        if got is None:
+            return False
+        if isinstance(got, str):
+            install_errors.append({"index": k[0], "term": k[1], "reason": got})
+            return False
+        kid, wrapped, what = got
+        src = f"{what} entry {k[0]}"
+        new = keys.add(kid, wrapped, "raft", k[0], src, holders[k][0], k[0])
+        keys.installed_at(kid, k[0], src)
+        return new
+
+    for k, d in sorted(decoded.items(), key=lambda kv: kv[0][:2]):
+        if d.status == "clear":
+            harvest(k, d)
+    pending = sorted((k for k, d in decoded.items() if d.status == "wrapped"),
+                     key=lambda k: k[:2])
+    while pending:
+        progress, still = False, []
+        for k in pending:
+            d = decoded[k]
+            try:
+                d.inner = unwrap(keys.store.get, d.payload)
+            except UnwrapError as err:
+                d.error = f"{err.code}: {err.reason}"
+                if err.code == "unknown-key":
+                    still.append(k)
+                continue
+            d.error = None
+            progress = harvest(k, d) or progress
+        pending = still if progress else []
+
+    cut_time = _cutover_time(nodes, cut)
+    rows: list[LogRow] = []
+    results = {
+        "I1": _check_i1(nodes, decoded, cut, cut_time, plaintext_tokens, scan_snapshot_data,
+                        rows, notes),
+        "I2": _check_i2(nodes, decoded, side_c, cut),
+        "I3": _check_i3(nodes),
+        "I4": _check_i4(nodes),
+        "I5": _check_i5(nodes),
+        "I6": _check_i6(decoded, holders, keys, install_errors),
+    }
+    rows.sort(key=lambda r: (r.node, r.index))
+    summary = {n.name: _node_summary(n) for n in nodes}
+    if cut and cut_time is None:
+        notes.append("no event records when the marker applied: every token counts as "
+                     "written after the cutover")
+    return CutoverReport(cut, cut_time, results, rows, summary, errors, notes)
+
+
+def _cutover_time(nodes: list[_Node], cut: int) -> int | None:
+    if not cut:
+        return None
+    times = []
+    for n in nodes:
+        for ev in n.events:
+            kind = ev.get("kind")
+            fresh = kind == "encryption-applied" and ev.get("what") == "marker-fresh"
+            if not (fresh or kind in CUTOVER_EVENT_KINDS):
+                continue
+            if "index" in ev and ev.get("index") != cut:
+                continue
+            t = ev.get("t")
+            if isinstance(t, int) and not isinstance(t, bool):
+                times.append(t)
+    return min(times) if times else None
+
+
+def _node_summary(n: _Node) -> dict[str, Any]:
+    sc = n.sidecar
+    newest = n.snapshots[-1].header if n.snapshots else None
+    st = n.enc.get(newest.index) if newest else None
+    return {
+        "sidecar": None if sc is None else {
+            "cutover": sc.raft_envelope_cutover_index,
+            "active_raft_dek": sc.active_raft_dek,
+            "raft_applied_index": sc.raft_applied_index,
+            "local_epoch": sc.local_epoch,
+            "key_ids": sorted(sc.keys),
+        },
+        "snapshot": None if newest is None else {
+            "index": newest.index,
+            "term": newest.term,
+            "cutover": newest.cutover,
+            "key_ids": sorted(st["keys"]) if st else [],
+            "active": st["active"] if st else None,
+            "encryption_error": n.enc_errors.get(newest.index),
+        },
+        "wal_entry_records": len(n.records),
+        "durable_entries": len(n.log),
+        "first_index": min(n.log) if n.log else None,
+        "last_index": max(n.log) if n.log else None,
+        "commit": n.commit,
+        "stale_entries_dropped": n.stale_dropped,
+        "torn_tail": bool(n.torn),
+        "events": len(n.events),
+    }
+
+
+# --------------------------------------------------------------------------- I1
+
+
+def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
+              cut: int, cut_time: int | None, tokens: Iterable[tuple[bytes, int]],
+              scan_snapshots: bool, rows: list[LogRow], notes: list[str]) -> InvariantResult:
+    col = _Collector("I1")
+    for n in nodes:
+        det = {"entries": 0, "above_cutover": 0, "wrapped": 0, "violations": 0}
+        for idx in sorted(n.log):
+            e: Entry = n.log[idx].value  # type: ignore[assignment]
+            d = decoded[_entry_key(e)]
+            wrapped = d.status == "wrapped"
+            rows.append(LogRow(n.name, idx, e.term, d.opcode, wrapped, d.key_id))
+            det["entries"] += 1
+            det["wrapped"] += wrapped
+            if idx > cut:
+                det["above_cutover"] += 1
+            if d.status == "noop":
+                continue
+            committed = idx <= n.commit
+            before = len(col._all)
+            if d.status == "malformed":
+                col.add(n.name, idx, e.term, None, f"malformed proposal envelope: {d.error}",
+                        half="structural", committed=committed)
+            elif idx > cut and not wrapped:
+                col.add(n.name, idx, e.term, d.opcode,
+                        f"cleartext {_op_name(d.payload)} entry above the cutover C={cut}",
+                        half="structural", opcode_name=_op_name(d.payload),
+                        committed=committed)
+            elif idx > cut and d.inner is None:
+                col.add(n.name, idx, e.term, "undecryptable",
+                        f"wrapped entry does not authenticate under any known DEK "
+                        f"({d.error})", half="structural", key_id=d.key_id,
+                        committed=committed)
+            elif idx <= cut and wrapped:
+                where = (f"at or below the cutover C={cut}" if cut
+                         else "but the cluster never cut over (C=0)")
+                col.add(n.name, idx, e.term, d.opcode if d.inner else "undecryptable",
+                        f"wrapped entry {where}", half="structural", key_id=d.key_id,
+                        opcode_name=_op_name(d.inner), committed=committed)
+            det["violations"] += len(col._all) - before
+        col.result.nodes[n.name] = det
+
+    # ---- byte half
+    toks: dict[bytes, int] = {}
+    short = considered = 0
+    for tok, t in tokens:
+        tok = tok.encode() if isinstance(tok, str) else bytes(tok)
+        if not cut or (cut_time is not None and t <= cut_time):
+            continue
+        considered += 1
+        if len(tok) < MIN_TOKEN_LEN:
+            short += 1
+            continue
+        key = tok[:_PATTERN_PREFIX]
+        toks[key] = min(t, toks.get(key, t))
+    scan = {"tokens_after_cutover": considered, "tokens_too_short": short,
+            "wal_records_scanned": 0, "wal_bytes_scanned": 0, "snapshots_scanned": 0,
+            "hits": 0}
+    if short:
+        notes.append(f"{short} post-cutover token(s) shorter than {MIN_TOKEN_LEN} bytes "
+                     f"were not looked for")
+    if toks:
+        pat = _token_pattern(toks)
+        for n in nodes:
+            _scan_node(n, decoded, cut, cut_time, pat, toks, scan_snapshots, scan, col)
+    col.result.summary = {"cutover": cut, "cutover_time_ns": cut_time, "byte_scan": scan}
+    return col.finish(lambda v: (v.get("half") != "structural", v.get("index") or 0,
+                                 v.get("node") or ""))
+
+
+def _token_pattern(tokens: Iterable[bytes]) -> re.Pattern[bytes]:
+    """One regex for all tokens, shaped as a trie so that scanning stays linear."""
+    trie: dict[int, Any] = {}
+    for tok in tokens:
+        cur = trie
+        for b in tok:
+            cur = cur.setdefault(b, {})
+        cur[-1] = {}
+
+    def emit(node: dict[int, Any]) -> bytes:
+        if -1 in node:  # a token ends here: that is already a match
+            return b""
+        alts = [re.escape(bytes([b])) + emit(node[b]) for b in sorted(node)]
+        return alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
+
+    return re.compile(emit(trie), re.DOTALL)
+
+
+def _scan_node(n: _Node, decoded: dict[tuple[int, int, int, bytes], _Decoded], cut: int,
+               cut_time: int | None, pat: re.Pattern[bytes], toks: dict[bytes, int],
+               scan_snapshots: bool, scan: dict[str, int], col: _Collector) -> None:
+    def hit(m: re.Match[bytes], where: str, index: int | None = None, term: int | None = None,
+            opcode: int | None = None, **extra: Any) -> None:
+        scan["hits"] += 1
+        tok = m.group(0)
+        t = toks.get(tok)
+        when = ("after the cutover" if cut_time is None
+                else f"at {t}, after the cutover at {cut_time}")
+        shown = tok[:64].decode("utf-8", "replace")
+        col.add(n.name, index, term, opcode,
+                f"plaintext token {shown!r} (written {when}) in {where}", half="bytes",
+                token=shown, token_time_ns=t, **extra)
+
+    by_file: dict[Path, list[WalRecord]] = defaultdict(list)
+    for rec in n.records:
+        if rec.value.index > cut:  # type: ignore[union-attr]
+            by_file[rec.file].append(rec)
+    torn_by_file = {t.file: t for t in n.torn}
+    for path in sorted(set(by_file) | set(torn_by_file)):
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            col.add(n.name, None, None, None, f"cannot read {n.rel(path)} for the byte "
+                    f"scan: {err.strerror}", half="bytes")
+            continue
+        for rec in by_file.get(path, ()):
+            e: Entry = rec.value  # type: ignore[assignment]
+            scan["wal_records_scanned"] += 1
+            scan["wal_bytes_scanned"] += rec.length
+            for m in pat.finditer(data, rec.offset, rec.offset + rec.length):
+                d = decoded.get(_entry_key(e)) or _decode(e)
+                durable = n.log.get(e.index) is rec
+                state = "durable" if durable else "not in the durable log"
+                hit(m, f"the WAL record of entry {e.index} ({state})", index=e.index, term=e.term, opcode=d.opcode, file=n.rel(path),
+                    offset=m.start(), durable=durable)
+        torn = torn_by_file.get(path)
+        if torn is not None:
+            scan["wal_bytes_scanned"] += len(data) - torn.offset
+            for m in pat.finditer(data, torn.offset):
+                hit(m, "a torn WAL tail", file=n.rel(path), offset=m.start())
+    if not scan_snapshots:
+        return
+    for snap in n.snapshots:
+        s = snap.header.index
+        if s <= cut:
+            continue
+        scan["snapshots_scanned"] += 1
+        for m in pat.finditer(snap.data):
+            hit(m, f"the data region of snapshot {s}", index=s, term=snap.header.term,
+                file=n.rel(snap.path) if snap.path else None,
+                offset=snap.data_offset + m.start())
+
+
+# --------------------------------------------------------------------------- I2
+
+
+def _check_i2(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
+              side_c: dict[str, int], cut: int) -> InvariantResult:
+    col = _Collector("I2")
+    markers: set[int] = set()
+    for k, d in decoded.items():
+        if _is_marker(d.cleartext):
+            markers.add(k[0])
+    verified_on: list[str] = []
+    for n in nodes:
+        c = side_c.get(n.name)
+        det: dict[str, Any] = {"sidecar_cutover": c, "snapshots": []}
+        if c and c != cut:
+            col.add(n.name, c, None, None,
+                    f"sidecar says C={c}, the cluster's C is {cut} "
+                    f"(sidecars: {dict(sorted(side_c.items()))})")
+        if cut and cut in n.log:
+            e: Entry = n.log[cut].value  # type: ignore[assignment]
+            d = decoded[_entry_key(e)]
+            if d.status == "clear" and _is_marker(d.payload):
+                verified_on.append(n.name)
+                det["marker_at_cutover"] = True
+            else:
+                det["marker_at_cutover"] = False
+                what = ("a wrapped entry" if d.status == "wrapped"
+                        else _op_name(d.cleartext) or d.status)
+                col.add(n.name, cut, e.term, d.opcode if d.status != "wrapped" else None,
+                        f"the entry at C={cut} is {what}, not a cleartext "
+                        f"enable-raft-envelope marker", opcode_name=_op_name(d.cleartext))
+        for snap in n.snapshots:
+            h = snap.header
+            expected = cut if cut and h.index >= cut else 0
+            st = n.enc.get(h.index)
+            det["snapshots"].append({"index": h.index, "cutover": h.cutover,
+                                     "blob_cutover": st["cutover"] if st else None})
+            if h.cutover != expected:
+                col.add(n.name, h.index, h.term, None,
+                        f"snapshot at {h.index} has header cutover {h.cutover}, "
+                        f"expected {expected} (C={cut})")
+            elif st is not None and st["cutover"] != h.cutover:
+                col.add(n.name, h.index, h.term, None,
+                        f"snapshot at {h.index}: encryption state says cutover "
+                        f"{st['cutover']}, header says {h.cutover}")
+        col.result.nodes[n.name] = det
+    col.result.summary = {
+        "cutover": cut,
+        "marker_indexes": sorted(markers),
+        "marker_verified_on": verified_on,
+        # Every copy of entry C may be compacted away: then only the snapshots vouch.
+        "marker_verified": bool(verified_on) if cut else None,
+    }
+    return col.finish()
+
+
+# --------------------------------------------------------------------------- I3, I4
+
+
+def _check_i3(nodes: list[_Node]) -> InvariantResult:
+    col = _Collector("I3")
+    for n in nodes:
+        halts = [ev for ev in n.events if ev.get("kind") == "halt"]
+        for ev in halts:
+            col.add(n.name, ev.get("index"), ev.get("term"), None,
+                    f"halt: {ev.get('reason')}", t=ev.get("t"))
+        col.result.nodes[n.name] = {"halts": len(halts)}
+    return col.finish()
+
+
+def _check_i4(nodes: list[_Node]) -> InvariantResult:
+    col = _Collector("I4")
+    seen: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for n in nodes:
+        obs = 0
+        for ev in n.events:
+            a, dg = ev.get("applied"), ev.get("digest")
+            if isinstance(a, int) and not isinstance(a, bool) and isinstance(dg, str):
+                obs += 1
+                if n.name not in seen[a][dg]:
+                    seen[a][dg].append(n.name)
+        col.result.nodes[n.name] = {"digest_observations": obs}
+    compared = 0
+    for applied in sorted(seen):
+        by_digest = seen[applied]
+        if sum(len(v) for v in by_digest.values()) > 1:
+            compared += 1
+        if len(by_digest) > 1:
+            ranked = sorted(by_digest.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+            odd = ranked[1][1][0]
+            col.add(odd, applied, None, None,
+                    f"replicas at applied index {applied} disagree: "
+                    + "; ".join(f"{dg} on {', '.join(ns)}" for dg, ns in ranked),
+                    digests={dg: ns for dg, ns in ranked})
+    col.result.summary = {"applied_indexes_compared": compared}
+    return col.finish()
+
+
+# --------------------------------------------------------------------------- I5, I6
+
+
+def _check_i5(nodes: list[_Node]) -> InvariantResult:
+    col = _Collector("I5")
+    uses: dict[tuple[int, bytes], dict[tuple[int, int, bytes], str]] = defaultdict(dict)
+    done: set[tuple[int, int, bytes]] = set()
+    for n in nodes:
+        wrapped = 0
+        for rec in n.records:
+            e: Entry = rec.value  # type: ignore[assignment]
+            ident = (e.index, e.term, e.data)
+            if ident in done:
+                continue
+            done.add(ident)
+            d = _decode(e)
+            if d.status != "wrapped":
+                continue
+            wrapped += 1
+            assert d.key_id is not None and d.nonce is not None
+            uses[(d.key_id, d.nonce)].setdefault(ident, n.name)
+        col.result.nodes[n.name] = {"distinct_wrapped_records": wrapped}
+    for (kid, nonce), where in uses.items():
+        if len(where) < 2:
+            continue
+        ordered = sorted(where.items(), key=lambda kv: kv[0][:2])
+        (i0, t0, _), _n0 = ordered[0]
+        for (i, t, _), node in ordered[1:]:
+            col.add(node, i, t, None,
+                    f"key id {kid} nonce {nonce.hex()} already used by entry {i0} (term {t0})",
+                    key_id=kid, nonce=nonce.hex(), first_use_index=i0)
+    col.result.summary = {"distinct_pairs": len(uses)}
+    return col.finish()
+
+
+def _check_i6(decoded: dict[tuple[int, int, int, bytes], _Decoded],
+              holders: dict[tuple[int, int, int, bytes], list[str]], keys: _Keys,
+              install_errors: list[dict[str, Any]]) -> InvariantResult:
+    col = _Collector("I6")
+    per_node: dict[str, int] = defaultdict(int)
+    for k, d in sorted(decoded.items(), key=lambda kv: kv[0][:2]):
+        if d.status != "wrapped":
+            continue
+        index, term = k[0], k[1]
+        for node in holders[k]:
+            per_node[node] += 1
+        node = sorted(holders[k])[0]
+        got = keys.installed.get(d.key_id)  # type: ignore[arg-type]
+        if got is None:
+            col.add(node, index, term, d.opcode,
+                    f"key id {d.key_id} is used at {index} but no bootstrap/rotate entry "
+                    f"installs it and no snapshot carries it", key_id=d.key_id,
+                    nodes=sorted(holders[k]))
+        elif got[0] >= index:
+            col.add(node, index, term, d.opcode,
+                    f"key id {d.key_id} is used at {index} but installed only at "
+                    f"{got[0]} ({got[1]})", key_id=d.key_id, installed_at=got[0],
+                    nodes=sorted(holders[k]))
+    for c in keys.conflicts:
+        col.add(c.get("node"), c.get("index"), None, None,
+                f"key id {c['key_id']} from {c['source']}: {c['reason']}", key_id=c["key_id"])
+    col.result.nodes = {n: {"wrapped_entries": c} for n, c in sorted(per_node.items())}
+    col.result.summary = {
+        "installed": {str(k): {"at": p, "by": src} for k, (p, src) in
+                      sorted(keys.installed.items())},
+        "known_key_ids": keys.store.ids(),
+        "unopenable_keys": keys.problems,
+        "malformed_install_entries": install_errors,
+    }
+    return col.finish()
