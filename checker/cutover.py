@@ -725,8 +725,9 @@ def _scan_node(n: _Node, decoded: dict[tuple[int, int, int, bytes], _Decoded], c
                 d = decoded.get(_entry_key(e)) or _decode(e)
                 durable = n.log.get(e.index) is rec
                 state = "durable" if durable else "not in the durable log"
-                hit(m, f"the WAL record of entry {e.index} ({state})", index=e.index, term=e.term, opcode=d.opcode, file=n.rel(path),
-                    offset=m.start(), durable=durable)
+                hit(m, f"the WAL record of entry {e.index} ({state})", index=e.index,
+                    term=e.term, opcode=d.opcode, file=n.rel(path), offset=m.start(),
+                    durable=durable)
         torn = torn_by_file.get(path)
         if torn is not None:
             scan["wal_bytes_scanned"] += len(data) - torn.offset
