@@ -6,7 +6,7 @@ is parsed by the module that owns it (``node.wal``, ``node.snapshot``, ``node.pa
 ``node.envelope``, ``node.keystore``, ``node.sidecar``, ``node.events``); nothing here
 slices those bytes itself. The one exception is the snapshot encryption blob, which the
 node side writes inline (``node.cutover.Cutover.snapshot_fields``) without a public
-decoder; `decode_encryption_state` mirrors it and should move next to its encoder.
+decoder: `node.cutover.decode_encryption_state`, next to its encoder.
 
 What the checker takes from the disk (and what the node side must keep writing):
 
@@ -34,6 +34,10 @@ What the checker takes from the disk (and what the node side must keep writing):
   ``cutover-applied`` / ``marker-applied`` event (an ``index`` field, when present, must
   equal C). Without any, every token counts as written after the cutover (strict).
 
+A structural I1 violation carries ``known_committed``: whether its index is at or below
+the highest commit index the node recorded in its WAL's hard state. Raft persists the
+commit index lazily, so False means "not known", never "uncommitted".
+
 Known DEKs are the union over the cluster (every node's sidecar and snapshot blobs, plus
 install entries): I1 asks whether an entry authenticates under a DEK that a keystore
 holds, and Raft replicates installs to everyone.
@@ -41,7 +45,10 @@ holds, and Raft replicates installs to everyone.
 The byte scan looks for the workload's plaintext tokens written after T (monotonic
 ``time_ns``, strictly greater than T) in: the bytes of every WAL entry record whose
 index is above C (truncated ones too), every torn WAL tail when C != 0 (its index is
-unknown), and the data region of every snapshot file whose index is above C. Tokens
+unknown), and the data region of every snapshot file whose index is above C (the node
+build as of this writing stores that region, the KV image, in cleartext, so any snapshot
+taken above C fails this half unless the node wraps the region or the caller passes
+``scan_snapshot_data=False``). Tokens
 shorter than `MIN_TOKEN_LEN` bytes are ignored: random ciphertext would contain them by
 chance. Leftover ``*.tmp`` snapshot files are not scanned (start-up prunes them).
 
@@ -61,9 +68,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import msgpack
-
 from node import payload as pl
+from node.cutover import decode_encryption_state
 from node.envelope import MAX_KEY_ID, UnwrapError, parse_header, unwrap
 from node.events import read_events
 from node.keystore import DekUnwrapError, Keystore, KeystoreError, load_kek
@@ -83,7 +89,6 @@ __all__ = [
     "InvariantResult",
     "LogRow",
     "check_cutover",
-    "decode_encryption_state",
 ]
 
 INVARIANTS = {
@@ -209,39 +214,6 @@ class _Node:
             return str(Path(p).relative_to(self.path))
         except ValueError:
             return str(p)
-
-
-def decode_encryption_state(blob: bytes) -> dict[str, Any] | None:
-    """The snapshot header's encryption blob, or None when empty; ValueError if malformed.
-
-    Mirrors the encoder in ``node.cutover.Cutover.snapshot_fields``: msgpack ``{"keys":
-    {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
-    "cutover": int}``. Returns ``{"keys": {id: (wrapped, purpose, created_index)},
-    "active": int, "cutover": int}``.
-    """
-    if not blob:
-        return None
-    try:
-        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"encryption blob is not msgpack: {e}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("encryption blob is not a map")
-    keys: dict[int, tuple[bytes, str, int]] = {}
-    raw_keys = doc.get("keys") or {}
-    if not isinstance(raw_keys, dict):
-        raise ValueError("encryption blob: keys is not a map")
-    for k, rec in raw_keys.items():
-        kid = _as_int(k)
-        if kid is None or not isinstance(rec, dict) or not isinstance(rec.get("wrapped"), bytes):
-            raise ValueError(f"encryption blob: malformed key entry {k!r}")
-        created = _as_int(rec.get("created_index", 0))
-        keys[kid] = (rec["wrapped"], str(rec.get("purpose", "")), created or 0)
-    active = _as_int(doc.get("active", 0))
-    cutover = _as_int(doc.get("cutover", 0))
-    if active is None or cutover is None:
-        raise ValueError("encryption blob: active/cutover is not an integer")
-    return {"keys": keys, "active": active, "cutover": cutover}
 
 
 def _as_int(v: Any) -> int | None:
@@ -412,8 +384,13 @@ class _Keys:
         return new
 
     def installed_at(self, key_id: int, point: int, source: str) -> None:
+        """Keep the lowest install point; at a tie an entry beats a snapshot's claim."""
         old = self.installed.get(key_id)
-        if old is None or point < old[0]:
+
+        def rank(p: int, src: str) -> tuple[int, bool]:
+            return p, src.startswith("snapshot")
+
+        if old is None or rank(point, source) < rank(*old):
             self.installed[key_id] = (point, source)
 
 
@@ -498,6 +475,7 @@ def check_cutover(
                 keys.add(kid, wrapped, purpose, created, src, n.name, s)
                 keys.installed_at(kid, created if 0 < created <= s else s, src)
     install_errors: list[dict[str, Any]] = []
+    ignored: list[dict[str, Any]] = []
 
     def harvest(k: tuple[int, int, int, bytes], d: _Decoded) -> bool:
         got = _install_of(d.cleartext)
@@ -507,6 +485,11 @@ def check_cutover(
             install_errors.append({"index": k[0], "term": k[1], "reason": got})
             return False
         kid, wrapped, what = got
+        if what == "bootstrap" and any(p < k[0] for p, _ in keys.installed.values()):
+            # The node's applier ignores a bootstrap once a raft DEK is active (a retried
+            # or duplicate request): it installs nothing, so it conflicts with nothing.
+            ignored.append({"index": k[0], "term": k[1], "key_id": kid})
+            return False
         src = f"{what} entry {k[0]}"
         new = keys.add(kid, wrapped, "raft", k[0], src, holders[k][0], k[0])
         keys.installed_at(kid, k[0], src)
@@ -541,9 +524,14 @@ def check_cutover(
         "I3": _check_i3(nodes),
         "I4": _check_i4(nodes),
         "I5": _check_i5(nodes),
-        "I6": _check_i6(decoded, holders, keys, install_errors),
+        "I6": _check_i6(decoded, holders, keys, install_errors, ignored),
     }
     rows.sort(key=lambda r: (r.node, r.index))
+    if cut and not results["I2"].summary["marker_verified_on"]:
+        notes.append(f"entry {cut} is compacted on every node: only the snapshot headers "
+                     f"vouch for the marker")
+    if not any(r["digest_observations"] for r in results["I4"].nodes.values()):
+        notes.append("no digest events: I4 had nothing to compare")
     summary = {n.name: _node_summary(n) for n in nodes}
     if cut and cut_time is None:
         notes.append("no event records when the marker applied: every token counts as "
@@ -608,7 +596,8 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
               scan_snapshots: bool, rows: list[LogRow], notes: list[str]) -> InvariantResult:
     col = _Collector("I1")
     for n in nodes:
-        det = {"entries": 0, "above_cutover": 0, "wrapped": 0, "violations": 0}
+        det = {"entries": 0, "above_cutover": 0, "wrapped": 0, "structural_violations": 0,
+               "byte_hits": 0}
         for idx in sorted(n.log):
             e: Entry = n.log[idx].value  # type: ignore[assignment]
             d = decoded[_entry_key(e)]
@@ -624,24 +613,24 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
             before = len(col._all)
             if d.status == "malformed":
                 col.add(n.name, idx, e.term, None, f"malformed proposal envelope: {d.error}",
-                        half="structural", committed=committed)
+                        half="structural", known_committed=committed)
             elif idx > cut and not wrapped:
                 col.add(n.name, idx, e.term, d.opcode,
                         f"cleartext {_op_name(d.payload)} entry above the cutover C={cut}",
                         half="structural", opcode_name=_op_name(d.payload),
-                        committed=committed)
+                        known_committed=committed)
             elif idx > cut and d.inner is None:
                 col.add(n.name, idx, e.term, "undecryptable",
                         f"wrapped entry does not authenticate under any known DEK "
                         f"({d.error})", half="structural", key_id=d.key_id,
-                        committed=committed)
+                        known_committed=committed)
             elif idx <= cut and wrapped:
                 where = (f"at or below the cutover C={cut}" if cut
                          else "but the cluster never cut over (C=0)")
                 col.add(n.name, idx, e.term, d.opcode if d.inner else "undecryptable",
                         f"wrapped entry {where}", half="structural", key_id=d.key_id,
-                        opcode_name=_op_name(d.inner), committed=committed)
-            det["violations"] += len(col._all) - before
+                        opcode_name=_op_name(d.inner), known_committed=committed)
+            det["structural_violations"] += len(col._all) - before
         col.result.nodes[n.name] = det
 
     # ---- byte half
@@ -696,6 +685,7 @@ def _scan_node(n: _Node, decoded: dict[tuple[int, int, int, bytes], _Decoded], c
     def hit(m: re.Match[bytes], where: str, index: int | None = None, term: int | None = None,
             opcode: int | None = None, **extra: Any) -> None:
         scan["hits"] += 1
+        col.result.nodes[n.name]["byte_hits"] += 1
         tok = m.group(0)
         t = toks.get(tok)
         when = ("after the cutover" if cut_time is None
@@ -856,16 +846,17 @@ def _check_i5(nodes: list[_Node]) -> InvariantResult:
         for rec in n.records:
             e: Entry = rec.value  # type: ignore[assignment]
             ident = (e.index, e.term, e.data)
-            if ident in done:
+            if ident in done:  # a replica's (or a rewritten) copy of the same entry
+                wrapped += 1
                 continue
-            done.add(ident)
             d = _decode(e)
             if d.status != "wrapped":
                 continue
+            done.add(ident)
             wrapped += 1
             assert d.key_id is not None and d.nonce is not None
             uses[(d.key_id, d.nonce)].setdefault(ident, n.name)
-        col.result.nodes[n.name] = {"distinct_wrapped_records": wrapped}
+        col.result.nodes[n.name] = {"wrapped_records": wrapped}
     for (kid, nonce), where in uses.items():
         if len(where) < 2:
             continue
@@ -881,7 +872,8 @@ def _check_i5(nodes: list[_Node]) -> InvariantResult:
 
 def _check_i6(decoded: dict[tuple[int, int, int, bytes], _Decoded],
               holders: dict[tuple[int, int, int, bytes], list[str]], keys: _Keys,
-              install_errors: list[dict[str, Any]]) -> InvariantResult:
+              install_errors: list[dict[str, Any]],
+              ignored: list[dict[str, Any]]) -> InvariantResult:
     col = _Collector("I6")
     per_node: dict[str, int] = defaultdict(int)
     for k, d in sorted(decoded.items(), key=lambda kv: kv[0][:2]):
@@ -912,5 +904,6 @@ def _check_i6(decoded: dict[tuple[int, int, int, bytes], _Decoded],
         "known_key_ids": keys.store.ids(),
         "unopenable_keys": keys.problems,
         "malformed_install_entries": install_errors,
+        "ignored_bootstraps": ignored,
     }
     return col.finish()

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgpack
+
 from node import payload as pl
-from node.envelope import NonceSource, UnwrapError, unwrap
+from node.envelope import NonceSource, UnwrapError, is_wrapped_shape, unwrap
 from node.envelope import wrap as seal_bytes
 from node.keystore import Kek, Keystore, KeystoreError, WrappedKey
 from node.sidecar import Sidecar
@@ -297,8 +299,6 @@ class Cutover:
 
     def snapshot_fields(self, snapshot_index: int) -> tuple[int, bytes]:
         """(header cutover, encryption blob) for a snapshot taken at `snapshot_index`."""
-        import msgpack
-
         sc = self.store.load()
         c = sc.raft_envelope_cutover_index
         header_cutover = c if c and snapshot_index >= c else 0
@@ -307,6 +307,25 @@ class Cutover:
                          "created_index": w.created_index} for k, w in sc.keys.items()},
             "active": sc.active_raft_dek, "cutover": header_cutover}, use_bin_type=True)
         return header_cutover, blob
+
+    def seal_image(self, snapshot_index: int, image: bytes) -> bytes:
+        """The state-machine image of a snapshot above C is wrapped like an entry above C
+        would be: after the cutover no user value rests on disk in cleartext (I1)."""
+        sc = self.store.load()
+        c = sc.raft_envelope_cutover_index
+        dek = self.keys.get(sc.active_raft_dek) if sc.active_raft_dek else None
+        if not c or snapshot_index <= c or dek is None:
+            return image
+        return seal_bytes(dek, sc.active_raft_dek, self.nonces.next(), image)
+
+    def open_image(self, image: bytes) -> bytes:
+        """The cleartext image of a snapshot; Halt if it is wrapped and does not open."""
+        if not is_wrapped_shape(image):
+            return image
+        try:
+            return unwrap(self.keys.get, image)
+        except UnwrapError as e:
+            raise Halt(0, f"snapshot image does not unwrap ({e.code}): {e.reason}") from None
 
     def check_startup_snapshot(self, header_cutover: int) -> None:
         """The start-up divergence guard (§6): a snapshot that disagrees with the
@@ -320,16 +339,15 @@ class Cutover:
         """Runtime InstallSnapshot (§6): adopt the encryption state it carries."""
         if "snapshot-install-no-cutover" in self.bugs or not blob:
             return
-        import msgpack
-
-        enc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        enc = decode_encryption_state(blob)
+        if enc is None:
+            return
         sc = self.store.load()
-        for k, rec in enc.get("keys", {}).items():
-            if int(k) not in sc.keys:
-                self._add_key(sc, snapshot_index, int(k), bytes(rec["wrapped"]),
-                              str(rec.get("purpose", "raft")))
-        if enc.get("active"):
-            sc.active_raft_dek = int(enc["active"])
+        for k, (wrapped, purpose, _created) in enc["keys"].items():
+            if k not in sc.keys:
+                self._add_key(sc, snapshot_index, k, wrapped, purpose or "raft")
+        if enc["active"]:
+            sc.active_raft_dek = enc["active"]
         if header_cutover and not sc.raft_envelope_cutover_index:
             sc.raft_envelope_cutover_index = header_cutover
         sc.raft_applied_index = max(sc.raft_applied_index, snapshot_index)
@@ -337,6 +355,49 @@ class Cutover:
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
                           why="install-snapshot")
+
+
+def decode_encryption_state(blob: bytes) -> dict[str, Any] | None:
+    """The snapshot header's encryption blob, or None when empty; ValueError if malformed.
+
+    The decoder of `Cutover.snapshot_fields`'s blob: msgpack ``{"keys":
+    {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
+    "cutover": int}``. Returns ``{"keys": {id: (wrapped, purpose, created_index)},
+    "active": int, "cutover": int}``.
+    """
+    if not blob:
+        return None
+    try:
+        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"encryption blob is not msgpack: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("encryption blob is not a map")
+    keys: dict[int, tuple[bytes, str, int]] = {}
+    raw_keys = doc.get("keys") or {}
+    if not isinstance(raw_keys, dict):
+        raise ValueError("encryption blob: keys is not a map")
+    for k, rec in raw_keys.items():
+        kid = _as_int(k)
+        if kid is None or not isinstance(rec, dict) or not isinstance(rec.get("wrapped"), bytes):
+            raise ValueError(f"encryption blob: malformed key entry {k!r}")
+        created = _as_int(rec.get("created_index", 0))
+        keys[kid] = (rec["wrapped"], str(rec.get("purpose", "")), created or 0)
+    active = _as_int(doc.get("active", 0))
+    cutover = _as_int(doc.get("cutover", 0))
+    if active is None or cutover is None:
+        raise ValueError("encryption blob: active/cutover is not an integer")
+    return {"keys": keys, "active": active, "cutover": cutover}
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.isascii() and v.isdigit():
+        return int(v)
+    return None
 
 
 class EnableHost(Protocol):

@@ -113,7 +113,13 @@ class Node:
                     raise StorageError(h.reason) from None
         snap = self.storage.snapshot
         if snap is not None:
-            self.kv.restore(snapshot_kv(snap.data))
+            image = snapshot_kv(snap.data)
+            if self.cut is not None:
+                try:
+                    image = self.cut.open_image(image)
+                except Halt as h:
+                    raise StorageError(h.reason) from None
+            self.kv.restore(image)
         rng = random.Random(opts.seed if opts.seed is not None else os.urandom(8))
         cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks)
         self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
@@ -195,7 +201,7 @@ class Node:
         self.close()
 
     def close(self) -> None:
-        self.log.emit("stop", **self._positions())
+        self.log.emit("stop", digest=self.kv.digest(), **self._positions())
         try:
             self.storage.close()
         except StorageError:
@@ -472,9 +478,15 @@ class Node:
         if len(early) < len(rd.messages):
             self._send_batch([m for m in rd.messages if not may_send_early(m)])
         if rd.snapshot is not None:
-            self.kv.restore(snapshot_kv(rd.snapshot.data))
+            image = snapshot_kv(rd.snapshot.data)
             if self.cut is not None:  # runtime InstallSnapshot adopts the encryption state
                 self.cut.adopt_snapshot(cutover, enc, rd.snapshot.meta.index)
+                try:
+                    image = self.cut.open_image(image)
+                except Halt as h:
+                    self._halt(rd.snapshot.meta.index, rd.snapshot.meta.term, h.reason)
+                    image = b""
+            self.kv.restore(image)
             self.applied = rd.snapshot.meta.index
             self.log.emit("snapshot-installed", index=rd.snapshot.meta.index,
                           term=rd.snapshot.meta.term)
@@ -490,7 +502,7 @@ class Node:
         if rd.committed_entries and now - self._last_progress_event > 1.0:
             self._last_progress_event = now
             self.log.emit("progress", commit=self.raft.commit, applied=self.applied,
-                          term=self.raft.term)
+                          term=self.raft.term, digest=self.kv.digest())
         if self.applied - self.raft.snapshot_index >= self.opts.snapshot_every:
             self.take_snapshot()
 
@@ -564,8 +576,12 @@ class Node:
         idx = min(self.applied, self.raft.applied)
         if idx <= self.raft.snapshot_index:
             return self.raft.snapshot_index
-        cutover, enc = self.cut.snapshot_fields(idx) if self.cut else (0, b"")
-        snap: Snapshot = self.raft.compact(idx, snapshot_data(self.kv.snapshot(), cutover, enc))
+        image = self.kv.snapshot()
+        cutover, enc = (0, b"")
+        if self.cut is not None:
+            cutover, enc = self.cut.snapshot_fields(idx)
+            image = self.cut.seal_image(idx, image)
+        snap: Snapshot = self.raft.compact(idx, snapshot_data(image, cutover, enc))
         self.storage.compact(snap, cutover=cutover, encryption=enc)
         self.log.emit("snapshot-taken", index=snap.meta.index, term=snap.meta.term,
                       cutover=cutover)

@@ -3,6 +3,7 @@ rotation after the cutover, a restart, and what the nodes leave on disk."""
 from __future__ import annotations
 
 import threading
+import time
 
 from node.envelope import is_wrapped_shape, parse_header
 from node.keystore import generate_dek, write_kek
@@ -27,7 +28,8 @@ def test_cutover_end_to_end(tmp_path) -> None:
     kek = write_kek(kek_path)
     cl = Cluster(str(tmp_path / "run"), 3, seed=21, kek_path=kek_path)
     stop = threading.Event()
-    refused = []
+    refused: list[int] = []
+    tokens: list[tuple[bytes, int]] = []
     try:
         cl.start()
         leader = cl.wait_leader()
@@ -41,7 +43,8 @@ def test_cutover_end_to_end(tmp_path) -> None:
                     i = 0
                     while not stop.is_set():
                         i += 1
-                        r = w.invoke("write", f"k{i % 5}", f"tok-{i}")
+                        tokens.append((b"tok-%06d" % i, time.monotonic_ns()))
+                        r = w.invoke("write", f"k{i % 5}", f"tok-{i:06d}")
                         if r.type == "fail" and r.error == "cutover-in-progress":
                             refused.append(i)
 
@@ -59,6 +62,10 @@ def test_cutover_end_to_end(tmp_path) -> None:
             t.join()
             assert c.invoke("write", "after", "a").type == "ok"
         follower = next(n for n in cl.ids if n != leader)
+        with Client(cl.endpoints(), timeout=2.0) as c:
+            # A snapshot above C: its image must be wrapped, and a restart must read it.
+            snap = c.admin(follower, "snapshot-now")["value"]["snapshot_index"]
+            assert snap > cutover
         cl.restart(follower)
         with Client(cl.endpoints(), timeout=2.0) as c:
             assert c.invoke("read", "after").value == "a"
@@ -70,6 +77,14 @@ def test_cutover_end_to_end(tmp_path) -> None:
     finally:
         stop.set()
         cl.close()
+    # The offline checker: every invariant holds, including the byte scan for the values
+    # written after the cutover (tokens "tok-N" written during and after EnableRaftEnvelope).
+    from checker.cutover import check_cutover
+
+    report = check_cutover({n: cl.nodes[n].data_dir for n in cl.ids}, kek_path, tokens)
+    assert report.valid, report.first_violation()
+    assert report.cutover_time_ns and any(t > report.cutover_time_ns for _, t in tokens)
+    assert report.cutover == cutover
     # On disk: every node agrees on C; above C everything is wrapped, at/below cleartext.
     for nid in cl.ids:
         d = cl.nodes[nid].data_dir
@@ -111,13 +126,20 @@ def test_raw_admin_proposer_switch_puts_cleartext_above_c(tmp_path) -> None:
             st = cl.statuses()
             return all(s and s["halted"] for s in st.values())
 
-        import time
         deadline = time.monotonic() + 10
         while not all_halted():
             assert time.monotonic() < deadline, cl.statuses()
             time.sleep(0.05)
     finally:
         cl.close()
+    from checker.cutover import check_cutover
+
+    report = check_cutover({n: cl.nodes[n].data_dir for n in cl.ids}, kek_path)
+    assert not report.valid
+    i1, i3 = report.results["I1"], report.results["I3"]
+    assert not i1.valid and i1.first_violation["index"] > cutover
+    assert i1.first_violation["node"] in cl.ids
+    assert not i3.valid
     for nid in cl.ids:
         halts = [e for e in read_events(cl.nodes[nid].data_dir) if e["kind"] == "halt"]
         assert halts and halts[0]["index"] > cutover and "unwrap" in halts[0]["reason"]
