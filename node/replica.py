@@ -1,0 +1,388 @@
+"""The replica's protocol logic, shared by the node process and the simulator.
+
+Everything between the Raft core and the outside world that is not I/O lives here:
+client requests (read / write / cas and the admin ops), the new-leader rule, the
+proposers, the EnableRaftEnvelope flow, applying committed entries through the cutover's
+strict hook, ReadIndex bookkeeping, and what a snapshot carries. The node process
+(`node/server.py`) adds sockets, storage and the loop; the deterministic simulator adds
+its in-memory network, so a bug found in simulation is a bug in this code.
+"""
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections import deque
+from typing import Any
+
+from node import payload as pl
+from node.cutover import Busy, Cutover, EnableFlow, Halt
+from node.kv import KV, snapshot_data, snapshot_enc, snapshot_kv
+from node.raft import NotLeader, RaftNode, ReadState, Role
+from node.types import EntryKind, Snapshot
+
+
+class Replica:
+    """Protocol logic of one replica over a Raft core, a KV map and (maybe) a Cutover.
+
+    A host sets `raft`, `kv`, `cut`, `bugs`, `id` and `log` (an object with
+    `emit(kind, **detail)`), calls `Replica.__init__`, implements `_deliver` and
+    `take_snapshot`, and drives: `_handle` for requests, `tick_logic` on each tick,
+    `after_ready` after persisting and sending each Ready, `observe_role` after the
+    Ready loop, and `_answer_reads`.
+    """
+
+    id: str
+    raft: RaftNode
+    kv: KV
+    cut: Cutover | None
+    bugs: frozenset[str]
+    log: Any
+
+    def __init__(self, *, lease_interval: float = 1.0, proposal_timeout: float = 30.0,
+                 enable_timeout_ticks: int = 200, rng: random.Random | None = None) -> None:
+        self.lease_interval = lease_interval
+        self.proposal_timeout = proposal_timeout
+        self.enable_timeout_ticks = enable_timeout_ticks
+        self.applied = self.raft.applied
+        self.halted: str | None = None
+        self._pid_next = (rng or random.Random()).getrandbits(40) << 20
+        # proposal id -> (client, request id, index, deadline, admin?)
+        self.pending: dict[int, tuple[Any, Any, int, float, bool]] = {}
+        self.read_wait: dict[bytes, tuple[Any, Any, str, float]] = {}  # ctx -> request
+        self.reads_ready: deque[tuple[int, Any, Any, str]] = deque()  # (index, who, id, key)
+        self._read_ctr = 0
+        self.admin_busy = False
+        self.enable: tuple[EnableFlow, Any, Any] | None = None
+        self._last_role: tuple[Any, int, Any] = (None, -1, None)
+        self._last_lease = 0.0
+
+    # ------------------------------------------------------------- driving
+
+    def tick_logic(self, now: float) -> None:
+        """Once per Raft tick: the flow's timeouts and the leader's lease entry."""
+        if self.enable is not None:
+            self.enable[0].tick()
+        self._maybe_lease(now)
+
+    def observe_role(self) -> None:
+        role = (self.raft.role, self.raft.term, self.raft.leader)
+        if role != self._last_role:
+            self._last_role = role
+            self.log.emit("role", role=str(role[0]), term=role[1], leader=role[2])
+            if role[0] is not Role.LEADER:
+                # Reads waiting for a leadership confirmation will never get it here.
+                for ctx, (ident, rid, _k, _d) in list(self.read_wait.items()):
+                    del self.read_wait[ctx]
+                    self._not_leader(ident, rid)
+
+    def after_ready(self, snapshot: Snapshot | None, committed: list[Any],
+                    read_states: list[ReadState]) -> None:
+        """Step 4 of the Ready contract: install, apply, release reads."""
+        if snapshot is not None:
+            self.install_snapshot(snapshot)
+        for e in committed:
+            if self.halted:
+                break
+            self._apply(e)
+        for rs in read_states:
+            w = self.read_wait.pop(rs.ctx, None)
+            if w is not None:
+                self.reads_ready.append((rs.index, w[0], w[1], w[2]))
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """A snapshot received at run time: adopt its encryption state, then its image."""
+        cutover, enc = snapshot_enc(snapshot.data)
+        image = snapshot_kv(snapshot.data)
+        if self.cut is not None:
+            self.cut.adopt_snapshot(cutover, enc, snapshot.meta.index)
+            try:
+                image = self.cut.open_image(image)
+            except Halt as h:
+                self._halt(snapshot.meta.index, snapshot.meta.term, h.reason)
+                image = b""
+        self.kv.restore(image)
+        self.applied = snapshot.meta.index
+        self.log.emit("snapshot-installed", index=snapshot.meta.index,
+                      term=snapshot.meta.term)
+
+    def snapshot_image(self, index: int) -> tuple[bytes, int, bytes]:
+        """(snapshot data, header cutover, encryption blob) for a snapshot at `index`."""
+        image = self.kv.snapshot()
+        cutover, enc = (0, b"")
+        if self.cut is not None:
+            cutover, enc = self.cut.snapshot_fields(index)
+            image = self.cut.seal_image(index, image)
+        return snapshot_data(image, cutover, enc), cutover, enc
+
+    # ------------------------------------------------------------ requests
+
+    def _reply(self, ident: Any, rep: dict[str, Any]) -> None:
+        self._deliver(ident, rep)
+
+    def _deliver(self, ident: Any, rep: dict[str, Any]) -> None:
+        """Send `rep` to the client behind `ident` (a socket identity, a test's handle)."""
+        raise NotImplementedError
+
+    def take_snapshot(self) -> int:
+        """Snapshot the FSM at the applied index (the host owns storage)."""
+        raise NotImplementedError
+
+    def _fail(self, ident: bytes, rid: Any, code: str, text: str, definite: bool = True,
+              **extra: Any) -> None:
+        self._reply(ident, {"id": rid, "ok": False, "code": code, "text": text,
+                            "definite": definite, **extra})
+
+    def _not_leader(self, ident: bytes, rid: Any) -> None:
+        self._fail(ident, rid, "not-leader", f"{self.id} is not the leader",
+                   leader=self.raft.leader)
+
+    def _handle(self, ident: bytes, req: dict[str, Any]) -> None:
+        rid = req.get("id")
+        op = req.get("op")
+        if op == "status":
+            self._reply(ident, {"id": rid, "ok": True, "value": self.status()})
+            return
+        if op == "snapshot-now":
+            idx = self.take_snapshot()
+            self._reply(ident, {"id": rid, "ok": True, "value": {"snapshot_index": idx}})
+            return
+        if op in ("bootstrap", "rotate-dek", "enable-raft-envelope"):
+            self._admin(ident, rid, op, req)
+            return
+        if op not in ("read", "write", "cas"):
+            self._fail(ident, rid, "bad-request", f"unknown op {op!r}")
+            return
+        key = req.get("key")
+        if not isinstance(key, str):
+            self._fail(ident, rid, "bad-request", "key must be a string")
+            return
+        if self.halted:
+            self._fail(ident, rid, "halted", f"apply halted: {self.halted}")
+            return
+        if op == "read":
+            if "stale-read" in self.bugs:
+                self._reply(ident, {"id": rid, "ok": True, "value": self.kv.read(key)})
+                return
+            self._read_ctr += 1
+            ctx = struct.pack(">Q", self._read_ctr)
+            try:
+                self.raft.read_index(ctx)
+            except NotLeader:
+                self._not_leader(ident, rid)
+                return
+            self.read_wait[ctx] = (ident, rid, key, time.monotonic() + self.proposal_timeout)
+            return
+        if not self._can_serve(ident, rid):
+            return
+        cmd: dict[str, Any] = {"op": op, "key": key}
+        if op == "write":
+            cmd["value"] = req.get("value")
+        else:
+            cmd["from"] = req.get("from")
+            cmd["to"] = req.get("to")
+        payload = pl.user_payload(cmd)
+        if self.cut is not None:
+            try:
+                payload = self.cut.user_proposal(payload, self.cut.barrier)
+            except Busy as b:
+                self._fail(ident, rid, b.code, str(b))
+                return
+        self._propose(payload, ident, rid)
+
+    def _can_serve(self, ident: bytes | None, rid: Any) -> bool:
+        """A leader serves no proposal until it has applied its own term's first entry
+        (§5): a marker committed by an earlier leader is then applied and installed."""
+        if self.raft.role is not Role.LEADER:
+            if ident is not None:
+                self._not_leader(ident, rid)
+            return False
+        if "leader-unapplied-marker" in self.bugs:
+            return True
+        if self.applied < self.raft.term_start_index:
+            if ident is not None:
+                self._fail(ident, rid, "not-ready", "new leader still applying its log")
+            return False
+        return True
+
+    def _admin(self, ident: bytes, rid: Any, op: str, req: dict[str, Any]) -> None:
+        """bootstrap / rotate-dek / enable-raft-envelope: one at a time per node."""
+        if self.cut is None:
+            self._fail(ident, rid, "not-configured", "this node runs without a KEK")
+            return
+        if self.admin_busy or self.enable is not None:
+            self._fail(ident, rid, "busy", "another admin request is running here")
+            return
+        if not self._can_serve(ident, rid):
+            return
+        if op == "enable-raft-envelope":
+            self.admin_busy = True
+            self.enable = (EnableFlow(self.cut, self.enable_timeout_ticks), ident, rid)
+            self._poll_enable()
+            return
+        key_id, wrapped = req.get("key_id"), req.get("wrapped")
+        if not isinstance(key_id, int) or not 0 < key_id < 2**32 \
+                or not isinstance(wrapped, bytes):
+            self._fail(ident, rid, "bad-request", "need key_id (uint32 > 0) and wrapped bytes")
+            return
+        make = pl.bootstrap_payload if op == "bootstrap" else pl.rotate_payload
+        self.admin_busy = True
+        self._propose(self.cut.admin_proposal(make(key_id, wrapped)), ident, rid,
+                      admin=True)
+
+    def _poll_enable(self) -> None:
+        if self.enable is None:
+            return
+        flow, ident, rid = self.enable
+        res = flow.poll(self)
+        if res is None:
+            return
+        self.enable = None
+        self.admin_busy = False
+        self.log.emit("enable-raft-envelope", status=res.status, cutover=res.cutover,
+                      text=res.text)
+        if res.status in ("ok", "already-active", "stale"):
+            self._reply(ident, {"id": rid, "ok": True,
+                                "value": {"status": res.status, "cutover": res.cutover}})
+        else:
+            self._fail(ident, rid, res.status, res.text or res.status,
+                       definite=res.status != "failed", cutover=res.cutover)
+
+    # EnableHost, for the flow
+    def is_leader(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    def commit_index(self) -> int:
+        return self.raft.commit
+
+    def applied_index(self) -> int:
+        return self.applied
+
+    def inflight_user(self) -> int:
+        return sum(1 for w in self.pending.values() if not w[4])
+
+    def propose_raw(self, payload: bytes) -> int:
+        self._pid_next += 1
+        return self.raft.propose(pl.encode_proposal(self._pid_next, payload))
+
+    def _propose(self, payload: bytes, ident: bytes | None, rid: Any,
+                 admin: bool = False) -> None:
+        self._pid_next += 1
+        pid = self._pid_next
+        try:
+            index = self.raft.propose(pl.encode_proposal(pid, payload))
+        except NotLeader:
+            if admin:
+                self.admin_busy = False
+            if ident is not None:
+                self._not_leader(ident, rid)
+            return
+        if ident is not None:
+            self.pending[pid] = (ident, rid, index,
+                                 time.monotonic() + self.proposal_timeout, admin)
+
+    def _maybe_lease(self, now: float) -> None:
+        if (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval
+                and not self.halted and self._can_serve(None, None)):
+            self._last_lease = now
+            payload = pl.lease_payload(self.id, self.raft.term)
+            if self.cut is not None:
+                try:
+                    payload = self.cut.user_proposal(payload, self.cut.barrier)
+                except Busy:
+                    return  # no lease while the barrier is up
+            self._propose(payload, None, None)
+
+    def _expire(self, now: float) -> None:
+        """Forget requests nobody will answer (the client has long recorded `info`)."""
+        for pid, (ident, rid, _idx, deadline, admin) in list(self.pending.items()):
+            if now > deadline:
+                del self.pending[pid]
+                if admin:
+                    self.admin_busy = False
+                self._fail(ident, rid, "timeout", "not committed in time", definite=False)
+        for ctx, (ident, rid, _key, deadline) in list(self.read_wait.items()):
+            if now > deadline:
+                del self.read_wait[ctx]
+                self._fail(ident, rid, "timeout", "read not confirmed in time",
+                           definite=False)
+
+    # ----------------------------------------------------------------- ready
+
+    def _apply(self, e: Any) -> None:
+        if e.kind is EntryKind.NOOP or not e.data:
+            self.applied = e.index
+            return
+        try:
+            pid, body = pl.decode_proposal(e.data)
+            if self.cut is not None:
+                opened = self.cut.open_entry(e.index, body)  # the strict hook (§3)
+                if opened is None:  # only with silent-unwrap-skip
+                    self.log.emit("unwrap-skipped", index=e.index, term=e.term)
+                    self.applied = e.index
+                    return
+                body = opened
+            op = pl.opcode(body)
+            if op == pl.OP_USER:
+                ok, value = self.kv.apply(pl.decode_body(body))
+            elif op == pl.OP_LEASE:
+                ok, value = True, None
+            elif op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
+                applied = self.cut.apply(e.index, body)
+                self.log.emit("encryption-applied", what=applied.kind, index=e.index,
+                              term=e.term, cutover=applied.cutover, active=applied.active)
+                ok, value = True, {"cutover": applied.cutover, "active": applied.active}
+            else:
+                raise pl.PayloadError(f"unknown opcode 0x{op:02x}")
+        except pl.PayloadError as err:
+            self._halt(e.index, e.term, str(err))
+            return
+        except Halt as h:
+            self._halt(e.index, e.term, h.reason)
+            return
+        self.applied = e.index
+        w = self.pending.pop(pid, None)
+        if w is not None:
+            ident, rid, index, _, admin = w
+            if admin:
+                self.admin_busy = False
+            if index != e.index:  # pragma: no cover - ids are unique per proposal
+                self._fail(ident, rid, "dropped", "proposal lost", definite=False)
+            elif ok:
+                self._reply(ident, {"id": rid, "ok": True, "value": value})
+            else:
+                self._fail(ident, rid, "cas-mismatch", f"current value {value!r}",
+                           value=value)
+        # Proposals at this index that did not make it: a different entry won the slot.
+        for opid, (ident, rid, index, _, admin) in list(self.pending.items()):
+            if index <= e.index:
+                del self.pending[opid]
+                if admin:
+                    self.admin_busy = False
+                self._fail(ident, rid, "dropped",
+                           f"entry {index} was replaced after a leader change")
+
+    def _halt(self, index: int, term: int, reason: str) -> None:
+        """Fail closed: never skip an entry that cannot be applied."""
+        self.halted = f"entry {index} (term {term}): {reason}"
+        self.log.emit("halt", index=index, term=term, reason=reason)
+
+    def _answer_reads(self) -> None:
+        while self.reads_ready and self.reads_ready[0][0] <= self.applied:
+            _, ident, rid, key = self.reads_ready.popleft()
+            self._reply(ident, {"id": rid, "ok": True, "value": self.kv.read(key)})
+
+    # ---------------------------------------------------------------- admin
+
+    def _positions(self) -> dict[str, Any]:
+        return {"term": self.raft.term, "commit": self.raft.commit, "applied": self.applied,
+                "last_index": self.raft.last_index, "snapshot_index": self.raft.snapshot_index}
+
+    def status(self) -> dict[str, Any]:
+        out = {"id": self.id, "role": str(self.raft.role), "leader": self.raft.leader,
+               "halted": self.halted, "digest": self.kv.digest(), **self._positions()}
+        if self.cut is not None:
+            out.update(self.cut.status())
+            out["barrier"] = self.cut.barrier
+        return out
+
