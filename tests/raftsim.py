@@ -291,6 +291,9 @@ class Cluster:
             entries=list(st.entries),
         )
         node.fsm = self.fsm_factory(node.id, node.durable)
+        bind = getattr(node.fsm, "bind", None)
+        if bind is not None:  # a state machine that drives the core too (node.replica)
+            bind(node.core, node.incarnation)
         if snap is not None:
             node.fsm.restore(snap.data)
         node.incarnation += 1
@@ -336,6 +339,9 @@ class Cluster:
         if node.core is None or node.incarnation != incarnation:
             return
         node.core.tick()
+        on_tick = getattr(node.fsm, "on_tick", None)
+        if on_tick is not None:
+            on_tick(self.now)
         self._after(node)
         jitter = self.rng.randint(-1, 1)
         self.at(self.now + self.cfg.tick_units + jitter, self._on_tick, node, incarnation)
@@ -345,6 +351,9 @@ class Cluster:
         core = node.core
         if core is None:
             return
+        after_event = getattr(node.fsm, "after_event", None)
+        if after_event is not None:
+            after_event()
         if core.role is Role.LEADER:
             self._observe_leader(node, core)
         if not node.ready_scheduled and core.has_ready():
@@ -372,12 +381,19 @@ class Cluster:
             if not may_send_early(m):
                 self._send(m)
         if rd.snapshot is not None:
-            node.fsm.restore(rd.snapshot.data)
+            install = getattr(node.fsm, "install", None)
+            if install is not None:
+                install(rd.snapshot)
+            else:
+                node.fsm.restore(rd.snapshot.data)
             # Writes inside the snapshot can no longer be matched to their entry.
             node.writes = {i: w for i, w in node.writes.items() if i > rd.snapshot.meta.index}
             self.stats["snapshots_installed"] += 1
         for e in rd.committed_entries:
             self._apply(node, e)
+        on_reads = getattr(node.fsm, "on_read_states", None)
+        if on_reads is not None:
+            on_reads(rd.read_states)
         for rs in rd.read_states:
             self._read_released(node, rs)
         core.advance(rd)

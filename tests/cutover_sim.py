@@ -1,0 +1,137 @@
+"""The node's protocol logic (`node.replica.Replica`, with the cutover) as the state
+machine of the seeded simulator (`tests.raftsim`): the same code the node process runs,
+on an in-memory network that partitions, drops, reorders, crashes and restarts.
+
+`ReplicaFSM` is the glue: it binds to each incarnation's Raft core, keeps its sidecar in
+the simulator's crash-surviving `durable` dict, records replies and events in memory.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from node.cutover import CUTOVER_BUGS, Cutover, Halt, MemoryStore
+from node.keystore import Kek, generate_dek
+from node.kv import KV, snapshot_enc, snapshot_kv
+from node.raft import RaftNode
+from node.replica import Replica
+from node.types import Snapshot
+from tests.raftsim import Cluster, SimConfig
+
+
+class SimLog:
+    """Events of one node across its incarnations (the simulator's events.jsonl)."""
+
+    def __init__(self, node: str, sink: list[dict[str, Any]], clock: Any) -> None:
+        self.node, self.sink, self.clock = node, sink, clock
+
+    def emit(self, kind: str, **detail: Any) -> None:
+        self.sink.append({"t": self.clock(), "node": self.node, "kind": kind, **detail})
+
+
+class ReplicaFSM(Replica):
+    """A replica inside the simulator."""
+
+    def __init__(self, node_id: str, ids: list[str], durable: dict[str, Any], kek: Kek,
+                 bugs: frozenset[str], events: list[dict[str, Any]], clock: Any) -> None:
+        self.id = node_id
+        self.bugs = bugs
+        self.log = SimLog(node_id, events, clock)
+        self.kv = KV()
+        store = durable.setdefault("sidecar", MemoryStore())
+        self.cut = Cutover(sorted(ids).index(node_id) + 1, store, kek,
+                           frozenset(bugs & set(CUTOVER_BUGS)), on_event=self.log.emit)
+        self.replies: dict[Any, dict[str, Any]] = {}
+        self._booted = False
+
+    # raftsim hooks
+    def bind(self, core: RaftNode, incarnation: int) -> None:
+        self.raft = core
+        Replica.__init__(self, lease_interval=40, enable_timeout_ticks=150,
+                         rng=random.Random(hash((self.id, incarnation))))
+
+    def on_tick(self, now: float) -> None:
+        self.tick_logic(now)
+
+    def after_event(self) -> None:
+        if self.enable is not None:
+            self._poll_enable()
+        self.observe_role()
+        self._answer_reads()
+
+    def apply(self, entry: Any) -> None:
+        self._booted = True
+        if not self.halted:
+            self._apply(entry)
+
+    def snapshot(self) -> bytes:
+        return self.snapshot_image(self.applied)[0]
+
+    def restore(self, data: bytes) -> None:
+        """Start-up restore from the node's own snapshot (divergence guard first)."""
+        cutover, _ = snapshot_enc(data)
+        self.cut.check_startup_snapshot(cutover)
+        self.kv.restore(self.cut.open_image(snapshot_kv(data)))
+
+    def on_read_states(self, read_states: list[Any]) -> None:
+        self.after_ready(None, [], read_states)
+
+    def install(self, snapshot: Snapshot) -> None:
+        self.install_snapshot(snapshot)
+
+    def digest(self) -> str:
+        return self.kv.digest()
+
+    # Replica's host side
+    def _deliver(self, ident: Any, rep: dict[str, Any]) -> None:
+        self.replies[ident] = rep
+
+    def take_snapshot(self) -> int:
+        return self.raft.snapshot_index  # the simulator compacts on its own schedule
+
+
+class CutoverSim:
+    """A simulated cluster of replicas, one KEK, and a way to talk to them."""
+
+    def __init__(self, seed: int, n: int = 3, bugs: tuple[str, ...] = (),
+                 config: SimConfig | None = None) -> None:
+        self.kek = Kek.generate()
+        self.events: list[dict[str, Any]] = []
+        bugset = frozenset(bugs)
+        cfg = config or SimConfig(n=n, compact_every=0)
+        ids = [f"n{i + 1}" for i in range(cfg.n)]
+        self.cl: Cluster = Cluster(
+            cfg, seed=seed,
+            fsm_factory=lambda nid, durable: ReplicaFSM(
+                nid, ids, durable, self.kek, bugset, self.events, self._now))
+        self._tokens = 0
+
+    def _now(self) -> float:
+        cl = getattr(self, "cl", None)
+        return cl.now if cl is not None else 0
+
+    def fsm(self, nid: str) -> ReplicaFSM:
+        return self.cl.nodes[nid].fsm
+
+    def call(self, nid: str, req: dict[str, Any], max_ticks: int = 300) -> dict[str, Any] | None:
+        """Send a request to `nid` and run until it answers (None: no answer in time)."""
+        self._tokens += 1
+        token = ("sim", self._tokens)
+        fsm = self.fsm(nid)
+        fsm._handle(token, {"id": self._tokens, **req})
+        self.cl._after(self.cl.nodes[nid])
+        self.cl.run_until(lambda: token in self.fsm(nid).replies
+                          if self.cl.nodes[nid].fsm is fsm else True, max_ticks)
+        return fsm.replies.get(token)
+
+    def new_dek(self) -> bytes:
+        return self.kek.wrap_dek(generate_dek())
+
+    def halts(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == "halt"]
+
+    def durable_entries(self, nid: str) -> list[Any]:
+        return list(self.cl.nodes[nid].storage.entries)
+
+
+__all__ = ["CutoverSim", "ReplicaFSM", "Halt"]
