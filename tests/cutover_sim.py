@@ -124,6 +124,41 @@ class CutoverSim:
                           if self.cl.nodes[nid].fsm is fsm else True, max_ticks)
         return fsm.replies.get(token)
 
+    def submit(self, nid: str, req: dict[str, Any]) -> tuple[ReplicaFSM, Any]:
+        """Send a request without waiting; `reply(handle)` looks for the answer."""
+        self._tokens += 1
+        token = ("sim", self._tokens)
+        fsm = self.fsm(nid)
+        fsm._handle(token, {"id": self._tokens, **req})
+        self.cl._after(self.cl.nodes[nid])
+        return fsm, token
+
+    @staticmethod
+    def reply(handle: tuple[ReplicaFSM, Any]) -> dict[str, Any] | None:
+        fsm, token = handle
+        return fsm.replies.get(token)
+
+    def compact(self, nid: str) -> int:
+        """Snapshot `nid`'s state machine at its applied index and compact its log."""
+        node = self.cl.nodes[nid]
+        snap = node.core.compact(node.core.applied, node.fsm.snapshot())
+        node.storage.compact(snap)
+        return snap.meta.index
+
+    def make_leader(self, nid: str, attempts: int = 12) -> None:
+        """Crash whoever leads until `nid` wins an election (deterministic per seed)."""
+        for _ in range(attempts):
+            lead = self.cl.wait_leader()
+            if lead == nid and self.fsm(nid).applied >= self.cl.nodes[nid].core.term_start_index:
+                return
+            if lead == nid:
+                self.cl.run_ticks(5)
+                continue
+            self.cl.crash(lead)
+            self.cl.run_ticks(40)
+            self.cl.restart(lead)
+        raise AssertionError(f"{nid} never became a ready leader")
+
     def new_dek(self) -> bytes:
         return self.kek.wrap_dek(generate_dek())
 

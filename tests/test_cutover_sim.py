@@ -65,3 +65,131 @@ def test_raw_admin_proposer_switch(bugged: bool) -> None:
     else:
         assert not sim.halts()
         assert _above_c_cleartext(sim, cutover) == []
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_no_barrier_switch(bugged: bool) -> None:
+    """A busy leader during EnableRaftEnvelope: without the barrier, writes proposed
+    between the marker and its apply go in cleartext and land above C."""
+    seed = 3
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("no-barrier",) if bugged else ())
+    cl = sim.cl
+    lead = cl.wait_leader()
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    enable = sim.submit(lead, {"op": "enable-raft-envelope"})
+    writes = []
+    for i in range(40):
+        if sim.reply(enable) is not None:
+            break
+        writes.append(sim.submit(lead, {"op": "write", "key": "busy", "value": f"w{i}"}))
+        cl.run_ticks(1)
+    cl.run_ticks(80)
+    rep = sim.reply(enable)
+    if bugged:
+        assert sim.halts(), "cleartext above C must halt the replicas"
+        cutover = sim.fsm(lead).cut.sidecar.raft_envelope_cutover_index
+        assert cutover and _above_c_cleartext(sim, cutover)
+    else:
+        assert rep and rep["ok"], rep
+        assert not sim.halts()
+        assert _above_c_cleartext(sim, rep["value"]["cutover"]) == []
+        refused = [sim.reply(w) for w in writes]
+        assert any(r and r.get("code") == "cutover-in-progress" for r in refused)
+
+
+def _replay_setup(bugs: tuple[str, ...], seed: int) -> tuple[CutoverSim, str, int]:
+    """Cutover with D1, rotate to D2, one node snapshotted below C: restart it."""
+    sim = CutoverSim(seed, bugs=bugs)
+    cl = sim.cl
+    lead = cl.wait_leader()
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    for i in range(3):
+        assert sim.call(lead, {"op": "write", "key": "k", "value": f"pre-{i}"})["ok"]
+    x = next(n for n in cl.ids if n != lead)
+    cl.run_ticks(20)
+    snap = sim.compact(x)  # a snapshot older than C
+    rep = sim.call(lead, {"op": "enable-raft-envelope"})
+    cutover = rep["value"]["cutover"]
+    assert snap < cutover
+    assert sim.call(lead, {"op": "rotate-dek", "key_id": 2, "wrapped": sim.new_dek()})["ok"]
+    cl.run_ticks(30)
+    cl.crash(x)
+    cl.restart(x)  # replays the marker from the log (its snapshot excludes it)
+    cl.run_ticks(60)
+    return sim, x, cutover
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_stale_check_first_switch(bugged: bool) -> None:
+    seed = 11
+    print(f"seed={seed} bugged={bugged}")
+    sim, x, cutover = _replay_setup(("stale-check-first",) if bugged else (), seed)
+    sim.make_leader(x)
+    sim.call(x, {"op": "write", "key": "k", "value": "after"}, max_ticks=60)
+    sim.cl.run_ticks(60)
+    if bugged:
+        assert _above_c_cleartext(sim, cutover), "the replayed marker left the wrap off"
+        assert sim.halts()
+    else:
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_nonstrict_dispatch_switch(bugged: bool) -> None:
+    seed = 5
+    print(f"seed={seed} bugged={bugged}")
+    sim, x, cutover = _replay_setup(("nonstrict-dispatch",) if bugged else (), seed)
+    halts = [h for h in sim.halts() if h["node"] == x]
+    if bugged:
+        assert halts and halts[0]["index"] == cutover  # the cleartext marker "unwrapped"
+    else:
+        assert not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_no_startup_wrap_switch(bugged: bool) -> None:
+    seed = 9
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("no-startup-wrap",) if bugged else ())
+    lead, cutover = _cut_over(sim)
+    x = next(n for n in sim.cl.ids if n != lead)
+    sim.cl.run_ticks(20)
+    sim.compact(x)  # its snapshot covers C: no marker replay will install anything
+    sim.cl.crash(x)
+    sim.cl.restart(x)
+    sim.make_leader(x)
+    sim.call(x, {"op": "write", "key": "k", "value": "after-restart"}, max_ticks=60)
+    sim.cl.run_ticks(60)
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_snapshot_install_no_cutover_switch(bugged: bool) -> None:
+    """A follower partitioned across the cutover catches up by InstallSnapshot."""
+    seed = 13
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("snapshot-install-no-cutover",) if bugged else ())
+    cl = sim.cl
+    lead = cl.wait_leader()
+    y = next(n for n in cl.ids if n != lead)
+    cl.isolate(y)
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    rep = sim.call(lead, {"op": "enable-raft-envelope"})
+    cutover = rep["value"]["cutover"]
+    for i in range(4):
+        assert sim.call(lead, {"op": "write", "key": "k", "value": f"post-{i}"})["ok"]
+    cl.run_ticks(20)
+    assert sim.compact(lead) > cutover  # y's next entry is gone: it needs the snapshot
+    cl.heal()
+    sim.call(lead, {"op": "write", "key": "k", "value": "after-heal"})
+    cl.run_ticks(100)
+    y_halts = [h for h in sim.halts() if h["node"] == y]
+    if bugged:
+        assert y_halts, "the follower cannot open what follows the snapshot"
+    else:
+        assert not sim.halts()
+        assert sim.fsm(y).cut.cell == cutover and sim.fsm(y).kv.read("k") == "after-heal"
