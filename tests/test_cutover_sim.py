@@ -193,3 +193,67 @@ def test_snapshot_install_no_cutover_switch(bugged: bool) -> None:
     else:
         assert not sim.halts()
         assert sim.fsm(y).cut.cell == cutover and sim.fsm(y).kv.read("k") == "after-heal"
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_no_apply_installer_switch(bugged: bool) -> None:
+    """Only the old leader's handler installed the wrap: after a failover, the new
+    leader proposes cleartext above C."""
+    seed = 17
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("no-apply-installer",) if bugged else ())
+    lead, cutover = _cut_over(sim)
+    sim.cl.run_ticks(20)
+    sim.cl.crash(lead)
+    new = sim.cl.wait_leader()
+    assert new != lead
+    sim.call(new, {"op": "write", "key": "k", "value": "after-failover"}, max_ticks=60)
+    sim.cl.run_ticks(60)
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_leader_unapplied_marker_switch(bugged: bool) -> None:
+    """The leader dies as soon as the marker commits, before the followers hear of it:
+    the new leader must apply its log (the marker) before serving anything."""
+    seed = 19
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("leader-unapplied-marker",) if bugged else ())
+    cl = sim.cl
+    lead = cl.wait_leader()
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    cl.run_ticks(10)
+    sim.submit(lead, {"op": "enable-raft-envelope"})
+    fsm = sim.fsm(lead)
+
+    def hide_commit(m) -> bool:
+        """Drop what would tell the followers that the marker committed."""
+        flow = fsm.enable[0] if fsm.enable else None
+        mi = flow.marker_index if flow else 0
+        return not (m.src == lead and mi and m.commit >= mi)
+
+    cl.message_filter = hide_commit
+
+    def marker_committed() -> bool:
+        flow = fsm.enable[0] if fsm.enable else None
+        return bool(flow and flow.marker_index
+                    and cl.nodes[lead].core.commit >= flow.marker_index)
+
+    assert cl.run_until(marker_committed, 200)
+    marker = fsm.enable[0].marker_index
+    cl.crash(lead)
+    # What it had in flight dies with it (the filter is applied at delivery).
+    cl.message_filter = lambda m: m.src != lead
+    assert all(cl.nodes[n].core.commit < marker for n in cl.ids if n != lead)
+    new = cl.wait_leader()
+    assert new != lead
+    cl.run_ticks(80)
+    cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
+    assert cutover == marker
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
