@@ -405,6 +405,8 @@ class EnableHost(Protocol):
 
     def is_leader(self) -> bool: ...
 
+    def ready_to_serve(self) -> bool: ...  # applied its own term's first entry
+
     def commit_index(self) -> int: ...
 
     def applied_index(self) -> int: ...
@@ -458,11 +460,15 @@ class EnableFlow:
             if not host.is_leader():
                 self.phase = "done"
                 return EnableResult("not-leader", 0, "not the leader")
-            if "duplicate-marker" not in cut.bugs and host.applied_index() < host.commit_index():
+            # A marker committed by an earlier leader may sit in the log unapplied. A new
+            # leader's commit index only covers it once its own term's first entry is
+            # committed, so "applied >= commit" means something only after that.
+            if "duplicate-marker" not in cut.bugs and (
+                    not host.ready_to_serve() or host.applied_index() < host.commit_index()):
                 if self.ticks > self.timeout_ticks:
                     self.phase = "done"
                     return EnableResult("failed", 0, "log not applied in time")
-                return None  # a marker committed by an earlier leader may be in there
+                return None
             sc = cut.store.load()
             if sc.active_raft_dek == 0:
                 self.phase = "done"

@@ -213,9 +213,9 @@ class Replica:
         if self.admin_busy or self.enable is not None:
             self._fail(ident, rid, "busy", "another admin request is running here")
             return
-        if not self._can_serve(ident, rid):
+        if op != "enable-raft-envelope" and not self._can_serve(ident, rid):
             return
-        if op == "enable-raft-envelope":
+        if op == "enable-raft-envelope":  # its pre-check waits for the log itself
             self.admin_busy = True
             self.enable = (EnableFlow(self.cut, self.enable_timeout_ticks), ident, rid)
             self._poll_enable()
@@ -251,6 +251,9 @@ class Replica:
     # EnableHost, for the flow
     def is_leader(self) -> bool:
         return self.raft.role is Role.LEADER
+
+    def ready_to_serve(self) -> bool:
+        return self.raft.role is Role.LEADER and self.applied >= self.raft.term_start_index
 
     def commit_index(self) -> int:
         return self.raft.commit

@@ -221,6 +221,9 @@ class _Host:
     def is_leader(self) -> bool:
         return self.leader
 
+    def ready_to_serve(self) -> bool:
+        return self.leader
+
     def commit_index(self) -> int:
         return self.commit
 

@@ -215,13 +215,9 @@ def test_no_apply_installer_switch(bugged: bool) -> None:
         assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
 
 
-@pytest.mark.parametrize("bugged", [False, True])
-def test_leader_unapplied_marker_switch(bugged: bool) -> None:
-    """The leader dies as soon as the marker commits, before the followers hear of it:
-    the new leader must apply its log (the marker) before serving anything."""
-    seed = 19
-    print(f"seed={seed} bugged={bugged}")
-    sim = CutoverSim(seed, bugs=("leader-unapplied-marker",) if bugged else ())
+def _leader_dies_as_marker_commits(sim: CutoverSim) -> tuple[str, int]:
+    """The leader dies as soon as the marker commits, before any follower hears of it.
+    Returns (the new leader, the marker's index)."""
     cl = sim.cl
     lead = cl.wait_leader()
     assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
@@ -248,12 +244,55 @@ def test_leader_unapplied_marker_switch(bugged: bool) -> None:
     # What it had in flight dies with it (the filter is applied at delivery).
     cl.message_filter = lambda m: m.src != lead
     assert all(cl.nodes[n].core.commit < marker for n in cl.ids if n != lead)
-    new = cl.wait_leader()
-    assert new != lead
-    cl.run_ticks(80)
+    from node.raft import Role
+
+    def new_leader() -> str | None:
+        for n in cl.ids:
+            core = cl.nodes[n].core
+            if n != lead and core is not None and core.role is Role.LEADER:
+                return n
+        return None
+
+    # Stop at the very event that elects it: its own no-op is not committed yet.
+    assert cl.run_until(lambda: new_leader() is not None, 600)
+    new = new_leader()
+    assert new is not None and sim.fsm(new).applied < marker
+    return new, marker
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_leader_unapplied_marker_switch(bugged: bool) -> None:
+    """The new leader must apply its log (the marker) before serving anything."""
+    seed = 19
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("leader-unapplied-marker",) if bugged else ())
+    new, marker = _leader_dies_as_marker_commits(sim)
+    sim.cl.run_ticks(80)
     cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
     assert cutover == marker
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
         assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_duplicate_marker_switch(bugged: bool) -> None:
+    """EnableRaftEnvelope retried on the new leader, whose log holds the committed but
+    unapplied marker: the pre-check must wait for it, or a second raw marker lands
+    above C."""
+    seed = 19
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("duplicate-marker",) if bugged else ())
+    new, marker = _leader_dies_as_marker_commits(sim)
+    retry = sim.submit(new, {"op": "enable-raft-envelope"})
+    sim.cl.run_ticks(120)
+    cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
+    assert cutover == marker
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        rep = sim.reply(retry)
+        assert rep and rep["ok"] and rep["value"] == {"status": "already-active",
+                                                        "cutover": marker}, rep
+        assert not sim.halts()
