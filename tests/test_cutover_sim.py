@@ -296,3 +296,70 @@ def test_duplicate_marker_switch(bugged: bool) -> None:
         assert rep and rep["ok"] and rep["value"] == {"status": "already-active",
                                                         "cutover": marker}, rep
         assert not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
+    """The marker cannot commit for a while (the followers' acks are lost), so the
+    handler's apply wait times out. The barrier must stay up: the marker may still
+    commit, and anything proposed meanwhile would land above C in cleartext."""
+    from node.raft import MsgType
+
+    seed = 23
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("barrier-release-on-timeout",) if bugged else ())
+    cl = sim.cl
+    lead = cl.wait_leader()
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    cl.run_ticks(10)
+    cl.message_filter = lambda m: not (m.dst == lead and m.type is MsgType.APP_RESP)
+    enable = sim.submit(lead, {"op": "enable-raft-envelope"})
+    assert cl.run_until(lambda: sim.reply(enable) is not None, 400)
+    assert sim.reply(enable)["code"] == "failed"
+    writes = [sim.submit(lead, {"op": "write", "key": "k", "value": f"w{i}"})
+              for i in range(3)]
+    cl.message_filter = None
+    cl.run_ticks(100)
+    cutover = sim.fsm(lead).cut.sidecar.raft_envelope_cutover_index
+    assert cutover, "the marker did commit in the end"
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        assert all(sim.reply(w)["code"] == "cutover-in-progress" for w in writes)
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_silent_unwrap_skip_switch(bugged: bool) -> None:
+    """One replica's copy of a wrapped entry is damaged on disk (a flipped bit). The
+    fixed build halts that replica, loudly; with the switch it skips the entry and
+    silently diverges from the others."""
+    import dataclasses
+
+    seed = 29
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("silent-unwrap-skip",) if bugged else ())
+    cl = sim.cl
+    lead, cutover = _cut_over(sim)
+    assert sim.call(lead, {"op": "write", "key": "k", "value": "above-c"})["ok"]
+    cl.run_ticks(20)
+    x = next(n for n in cl.ids if n != lead)
+    st = cl.nodes[x].storage
+    pos = next(i for i, e in enumerate(st.entries)
+               if e.index > cutover and e.data[9:]
+               and e.kind.name == "NORMAL"
+               and sim.fsm(lead).cut.open_entry(e.index, e.data[9:])[:1] == b"\x00")
+    e = st.entries[pos]
+    st.entries[pos] = dataclasses.replace(e, data=e.data[:-1] + bytes([e.data[-1] ^ 1]))
+    cl.crash(x)
+    cl.restart(x)
+    cl.run_ticks(80)
+    x_halts = [h for h in sim.halts() if h["node"] == x]
+    digests = {n: sim.fsm(n).digest() for n in cl.ids}
+    if bugged:
+        assert not x_halts
+        assert sim.fsm(x).applied == sim.fsm(lead).applied
+        assert digests[x] != digests[lead], "the skipped write went unnoticed"
+    else:
+        assert x_halts and x_halts[0]["index"] == e.index
+        assert digests[lead] == digests[next(n for n in cl.ids if n not in (x, lead))]
