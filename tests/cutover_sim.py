@@ -165,6 +165,27 @@ class CutoverSim:
     def halts(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["kind"] == "halt"]
 
+    def check(self) -> Any:
+        """The offline invariant checker (I1-I6) on what the nodes hold right now."""
+        from checker.cutover import NodeState, check_cutover_state
+
+        states = {}
+        for nid in self.cl.ids:
+            node = self.cl.nodes[nid]
+            store = node.durable.get("sidecar")
+            snap = node.storage.snapshot
+            _, enc = snapshot_enc(snap.data) if snap.meta.index else (0, b"")
+            events = [e for e in self.events if e["node"] == nid]
+            if node.fsm is not None:  # what a node's stop event records
+                events.append({"node": nid, "kind": "digest", "applied": node.fsm.applied,
+                               "digest": node.fsm.digest()})
+            states[nid] = NodeState(
+                entries=list(node.storage.entries),
+                sidecar=store.load() if store is not None else None,
+                events=events,
+                snapshot_index=snap.meta.index, snapshot_encryption=enc)
+        return check_cutover_state(states, self.kek)
+
     def durable_entries(self, nid: str) -> list[Any]:
         return list(self.cl.nodes[nid].storage.entries)
 

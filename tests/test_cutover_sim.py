@@ -22,6 +22,21 @@ def _cut_over(sim: CutoverSim, writes: int = 5) -> tuple[str, int]:
     return lead, rep["value"]["cutover"]
 
 
+def _verdict(sim: CutoverSim, bugged: bool, *invariants: str) -> None:
+    """The invariant checker's view: with the switch, each of `invariants` is violated
+    (first violation above C for I1); without it, every invariant holds."""
+    report = sim.check()
+    if bugged:
+        for name in invariants:
+            res = report.results[name]
+            assert not res.valid, f"{name} should be violated: {report.to_dict(include_rows=False)}"
+        if "I1" in invariants:
+            v = report.results["I1"].first_violation
+            assert v["index"] > report.cutover and v["node"] in sim.cl.ids, v
+    else:
+        assert report.valid, report.first_violation()
+
+
 def _above_c_cleartext(sim: CutoverSim, cutover: int) -> list[tuple[str, int]]:
     out = []
     for nid in sim.cl.ids:
@@ -46,6 +61,8 @@ def test_fault_free_cutover_with_rotations(seed: int) -> None:
     assert {sim.fsm(n).cut.sidecar.raft_envelope_cutover_index for n in sim.cl.ids} == {cutover}
     assert {sim.fsm(n).cut.wrap for n in sim.cl.ids} == {2}
     assert _above_c_cleartext(sim, cutover) == []
+    report = sim.check()
+    assert report.valid and report.cutover == cutover, (seed, report.first_violation())
     # every node restarted in heal_and_converge and reads the same values back
     assert sim.call(sim.cl.wait_leader(), {"op": "read", "key": "k1"})["value"] == "post-4"
 
@@ -58,6 +75,7 @@ def test_raw_admin_proposer_switch(bugged: bool) -> None:
     lead, cutover = _cut_over(sim)
     sim.call(lead, {"op": "rotate-dek", "key_id": 2, "wrapped": sim.new_dek()}, max_ticks=60)
     sim.cl.run_ticks(60)
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert {h["node"] for h in sim.halts()} == set(sim.cl.ids)
         assert all(h["index"] > cutover for h in sim.halts())
@@ -86,6 +104,7 @@ def test_no_barrier_switch(bugged: bool) -> None:
         cl.run_ticks(1)
     cl.run_ticks(80)
     rep = sim.reply(enable)
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert sim.halts(), "cleartext above C must halt the replicas"
         cutover = sim.fsm(lead).cut.sidecar.raft_envelope_cutover_index
@@ -128,6 +147,7 @@ def test_stale_check_first_switch(bugged: bool) -> None:
     sim.make_leader(x)
     sim.call(x, {"op": "write", "key": "k", "value": "after"}, max_ticks=60)
     sim.cl.run_ticks(60)
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover), "the replayed marker left the wrap off"
         assert sim.halts()
@@ -141,6 +161,7 @@ def test_nonstrict_dispatch_switch(bugged: bool) -> None:
     print(f"seed={seed} bugged={bugged}")
     sim, x, cutover = _replay_setup(("nonstrict-dispatch",) if bugged else (), seed)
     halts = [h for h in sim.halts() if h["node"] == x]
+    _verdict(sim, bugged, *("I3",))
     if bugged:
         assert halts and halts[0]["index"] == cutover  # the cleartext marker "unwrapped"
     else:
@@ -161,6 +182,7 @@ def test_no_startup_wrap_switch(bugged: bool) -> None:
     sim.make_leader(x)
     sim.call(x, {"op": "write", "key": "k", "value": "after-restart"}, max_ticks=60)
     sim.cl.run_ticks(60)
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
@@ -188,6 +210,7 @@ def test_snapshot_install_no_cutover_switch(bugged: bool) -> None:
     sim.call(lead, {"op": "write", "key": "k", "value": "after-heal"})
     cl.run_ticks(100)
     y_halts = [h for h in sim.halts() if h["node"] == y]
+    _verdict(sim, bugged, *("I3",))
     if bugged:
         assert y_halts, "the follower cannot open what follows the snapshot"
     else:
@@ -209,6 +232,7 @@ def test_no_apply_installer_switch(bugged: bool) -> None:
     assert new != lead
     sim.call(new, {"op": "write", "key": "k", "value": "after-failover"}, max_ticks=60)
     sim.cl.run_ticks(60)
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
@@ -270,6 +294,7 @@ def test_leader_unapplied_marker_switch(bugged: bool) -> None:
     sim.cl.run_ticks(80)
     cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
     assert cutover == marker
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
@@ -289,6 +314,7 @@ def test_duplicate_marker_switch(bugged: bool) -> None:
     sim.cl.run_ticks(120)
     cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
     assert cutover == marker
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
@@ -322,6 +348,7 @@ def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
     cl.run_ticks(100)
     cutover = sim.fsm(lead).cut.sidecar.raft_envelope_cutover_index
     assert cutover, "the marker did commit in the end"
+    _verdict(sim, bugged, *("I1", "I3"))
     if bugged:
         assert _above_c_cleartext(sim, cutover) and sim.halts()
     else:
@@ -356,6 +383,12 @@ def test_silent_unwrap_skip_switch(bugged: bool) -> None:
     cl.run_ticks(80)
     x_halts = [h for h in sim.halts() if h["node"] == x]
     digests = {n: sim.fsm(n).digest() for n in cl.ids}
+    report = sim.check()
+    # The damaged copy itself is flagged (I1) either way; what the switch changes is
+    # whether the replica stops (I3, loud) or goes on with a different state (I4).
+    assert not report.results["I1"].valid
+    assert report.results["I3"].valid is bugged
+    assert report.results["I4"].valid is not bugged
     if bugged:
         assert not x_halts
         assert sim.fsm(x).applied == sim.fsm(lead).applied
@@ -374,6 +407,8 @@ def _finish_and_check(sim: CutoverSim, seed: int) -> int:
     assert len(cs) == 1, f"seed={seed}: nodes disagree on C: {cs}"
     cutover = cs.pop()
     assert _above_c_cleartext(sim, cutover) == [], f"seed={seed}"
+    report = sim.check()
+    assert report.valid and report.cutover == cutover, (seed, report.first_violation())
     return cutover
 
 
