@@ -105,6 +105,9 @@ class CutoverSim:
             fsm_factory=lambda nid, durable: ReplicaFSM(
                 nid, ids, durable, self.kek, bugset, self.events, self._now))
         self._tokens = 0
+        from checker.history import EventPairer
+
+        self.history = EventPairer("simulated history")
 
     def _now(self) -> float:
         cl = getattr(self, "cl", None)
@@ -114,15 +117,36 @@ class CutoverSim:
         return self.cl.nodes[nid].fsm
 
     def call(self, nid: str, req: dict[str, Any], max_ticks: int = 300) -> dict[str, Any] | None:
-        """Send a request to `nid` and run until it answers (None: no answer in time)."""
+        """Send a request to `nid` and run until it answers (None: no answer in time).
+        Reads, writes and cas go into the client history (`linearizable()`)."""
         self._tokens += 1
         token = ("sim", self._tokens)
         fsm = self.fsm(nid)
+        user = req.get("op") in ("read", "write", "cas")
+        if user:
+            value = [req.get("from"), req.get("to")] if req["op"] == "cas" else req.get("value")
+            self.history.invoke(self._tokens, self._tokens, req["op"], req.get("key"), value)
         fsm._handle(token, {"id": self._tokens, **req})
         self.cl._after(self.cl.nodes[nid])
         self.cl.run_until(lambda: token in self.fsm(nid).replies
                           if self.cl.nodes[nid].fsm is fsm else True, max_ticks)
-        return fsm.replies.get(token)
+        rep = fsm.replies.get(token)
+        if user:
+            if rep is None or (not rep["ok"] and not rep.get("definite", False)):
+                self.history.complete(self._tokens, self._tokens, "info")
+            elif rep["ok"]:
+                out = rep.get("value") if req["op"] == "read" else True
+                self.history.complete(self._tokens, self._tokens, "ok", out)
+            else:
+                self.history.complete(self._tokens, self._tokens, "fail")
+        return rep
+
+    def linearizable(self) -> str:
+        """The linearizability checker's verdict on the client history so far."""
+        from checker import check, get_model
+
+        ops = self.history.finish()
+        return check(get_model("kv"), ops).verdict.value
 
     def submit(self, nid: str, req: dict[str, Any]) -> tuple[ReplicaFSM, Any]:
         """Send a request without waiting; `reply(handle)` looks for the answer."""
