@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from node import payload as pl
+from node.cutover import as_int as _as_int
 from node.cutover import decode_encryption_state
 from node.envelope import MAX_KEY_ID, UnwrapError, parse_header, unwrap
 from node.events import read_events
@@ -214,16 +215,6 @@ class _Node:
             return str(Path(p).relative_to(self.path))
         except ValueError:
             return str(p)
-
-
-def _as_int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.isascii() and v.isdigit():
-        return int(v)
-    return None
 
 
 def _read_node(name: str, path: Path) -> _Node:

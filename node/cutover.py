@@ -378,19 +378,20 @@ def decode_encryption_state(blob: bytes) -> dict[str, Any] | None:
     if not isinstance(raw_keys, dict):
         raise ValueError("encryption blob: keys is not a map")
     for k, rec in raw_keys.items():
-        kid = _as_int(k)
+        kid = as_int(k)
         if kid is None or not isinstance(rec, dict) or not isinstance(rec.get("wrapped"), bytes):
             raise ValueError(f"encryption blob: malformed key entry {k!r}")
-        created = _as_int(rec.get("created_index", 0))
+        created = as_int(rec.get("created_index", 0))
         keys[kid] = (rec["wrapped"], str(rec.get("purpose", "")), created or 0)
-    active = _as_int(doc.get("active", 0))
-    cutover = _as_int(doc.get("cutover", 0))
+    active = as_int(doc.get("active", 0))
+    cutover = as_int(doc.get("cutover", 0))
     if active is None or cutover is None:
         raise ValueError("encryption blob: active/cutover is not an integer")
     return {"keys": keys, "active": active, "cutover": cutover}
 
 
-def _as_int(v: Any) -> int | None:
+def as_int(v: Any) -> int | None:
+    """An int from msgpack/JSON-ish input (bools refused, digit strings accepted)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int):

@@ -39,6 +39,16 @@ def _verdict(sim: CutoverSim, bugged: bool, *invariants: str) -> None:
         assert report.valid, report.first_violation()
 
 
+def _expect_cleartext_above_c(sim: CutoverSim, bugged: bool, cutover: int) -> None:
+    """The common symptom: with the switch, cleartext lands above C and the replicas
+    halt on it (the checker says I1 and I3); without it, nothing of the sort."""
+    _verdict(sim, bugged, "I1", "I3")
+    if bugged:
+        assert _above_c_cleartext(sim, cutover) and sim.halts()
+    else:
+        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+
+
 def _above_c_cleartext(sim: CutoverSim, cutover: int) -> list[tuple[str, int]]:
     out = []
     for nid in sim.cl.ids:
@@ -185,11 +195,7 @@ def test_no_startup_wrap_switch(bugged: bool) -> None:
     sim.make_leader(x)
     sim.call(x, {"op": "write", "key": "k", "value": "after-restart"}, max_ticks=60)
     sim.cl.run_ticks(60)
-    _verdict(sim, bugged, *("I1", "I3"))
-    if bugged:
-        assert _above_c_cleartext(sim, cutover) and sim.halts()
-    else:
-        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+    _expect_cleartext_above_c(sim, bugged, cutover)
 
 
 @pytest.mark.parametrize("bugged", [False, True])
@@ -235,11 +241,7 @@ def test_no_apply_installer_switch(bugged: bool) -> None:
     assert new != lead
     sim.call(new, {"op": "write", "key": "k", "value": "after-failover"}, max_ticks=60)
     sim.cl.run_ticks(60)
-    _verdict(sim, bugged, *("I1", "I3"))
-    if bugged:
-        assert _above_c_cleartext(sim, cutover) and sim.halts()
-    else:
-        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+    _expect_cleartext_above_c(sim, bugged, cutover)
 
 
 def _leader_dies_as_marker_commits(sim: CutoverSim) -> tuple[str, int]:
@@ -297,11 +299,7 @@ def test_leader_unapplied_marker_switch(bugged: bool) -> None:
     sim.cl.run_ticks(80)
     cutover = sim.fsm(new).cut.sidecar.raft_envelope_cutover_index
     assert cutover == marker
-    _verdict(sim, bugged, *("I1", "I3"))
-    if bugged:
-        assert _above_c_cleartext(sim, cutover) and sim.halts()
-    else:
-        assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+    _expect_cleartext_above_c(sim, bugged, cutover)
 
 
 @pytest.mark.parametrize("bugged", [False, True])
