@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
+	@echo "Checking examples/register-ok.edn (a Jepsen cas-register history) for linearizability:"
 	$(BIN)/cutover lin examples/register-ok.edn --format jepsen-edn
 
 test: install

@@ -54,6 +54,16 @@ class Op:
         return self.ret is None
 
 
+def freeze(v: Any) -> Any:
+    """A hashable equivalent of a value (lists become tuples, maps sorted item tuples):
+    keys partition the history and states are merged by hash, so both must hash."""
+    if isinstance(v, list | tuple):
+        return tuple(freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted(((freeze(k), freeze(x)) for k, x in v.items()), key=repr))
+    return v
+
+
 class HistoryError(ValueError):
     """A history that cannot be read; the message names file, line and expectation."""
 

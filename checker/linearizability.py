@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .history import UNKNOWN, Op
+from .history import UNKNOWN, Op, freeze
 from .models import Model
 
 
@@ -169,7 +169,7 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     cls_index: dict[Any, int] = {}
     cls_ops: list[list[int]] = []
     for j, o in enumerate(unk):
-        c = cls_index.setdefault((o.f, _freeze(o.key), _freeze(o.value)), len(cls_ops))
+        c = cls_index.setdefault((o.f, freeze(o.key), freeze(o.value)), len(cls_ops))
         if c == len(cls_ops):
             cls_ops.append([])
         cls_ops[c].append(j)
@@ -394,14 +394,6 @@ def _path(model: Model, node: Any, req: list[Op], unk: list[Op]) -> list[Step]:
         placed[id(nd)] = steps[-1]
         state = s2
     return steps
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    return v
 
 
 # Slices per round for each search order: "ret" wins far more often on real histories,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Protocol
 
-from .history import UNKNOWN, Op
+from .history import UNKNOWN, Op, freeze
 
 
 class Model(Protocol):
@@ -139,7 +139,7 @@ class KV:
     def partition(self, ops: list[Op]) -> list[list[Op]]:
         by_key: dict[Any, list[Op]] = defaultdict(list)
         for op in ops:
-            by_key[_hashable(op.key)].append(op)
+            by_key[freeze(op.key)].append(op)
         return list(by_key.values())
 
     def readonly(self, op: Op) -> bool:
@@ -153,14 +153,6 @@ class KV:
 
     def describe_state(self, state: Any) -> str:
         return _fmt("" if state is None else state) if isinstance(state, str) else _fmt(state)
-
-
-def _hashable(key: Any) -> Any:
-    if isinstance(key, list):
-        return tuple(_hashable(k) for k in key)
-    if isinstance(key, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in key.items()))
-    return key
 
 
 MODELS: dict[str, type] = {"register": Register, "cas-register": CasRegister, "kv": KV}

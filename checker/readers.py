@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .edn import EdnError, iter_forms
-from .history import UNKNOWN, EventPairer, HistoryError, Op
+from .history import UNKNOWN, EventPairer, HistoryError, Op, freeze
 
 FORMATS = ("porcupine-etcd", "porcupine-kv", "jepsen-edn", "jsonl")
 DEFAULT_MODEL = {"porcupine-etcd": "cas-register", "porcupine-kv": "kv",
@@ -120,15 +120,6 @@ def _json_maps(path: str, text: str) -> Iterable[tuple[int, Any]]:
     raise HistoryError(path, None, "expected one JSON object per line")
 
 
-def _freeze(v: Any) -> Any:
-    """A hashable equivalent: lists become tuples, maps sorted item tuples."""
-    if isinstance(v, list | tuple):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, dict):
-        return tuple(sorted(((_freeze(k), _freeze(x)) for k, x in v.items()), key=repr))
-    return v
-
-
 def parse_jepsen_maps(path: str, maps: Iterable[tuple[int, Any]], model: str,
                       porcupine_kv: bool = False) -> list[Op]:
     """Jepsen ops: `:fail` dropped, `:info` indeterminate, invoke values filled in by the
@@ -145,7 +136,7 @@ def parse_jepsen_maps(path: str, maps: Iterable[tuple[int, Any]], model: str,
         if typ is None or f is None or "process" not in m:
             raise HistoryError(path, ln, "expected an operation map with :type, :f and :process")
         if proc.__class__ is not int:
-            proc = _freeze(proc)
+            proc = freeze(proc)
             if proc == "nemesis":
                 continue
         if typ.__class__ is not str:
@@ -158,13 +149,13 @@ def parse_jepsen_maps(path: str, maps: Iterable[tuple[int, Any]], model: str,
                 and "key" not in m:
             key, value = value[0], value[1]
         if key.__class__ is list or key.__class__ is dict:
-            key = _freeze(key)
+            key = freeze(key)
         if f == "cas" and typ == "invoke":
             if not isinstance(value, list | tuple) or len(value) != 2:
                 raise HistoryError(path, ln, f"expected a cas value [from to], found "
                                              f"{_short(value)}")
         if value.__class__ in (list, dict, tuple):
-            value = _freeze(value)  # states must be hashable: values become tuples
+            value = freeze(value)  # states must be hashable: values become tuples
         if typ == "invoke":
             p.invoke(ln, proc, f, key, None if f in ("read", "get") else value,
                      meta=_meta(m))
