@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The main job on its defaults: 5 nodes, kv workload, every nemesis, the cutover a third
+# of the way in; about a minute. Exit code: 0 valid, 1 invalid, 2 unknown.
 run: install
-	@echo "Checking examples/register-ok.edn (a Jepsen cas-register history) for linearizability:"
-	$(BIN)/cutover lin examples/register-ok.edn --format jepsen-edn
+	$(BIN)/cutover run
 
 test: install
 	$(BIN)/ruff check .

@@ -470,6 +470,14 @@ class EnableFlow:
                     self.phase = "done"
                     return EnableResult("failed", 0, "log not applied in time")
                 return None
+            if cut.barrier:
+                # An earlier attempt on this node timed out with its marker still able to
+                # commit (step 5 keeps the barrier up). "applied >= commit" says nothing
+                # about that uncommitted marker: a second one now would land above C.
+                # Found by the harness (`cutover run`, seed 1): only a restart clears it.
+                self.phase = "done"
+                return EnableResult("failed", 0, "an earlier marker may still commit; the "
+                                                 "barrier stays up until this node restarts")
             sc = cut.store.load()
             if sc.active_raft_dek == 0:
                 self.phase = "done"

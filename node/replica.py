@@ -352,7 +352,7 @@ class Replica:
             if index != e.index:  # pragma: no cover - ids are unique per proposal
                 self._fail(ident, rid, "dropped", "proposal lost", definite=False)
             elif ok:
-                self._reply(ident, {"id": rid, "ok": True, "value": value})
+                self._reply(ident, {"id": rid, "ok": True, "value": value, "index": e.index})
             else:
                 self._fail(ident, rid, "cas-mismatch", f"current value {value!r}",
                            value=value)

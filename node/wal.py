@@ -731,3 +731,36 @@ def _write_all(f: io.FileIO, data: bytes | bytearray) -> None:
         if n is None:  # pragma: no cover - only for non-blocking files
             continue
         view = view[n:]
+
+
+def damage_entry(wal_dir: str | os.PathLike[str], index: int, bit: int = 0) -> WalRecord:
+    """Flip one bit of the newest copy of entry `index`'s data and re-seal its record.
+
+    A fault for the nemesis (the node must be stopped): the damage sits *under* the WAL's
+    CRC, as a bad copy received from a peer or a flip in memory before the write would,
+    so the WAL layer accepts the record and only the layer above (the envelope's
+    authentication tag) can notice. `bit` counts from the end of the data (0 = the lowest
+    bit of the last byte, inside an envelope's authentication tag), modulo its size.
+    """
+    found: WalRecord | None = None
+    for rec in iter_entries(wal_dir):
+        e = rec.value
+        if isinstance(e, Entry) and e.index == index and e.data:
+            found = rec
+    if found is None or found.data_offset is None:
+        raise WalError(f"no entry {index} with data in {wal_dir}")
+    e = found.value
+    assert isinstance(e, Entry)
+    data = bytearray(e.data)
+    pos = len(data) - 1 - (bit // 8) % len(data)
+    data[pos] ^= 1 << (bit % 8)
+    buf = bytearray()
+    _append_record(buf, _ENTRY.pack(RecordKind.ENTRY, e.index, e.term, e.kind), bytes(data))
+    if len(buf) != found.length:  # pragma: no cover - same sizes by construction
+        raise WalError("re-sealed record changed size")
+    with open(found.file, "r+b") as f:
+        f.seek(found.offset)
+        f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    return found

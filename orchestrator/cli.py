@@ -109,10 +109,76 @@ def bugs() -> None:
         click.echo(f"{name:<{width}}  {table[name]}")
 
 
+def _cutover_at(value: str) -> float | None:
+    if value == "none":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected SECONDS or none, got {value!r}") from None
+    if v < 0:
+        raise click.BadParameter("must be >= 0")
+    return v
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=1), default=40.0, show_default=True,
+              help="Seconds of workload and faults (plus set-up, a quiet period and checks).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=200.0,
+              show_default=True, help="Target client ops per second, all workers together.")
+@click.option("--concurrency", type=click.IntRange(1, 256),
+              help="Client workers (default: 2 per node).")
+@click.option("--workload", type=click.Choice(["kv", "register"]), default="kv",
+              show_default=True)
+@click.option("--keys", type=click.IntRange(1, 10_000), default=8, show_default=True)
+@click.option("--nemesis", default="all", show_default=True,
+              help="none, all, or a comma list of kill,pause,partition,net,snapshot-replay,"
+                   "rotate,corrupt.")
+@click.option("--nemesis-interval", type=click.FloatRange(min=0.5), default=5.0,
+              show_default=True, help="Mean seconds between faults.")
+@click.option("--cutover-at", default=None,
+              help="Seconds into the run to request EnableRaftEnvelope, or none "
+                   "(default: a third of --time-limit).")
+@click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
+@click.option("--seed", type=int, help="Seed of the plan and the workload (default: random, "
+                                       "printed first).")
+@click.option("--results", default="results", show_default=True, help="Results directory.")
+@click.option("--junit", "junit", help="Also write a JUnit XML summary here.")
+def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
+        keys: int, nemesis: str, nemesis_interval: float, cutover_at: str | None,
+        bugs: tuple[str, ...], seed: int | None, results: str, junit: str | None) -> None:
+    """Run one fault-injection test end to end and print its verdict."""
+    from .run import RunConfig, RunError, execute
+
+    cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, concurrency=concurrency,
+                    workload=workload, keys=keys, nemesis=nemesis,
+                    nemesis_interval=nemesis_interval,
+                    cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
+                    bugs=list(bugs), seed=seed, results=results)
+    try:
+        outcome = execute(cfg)
+    except RunError as e:
+        fail(str(e))
+        return
+    if junit:
+        from .junit import write_junit
+
+        try:
+            write_junit(junit, "cutover run", [(",".join(bugs) or "fixed", outcome)])
+        except OSError as e:
+            fail(f"cannot write {junit}: {e.strerror}")
+    sys.exit(outcome.exit_code)
+
+
 def _register() -> None:
     from .bench import bench
+    from .matrix import matrix
+    from .review import register
 
     main.add_command(bench)
+    main.add_command(matrix)
+    register(main)
 
 
 _register()

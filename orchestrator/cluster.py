@@ -66,7 +66,7 @@ class Cluster:
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
                  seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
                  snapshot_every: int = 20_000, node_ids: list[str] | None = None,
-                 kek_path: str | None = None) -> None:
+                 kek_path: str | None = None, enable_timeout_ticks: int = 200) -> None:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
         self.bugs = list(bugs)
@@ -75,6 +75,7 @@ class Cluster:
         self.election_ticks = election_ticks
         self.snapshot_every = snapshot_every
         self.kek_path = kek_path
+        self.enable_timeout_ticks = enable_timeout_ticks
         self.switchboard: SwitchboardProcess | None = None
         self.control: SwitchboardControl | None = None
         self._mp = multiprocessing.get_context("spawn")
@@ -108,6 +109,7 @@ class Cluster:
                            bugs=list(self.bugs), tick_ms=self.tick_ms,
                            election_ticks=self.election_ticks,
                            snapshot_every=self.snapshot_every, kek_path=self.kek_path,
+                           enable_timeout_ticks=self.enable_timeout_ticks,
                            seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)))
         h.process = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
                                      name=f"node-{nid}", daemon=True)
@@ -160,6 +162,24 @@ class Cluster:
         if h.alive and h.paused:
             os.kill(h.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
         h.paused = False
+
+    def stop_all(self, grace: float = 3.0) -> None:
+        """SIGTERM every live node (a paused one is resumed first) so each logs its final
+        digest (`stop` event, which I4 compares); SIGKILL whatever is still up after
+        `grace` seconds."""
+        live = [h for h in self.nodes.values() if h.alive]
+        for h in live:
+            try:
+                if h.paused:
+                    os.kill(h.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+                    h.paused = False
+                os.kill(h.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for h in live:
+            h.process.join(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+        self.close()
 
     def close(self) -> None:
         """Kill everything this cluster started; safe to call twice."""

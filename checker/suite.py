@@ -1,0 +1,213 @@
+"""Every checker of a run, on data alone: the stored history rows, the fault windows and
+the nodes' data dirs. `cutover run` calls it at the end and `cutover check` calls it
+again on a stored run; both store what it returns, so the two cannot disagree.
+
+Each checker answers `valid` / `invalid` / `unknown` plus a JSON detail; the run's
+verdict is the worst of them (Jepsen's `compose`). `first_violation` is one sentence a
+person can act on, and `first_violation_s` says how far into the run it happened.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .cutover import CutoverReport, check_cutover
+from .explain import explain_partition
+from .history import HistoryError, Op
+from .linearizability import Verdict, check
+from .models import get_model
+from .readers import parse_jepsen_maps
+
+ORDER = ("linearizability", "cutover", "stats", "availability")
+
+
+def ops_from_rows(rows: Iterable[Mapping[str, Any]], model: str) -> list[Op]:
+    """The stored history (invoke, then ok/fail/info per process) as checker ops."""
+    maps = []
+    for i, r in enumerate(rows):
+        if r["process"] == "nemesis":
+            continue
+        m = {"type": r["type"], "process": r["process"], "f": r["f"], "key": r["key"],
+             "value": r["value"], "time": r["time_ns"], "node": r.get("node")}
+        if isinstance(m["value"], list):
+            m["value"] = list(m["value"])
+        maps.append((i + 1, m))
+    return parse_jepsen_maps("history", maps, model)
+
+
+def check_linearizability(rows: list[Mapping[str, Any]], model_name: str,
+                          timeout: float = 60.0) -> dict[str, Any]:
+    model = get_model(model_name)
+    try:
+        ops = ops_from_rows(rows, model_name)
+    except HistoryError as e:
+        return {"valid": "unknown", "error": f"the stored history does not pair up: {e}"}
+    res = check(model, ops, timeout=timeout)
+    keys = []
+    first = None
+    for p in res.partitions:
+        entry: dict[str, Any] = {"key": p.key, "verdict": p.verdict.value, "ops": len(p.ops),
+                                 "configurations": p.configurations}
+        if p.verdict is not Verdict.VALID:
+            entry["reason"] = p.reason
+            entry["explanation"] = explain_partition(model, p)
+            bad = [op for op, illegal in p.blocked if illegal] or [op for op, _ in p.blocked]
+            if bad:
+                op = min(bad, key=lambda o: o.call)
+                t = op.meta.get("time") if op.meta else None
+                entry["op"] = {"process": op.process, "f": op.f, "value": op.value,
+                               "output": repr(op.output), "time_ns": t,
+                               "node": op.meta.get("node") if op.meta else None}
+                if p.verdict is Verdict.INVALID and (first is None or (
+                        t is not None and (first[1] is None or t < first[1]))):
+                    first = (f"key {p.key!r}: {model.describe_op(op)} on node "
+                             f"{entry['op']['node']} cannot be placed in any linearization",
+                             t)
+        keys.append(entry)
+    out: dict[str, Any] = {"valid": _v(res.verdict), "model": model_name, "ops": len(ops),
+                           "keys": keys, "seconds": round(res.seconds, 3)}
+    if first is not None:
+        out["first_violation"], out["first_violation_ns"] = first
+    elif res.verdict is Verdict.INVALID:
+        out["first_violation"] = "a key's history is not linearizable"
+    return out
+
+
+def _v(v: Verdict) -> str:
+    return v.value if isinstance(v, Verdict) else str(v)
+
+
+def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
+                     tokens: Iterable[tuple[bytes, int]], *, t0_ns: int = 0,
+                     excused: Iterable[tuple[str, int]] = ()) -> tuple[dict[str, Any],
+                                                                       CutoverReport | None]:
+    """I1-I6 from the nodes' files; `excused` are (node, index) copies the nemesis
+    damaged on purpose (a halt exactly there is the correct, loud reaction)."""
+    try:
+        rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused))
+    except (OSError, ValueError) as e:
+        return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}"}, None
+    d = rep.to_dict(include_rows=False)
+    out: dict[str, Any] = {**d, "valid": "valid" if rep.valid else "invalid"}
+    out["cutover_time_ns"] = (None if rep.cutover_time_ns is None
+                              else rep.cutover_time_ns - t0_ns)
+    fv = rep.first_violation()
+    if fv is not None:
+        name, v = fv
+        out["first_violation"] = describe_violation(name, v, rep)
+        t = v.get("t") or v.get("time_ns") or _commit_time(node_dirs, v.get("index"))
+        out["first_violation_ns"] = None if t is None else int(t) - t0_ns
+        out["failing"] = name
+    elif rep.errors:
+        out["valid"] = "unknown"
+        out["first_violation"] = rep.errors[0]
+    return out, rep
+
+
+def _commit_time(node_dirs: Mapping[str, str], index: Any) -> int | None:
+    """When entry `index` was first known committed (or halted on) by any node, from the
+    event logs: the time a violation at that index became real. Progress events come
+    about once a second, so this is accurate to about a second."""
+    from node.events import read_events
+
+    if not isinstance(index, int):
+        return None
+    best: int | None = None
+    for d in node_dirs.values():
+        for ev in read_events(d):
+            t = ev.get("t")
+            if not isinstance(t, int):
+                continue
+            hit = (ev.get("kind") == "halt" and isinstance(ev.get("index"), int)
+                   and ev["index"] >= index) or (isinstance(ev.get("commit"), int)
+                                                 and ev["commit"] >= index)
+            if hit and (best is None or t < best):
+                best = t
+    return best
+
+
+def describe_violation(name: str, v: Mapping[str, Any], rep: CutoverReport) -> str:
+    """One sentence: which invariant, which node, which index, what was there."""
+    title = rep.results[name].title if name in rep.results else name
+    where = []
+    if v.get("node") is not None:
+        where.append(f"node {v['node']}")
+    if v.get("index") is not None:
+        where.append(f"index {v['index']}")
+    if v.get("term") is not None:
+        where.append(f"term {v['term']}")
+    reason = v.get("reason") or v.get("what") or ""
+    c = f" (C = {rep.cutover})" if rep.cutover else ""
+    return f"{name} {title} violated at {', '.join(where) or 'an unknown place'}{c}: {reason}"
+
+
+def stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """ok / fail / info counts by f; a run where nothing succeeded is `unknown`."""
+    by: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        if r["process"] == "nemesis" or r["type"] == "invoke":
+            continue
+        by[r["f"]][r["type"]] += 1
+    total = Counter()
+    for c in by.values():
+        total.update(c)
+    valid = "valid" if total["ok"] > 0 else "unknown"
+    return {"valid": valid, "by_f": {f: dict(c) for f, c in sorted(by.items())},
+            "total": dict(total),
+            **({} if total["ok"] else {"first_violation": "no operation succeeded"})}
+
+
+def availability(rows: Iterable[Mapping[str, Any]],
+                 windows: Iterable[tuple[int, int | None, str, Any]], end_ns: int,
+                 *, floor: float = 0.0) -> dict[str, Any]:
+    """Share of completed ops that were ok, per second, outside fault windows.
+
+    Informational (Maelstrom's availability checker): it is `valid` unless the share
+    outside faults falls under `floor` (0 by default: reported, never failing).
+    """
+    wins = [(s, e if e is not None else end_ns) for s, e, _, _ in windows]
+    per_sec: dict[int, Counter] = defaultdict(Counter)
+    for r in rows:
+        if r["process"] == "nemesis" or r["type"] == "invoke":
+            continue
+        t = r["time_ns"]
+        sec = int(t // 1_000_000_000)
+        per_sec[sec][r["type"]] += 1
+        per_sec[sec]["in_fault" if any(s <= t <= e for s, e in wins) else "quiet"] += 1
+    quiet_ok = quiet_all = 0
+    series = []
+    for sec in sorted(per_sec):
+        c = per_sec[sec]
+        n = c["ok"] + c["fail"] + c["info"]
+        faulty = any(s < (sec + 1) * 1e9 and e > sec * 1e9 for s, e in wins)
+        series.append({"second": sec, "ok": c["ok"], "fail": c["fail"], "info": c["info"],
+                       "fault": faulty})
+        if not faulty:
+            quiet_ok += c["ok"]
+            quiet_all += n
+    share = quiet_ok / quiet_all if quiet_all else None
+    ok = share is None or share >= floor
+    return {"valid": "valid" if ok else "invalid", "ok_share_outside_faults": share,
+            "seconds": series}
+
+
+def worst(verdicts: Iterable[str]) -> str:
+    rank = {"valid": 0, "unknown": 1, "invalid": 2}
+    return max(verdicts, key=lambda v: rank.get(v, 1), default="valid")
+
+
+EXIT_CODES = {"valid": 0, "invalid": 1, "unknown": 2}
+
+
+def first_violation(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, Any] | None:
+    """(checker, sentence, ns into the run) of the earliest-reported failing checker."""
+    for name in ORDER:
+        r = results.get(name)
+        if r and r.get("valid") == "invalid":
+            return name, str(r.get("first_violation", "")), r.get("first_violation_ns")
+    for name in ORDER:
+        r = results.get(name)
+        if r and r.get("valid") == "unknown":
+            return name, str(r.get("first_violation") or r.get("error") or "unknown"), None
+    return None

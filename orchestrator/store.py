@@ -1,0 +1,313 @@
+"""The results database (`results/cutover.db`): one SQLite file, many runs.
+
+This module owns the schema; everything that reads or writes runs goes through it.
+Tables (times are nanoseconds since the run's start, on the machine's monotonic clock,
+which node event logs share):
+
+* `runs`        one row per run: id, started/finished (UTC ISO), seed, config JSON,
+                status (running | done | aborted | error), verdict, exit code, summary.
+* `ops`         the client history: invoke, then ok / fail / info, per process.
+* `nemesis`     every fault as a start and a stop entry of process `nemesis`.
+* `node_events` the nodes' own event logs, ingested at the end.
+* `log_entries` the cutover checker's scan of every durable log entry.
+* `checks`      one verdict per checker, with its detail JSON.
+
+A run is recorded while it goes: a writer thread batches rows and commits every
+`flush_every` seconds in WAL mode, so a crash of the orchestrator keeps what was recorded
+up to the last commit, and readers (`cutover list`) never block the writer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+DB_NAME = "cutover.db"
+APP = "cutover"
+
+
+class StoreError(RuntimeError):
+    """A results database or directory that cannot be used; the message says why."""
+
+
+def db_path(results: str) -> str:
+    return os.path.join(results, DB_NAME)
+
+
+def _j(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, separators=(",", ":"), default=str)
+
+
+def _create(db: sqlite_utils.Database) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    if "meta" not in db.table_names():
+        db["meta"].create({"key": str, "value": str}, pk="key")
+        db["meta"].insert_all([{"key": "app", "value": APP},
+                               {"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+    tables = set(db.table_names())
+    if "runs" not in tables:
+        db["runs"].create({
+            "id": str, "started": str, "finished": str, "duration_s": float, "t0_ns": int,
+            "seed": int, "workload": str, "nemesis": str, "bugs": str,
+            "config": str, "status": str, "verdict": str, "exit_code": int,
+            "summary": str, "run_dir": str,
+        }, pk="id")
+    if "ops" not in tables:
+        db["ops"].create({
+            "run": str, "idx": int, "time_ns": int, "process": str, "type": str,
+            "f": str, "key": str, "value": str, "error": str, "node": str,
+        }, pk=("run", "idx"))
+    if "nemesis" not in tables:
+        db["nemesis"].create({
+            "run": str, "idx": int, "time_ns": int, "f": str, "fault": str,
+            "targets": str, "detail": str,
+        }, pk=("run", "idx"))
+    if "node_events" not in tables:
+        db["node_events"].create({
+            "run": str, "node": str, "seq": int, "time_ns": int, "kind": str,
+            "detail": str,
+        }, pk=("run", "node", "seq"))
+    if "log_entries" not in tables:
+        db["log_entries"].create({
+            "run": str, "node": str, "idx": int, "term": int, "opcode": int,
+            "wrapped": int, "key_id": int,
+        }, pk=("run", "node", "idx", "term"))
+    if "checks" not in tables:
+        db["checks"].create({"run": str, "checker": str, "valid": str, "detail": str},
+                            pk=("run", "checker"))
+
+
+def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
+    """The results database of `results`, checked to be ours (StoreError otherwise).
+
+    `create` makes the directory and the schema when missing (writers); readers get a
+    clear error for a missing, foreign or corrupt database instead of an empty one.
+    """
+    path = db_path(results)
+    if not create and not os.path.exists(path):
+        raise StoreError(f"no results database at {path} (run `cutover run` first, "
+                         f"or pass --results DIR)")
+    if create:
+        try:
+            os.makedirs(results, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create results dir {results}: {e.strerror}") from None
+        if not os.access(results, os.W_OK | os.X_OK):
+            raise StoreError(f"results dir {results} is not writable")
+    try:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        tables = set(db.table_names())
+        if create and not tables:
+            _create(db)
+            tables = set(db.table_names())
+        if "meta" not in tables:
+            raise StoreError(f"{path} is not a cutover results database (no meta table)")
+        meta = {r["key"]: r["value"] for r in db["meta"].rows}
+        if meta.get("app") != APP:
+            raise StoreError(f"{path} is not a cutover results database")
+        if int(meta.get("schema_version", "0")) > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema {meta['schema_version']}; this cutover "
+                             f"reads up to {SCHEMA_VERSION}")
+        if create:
+            _create(db)
+        return db
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is not a readable SQLite database ({e})") from None
+
+
+def check_writable(results: str) -> None:
+    """Fail before a run starts rather than after a minute of work."""
+    open_db(results, create=True).conn.close()
+    probe = os.path.join(results, f".probe-{os.getpid()}")
+    try:
+        with open(probe, "w") as fh:
+            fh.write("x")
+        os.unlink(probe)
+    except OSError as e:
+        raise StoreError(f"results dir {results} is not writable: {e.strerror}") from None
+
+
+class Recorder:
+    """Records one run while it goes: thread-safe `op()` / `fault()` calls, one writer
+    thread that commits a batch every `flush_every` seconds (WAL mode)."""
+
+    def __init__(self, results: str, run_id: str, t0_ns: int, *,
+                 flush_every: float = 0.2) -> None:
+        self.results = results
+        self.run_id = run_id
+        self.t0_ns = t0_ns
+        self.flush_every = flush_every
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._op_idx = 0
+        self._nem_idx = 0
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._db = open_db(results, create=True)
+        self._thread = threading.Thread(target=self._writer, name="recorder", daemon=True)
+        self._thread.start()
+
+    # -- producers (any thread) -----------------------------------------------------
+
+    def rel(self, t_ns: int) -> int:
+        return t_ns - self.t0_ns
+
+    def op(self, t_ns: int, process: str | int, type_: str, f: str, key: str | None,
+           value: Any, error: str | None = None, node: str | None = None) -> None:
+        with self._lock:
+            idx = self._op_idx
+            self._op_idx += 1
+            self._q.put(("ops", {"run": self.run_id, "idx": idx, "time_ns": self.rel(t_ns),
+                                 "process": str(process), "type": type_, "f": f,
+                                 "key": key, "value": _j(value), "error": error,
+                                 "node": node}))
+
+    def fault(self, t_ns: int, f: str, fault: str, targets: Any = None,
+              detail: Any = None) -> None:
+        with self._lock:
+            idx = self._nem_idx
+            self._nem_idx += 1
+            self._q.put(("nemesis", {"run": self.run_id, "idx": idx,
+                                     "time_ns": self.rel(t_ns), "f": f, "fault": fault,
+                                     "targets": _j(targets), "detail": _j(detail)}))
+
+    def run_row(self, **fields: Any) -> None:
+        """Insert or update this run's row (`config` may be a dict)."""
+        if "config" in fields and not isinstance(fields["config"], str):
+            fields["config"] = _j(fields["config"])
+        self._q.put(("runs", {"id": self.run_id, **fields}))
+
+    def rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        for r in rows:
+            self._q.put((table, {"run": self.run_id, **r}))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far is committed."""
+        done = threading.Event()
+        self._q.put(("__flush__", done))
+        if not done.wait(timeout):
+            raise StoreError("the results writer did not catch up")
+        if self._error is not None:
+            raise StoreError(f"writing results failed: {self._error}")
+
+    def close(self) -> None:
+        self._q.put(("__stop__", None))
+        self._thread.join(30)
+        self._db.conn.close()
+
+    # -- the writer thread ----------------------------------------------------------
+
+    def _writer(self) -> None:
+        stop = False
+        while not stop:
+            batch: dict[str, list[dict[str, Any]]] = {}
+            waiters: list[threading.Event] = []
+            deadline = time.monotonic() + self.flush_every
+            while True:
+                try:
+                    kind, item = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if kind == "__flush__":
+                    waiters.append(item)
+                    break
+                if kind == "__stop__":
+                    stop = True
+                    break
+                batch.setdefault(kind, []).append(item)
+            try:
+                self._commit(batch)
+            except Exception as e:  # noqa: BLE001 - reported by flush()
+                self._error = e
+            for w in waiters:
+                w.set()
+
+    def _commit(self, batch: dict[str, list[dict[str, Any]]]) -> None:
+        if not batch:
+            return
+        with self._db.conn:
+            for table, rows in batch.items():
+                if table == "runs":
+                    for r in rows:
+                        self._db["runs"].upsert(r, pk="id", alter=False)
+                elif table == "checks":
+                    self._db["checks"].upsert_all(rows, pk=("run", "checker"))
+                else:
+                    self._db[table].insert_all(rows, replace=True)
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def runs(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """All runs, newest first."""
+    return list(db.query("select * from runs order by started desc, id desc"))
+
+
+def resolve_run(db: sqlite_utils.Database, ref: str) -> dict[str, Any]:
+    """`latest`, a full run id, or a unique prefix of one."""
+    if ref == "latest":
+        rows = runs(db)
+        if not rows:
+            raise StoreError("there are no runs in this results database yet")
+        return rows[0]
+    rows = list(db.query("select * from runs where id = ?", [ref]))
+    if not rows:
+        rows = list(db.query("select * from runs where id like ? escape '\\'",
+                             [ref.replace("%", r"\%").replace("_", r"\_") + "%"]))
+    if not rows:
+        raise StoreError(f"no run {ref!r} in this results database (see `cutover list`)")
+    if len(rows) > 1:
+        raise StoreError(f"run id prefix {ref!r} is ambiguous: "
+                         f"{', '.join(r['id'] for r in rows[:5])}")
+    return rows[0]
+
+
+def iter_ops(db: sqlite_utils.Database, run_id: str) -> Iterator[dict[str, Any]]:
+    for r in db.query("select * from ops where run = ? order by idx", [run_id]):
+        r["value"] = None if r["value"] is None else json.loads(r["value"])
+        yield r
+
+
+def nemesis_rows(db: sqlite_utils.Database, run_id: str) -> list[dict[str, Any]]:
+    out = []
+    for r in db.query("select * from nemesis where run = ? order by idx", [run_id]):
+        r["targets"] = None if r["targets"] is None else json.loads(r["targets"])
+        r["detail"] = None if r["detail"] is None else json.loads(r["detail"])
+        out.append(r)
+    return out
+
+
+def checks(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for r in db.query("select * from checks where run = ?", [run_id]):
+        out[r["checker"]] = {"valid": r["valid"],
+                             "detail": None if r["detail"] is None else json.loads(r["detail"])}
+    return out
+
+
+def fault_windows(rows: list[dict[str, Any]]) -> list[tuple[int, int | None, str, Any]]:
+    """(start_ns, stop_ns or None, fault, targets) for every start/stop pair."""
+    open_: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    out: list[tuple[int, int | None, str, Any]] = []
+    for r in rows:
+        k = (r["fault"], json.dumps(r["targets"], sort_keys=True))
+        if r["f"] == "start":
+            open_.setdefault(k, []).append(r)
+        elif r["f"] == "stop" and open_.get(k):
+            s = open_[k].pop(0)
+            out.append((s["time_ns"], r["time_ns"], r["fault"], s["targets"]))
+        elif r["f"] == "event":
+            out.append((r["time_ns"], r["time_ns"], r["fault"], r["targets"]))
+    for lst in open_.values():
+        for s in lst:
+            out.append((s["time_ns"], None, s["fault"], s["targets"]))
+    return sorted(out, key=lambda w: w[0])
