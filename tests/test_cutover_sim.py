@@ -357,6 +357,36 @@ def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
         assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
 
 
+def test_enable_retried_on_a_leader_whose_barrier_is_stuck() -> None:
+    """Found by `cutover run` (seed 1): the apply wait timed out with the marker still
+    able to commit, and the operator asked the same leader again. "applied >= commit"
+    holds (the marker is not committed), C is still 0: the old pre-check proposed a
+    second raw marker, which landed above C once the first committed, and every replica
+    halted. The stuck barrier now refuses the retry until a restart."""
+    from node.raft import MsgType
+
+    seed = 31
+    print(f"seed={seed}")
+    sim = CutoverSim(seed)
+    cl = sim.cl
+    lead = cl.wait_leader()
+    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
+    cl.run_ticks(10)
+    cl.message_filter = lambda m: not (m.dst == lead and m.type is MsgType.APP_RESP)
+    first = sim.submit(lead, {"op": "enable-raft-envelope"})
+    assert cl.run_until(lambda: sim.reply(first) is not None, 400)
+    assert sim.reply(first)["code"] == "failed"
+    again = sim.submit(lead, {"op": "enable-raft-envelope"})
+    assert cl.run_until(lambda: sim.reply(again) is not None, 400)
+    assert sim.reply(again)["code"] == "failed"
+    assert "restart" in sim.reply(again)["text"]
+    cl.message_filter = None
+    cl.run_ticks(100)
+    assert sim.fsm(lead).cut.sidecar.raft_envelope_cutover_index
+    _verdict(sim, False)
+    assert not sim.halts()
+
+
 @pytest.mark.parametrize("bugged", [False, True])
 def test_silent_unwrap_skip_switch(bugged: bool) -> None:
     """One replica's copy of a wrapped entry is damaged on disk (a flipped bit). The
