@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import os
 import random
 import signal
@@ -332,6 +333,10 @@ def serve(opts: NodeOptions) -> int:
 
     def stop(_sig: int, _frm: Any) -> None:
         node.running = False
+
+    # `kill -USR1 <pid>` writes every thread's stack to the node's log: a node that
+    # stops making progress can be looked at without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -79,6 +81,9 @@ class Cluster:
         self.switchboard: SwitchboardProcess | None = None
         self.control: SwitchboardControl | None = None
         self._mp = multiprocessing.get_context("spawn")
+        self._spawn_q: queue.Queue[Any] = queue.Queue()
+        self._spawn_lock = threading.Lock()
+        self._spawner: threading.Thread | None = None
         os.makedirs(root, exist_ok=True)
         self.nodes: dict[str, NodeHandle] = {}
         for nid in self.ids:
@@ -87,6 +92,41 @@ class Cluster:
                 os.path.join(root, f"{nid}.log"))
 
     # ----------------------------------------------------------- lifecycle
+
+    def _spawn(self, start: Any) -> None:
+        """Run `start` (a Process.start) on the cluster's own spawner thread.
+
+        A node asks the kernel to kill it when its parent goes (PR_SET_PDEATHSIG), and
+        on Linux "parent" means the *thread* that forked it: a node started from a
+        short-lived thread (a nemesis restarting it) would die with that thread. One
+        long-lived thread starts every node, so only the orchestrator's exit kills them.
+        """
+        if threading.current_thread() is threading.main_thread():
+            start()
+            return
+        with self._spawn_lock:
+            if self._spawner is None or not self._spawner.is_alive():
+                self._spawner = threading.Thread(target=self._spawn_loop, daemon=True,
+                                                 name="cluster-spawner")
+                self._spawner.start()
+        done = threading.Event()
+        box: list[BaseException] = []
+        self._spawn_q.put((start, done, box))
+        done.wait()
+        if box:
+            raise box[0]
+
+    def _spawn_loop(self) -> None:
+        while True:
+            item = self._spawn_q.get()
+            if item is None:
+                return
+            start, done, box = item
+            try:
+                start()
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                box.append(e)
+            done.set()
 
     def start(self, wait: float = 20.0) -> None:
         """Switchboard first, then every node; waits until each answers `status`."""
@@ -111,9 +151,10 @@ class Cluster:
                            snapshot_every=self.snapshot_every, kek_path=self.kek_path,
                            enable_timeout_ticks=self.enable_timeout_ticks,
                            seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)))
-        h.process = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
-                                     name=f"node-{nid}", daemon=True)
-        h.process.start()
+        proc = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
+                                name=f"node-{nid}", daemon=True)
+        self._spawn(proc.start)
+        h.process = proc
         h.paused = False
         h.starts += 1
         if wait is not None:
@@ -198,6 +239,9 @@ class Cluster:
         if self.switchboard is not None:
             self.switchboard.stop()
             self.switchboard = None
+        if self._spawner is not None:
+            self._spawn_q.put(None)
+            self._spawner = None
 
     def __enter__(self) -> Cluster:
         return self

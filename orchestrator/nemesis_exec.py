@@ -430,7 +430,8 @@ class NemesisExecutor:
         failover_done.wait(15)
         self._marker_hook = None
         # The replay first: compacting for the lagger would replace X's old snapshot.
-        if replay is not None and self.replay_node is not None and self.cut.cutover:
+        if replay is not None and self.replay_node is not None and self.cut.cutover \
+                and self.now_s() + 4.0 < self.time_limit:
             self.sleep(1.0)
             self._replay_leader(self.replay_node, float(replay.params.get("lead_for", 3.0)))
         if self.lag_node is not None:

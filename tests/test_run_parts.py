@@ -1,0 +1,211 @@
+"""The pure and small parts of `cutover run`: grudges, plans, workloads, the recorder,
+the checker suite's verdict logic and the JUnit summary."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from checker import suite
+from nemesis import grudges
+from nemesis.plan import FAMILIES, PlanError, make_plan, parse_families
+from orchestrator import store
+from orchestrator.junit import write_junit
+from orchestrator.run import RunOutcome
+from workloads import make_workload
+
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+
+
+def _reach(links: set[tuple[str, str]], a: str) -> set[str]:
+    return {b for b in NODES if b != a and (a, b) not in links}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_grudges_have_their_shapes(seed: int) -> None:
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    links, groups = grudges.halves(NODES, rng)
+    assert sorted(len(g) for g in groups) == [2, 3]
+    for g in groups:
+        for a in g:
+            assert _reach(links, a) == set(g) - {a}
+    iso = grudges.isolate(NODES, "n3")
+    assert _reach(iso, "n3") == set() and _reach(iso, "n1") == {"n2", "n4", "n5"}
+    ring = grudges.majorities_ring(NODES, rng)
+    views = [frozenset(_reach(ring, a) | {a}) for a in NODES]
+    assert all(len(v) == 3 for v in views)  # everybody sees a majority...
+    assert len(set(views)) == len(NODES)  # ...and no two see the same one
+    br, mid = grudges.bridge(NODES, rng)
+    assert _reach(br, mid) == set(NODES) - {mid}
+    star = grudges.star(NODES, "n2", cut_off=["n5"])
+    assert _reach(star, "n2") == {"n1", "n3", "n4"}
+    assert _reach(star, "n1") == {"n2"} and _reach(star, "n5") == set()
+    # Only the center can gather a majority of votes in a star.
+    for a in NODES:
+        if a != "n2":
+            assert len(_reach(star, a) | {a}) < 3
+
+
+def test_plan_families_and_errors() -> None:
+    assert parse_families("none") == ()
+    assert parse_families("all") == FAMILIES
+    assert parse_families("kill, rotate,kill") == ("kill", "rotate")
+    with pytest.raises(PlanError, match="unknown nemesis 'teleport'"):
+        parse_families("kill,teleport")
+    only_kill = make_plan(3, ("kill",), time_limit=60, interval=4, cutover_at=20, nodes=5)
+    assert {f.family for f in only_kill.faults} == {"kill"}
+    assert [t.kind for t in only_kill.triggers] == ["kill-leader-after-restart"]
+    quiet = make_plan(3, (), time_limit=60, interval=4, cutover_at=None, nodes=5)
+    assert quiet.faults == () and quiet.triggers == ()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plans_differ_by_seed_but_keep_their_rules(seed: int) -> None:
+    print(f"seed={seed}")
+    p = make_plan(seed, FAMILIES, time_limit=60, interval=5, cutover_at=20, nodes=5)
+    rot = [f.at for f in p.faults if f.kind == "rotate"]
+    assert any(t < 20 for t in rot) and any(t > 20 for t in rot)  # before and after C
+    assert all(f.at + f.duration < 60 for f in p.faults if f.duration)
+
+
+def test_workload_values_are_unique_tokens_and_deterministic() -> None:
+    a = make_workload("kv", 4, seed=9, run_tag="abc")
+    b = make_workload("kv", 4, seed=9, run_tag="abc")
+    ops_a = [a.next_op() for _ in range(2000)]
+    assert ops_a == [b.next_op() for _ in range(2000)]
+    written = [o.value if o.f == "write" else o.value[1] for o in ops_a if o.f != "read"]
+    assert len(written) == len(set(written)) > 500
+    assert all(w.startswith("tok-abc-") and len(w) >= 6 for w in written)
+    assert {o.f for o in ops_a} == {"read", "write", "cas"}
+    assert {o.key for o in ops_a} == {"k0", "k1", "k2", "k3"}
+    # A cas compares with the value last written to its key, so it can succeed.
+    last: dict[str, str] = {}
+    for o in ops_a:
+        if o.f == "cas":
+            assert o.value[0] == last[o.key]
+        if o.f != "read":
+            last[o.key] = o.value if o.f == "write" else o.value[1]
+    reg = make_workload("register", 8, seed=1)
+    assert {reg.next_op().key for _ in range(100)} == {"k0"}
+    assert [s.key for s in a.final_reads()] == ["k0", "k1", "k2", "k3"]
+    with pytest.raises(ValueError, match="unknown workload"):
+        make_workload("bank", 1, 1)
+
+
+def test_recorder_commits_while_the_run_goes_and_survives_a_crash(tmp_path) -> None:
+    """A child records ops and is SIGKILLed without closing: what was committed stays."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from orchestrator.store import Recorder
+        rec = Recorder({str(tmp_path)!r}, "r1", time.monotonic_ns(), flush_every=0.05)
+        rec.run_row(started="2026-01-01T00:00:00", seed=1, status="running", config={{}})
+        for i in range(300):
+            rec.op(time.monotonic_ns(), i % 3, "invoke", "write", "k", f"v{{i}}")
+        time.sleep(0.5)
+        print("recorded", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=30)
+    assert "recorded" in p.stdout, p.stderr
+    db = store.open_db(str(tmp_path))
+    assert db.execute("select count(*) from ops where run='r1'").fetchone()[0] == 300
+    assert store.resolve_run(db, "latest")["status"] == "running"
+    assert [r["value"] for r in itertools.islice(store.iter_ops(db, "r1"), 2)] == ["v0", "v1"]
+
+
+def test_store_refuses_foreign_and_corrupt_databases(tmp_path) -> None:
+    with pytest.raises(store.StoreError, match="no results database"):
+        store.open_db(str(tmp_path))
+    foreign = tmp_path / "f"
+    foreign.mkdir()
+    with sqlite3.connect(foreign / "cutover.db") as c:
+        c.execute("create table t (x)")
+    with pytest.raises(store.StoreError, match="not a cutover results database"):
+        store.open_db(str(foreign))
+    bad = tmp_path / "b"
+    bad.mkdir()
+    (bad / "cutover.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(store.StoreError, match="not a readable SQLite database"):
+        store.open_db(str(bad))
+    assert (bad / "cutover.db").read_bytes() == b"this is not sqlite at all" * 100
+
+
+def test_run_ids_resolve_by_latest_and_prefix(tmp_path) -> None:
+    rec = store.Recorder(str(tmp_path), "20260101T000000-s1", time.monotonic_ns())
+    rec.run_row(started="2026-01-01T00:00:00", seed=1, status="done")
+    rec.flush()
+    rec.close()
+    rec = store.Recorder(str(tmp_path), "20260102T000000-s2", time.monotonic_ns())
+    rec.run_row(started="2026-01-02T00:00:00", seed=2, status="done")
+    rec.close()
+    db = store.open_db(str(tmp_path))
+    assert store.resolve_run(db, "latest")["seed"] == 2
+    assert store.resolve_run(db, "20260101")["seed"] == 1
+    with pytest.raises(store.StoreError, match="ambiguous"):
+        store.resolve_run(db, "2026")
+    with pytest.raises(store.StoreError, match="no run 'nope'"):
+        store.resolve_run(db, "nope")
+
+
+def _row(i: int, t: int, proc: int, typ: str, f: str, key: str, value) -> dict:
+    return {"idx": i, "time_ns": t, "process": str(proc), "type": typ, "f": f, "key": key,
+            "value": value, "error": None, "node": "n1"}
+
+
+def test_suite_finds_a_stale_read_and_says_when() -> None:
+    rows = [_row(0, 10, 0, "invoke", "write", "k", "a"), _row(1, 20, 0, "ok", "write", "k", "a"),
+            _row(2, 30, 0, "invoke", "write", "k", "b"), _row(3, 40, 0, "ok", "write", "k", "b"),
+            _row(4, 50, 1, "invoke", "read", "k", None), _row(5, 60, 1, "ok", "read", "k", "a")]
+    r = suite.check_linearizability(rows, "kv")
+    assert r["valid"] == "invalid"
+    assert r["first_violation_ns"] == 50 and "'k'" in r["first_violation"]
+    assert suite.check_linearizability(rows[:4], "kv")["valid"] == "valid"
+    assert suite.worst(["valid", "unknown"]) == "unknown"
+    assert suite.worst(["unknown", "invalid", "valid"]) == "invalid"
+    st = suite.stats(rows)
+    assert st["by_f"] == {"read": {"ok": 1}, "write": {"ok": 2}}
+    s = 1_000_000_000
+    timed = [_row(0, 0, 0, "invoke", "read", "k", None), _row(1, s // 2, 0, "ok", "read", "k", 1),
+             _row(2, s + 1, 1, "invoke", "read", "k", None),
+             _row(3, s + s // 2, 1, "info", "read", "k", None),
+             _row(4, 2 * s + 1, 2, "invoke", "read", "k", None),
+             _row(5, 2 * s + 2, 2, "fail", "read", "k", None)]
+    av = suite.availability(timed, [(s, 2 * s - 1, "kill", ["n1"])], 3 * s)
+    assert av["valid"] == "valid" and av["ok_share_outside_faults"] == 0.5
+    assert [x["fault"] for x in av["seconds"]] == [False, True, False]
+    fv = suite.first_violation({"stats": st, "linearizability": r})
+    assert fv is not None and fv[0] == "linearizability"
+
+
+def test_junit_summary(tmp_path) -> None:
+    def outcome(verdict: str, seed: int) -> RunOutcome:
+        first = ("cutover", "I1 violated at node n2, index 9", 3_000_000_000) \
+            if verdict == "invalid" else None
+        return RunOutcome(f"run-{seed}", "", verdict, suite.EXIT_CODES.get(verdict, 3),
+                          f"{verdict.upper()}: ...", first=first, seed=seed, seconds=1.5)
+
+    path = tmp_path / "junit.xml"
+    write_junit(str(path), "cutover matrix", [
+        ("fixed", outcome("valid", 1)), ("fixed", outcome("invalid", 2)),
+        ("no-barrier", outcome("invalid", 1)), ("no-barrier", outcome("valid", 2)),
+        ("no-barrier", outcome("aborted", 3))])
+    root = ET.parse(path).getroot()
+    assert root.get("tests") == "5" and root.get("failures") == "2" and root.get("errors") == "1"
+    cases = root.findall("testcase")
+    assert cases[0].find("failure") is None
+    assert "index 9" in cases[1].find("failure").get("message")
+    assert cases[2].find("failure") is None  # a bug build that is caught passes
+    assert cases[3].find("failure").get("type") == "escaped"
+    assert json.dumps([c.get("name") for c in cases]).count("seed=") == 5
