@@ -229,3 +229,27 @@ def test_nodes_die_with_the_orchestrator(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_node_restarted_from_a_short_lived_thread_outlives_it(tmp_path) -> None:
+    """Found by `cutover run`: PR_SET_PDEATHSIG fires when the *thread* that forked the
+    node exits, so nodes a nemesis thread restarted died with that thread. The cluster
+    starts every node from one long-lived thread."""
+    import threading
+
+    cl = Cluster(str(tmp_path / "c"), 3, seed=4)
+    try:
+        cl.start()
+        t = threading.Thread(target=lambda: cl.restart("n1", wait=20))
+        t.start()
+        t.join()
+        pid = cl.nodes["n1"].process.pid
+        # The kernel sends the signal as the thread exits: by now it would have landed.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert cl.nodes["n1"].alive, "the node died with the thread that started it"
+            time.sleep(0.05)
+        assert cl.wait_up("n1", 5)["id"] == "n1"
+        assert cl.nodes["n1"].process.pid == pid
+    finally:
+        cl.close()
