@@ -145,17 +145,25 @@ def _cutover_at(value: str) -> float | None:
                                        "printed first).")
 @click.option("--results", default="results", show_default=True, help="Results directory.")
 @click.option("--junit", "junit", help="Also write a JUnit XML summary here.")
+@click.option("--replay", help="Run again with a stored run's config (a run id in --results, "
+                               "`latest`, or a config.json); the other flags are ignored.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
         keys: int, nemesis: str, nemesis_interval: float, cutover_at: str | None,
-        bugs: tuple[str, ...], seed: int | None, results: str, junit: str | None) -> None:
+        bugs: tuple[str, ...], seed: int | None, results: str, junit: str | None,
+        replay: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .run import RunConfig, RunError, execute
 
-    cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, concurrency=concurrency,
-                    workload=workload, keys=keys, nemesis=nemesis,
-                    nemesis_interval=nemesis_interval,
-                    cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                    bugs=list(bugs), seed=seed, results=results)
+    if replay:
+        cfg = _replay_config(replay, results)
+        cfg.results = results
+    else:
+        cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate,
+                        concurrency=concurrency, workload=workload, keys=keys,
+                        nemesis=nemesis, nemesis_interval=nemesis_interval,
+                        cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
+                        bugs=list(bugs), seed=seed, results=results)
+    bugs = tuple(cfg.bugs)
     try:
         outcome = execute(cfg)
     except RunError as e:
@@ -169,6 +177,29 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         except OSError as e:
             fail(f"cannot write {junit}: {e.strerror}")
     sys.exit(outcome.exit_code)
+
+
+def _replay_config(ref: str, results: str):  # type: ignore[no-untyped-def]
+    import json
+
+    from .run import RunConfig, RunError
+    from .store import StoreError, open_db, resolve_run
+
+    try:
+        if os.path.isfile(ref):
+            with open(ref, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        else:
+            db = open_db(results)
+            try:
+                doc = json.loads(resolve_run(db, ref)["config"] or "{}")
+            finally:
+                db.conn.close()
+        if not isinstance(doc, dict):
+            raise RunError("expected a JSON object")
+        return RunConfig.from_dict(doc)
+    except (OSError, ValueError, StoreError, RunError) as e:
+        fail(f"cannot replay {ref}: {e}")
 
 
 def _register() -> None:

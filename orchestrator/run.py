@@ -70,6 +70,21 @@ class RunConfig:
     enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
     lin_timeout: float = 60.0
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The config a run stored (`config.json` or `runs.config`): same seed, so the
+        same plan and op stream; the timing, of course, is new."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in d if k not in names and k != "plan")
+        if unknown:
+            raise RunError(f"not a run config: unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as e:
+            raise RunError(f"not a run config: {e}") from None
+
     def resolved(self) -> RunConfig:
         c = RunConfig(**asdict(self))
         if c.seed is None:

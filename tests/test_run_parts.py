@@ -209,3 +209,33 @@ def test_junit_summary(tmp_path) -> None:
     assert cases[2].find("failure") is None  # a bug build that is caught passes
     assert cases[3].find("failure").get("type") == "escaped"
     assert json.dumps([c.get("name") for c in cases]).count("seed=") == 5
+
+
+def test_run_config_round_trips_for_replay() -> None:
+    from dataclasses import asdict
+
+    from orchestrator.run import RunConfig, RunError
+
+    cfg = RunConfig(seed=5, bugs=["no-barrier"], time_limit=12).resolved()
+    doc = json.loads(json.dumps({**asdict(cfg), "plan": {"seed": 5}}))
+    assert RunConfig.from_dict(doc) == cfg
+    assert cfg.cutover_at == 4.0 and cfg.concurrency == 10
+    with pytest.raises(RunError, match="unknown field"):
+        RunConfig.from_dict({"nodes": 3, "warp": 9})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--bug", "nope"], "valid names:"),
+    (["run", "--nemesis", "kill,teleport"], "unknown nemesis 'teleport'"),
+    (["run", "--cutover-at", "soon"], "expected SECONDS or none"),
+    (["run", "--time-limit", "10", "--cutover-at", "12"], "is not before --time-limit"),
+    (["run", "--replay", "no-such-file.json", "--results", "/nonexistent-dir"],
+     "cannot replay"),
+    (["matrix", "--bugs", "nope"], "unknown bug switch 'nope'"),
+])
+def test_run_and_matrix_bad_flags(args: list[str], needle: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 3, (p.returncode, p.stderr)
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
