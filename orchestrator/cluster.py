@@ -135,7 +135,18 @@ class Cluster:
         for nid in self.ids:
             self.start_node(nid, wait=None)
         for nid in self.ids:
-            self.wait_up(nid, wait)
+            for attempt in range(3):
+                try:
+                    self.wait_up(nid, wait)
+                    break
+                except ClusterError:
+                    # `free_port` can race with another process taking the port before
+                    # the node binds it: nobody has used the endpoint yet, so move it.
+                    if attempt == 2 or "Address already in use" not in _tail(
+                            self.nodes[nid].log_path, 2000):
+                        raise
+                    self.nodes[nid].endpoint = f"tcp://127.0.0.1:{free_port()}"
+                    self.start_node(nid, wait=None)
 
     def start_node(self, nid: str, wait: float | None = 20.0) -> None:
         from node.server import NodeOptions
