@@ -682,9 +682,14 @@ def register(main: click.Group) -> None:
 @results_option
 def list_cmd(results: str) -> None:
     """Stored runs, newest first, with their verdicts (first column: the run id)."""
+    _echo(results, list_lines)
+
+
+def _echo(results: str, lines_of: Callable[[Any], list[str]]) -> None:
+    """Read everything first, then print: a bad database prints one error line only."""
     try:
         with opened(results) as db:
-            lines = list_lines(db)
+            lines = lines_of(db)
     except ReviewError as e:
         _fail(e)
     for ln in lines:
@@ -696,13 +701,7 @@ def list_cmd(results: str) -> None:
 @results_option
 def show(run: str, results: str) -> None:
     """Config, verdict per checker, the first violation and the per-node cutover table."""
-    try:
-        with opened(results) as db:
-            lines = show_lines(db, find_run(db, run))
-    except ReviewError as e:
-        _fail(e)
-    for ln in lines:
-        click.echo(ln)
+    _echo(results, lambda db: show_lines(db, find_run(db, run)))
 
 
 @click.command()

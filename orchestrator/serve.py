@@ -20,6 +20,7 @@ and the database is only read, so the server can run next to `cutover run`.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import mimetypes
 import os
@@ -28,6 +29,7 @@ import sqlite3
 import tempfile
 import urllib.parse
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -352,4 +354,21 @@ def make_server(results: str, host: str = "127.0.0.1", port: int = 8080,
     return Server(results, (host, port), verbose)
 
 
-__all__ = ["Handler", "Server", "is_secret", "make_server", "safe_path", "zip_run"]
+@contextlib.contextmanager
+def serving(results: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """A server on a background thread for the length of a `with`; yields its base URL
+    (tests and tools that want the UI without blocking)."""
+    import threading
+
+    httpd = make_server(results, host, port)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True, name="cutover-serve")
+    t.start()
+    try:
+        h, p = httpd.server_address[:2]
+        yield f"http://{h}:{p}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+__all__ = ["Handler", "Server", "is_secret", "make_server", "safe_path", "serving", "zip_run"]

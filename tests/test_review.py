@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import urllib.error
 import urllib.request
 import zipfile
@@ -503,18 +502,13 @@ def test_check_on_a_run_with_missing_artifacts_changes_nothing(real, tmp_path, d
 
 @pytest.fixture(scope="module")
 def server(synth) -> Any:
-    from orchestrator.serve import make_server
+    from orchestrator.serve import serving
 
     results, runs = synth
     # A symlink to the KEK under an innocent name must not leak it either.
     os.symlink("kek", os.path.join(runs["valid"]["dir"], "innocent"))
-    httpd = make_server(results, "127.0.0.1", 0)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    host, port = httpd.server_address[:2]
-    yield f"http://{host}:{port}", runs
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(results) as url:
+        yield url, runs
 
 
 def get(url: str) -> tuple[int, bytes, Any]:

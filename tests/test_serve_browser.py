@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from orchestrator import store
-from orchestrator.serve import make_server
+from orchestrator.serve import serving
 from tests.test_review import synthetic_results
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
@@ -148,13 +147,8 @@ def site(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
                              2 if verdict == "unknown" else 130, rid])
             runs[verdict] = {"id": rid, "verdict": verdict}
     db.conn.close()
-    httpd = make_server(results, "127.0.0.1", 0)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    host, port = httpd.server_address[:2]
-    yield f"http://{host}:{port}", runs
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(results) as url:
+        yield url, runs
 
 
 def _rgb(css: str) -> tuple[int, int, int]:
