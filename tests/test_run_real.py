@@ -95,7 +95,20 @@ def test_fixed_build_all_nemeses_is_valid_and_recorded(tmp_path) -> None:
     n_events = db.execute("select count(*) from node_events where run=?", [o.run_id]).fetchone()
     n_entries = db.execute("select count(*) from log_entries where run=?", [o.run_id]).fetchone()
     assert n_events[0] > 50 and n_entries[0] > 500
-    # Every node ended with C set, and nothing is left running.
+    # Keys stay secret: the KEK is in the run dir's `kek` file only, nowhere else.
+    with open(os.path.join(o.run_dir, "kek"), "rb") as fh:
+        raw = fh.read()
+    secrets = {raw, raw.strip(), raw.hex().encode()}
+    db.close()
+    for root, _dirs, files in os.walk(str(tmp_path)):
+        for f in files:
+            path = os.path.join(root, f)
+            if f == "kek":
+                continue
+            with open(path, "rb") as fh:
+                data = fh.read()
+            assert not [s for s in secrets if len(s) >= 16 and s in data], path
+    # Nothing is left running.
     assert not _children(os.getpid())
     pids = _node_pids(o.run_dir)
     assert len(pids) >= 5 and not any(_alive(p) for p in pids)
