@@ -440,6 +440,21 @@ class NemesisExecutor:
             self.unblock("lag")
             self.active.pop(-1, None)
             self.record("stop", "lag-across-cutover", [self.lag_node], compacted=compacted)
+        self.restart_stuck()
+
+    def restart_stuck(self) -> None:
+        """What an operator does after a failed EnableRaftEnvelope (protocol §5: only a
+        restart clears the barrier): otherwise that node refuses every write whenever it
+        leads again, for the rest of the run."""
+        for nid in sorted(self.cut.stuck):
+            if self.stop.is_set():
+                return
+            with self.lock:
+                self.cl.kill(nid)
+                self.cl.start_node(nid, wait=20)
+            self.cut.stuck.discard(nid)
+            self._stuck_since.pop(nid, None)
+            self.record("event", "restart-stuck-barrier", [nid])
 
     def enable_until_done(self) -> None:
         """Ask for EnableRaftEnvelope until some leader answers `ok`/`already-active`;
