@@ -203,3 +203,15 @@ def test_bad_flags_are_clear_errors(tmp_path) -> None:
     with pytest.raises(RunError, match="cannot create results dir"):
         execute(RunConfig(results=str(blocker / "results")), out=None)
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_node_that_does_not_come_up_is_named_with_its_log(tmp_path) -> None:
+    # election_ticks=2 < the node's heartbeat ticks: every node refuses to start.
+    o = execute(RunConfig(nodes=3, time_limit=5, seed=15, election_ticks=2,
+                          results=str(tmp_path)), out=None, progress=None)
+    assert o.verdict == "error" and o.exit_code == 3
+    assert "node n1 exited with code 2 while starting" in o.summary
+    assert "n1.log" in o.summary and "heartbeat_ticks" in o.summary
+    with sqlite3.connect(os.path.join(str(tmp_path), "cutover.db")) as db:
+        assert db.execute("select status from runs").fetchone()[0] == "error"
+    assert not _children(os.getpid())
