@@ -75,6 +75,7 @@ EVENT_STYLE: dict[str, tuple[str, str]] = {
     "bootstrap": ("#1565c0", "circle"),
     "rotation": ("#1e88e5", "star"),
     "marker proposed": ("#8e24aa", "diamond"),
+    "marker committed": ("#4a148c", "star"),
     "marker applied": ("#6a1b9a", "circle"),
     "installer": ("#00897b", "up"),
     "barrier up": ("#212121", "bar"),
@@ -104,6 +105,8 @@ def event_category(kind: str, detail: Mapping[str, Any] | None) -> str | None:
         return kind
     if kind == "marker-proposed":
         return "marker proposed"
+    if kind == "marker-committed":
+        return "marker committed"
     if kind == "encryption-applied":
         what = str(d.get("what") or "")
         if what.startswith("marker"):

@@ -443,6 +443,7 @@ class EnableFlow:
         self.phase = "precheck"
         self.ticks = 0
         self.marker_index = 0
+        self.commit_seen = False
 
     def tick(self) -> None:
         self.ticks += 1
@@ -504,6 +505,9 @@ class EnableFlow:
             self.phase, self.ticks = "wait-apply", 0
             return None
         if self.phase == "wait-apply":
+            if not self.commit_seen and host.commit_index() >= self.marker_index:
+                self.commit_seen = True  # the leader's view; followers learn it later
+                cut._event("marker-committed", index=self.marker_index)
             if host.applied_index() < self.marker_index:
                 if self.ticks > self.timeout_ticks:
                     return self._fail(f"marker {self.marker_index} not applied in time")

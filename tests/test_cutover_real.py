@@ -85,6 +85,11 @@ def test_cutover_end_to_end(tmp_path) -> None:
     assert report.valid, report.first_violation()
     assert report.cutover_time_ns and any(t > report.cutover_time_ns for _, t in tokens)
     assert report.cutover == cutover
+    from node.events import read_events
+
+    committed = [e for n in cl.ids for e in read_events(cl.nodes[n].data_dir)
+                 if e["kind"] == "marker-committed"]
+    assert [e["index"] for e in committed] == [cutover], committed
     # On disk: every node agrees on C; above C everything is wrapped, at/below cleartext.
     for nid in cl.ids:
         d = cl.nodes[nid].data_dir
