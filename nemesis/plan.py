@@ -20,6 +20,9 @@ Two kinds of entries:
   - `replay-leader`: after the cutover, rotate the DEK, kill X and restart it (it
     replays the marker from its old snapshot under a newer DEK), then make X lead by a
     star partition around it;
+  - `restart-leader`: after the cutover, a node snapshots (above C), is killed and
+    restarted, and leads by a star partition around it: a restarted node's in-memory
+    state (its wrap, from the sidecar) is then what every new entry goes through;
   - `kill-leader-after-restart`: right after a restart, kill the leader, so a restarted
     node is likely to lead next.
 
@@ -113,7 +116,7 @@ class Plan:
 
 # How long the cutover sequence owns the cluster, in seconds after `cutover_at`.
 WINDOW_BEFORE = 2.0
-WINDOW_AFTER = 12.0
+WINDOW_AFTER = 16.0
 
 
 def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
@@ -193,6 +196,8 @@ def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
             triggers.append(Trigger(next(ids), "cutover-settled", "replay-leader",
                                     "snapshot-replay", {"lead_for": 3.0}))
         if "kill" in fams:
+            triggers.append(Trigger(next(ids), "cutover-settled", "restart-leader", "kill",
+                                    {"pick": rng.randrange(1 << 30), "lead_for": 2.5}))
             triggers.append(Trigger(next(ids), "restart", "kill-leader-after-restart",
                                     "kill", {"once": True, "delay": 0.3}))
     return Plan(seed, tuple(families), tuple(faults), tuple(triggers), window)

@@ -29,11 +29,28 @@ def _all_bugs() -> list[str]:
 @click.option("--nemesis", default="all", show_default=True)
 @click.option("--results", default="results", show_default=True)
 @click.option("--junit", "junit", help="Write a JUnit XML summary here.")
+@click.option("--summarize", is_flag=True,
+              help="Run nothing: print the table (and --junit) from the runs stored in "
+                   "--results, with their stored verdicts (e.g. after `cutover check`).")
 def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
-           nodes: int, nemesis: str, results: str, junit: str | None) -> None:
+           nodes: int, nemesis: str, results: str, junit: str | None,
+           summarize: bool) -> None:
     """Detection table: every bug switch over K seeds, and the fixed build."""
     from .cli import fail
     from .run import RunConfig, RunError, execute
+
+    if summarize:
+        try:
+            rows = stored_rows(results)
+        except Exception as e:  # noqa: BLE001 - StoreError or a damaged row: one line
+            fail(str(e))
+            return
+        click.echo(table(rows, seeds))
+        if junit:
+            from .junit import write_junit
+
+            write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
+        return
 
     known = _all_bugs()
     if bug_spec == "all":
@@ -78,7 +95,7 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
 
 def table(rows: list, seeds: int) -> str:
     head = (f"{'build':<28} {'detected':>11} {'median s':>9}  caught by",)
-    lines = [head[0], "-" * 78]
+    lines = [head[0], "-" * 80]
     for build, outcomes in rows:
         bad = [o for o in outcomes if o.verdict == "invalid"]
         errs = [o for o in outcomes if o.verdict in ("error", "unknown")]
@@ -104,3 +121,29 @@ def _caught_by(o) -> str:  # type: ignore[no-untyped-def]
         inv = (o.checks.get("cutover") or {}).get("failing")
         return f"cutover {inv}" if inv else "cutover"
     return name
+
+
+def stored_rows(results: str) -> list:
+    """(build, [RunOutcome]) for every finished run in `results`, fixed build first."""
+    from checker import suite
+
+    from . import store
+    from .run import RunOutcome
+
+    db = store.open_db(results)
+    try:
+        by: dict[str, list] = {}
+        for r in sorted(store.runs(db), key=lambda r: (r["bugs"] or "", r["seed"] or 0)):
+            if r["status"] not in ("done", "error"):
+                continue
+            checks = {k: v["detail"] or {"valid": v["valid"]}
+                      for k, v in store.checks(db, r["id"]).items()}
+            first = suite.first_violation(checks) if r["verdict"] == "invalid" else None
+            o = RunOutcome(r["id"], "", r["verdict"] or "unknown", r["exit_code"] or 0,
+                           r["summary"] or "", checks, first, r["seed"],
+                           float(r["duration_s"] or 0.0))
+            by.setdefault(r["bugs"] or "fixed", []).append(o)
+    finally:
+        db.conn.close()
+    builds = (["fixed"] if "fixed" in by else []) + sorted(b for b in by if b != "fixed")
+    return [(b, by[b]) for b in builds]

@@ -434,6 +434,17 @@ class NemesisExecutor:
                 and self.now_s() + 4.0 < self.time_limit:
             self.sleep(1.0)
             self._replay_leader(self.replay_node, float(replay.params.get("lead_for", 3.0)))
+        restart = self._trigger("restart-leader")
+        if restart is not None and self.cut.cutover and self.now_s() + 4.0 < self.time_limit:
+            self.sleep(0.5)
+            leader = self.leader()
+            cands = sorted(n for n in self.cl.ids
+                           if n not in (leader, self.replay_node, self.lag_node))
+            if cands:
+                z = cands[int(restart.params["pick"]) % len(cands)]
+                self._replay_leader(z, float(restart.params.get("lead_for", 2.5)),
+                                    label="restart-leader", snapshot_first=True,
+                                    rotate_first=False)
         if self.lag_node is not None:
             self.sleep(0.5)
             compacted = {n: self.snapshot_now(n) for n in self.cl.ids if n != self.lag_node}
@@ -580,12 +591,19 @@ class NemesisExecutor:
         self.record("stop", "cutover-failover", [leader])
         done.set()
 
-    def _replay_leader(self, x: str, lead_for: float) -> None:
-        """Rotate, restart X from its snapshot below the marker, make X lead."""
-        self.record("start", "replay-leader", [x])
-        self.active[-4] = f"replay {x}"
+    def _replay_leader(self, x: str, lead_for: float, *, label: str = "replay-leader",
+                       snapshot_first: bool = False, rotate_first: bool = True) -> None:
+        """Restart X and make it lead. `replay-leader`: rotate first, and X restarts from
+        its snapshot below the marker (it replays the marker under a newer DEK).
+        `restart-leader`: X snapshots first, so it restarts above C with no marker to
+        replay: what it knows of the cutover comes from its sidecar alone."""
+        self.record("start", label, [x])
+        self.active[-4] = f"{label} {x}"
         try:
-            self.rotate("replay-leader")
+            if snapshot_first:
+                self.snapshot_now(x)
+            if rotate_first:
+                self.rotate(label)
             with self.lock:
                 self.cl.kill(x)
             self.sleep(0.3)
@@ -593,7 +611,7 @@ class NemesisExecutor:
                 try:
                     self.cl.start_node(x, wait=20)
                 except ClusterError as e:
-                    self.record("event", "replay-leader", [x], error=str(e))
+                    self.record("event", label, [x], error=str(e))
                     return
             # Let X catch up (its log must be as fresh as the voters' for X to win).
             target = None
@@ -617,10 +635,11 @@ class NemesisExecutor:
             if self.lag_node is not None and self.lag_node != x:
                 cut_off.append(self.lag_node)  # still lagging: it stays cut off
             self.block("replay-star", grudges.star(self.cl.ids, x, cut_off))
-            self.record("event", "replay-leader", [x], phase="star", cut_off=cut_off)
+            self.record("event", label, [x], phase="star", cut_off=cut_off)
             self.sleep(lead_for)
             self.unblock("replay-star")
         finally:
             self.active.pop(-4, None)
-            self.record("stop", "replay-leader", [x])
-            self._after_restart([x])
+            self.record("stop", label, [x])
+            if label == "replay-leader":
+                self._after_restart([x])

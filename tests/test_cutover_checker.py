@@ -423,3 +423,29 @@ def test_key_used_before_its_install(lab: Lab) -> None:
     v = report["I6"].first_violation
     assert (v["node"], v["index"], v["opcode"], v["key_id"]) == ("n1", 8, pl.OP_LEASE, 2)
     assert v["installed_at"] == 9 and "installed only at 9" in v["reason"]
+
+
+def test_excused_damage_hides_exactly_the_damaged_entry() -> None:
+    """The corrupt-entry nemesis damages one replica's copy: its I1 finding, its halt
+    and its nonce twin (which may be reported on a healthy replica) are excused; a
+    finding at any other entry is not."""
+    from checker.cutover import INVARIANTS, InvariantResult, _excuse
+
+    def result(name: str, vs: list[dict]) -> InvariantResult:
+        return InvariantResult(name, INVARIANTS[name], valid=not vs,
+                               first_violation=vs[0] if vs else None, violations=vs,
+                               violation_count=len(vs))
+
+    rep = CutoverReport(10, None, {
+        "I1": result("I1", [{"node": "n1", "index": 20}, {"node": "n2", "index": 21}]),
+        "I2": result("I2", []),
+        "I3": result("I3", [{"node": "n1", "index": 20}]),
+        "I4": result("I4", []),
+        "I5": result("I5", [{"node": "n3", "index": 20, "first_use_index": 20},
+                            {"node": "n3", "index": 22, "first_use_index": 5}]),
+        "I6": result("I6", [])}, [], {})
+    _excuse(rep, {("n1", 20)})
+    assert [v["index"] for v in rep.results["I1"].violations] == [21]
+    assert rep.results["I3"].valid and rep.results["I3"].summary["excused"]
+    assert [v["index"] for v in rep.results["I5"].violations] == [22]
+    assert rep.results["I5"].violation_count == 1 and not rep.valid
