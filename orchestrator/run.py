@@ -137,12 +137,17 @@ class RunOutcome:
 
 
 def new_run_id(results: str, seed: int) -> str:
+    """A fresh id whose run directory this call created (atomically: two runs started
+    in the same second with the same seed, say by two matrices, get two ids)."""
     base = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-s{seed}"
     rid, k = base, 1
-    while os.path.exists(os.path.join(results, rid)):
-        k += 1
-        rid = f"{base}-{k}"
-    return rid
+    while True:
+        try:
+            os.makedirs(os.path.join(results, rid))
+            return rid
+        except FileExistsError:
+            k += 1
+            rid = f"{base}-{k}"
 
 
 class _Progress:
@@ -196,7 +201,6 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
         print(f"seed {cfg.seed}", file=out, flush=True)
     run_id = new_run_id(cfg.results, cfg.seed)
     run_dir = os.path.join(cfg.results, run_id)
-    os.makedirs(run_dir)
     families = parse_families(cfg.nemesis)
     plan = make_plan(cfg.seed, families, time_limit=cfg.time_limit,
                      interval=cfg.nemesis_interval, cutover_at=cfg.cutover_at,
