@@ -86,6 +86,19 @@ def _create(db: sqlite_utils.Database) -> None:
 
 
 def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
+    """See `_open_db`; a writer racing another one that is creating the schema (two
+    matrices started together) waits for it instead of failing."""
+    for attempt in range(50):
+        try:
+            return _open_db(results, create=create)
+        except StoreError as e:
+            if not create or "locked" not in str(e) or attempt == 49:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def _open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
     """The results database of `results`, checked to be ours (StoreError otherwise).
 
     `create` makes the directory and the schema when missing (writers); readers get a
