@@ -367,6 +367,18 @@ class NemesisExecutor:
         self.record("stop", "rotate", [target], key_id=key_id, result=result)
         return rep
 
+    def _wait_applied(self, node: str, index: int, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not self.stop.is_set():
+            try:
+                st = self.admin(node, "status", timeout=0.5)["value"]
+                if st.get("applied", 0) >= index or st.get("halted"):
+                    return True
+            except (ClientTimeout, KeyError, TypeError):
+                pass
+            self.stop.wait(0.02)
+        return False
+
     def snapshot_now(self, node: str) -> int | None:
         try:
             rep = self.admin(node, "snapshot-now", timeout=3.0)
@@ -603,7 +615,11 @@ class NemesisExecutor:
             if snapshot_first:
                 self.snapshot_now(x)
             if rotate_first:
-                self.rotate(label)
+                rep = self.rotate(label)
+                # X must have *applied* the rotation before it dies: its sidecar then
+                # names a newer DEK than the marker's, which is the replay's hazard.
+                if rep.get("ok") and isinstance(rep.get("index"), int):
+                    self._wait_applied(x, int(rep["index"]), 3.0)
             with self.lock:
                 self.cl.kill(x)
             self.sleep(0.3)
