@@ -64,7 +64,7 @@ def test_plan_families_and_errors() -> None:
         parse_families("kill,teleport")
     only_kill = make_plan(3, ("kill",), time_limit=60, interval=4, cutover_at=20, nodes=5)
     assert {f.family for f in only_kill.faults} == {"kill"}
-    assert [t.kind for t in only_kill.triggers] == ["kill-leader-after-restart"]
+    assert [t.kind for t in only_kill.triggers] == ["restart-leader", "kill-leader-after-restart"]
     quiet = make_plan(3, (), time_limit=60, interval=4, cutover_at=None, nodes=5)
     assert quiet.faults == () and quiet.triggers == ()
 
