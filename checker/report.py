@@ -368,9 +368,7 @@ def latency_svg(ops: Sequence[Mapping[str, Any]], faults: Sequence[Mapping[str, 
     for k in range(lo_e, hi_e + 1):
         yy = y(10 ** k)
         label = f"{10 ** k:g} ms"
-        out.append(f'<line class="grid" x1="{GUTTER}" y1="{yy:.1f}" x2="{WIDTH - RIGHT}" '
-                   f'y2="{yy:.1f}"/><text class="tick" x="{GUTTER - 6}" y="{yy + 4:.1f}" '
-                   f'text-anchor="end">{_e(label)}</text>')
+        out.append(_gridline(yy, label))
     for s, ms, typ in pts:
         out.append(f'<circle class="pt {_e(typ)}" cx="{x(s):.1f}" cy="{y(ms):.1f}" r="2" '
                    f'fill="{OUTCOME_COLORS.get(typ, "#999")}"><title>{_e(_secs(s))} s  '
@@ -378,6 +376,13 @@ def latency_svg(ops: Sequence[Mapping[str, Any]], faults: Sequence[Mapping[str, 
     out.append(_axis(x, bottom, bottom - top))
     out.append("</svg>")
     return "".join(out)
+
+
+def _gridline(yy: float, label: str) -> str:
+    """A horizontal grid line across the plot with its value on the left."""
+    return (f'<line class="grid" x1="{GUTTER}" y1="{yy:.1f}" x2="{WIDTH - RIGHT}" '
+            f'y2="{yy:.1f}"/><text class="tick" x="{GUTTER - 6}" y="{yy + 4:.1f}" '
+            f'text-anchor="end">{_e(label)}</text>')
 
 
 def throughput_svg(completions: Sequence[Sequence[Any]], faults: Sequence[Mapping[str, Any]],
@@ -409,9 +414,7 @@ def throughput_svg(completions: Sequence[Sequence[Any]], faults: Sequence[Mappin
     out.append(_bands(x, faults, top, bottom - top, palette))
     for k in range(5):
         r = hi * k / 4
-        out.append(f'<line class="grid" x1="{GUTTER}" y1="{y(r):.1f}" x2="{WIDTH - RIGHT}" '
-                   f'y2="{y(r):.1f}"/><text class="tick" x="{GUTTER - 6}" y="{y(r) + 4:.1f}" '
-                   f'text-anchor="end">{r:g}/s</text>')
+        out.append(_gridline(y(r), f"{r:g}/s"))
     for typ, series in rates.items():
         if not any(series):
             continue

@@ -29,13 +29,10 @@ from .watch import EventWatch
 class CutoverState:
     """What the cutover sequence learned, shared with the runner and the faults."""
 
-    requested: bool = False
     cutover: int = 0
-    at_ns: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     stuck: set[str] = field(default_factory=set)  # nodes whose barrier stays up
     settled: threading.Event = field(default_factory=threading.Event)
-    window_done: threading.Event = field(default_factory=threading.Event)
 
 
 class NemesisExecutor:
@@ -58,11 +55,12 @@ class NemesisExecutor:
         self.active: dict[int, str] = {}  # fault id -> description, for the progress bar
         self.key_id = 1  # the bootstrap DEK; rotations count up from here
         self.cut = CutoverState()
-        self.roles: dict[str, str] = {}
         self.replay_node: str | None = None
         self.lag_node: str | None = None
         self._restart_hook_fired = False
         self._stuck_since: dict[str, float] = {}
+        # Called (once) by the event watch when a marker is proposed; see _arm_failover.
+        self._marker_hook: Callable[[dict[str, Any]], None] | None = None
         self._threads: list[threading.Thread] = []
         self._admin = Client(cluster.endpoints(), timeout=1.0)
         self._admin_lock = threading.Lock()
@@ -201,18 +199,14 @@ class NemesisExecutor:
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("kind")
-        node = ev.get("node")
-        if kind == "role" and isinstance(node, str):
-            self.roles[node] = str(ev.get("role"))
-        elif kind == "marker-proposed":
-            fn = getattr(self, "_marker_hook", None)
+        if kind == "marker-proposed":
+            fn = self._marker_hook
             if fn is not None:
                 self._marker_hook = None
                 fn(ev)
         elif kind == "encryption-applied" and ev.get("what") == "marker-fresh":
             if not self.cut.cutover and ev.get("cutover"):
                 self.cut.cutover = int(ev["cutover"])
-                self.cut.at_ns = int(ev.get("t", time.monotonic_ns()))
 
     # ------------------------------------------------------------------ timed faults
 
@@ -390,13 +384,11 @@ class NemesisExecutor:
 
     def _cutover_loop(self) -> None:
         if self.cutover_at is None:
-            self.cut.window_done.set()
             return
         try:
             self._cutover_sequence()
         finally:
             self.cut.settled.set()
-            self.cut.window_done.set()
 
     def _cutover_sequence(self) -> None:
         at = self.cutover_at
@@ -434,7 +426,6 @@ class NemesisExecutor:
             self._arm_failover(failover, failover_done)
         if not self.sleep_until(at):
             return
-        self.cut.requested = True
         self.enable_until_done()
         self.cut.settled.set()
         self.record("event", "cutover-settled", None, cutover=self.cut.cutover,
@@ -472,12 +463,15 @@ class NemesisExecutor:
         for nid in sorted(self.cut.stuck):
             if self.stop.is_set():
                 return
-            with self.lock:
-                self.cl.kill(nid)
-                self.cl.start_node(nid, wait=20)
-            self.cut.stuck.discard(nid)
-            self._stuck_since.pop(nid, None)
-            self.record("event", "restart-stuck-barrier", [nid])
+            self._restart_stuck_node(nid)
+
+    def _restart_stuck_node(self, nid: str) -> None:
+        with self.lock:
+            self.cl.kill(nid)
+            self.cl.start_node(nid, wait=20)
+        self.cut.stuck.discard(nid)
+        self._stuck_since.pop(nid, None)
+        self.record("event", "restart-stuck-barrier", [nid])
 
     def enable_until_done(self) -> None:
         """Ask for EnableRaftEnvelope until some leader answers `ok`/`already-active`;
@@ -532,12 +526,7 @@ class NemesisExecutor:
         since = self._stuck_since.get(leader, time.monotonic())
         if time.monotonic() - since < 3.0 or self.active.get(-3):
             return True
-        with self.lock:
-            self.cl.kill(leader)
-            self.cl.start_node(leader, wait=20)
-        self.cut.stuck.discard(leader)
-        self._stuck_since.pop(leader, None)
-        self.record("event", "restart-stuck-barrier", [leader])
+        self._restart_stuck_node(leader)
         return True
 
     def _arm_failover(self, trig: Trigger, done: threading.Event) -> None:
@@ -568,7 +557,7 @@ class NemesisExecutor:
 
         def give_up() -> None:
             # No marker from that leader in time: leadership moved or the request failed.
-            if not done.wait(6.0) and getattr(self, "_marker_hook", None) is on_marker:
+            if not done.wait(6.0) and self._marker_hook is on_marker:
                 self._marker_hook = None
                 self._clear_slow_acks(leader, fol)
                 self.record("stop", "slow-acks", [leader], fired=False)
@@ -637,15 +626,8 @@ class NemesisExecutor:
                     target = self.admin(leader, "status")["value"]["commit"]
                 except (ClientTimeout, KeyError, TypeError):
                     target = None
-            end = time.monotonic() + 5
-            while target is not None and time.monotonic() < end and not self.stop.is_set():
-                try:
-                    st = self.admin(x, "status")["value"]
-                    if st.get("halted") or st.get("applied", 0) >= target:
-                        break
-                except (ClientTimeout, KeyError, TypeError):
-                    pass
-                self.stop.wait(0.05)
+            if target is not None:
+                self._wait_applied(x, target, 5.0)
             leader = self.leader()
             cut_off = [leader] if leader and leader != x else []
             if self.lag_node is not None and self.lag_node != x:

@@ -258,7 +258,6 @@ class _Runner:
         self.t0 = time.monotonic()
         self.t_start = time.monotonic()
         self.phase = "setup"
-        self.finished = False
 
     # -------------------------------------------------------------- the run
 
@@ -425,7 +424,6 @@ class _Runner:
             results = run_checkers(db, self.run_id, self.run_dir, self.rec, excused)
         finally:
             db.conn.close()
-        self.finished = True
         return self._finish(results)
 
     def _finish(self, results: dict[str, dict[str, Any]]) -> RunOutcome:

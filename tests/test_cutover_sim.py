@@ -325,16 +325,12 @@ def test_duplicate_marker_switch(bugged: bool) -> None:
         assert not sim.halts()
 
 
-@pytest.mark.parametrize("bugged", [False, True])
-def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
-    """The marker cannot commit for a while (the followers' acks are lost), so the
-    handler's apply wait times out. The barrier must stay up: the marker may still
-    commit, and anything proposed meanwhile would land above C in cleartext."""
+def _enable_times_out(sim: CutoverSim) -> tuple[str, dict]:
+    """Bootstrap, then lose the followers' acks to the leader until EnableRaftEnvelope's
+    apply wait times out; the filter stays on (callers lift it). Returns the leader and
+    the `failed` reply."""
     from node.raft import MsgType
 
-    seed = 23
-    print(f"seed={seed} bugged={bugged}")
-    sim = CutoverSim(seed, bugs=("barrier-release-on-timeout",) if bugged else ())
     cl = sim.cl
     lead = cl.wait_leader()
     assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
@@ -342,7 +338,21 @@ def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
     cl.message_filter = lambda m: not (m.dst == lead and m.type is MsgType.APP_RESP)
     enable = sim.submit(lead, {"op": "enable-raft-envelope"})
     assert cl.run_until(lambda: sim.reply(enable) is not None, 400)
-    assert sim.reply(enable)["code"] == "failed"
+    reply = sim.reply(enable)
+    assert reply["code"] == "failed"
+    return lead, reply
+
+
+@pytest.mark.parametrize("bugged", [False, True])
+def test_barrier_release_on_timeout_switch(bugged: bool) -> None:
+    """The marker cannot commit for a while (the followers' acks are lost), so the
+    handler's apply wait times out. The barrier must stay up: the marker may still
+    commit, and anything proposed meanwhile would land above C in cleartext."""
+    seed = 23
+    print(f"seed={seed} bugged={bugged}")
+    sim = CutoverSim(seed, bugs=("barrier-release-on-timeout",) if bugged else ())
+    cl = sim.cl
+    lead, _ = _enable_times_out(sim)
     writes = [sim.submit(lead, {"op": "write", "key": "k", "value": f"w{i}"})
               for i in range(3)]
     cl.message_filter = None
@@ -363,19 +373,11 @@ def test_enable_retried_on_a_leader_whose_barrier_is_stuck() -> None:
     holds (the marker is not committed), C is still 0: the old pre-check proposed a
     second raw marker, which landed above C once the first committed, and every replica
     halted. The stuck barrier now refuses the retry until a restart."""
-    from node.raft import MsgType
-
     seed = 31
     print(f"seed={seed}")
     sim = CutoverSim(seed)
     cl = sim.cl
-    lead = cl.wait_leader()
-    assert sim.call(lead, {"op": "bootstrap", "key_id": 1, "wrapped": sim.new_dek()})["ok"]
-    cl.run_ticks(10)
-    cl.message_filter = lambda m: not (m.dst == lead and m.type is MsgType.APP_RESP)
-    first = sim.submit(lead, {"op": "enable-raft-envelope"})
-    assert cl.run_until(lambda: sim.reply(first) is not None, 400)
-    assert sim.reply(first)["code"] == "failed"
+    lead, _ = _enable_times_out(sim)
     again = sim.submit(lead, {"op": "enable-raft-envelope"})
     assert cl.run_until(lambda: sim.reply(again) is not None, 400)
     assert sim.reply(again)["code"] == "failed"
