@@ -71,15 +71,24 @@ from typing import Any, NamedTuple
 from node import payload as pl
 from node.cutover import as_int as _as_int
 from node.cutover import decode_encryption_state
-from node.envelope import MAX_KEY_ID, UnwrapError, parse_header, unwrap
+from node.envelope import MAX_KEY_ID, UnwrapError, is_wrapped_shape, parse_header, unwrap
 from node.events import read_events
 from node.keystore import DekUnwrapError, Kek, Keystore, KeystoreError, load_kek
+from node.kv import snapshot_enc, snapshot_kv
 from node.sidecar import Sidecar, SidecarError
 from node.sidecar import load as load_sidecar
-from node.snapshot import SnapshotError, SnapshotFile, SnapshotStore, read_snapshot_file
+from node.snapshot import (
+    SnapshotError,
+    SnapshotFile,
+    SnapshotHeader,
+    SnapshotStore,
+    read_snapshot_file,
+)
 from node.storage import SNAP_DIR, WAL_DIR
 from node.types import Entry, EntryKind
 from node.wal import RecordKind, TornTail, WalError, WalRecord, iter_records
+
+from .replay import ReplayNode, entry_payload, replay_check
 
 __all__ = [
     "CUTOVER_EVENT_KINDS",
@@ -136,12 +145,14 @@ class InvariantResult:
     violation_count: int = 0
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    unknown: str | None = None  # why a violation-free invariant is still not shown to hold
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "title": self.title,
             "valid": self.valid,
+            "unknown": self.unknown,
             "first_violation": self.first_violation,
             "violation_count": self.violation_count,
             "violations": self.violations,
@@ -165,6 +176,14 @@ class CutoverReport:
     @property
     def valid(self) -> bool:
         return not self.errors and all(r.valid for r in self.results.values())
+
+    @property
+    def unknown(self) -> str | None:
+        """Why a report without violations still does not show the invariants hold."""
+        if self.errors:
+            return self.errors[0]
+        return next((f"{r.name}: {r.unknown}" for r in self.results.values() if r.unknown),
+                    None)
 
     def __getitem__(self, name: str) -> InvariantResult:
         return self.results[name]
@@ -475,6 +494,9 @@ class NodeState:
     events: list[dict[str, Any]] = field(default_factory=list)
     snapshot_index: int = 0
     snapshot_encryption: bytes = b""
+    snapshot_term: int = 0
+    snapshot_data: bytes = b""  # the snapshot's data (image + encryption state), if any
+    commit: int = 0
 
 
 def check_cutover_state(states: Mapping[str, NodeState], kek: Kek) -> CutoverReport:
@@ -489,8 +511,13 @@ def check_cutover_state(states: Mapping[str, NodeState], kek: Kek) -> CutoverRep
             n.log[e.index] = rec
         n.sidecar = st.sidecar
         n.events = list(st.events)
+        n.commit = st.commit
         if st.snapshot_encryption:
             n.enc[st.snapshot_index] = decode_encryption_state(st.snapshot_encryption)
+        if st.snapshot_index and st.snapshot_data:
+            header = SnapshotHeader(st.snapshot_index, st.snapshot_term,
+                                    snapshot_enc(st.snapshot_data)[0], st.snapshot_encryption)
+            n.snapshots.append(SnapshotFile(None, header, st.snapshot_data, 0, 0))
         nodes.append(n)
     return _analyze(nodes, kek, (), False)
 
@@ -578,7 +605,7 @@ def _analyze(nodes: list[_Node], kek: Kek, plaintext_tokens: Iterable[tuple[byte
                         rows, notes),
         "I2": _check_i2(nodes, decoded, side_c, cut),
         "I3": _check_i3(nodes),
-        "I4": _check_i4(nodes),
+        "I4": _check_i4(nodes, decoded, keys, notes),
         "I5": _check_i5(nodes),
         "I6": _check_i6(decoded, holders, keys, install_errors, ignored),
     }
@@ -661,7 +688,7 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
             rows.append(LogRow(n.name, idx, e.term, d.opcode, wrapped, d.key_id))
             det["entries"] += 1
             det["wrapped"] += wrapped
-            if idx > cut:
+            if cut and idx > cut:
                 det["above_cutover"] += 1
             if d.status == "noop":
                 continue
@@ -670,12 +697,12 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
             if d.status == "malformed":
                 col.add(n.name, idx, e.term, None, f"malformed proposal envelope: {d.error}",
                         half="structural", known_committed=committed)
-            elif idx > cut and not wrapped:
+            elif cut and idx > cut and not wrapped:
                 col.add(n.name, idx, e.term, d.opcode,
                         f"cleartext {_op_name(d.payload)} entry above the cutover C={cut}",
                         half="structural", opcode_name=_op_name(d.payload),
                         known_committed=committed)
-            elif idx > cut and d.inner is None:
+            elif cut and idx > cut and d.inner is None:
                 col.add(n.name, idx, e.term, "undecryptable",
                         f"wrapped entry does not authenticate under any known DEK "
                         f"({d.error})", half="structural", key_id=d.key_id,
@@ -862,7 +889,10 @@ def _check_i3(nodes: list[_Node]) -> InvariantResult:
     return col.finish()
 
 
-def _check_i4(nodes: list[_Node]) -> InvariantResult:
+def _check_i4(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
+              keys: _Keys, notes: list[str]) -> InvariantResult:
+    """Convergence, held to the replayed committed log (`checker.replay`), plus the
+    digests two replicas reported at one applied index (kept: it needs no replay)."""
     col = _Collector("I4")
     seen: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for n in nodes:
@@ -885,9 +915,51 @@ def _check_i4(nodes: list[_Node]) -> InvariantResult:
             col.add(odd, applied, None, None,
                     f"replicas at applied index {applied} disagree: "
                     + "; ".join(f"{dg} on {', '.join(ns)}" for dg, ns in ranked),
-                    digests={dg: ns for dg, ns in ranked})
-    col.result.summary = {"applied_indexes_compared": compared}
-    return col.finish()
+                    digests={dg: ns for dg, ns in ranked}, evidence="reported-digests")
+
+    def open_entry(e: Entry) -> bytes | None:
+        d = decoded.get(_entry_key(e)) or _decode(e)
+        if d.status == "noop":
+            return None
+        if d.status == "clear":
+            return d.payload
+        if d.status == "wrapped" and d.inner is not None:
+            return d.inner
+        raise ValueError(d.error or d.status)
+
+    rnodes = []
+    for n in nodes:
+        applied = [ev["applied"] for ev in n.events
+                   if isinstance(ev.get("applied"), int) and not isinstance(ev["applied"], bool)]
+        images = [(snap.header.index, snap.header.term, *_open_image(snap, keys))
+                  for snap in n.snapshots]
+        rnodes.append(ReplayNode(n.name, {i: rec.value for i, rec in n.log.items()},  # type: ignore[misc]
+                                 max([n.commit, *applied]), images, n.events))
+    res = replay_check(rnodes, entry_payload(open_entry))
+    for v in res.violations:
+        col.add(v.pop("node"), v.pop("index"), v.pop("term"), v.pop("opcode"),
+                v.pop("reason"), **v)
+    notes.extend(f"I4 replay: {m}" for m in res.notes)
+    col.result.summary = {"applied_indexes_compared": compared,
+                          "replay": {"compared": res.compared, "from": res.replayed_from,
+                                     "to": res.replayed_to, "base": res.base}}
+    r = col.finish()
+    if r.valid and not res.compared and not compared:
+        r.unknown = "nothing to compare: no reported digest or snapshot image met the replay"
+    return r
+
+
+def _open_image(snap: SnapshotFile, keys: _Keys) -> tuple[bytes | None, str | None]:
+    """The cleartext KV image of a snapshot file (sealed above C), or why not."""
+    try:
+        image = snapshot_kv(snap.data)
+        if is_wrapped_shape(image):
+            image = unwrap(keys.store.get, image)
+        return image, None
+    except UnwrapError as e:
+        return None, f"image does not unwrap ({e.code})"
+    except (ValueError, TypeError) as e:
+        return None, f"image does not decode ({e})"
 
 
 # --------------------------------------------------------------------------- I5, I6

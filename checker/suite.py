@@ -99,9 +99,9 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
         t = v.get("t") or v.get("time_ns") or _commit_time(node_dirs, v.get("index"))
         out["first_violation_ns"] = None if t is None else int(t) - t0_ns
         out["failing"] = name
-    elif rep.errors:
+    elif rep.unknown:
         out["valid"] = "unknown"
-        out["first_violation"] = rep.errors[0]
+        out["first_violation"] = rep.unknown
     return out, rep
 
 

@@ -27,9 +27,9 @@ class Replica:
 
     A host sets `raft`, `kv`, `cut`, `bugs`, `id` and `log` (an object with
     `emit(kind, **detail)`), calls `Replica.__init__`, implements `_deliver` and
-    `take_snapshot`, and drives: `_handle` for requests, `tick_logic` on each tick,
-    `after_ready` after persisting and sending each Ready, `observe_role` after the
-    Ready loop, and `_answer_reads`.
+    `persist_snapshot`, and drives: `_handle` for requests, `tick_logic` on each tick,
+    `after_ready` after persisting and sending each Ready, `after_advance` after
+    `raft.advance`, `observe_role` after the Ready loop, and `_answer_reads`.
     """
 
     id: str
@@ -40,8 +40,10 @@ class Replica:
     log: Any
 
     def __init__(self, *, lease_interval: float = 1.0, proposal_timeout: float = 30.0,
-                 enable_timeout_ticks: int = 200, rng: random.Random | None = None) -> None:
+                 enable_timeout_ticks: int = 200, rng: random.Random | None = None,
+                 snapshot_every: int = 0) -> None:
         self.lease_interval = lease_interval
+        self.snapshot_every = snapshot_every
         self.proposal_timeout = proposal_timeout
         self.enable_timeout_ticks = enable_timeout_ticks
         self.applied = self.raft.applied
@@ -124,9 +126,39 @@ class Replica:
         """Send `rep` to the client behind `ident` (a socket identity, a test's handle)."""
         raise NotImplementedError
 
-    def take_snapshot(self) -> int:
-        """Snapshot the FSM at the applied index (the host owns storage)."""
+    def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
+        """Make a snapshot the core just compacted to durable (the host owns storage)."""
         raise NotImplementedError
+
+    def take_snapshot(self) -> int:
+        """Snapshot the state machine, compact the log behind it; returns its index.
+
+        The one rule for every snapshot, automatic or asked for (`snapshot-now`), in the
+        node and in the simulator: its index is exactly the last entry whose effect its
+        image holds, the replica's own applied index. Not the core's: inside a Ready the
+        core has not yet counted the entries being applied, and a snapshot labelled there
+        holds entries above its index, which every restart and every follower that
+        installs it applies a second time; and a halted replica stops short of what the
+        core handed it. So a snapshot is taken only between Readies.
+        """
+        index = self.applied
+        if index > self.raft.applied:
+            raise RuntimeError(f"snapshot at {index} inside a Ready (the core has applied "
+                               f"{self.raft.applied}): snapshots are taken between Readies")
+        if index <= self.raft.snapshot_index:
+            return self.raft.snapshot_index
+        data, cutover, enc = self.snapshot_image(index)
+        snap = self.raft.compact(index, data)
+        self.persist_snapshot(snap, cutover, enc)
+        self.log.emit("snapshot-taken", index=index, term=snap.meta.term, cutover=cutover,
+                      applied=index, digest=self.kv.digest())
+        return index
+
+    def after_advance(self) -> None:
+        """After `raft.advance(rd)`: the automatic snapshot, once `snapshot_every` entries
+        were applied since the last one (0 = never)."""
+        if self.snapshot_every and self.applied - self.raft.snapshot_index >= self.snapshot_every:
+            self.take_snapshot()
 
     def _fail(self, ident: bytes, rid: Any, code: str, text: str, definite: bool = True,
               **extra: Any) -> None:

@@ -126,7 +126,8 @@ class Node(Replica):
                              entries=self.storage.entries)
         Replica.__init__(self, lease_interval=opts.lease_interval,
                          proposal_timeout=opts.proposal_timeout,
-                         enable_timeout_ticks=opts.enable_timeout_ticks)
+                         enable_timeout_ticks=opts.enable_timeout_ticks,
+                         snapshot_every=opts.snapshot_every)
         self._last_progress_event = 0.0
         self.ctx = zmq.Context()
         self.peer = self.ctx.socket(zmq.DEALER)
@@ -247,6 +248,7 @@ class Node(Replica):
             rd = self.raft.ready()
             self._handle_ready(rd)
             self.raft.advance(rd)
+            self.after_advance()
         self.observe_role()
 
     def _send_batch(self, msgs: list[Message]) -> None:
@@ -281,20 +283,9 @@ class Node(Replica):
             self._last_progress_event = now
             self.log.emit("progress", commit=self.raft.commit, applied=self.applied,
                           term=self.raft.term, digest=self.kv.digest())
-        if self.applied - self.raft.snapshot_index >= self.opts.snapshot_every:
-            self.take_snapshot()
 
-    def take_snapshot(self) -> int:
-        """Snapshot the FSM at the applied index and compact the log behind it."""
-        idx = min(self.applied, self.raft.applied)
-        if idx <= self.raft.snapshot_index:
-            return self.raft.snapshot_index
-        data, cutover, enc = self.snapshot_image(idx)
-        snap: Snapshot = self.raft.compact(idx, data)
-        self.storage.compact(snap, cutover=cutover, encryption=enc)
-        self.log.emit("snapshot-taken", index=snap.meta.index, term=snap.meta.term,
-                      cutover=cutover)
-        return snap.meta.index
+    def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
+        self.storage.compact(snap, cutover=cutover, encryption=encryption)
 
 
 def parse_args(argv: list[str]) -> NodeOptions:

@@ -141,6 +141,9 @@ def _cutover_at(value: str) -> float | None:
               help="Seconds into the run to request EnableRaftEnvelope, or none "
                    "(default: a third of --time-limit).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
+@click.option("--snapshot-every", type=click.IntRange(min=1),
+              help="Entries between a node's automatic snapshots (default: drawn from the "
+                   "seed, from a few dozen to a few thousand).")
 @click.option("--seed", type=int, help="Seed of the plan and the workload (default: random, "
                                        "printed first).")
 @click.option("--results", default="results", show_default=True, help="Results directory.")
@@ -149,8 +152,8 @@ def _cutover_at(value: str) -> float | None:
                                "`latest`, or a config.json); the other flags are ignored.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
         keys: int, nemesis: str, nemesis_interval: float, cutover_at: str | None,
-        bugs: tuple[str, ...], seed: int | None, results: str, junit: str | None,
-        replay: str | None) -> None:
+        bugs: tuple[str, ...], snapshot_every: int | None, seed: int | None, results: str,
+        junit: str | None, replay: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .run import RunConfig, RunError, execute
 
@@ -162,7 +165,8 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         concurrency=concurrency, workload=workload, keys=keys,
                         nemesis=nemesis, nemesis_interval=nemesis_interval,
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                        bugs=list(bugs), seed=seed, results=results)
+                        bugs=list(bugs), snapshot_every=snapshot_every, seed=seed,
+                        results=results)
     bugs = tuple(cfg.bugs)
     try:
         outcome = execute(cfg)

@@ -35,6 +35,7 @@ from .nemesis_exec import NemesisExecutor
 from .watch import EventWatch
 
 EXIT_HARNESS = 3
+SNAPSHOT_EVERY = (25, 50, 100, 400, 2000, 5000)
 EXIT_ABORTED = 130
 
 
@@ -66,7 +67,7 @@ class RunConfig:
     op_timeout: float = 1.0
     tick_ms: float = 25.0
     election_ticks: int = 10
-    snapshot_every: int = 5000
+    snapshot_every: int | None = None  # None: drawn from the seed (SNAPSHOT_EVERY)
     enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
     lin_timeout: float = 60.0
 
@@ -93,6 +94,10 @@ class RunConfig:
             c.concurrency = 2 * c.nodes
         if c.cutover_at is not None and c.cutover_at < 0:
             c.cutover_at = round(c.time_limit / 3, 3)
+        if c.snapshot_every is None:
+            # Some runs compact every few dozen entries (snapshots, restarts from them and
+            # InstallSnapshot everywhere), some every few thousand (long logs to replay).
+            c.snapshot_every = random.Random(f"snapshot-every:{c.seed}").choice(SNAPSHOT_EVERY)
         return c
 
     def validate(self) -> None:
@@ -114,6 +119,8 @@ class RunConfig:
             raise RunError(f"unknown workload {self.workload!r}; expected kv or register")
         if self.keys < 1:
             raise RunError("--keys must be at least 1")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise RunError("--snapshot-every must be at least 1")
         if self.cutover_at is not None and self.cutover_at >= self.time_limit:
             raise RunError(f"--cutover-at {self.cutover_at:g} is not before --time-limit "
                            f"{self.time_limit:g}")

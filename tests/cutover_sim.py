@@ -16,7 +16,7 @@ from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import RaftNode
 from node.replica import Replica
 from node.types import Snapshot
-from tests.raftsim import Cluster, SimConfig
+from tests.raftsim import Cluster, MemStorage, SimConfig
 
 
 class SimLog:
@@ -33,8 +33,10 @@ class ReplicaFSM(Replica):
     """A replica inside the simulator."""
 
     def __init__(self, node_id: str, ids: list[str], durable: dict[str, Any], kek: Kek,
-                 bugs: frozenset[str], events: list[dict[str, Any]], clock: Any) -> None:
+                 bugs: frozenset[str], events: list[dict[str, Any]], clock: Any,
+                 snapshot_every: int = 0) -> None:
         self.id = node_id
+        self._snapshot_every = snapshot_every
         self.bugs = bugs
         self.log = SimLog(node_id, events, clock)
         self.kv = KV()
@@ -45,10 +47,12 @@ class ReplicaFSM(Replica):
         self._booted = False
 
     # raftsim hooks
-    def bind(self, core: RaftNode, incarnation: int) -> None:
+    def bind(self, core: RaftNode, incarnation: int, storage: MemStorage) -> None:
         self.raft = core
+        self.storage = storage
         Replica.__init__(self, lease_interval=40, enable_timeout_ticks=150,
-                         rng=random.Random(hash((self.id, incarnation))))
+                         rng=random.Random(hash((self.id, incarnation))),
+                         snapshot_every=self._snapshot_every)
 
     def on_tick(self, now: float) -> None:
         self.tick_logic(now)
@@ -86,8 +90,8 @@ class ReplicaFSM(Replica):
     def _deliver(self, ident: Any, rep: dict[str, Any]) -> None:
         self.replies[ident] = rep
 
-    def take_snapshot(self) -> int:
-        return self.raft.snapshot_index  # the simulator compacts on its own schedule
+    def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
+        self.storage.compact(snap)
 
 
 class CutoverSim:
@@ -103,8 +107,10 @@ class CutoverSim:
         self.cl: Cluster = Cluster(
             cfg, seed=seed,
             fsm_factory=lambda nid, durable: ReplicaFSM(
-                nid, ids, durable, self.kek, bugset, self.events, self._now))
+                nid, ids, durable, self.kek, bugset, self.events, self._now,
+                snapshot_every=cfg.compact_every))
         self._tokens = 0
+        self._open: dict[Any, dict[str, Any]] = {}  # user requests without a recorded answer
         from checker.history import EventPairer
 
         self.history = EventPairer("simulated history")
@@ -119,55 +125,64 @@ class CutoverSim:
     def call(self, nid: str, req: dict[str, Any], max_ticks: int = 300) -> dict[str, Any] | None:
         """Send a request to `nid` and run until it answers (None: no answer in time).
         Reads, writes and cas go into the client history (`linearizable()`)."""
-        self._tokens += 1
-        token = ("sim", self._tokens)
-        fsm = self.fsm(nid)
-        user = req.get("op") in ("read", "write", "cas")
-        if user:
-            value = [req.get("from"), req.get("to")] if req["op"] == "cas" else req.get("value")
-            self.history.invoke(self._tokens, self._tokens, req["op"], req.get("key"), value)
-        fsm._handle(token, {"id": self._tokens, **req})
-        self.cl._after(self.cl.nodes[nid])
+        handle = self.submit(nid, req)
+        fsm, token = handle
         self.cl.run_until(lambda: token in self.fsm(nid).replies
                           if self.cl.nodes[nid].fsm is fsm else True, max_ticks)
-        rep = fsm.replies.get(token)
-        if user:
-            if rep is None or (not rep["ok"] and not rep.get("definite", False)):
-                self.history.complete(self._tokens, self._tokens, "info")
-            elif rep["ok"]:
-                out = rep.get("value") if req["op"] == "read" else True
-                self.history.complete(self._tokens, self._tokens, "ok", out)
-            else:
-                self.history.complete(self._tokens, self._tokens, "fail")
+        rep = self.reply(handle)
+        self._complete(handle, rep)
         return rep
 
-    def linearizable(self) -> str:
-        """The linearizability checker's verdict on the client history so far."""
-        from checker import check, get_model
-
-        ops = self.history.finish()
-        return check(get_model("kv"), ops).verdict.value
-
     def submit(self, nid: str, req: dict[str, Any]) -> tuple[ReplicaFSM, Any]:
-        """Send a request without waiting; `reply(handle)` looks for the answer."""
+        """Send a request without waiting; `reply(handle)` looks for the answer (and
+        records it in the history the first time it is there)."""
         self._tokens += 1
         token = ("sim", self._tokens)
         fsm = self.fsm(nid)
+        if req.get("op") in ("read", "write", "cas"):
+            value = [req.get("from"), req.get("to")] if req["op"] == "cas" else req.get("value")
+            self.history.invoke(self._tokens, self._tokens, req["op"], req.get("key"), value)
+            self._open[token] = req
         fsm._handle(token, {"id": self._tokens, **req})
         self.cl._after(self.cl.nodes[nid])
         return fsm, token
 
-    @staticmethod
-    def reply(handle: tuple[ReplicaFSM, Any]) -> dict[str, Any] | None:
+    def reply(self, handle: tuple[ReplicaFSM, Any]) -> dict[str, Any] | None:
         fsm, token = handle
-        return fsm.replies.get(token)
+        rep = fsm.replies.get(token)
+        if rep is not None:
+            self._complete(handle, rep)
+        return rep
+
+    def _complete(self, handle: tuple[ReplicaFSM, Any], rep: dict[str, Any] | None) -> None:
+        """Record a user op's completion once: no answer or an indefinite failure is
+        `info`, a definite failure `fail`."""
+        token = handle[1]
+        req = self._open.pop(token, None)
+        if req is None:
+            return
+        n = token[1]
+        if rep is None or (not rep["ok"] and not rep.get("definite", False)):
+            self.history.complete(n, n, "info")
+        elif rep["ok"]:
+            out = rep.get("value") if req["op"] == "read" else True
+            self.history.complete(n, n, "ok", out)
+        else:
+            self.history.complete(n, n, "fail")
+
+    def linearizable(self) -> str:
+        """The linearizability checker's verdict on the client history so far (requests
+        still unanswered count as `info`)."""
+        from checker import check, get_model
+
+        for token in list(self._open):
+            self._complete((None, token), None)
+        ops = self.history.finish()
+        return check(get_model("kv"), ops).verdict.value
 
     def compact(self, nid: str) -> int:
         """Snapshot `nid`'s state machine at its applied index and compact its log."""
-        node = self.cl.nodes[nid]
-        snap = node.core.compact(node.core.applied, node.fsm.snapshot())
-        node.storage.compact(snap)
-        return snap.meta.index
+        return self.cl.nodes[nid].fsm.take_snapshot()
 
     def make_leader(self, nid: str, attempts: int = 12) -> None:
         """Crash whoever leads until `nid` wins an election (deterministic per seed)."""
@@ -207,7 +222,9 @@ class CutoverSim:
                 entries=list(node.storage.entries),
                 sidecar=store.load() if store is not None else None,
                 events=events,
-                snapshot_index=snap.meta.index, snapshot_encryption=enc)
+                snapshot_index=snap.meta.index, snapshot_encryption=enc,
+                snapshot_term=snap.meta.term, snapshot_data=snap.data,
+                commit=node.storage.hard_state.commit)
         return check_cutover_state(states, self.kek)
 
     def durable_entries(self, nid: str) -> list[Any]:

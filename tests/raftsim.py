@@ -293,7 +293,7 @@ class Cluster:
         node.fsm = self.fsm_factory(node.id, node.durable)
         bind = getattr(node.fsm, "bind", None)
         if bind is not None:  # a state machine that drives the core too (node.replica)
-            bind(node.core, node.incarnation)
+            bind(node.core, node.incarnation, node.storage)
         if snap is not None:
             node.fsm.restore(snap.data)
         node.incarnation += 1
@@ -398,7 +398,10 @@ class Cluster:
             self._read_released(node, rs)
         core.advance(rd)
         every = self.cfg.compact_every
-        if every and core.applied - core.snapshot_index >= every:
+        after_advance = getattr(node.fsm, "after_advance", None)
+        if after_advance is not None:  # a host with its own snapshot rule (node.replica)
+            after_advance()
+        elif every and core.applied - core.snapshot_index >= every:
             node.storage.compact(core.compact(core.applied, node.fsm.snapshot()))
             self.stats["compactions"] += 1
         self._after(node)

@@ -89,11 +89,21 @@ class Lab:
         self.snapshot_at = C  # n1 compacts through here (its WAL loses 1..C)
         self.snapshot_values: dict[str, bytes] = {"a": PRE[0], "b": PRE[1]}
         # Everyone at 12 agrees; earlier observations are at distinct applied indexes.
-        self.digests = {n: [(12, "d12-aaaa"), (7 + i, f"d{7 + i}")] for i, n in
-                        enumerate(NODES)}
+        # None means the true digest (at build time: I4 holds reports to the replayed
+        # committed log, so they must follow the specs a test changed).
+        self.digests: dict[str, list[tuple[int, str | None]]] = {
+            n: [(12, None), (7 + i, None)] for i, n in enumerate(NODES)}
         self.halts: dict[str, list[dict]] = {n: [] for n in NODES}
         self.cutover_events = True
         self.built: dict[str, str] | None = None
+
+    def true_digest(self, index: int) -> str:
+        """The KV digest after applying the specs' user entries up to `index`."""
+        kv = KV()
+        for sp in self.specs:
+            if sp.index <= index and sp.payload and sp.payload[0] == pl.OP_USER:
+                kv.apply(pl.decode_body(sp.payload))
+        return kv.digest()
 
     def default_sidecar(self) -> Sidecar:
         return Sidecar(
@@ -143,9 +153,10 @@ class Lab:
                         cutover=C, active=1)
             for h in self.halts[n]:
                 ev.emit("halt", **h)
-            for applied, digest in self.digests[n]:
+            reported = [(a, self.true_digest(a) if d is None else d) for a, d in self.digests[n]]
+            for applied, digest in reported:
                 ev.emit("digest", applied=applied, digest=digest)
-            ev.emit("stop", term=3, commit=12, applied=12, digest=self.digests[n][0][1])
+            ev.emit("stop", term=3, commit=12, applied=12, digest=reported[0][1])
             ev.close()
             dirs[n] = str(d)
         t_post = time.monotonic_ns()
@@ -265,6 +276,7 @@ def test_a_duplicate_bootstrap_is_a_no_op_not_a_key_conflict(lab: Lab) -> None:
     """A retried bootstrap with a fresh DEK under the same id: the node ignores it once a
     raft DEK is active, so the checker does not call it a conflict."""
     lab.specs[3] = Spec(4, 1, pl.bootstrap_payload(1, lab.kek.wrap_dek(generate_dek())))
+    lab.snapshot_values = {"a": PRE[0]}  # entry 4 no longer writes b
     report = lab.check()
     assert report.valid, report.to_dict()["invariants"]["I6"]
     assert report["I6"].summary["ignored_bootstraps"] == [{"index": 4, "term": 1,
@@ -398,7 +410,42 @@ def test_diverging_digests_at_the_same_applied_index(lab: Lab) -> None:
     assert only_failing(report) == {"I4"}
     v = report["I4"].first_violation
     assert (v["node"], v["index"]) == ("n3", 12)
-    assert v["digests"] == {"d12-aaaa": ["n1", "n2"], "d12-ffff": ["n3"]}
+    assert v["digests"] == {lab.true_digest(12): ["n1", "n2"], "d12-ffff": ["n3"]}
+
+
+def test_a_digest_no_other_replica_reported_is_held_to_the_replay(lab: Lab) -> None:
+    # n2 alone reports index 8: no replica to compare with, but the committed log is.
+    lab.digests["n2"][1] = (8, lab.true_digest(6))
+    report = lab.check()
+    assert only_failing(report) == {"I4"}
+    v = report["I4"].first_violation
+    assert (v["node"], v["index"], v["evidence"]) == ("n2", 8, "reported-digest")
+    assert lab.true_digest(8) in v["reason"]
+
+
+def test_a_snapshot_labelled_below_the_state_it_holds_breaks_i4(lab: Lab) -> None:
+    # n1's snapshot says index 6 but its image already holds entry 7's write (the
+    # double-apply hazard: a restart from it would apply 7 again).
+    lab.snapshot_values = {"a": POST[0], "b": PRE[1]}
+    report = lab.check()
+    assert only_failing(report) == {"I4"}
+    v = report["I4"].first_violation
+    assert (v["node"], v["index"], v["evidence"]) == ("n1", C, "snapshot-image")
+    assert v["holds_index"] == 7 and "the state at index 7" in v["reason"]
+
+
+def test_i4_is_unknown_when_nothing_met_the_replay(lab: Lab) -> None:
+    lab.digests = {n: [(99, "far-beyond-the-log")] for n in NODES}
+    lab.build()
+    for n in NODES:  # drop every digest carrier the nodes wrote, and n1's snapshot
+        p = Path(lab.built[n]) / "events.jsonl"
+        p.write_text("".join(line + "\n" for line in p.read_text().splitlines()
+                             if '"applied"' not in line))
+    for f in (Path(lab.built["n1"]) / "snap").iterdir():
+        f.unlink()
+    report = lab.check()
+    assert report.valid and report["I4"].unknown
+    assert "nothing to compare" in report.unknown
 
 
 # --------------------------------------------------------------------------- I5, I6
