@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import msgpack
 
 from node import payload as pl
+from node import sidecar as sidecar_file
+from node.disk import REAL, Disk
 from node.envelope import NonceSource, UnwrapError, is_wrapped_shape, unwrap
 from node.envelope import wrap as seal_bytes
 from node.keystore import Kek, Keystore, KeystoreError, WrappedKey
@@ -75,23 +77,18 @@ class CutoverStore(Protocol):
 class FileStore:
     """The real one: `sidecar.json` in the node's data dir (atomic, fsynced)."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, disk: Disk = REAL) -> None:
         self.data_dir = data_dir
+        self.disk = disk
 
     def load(self) -> Sidecar:
-        from node.sidecar import load
-
-        return load(self.data_dir)
+        return sidecar_file.load(self.data_dir, self.disk)
 
     def save(self, sidecar: Sidecar) -> None:
-        from node.sidecar import save
-
-        save(self.data_dir, sidecar)
+        sidecar_file.save(self.data_dir, sidecar, self.disk)
 
     def bump_epoch(self) -> int:
-        from node.sidecar import bump_epoch
-
-        return bump_epoch(self.data_dir)
+        return sidecar_file.bump_epoch(self.data_dir, self.disk)
 
 
 class MemoryStore:

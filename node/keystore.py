@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,8 +32,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from node.disk import REAL
 from node.envelope import DEK_LEN, MAX_KEY_ID
-from node.snapshot import fsync_dir
 
 __all__ = [
     "DekUnwrapError",
@@ -175,23 +174,8 @@ def write_kek(path: str | os.PathLike[str], key: bytes | None = None) -> Kek:
     p = Path(path)
     key = secrets.token_bytes(KEK_LEN) if key is None else bytes(key)
     kek = Kek(key)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(key)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, p)
-        except FileExistsError:
-            raise KeyFileError(f"KEK file {p} already exists; refusing to overwrite") from None
-    finally:
-        os.unlink(tmp)
-    fsync_dir(p.parent)
+    if not REAL.link_new(p, key, mode=0o600):
+        raise KeyFileError(f"KEK file {p} already exists; refusing to overwrite")
     return kek
 
 

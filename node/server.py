@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
+from node.disk import JOURNAL_NAME, REAL, Disk
 from node.events import EventLog
 from node.keystore import KeystoreError, load_kek
 from node.kv import KV, snapshot_enc, snapshot_kv
@@ -67,6 +68,13 @@ class NodeOptions:
     kek_path: str | None = None  # None: a node without encryption (admin ops refused)
     enable_timeout_ticks: int = 200
     seed: int | None = None
+    # Raft flow control (etcd's MaxSizePerMsg / MaxInflightMsgs): a tiny append size sends
+    # one entry per message, which is what lets an old term's entry reach a majority
+    # before the new leader's no-op does (Raft's Figure 8).
+    max_msg_bytes: int = 64 * 1024
+    max_inflight: int = 64
+    # Under the harness: journal every durability point, for the kill-power fault.
+    durability_journal: bool = False
 
 
 def die_with_parent() -> None:
@@ -90,8 +98,10 @@ class Node(Replica):
         if unknown:
             raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")
         self.bugs = frozenset(opts.bugs)
-        os.makedirs(opts.data_dir, exist_ok=True)
-        self.storage = Storage.open(opts.data_dir, opts.node_id)
+        REAL.makedirs(opts.data_dir)
+        self.disk = (Disk(os.path.join(opts.data_dir, JOURNAL_NAME))
+                     if opts.durability_journal else REAL)
+        self.storage = Storage.open(opts.data_dir, opts.node_id, disk=self.disk)
         self.log = EventLog(opts.data_dir, opts.node_id)
         for ev in self.storage.recovered_events:
             ev = dict(ev)
@@ -100,7 +110,8 @@ class Node(Replica):
         self.cut: Cutover | None = None
         if opts.kek_path:
             node_num = sorted(opts.peers).index(opts.node_id) + 1
-            self.cut = Cutover(node_num, FileStore(opts.data_dir), load_kek(opts.kek_path),
+            self.cut = Cutover(node_num, FileStore(opts.data_dir, self.disk),
+                               load_kek(opts.kek_path),
                                frozenset(self.bugs & set(CUTOVER_BUGS)),
                                on_event=self.log.emit)
             header = self.storage.snapshot_header
@@ -119,7 +130,8 @@ class Node(Replica):
                     raise StorageError(h.reason) from None
             self.kv.restore(image)
         rng = random.Random(opts.seed if opts.seed is not None else os.urandom(8))
-        cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks)
+        cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks,
+                     max_msg_bytes=opts.max_msg_bytes, max_inflight=opts.max_inflight)
         self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
                              bugs=frozenset(b for b in self.bugs if b == "commit-old-term"),
                              hard_state=self.storage.hard_state, snapshot=snap,
@@ -194,6 +206,7 @@ class Node(Replica):
             self.storage.close()
         except StorageError:
             pass
+        self.disk.close()
         self.log.close()
         self.peer.close(0)
         self.client.close(0)
@@ -303,6 +316,11 @@ def parse_args(argv: list[str]) -> NodeOptions:
     ap.add_argument("--snapshot-every", type=int, default=20_000)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--kek", dest="kek_path", help="KEK file (32 bytes, mode 0600)")
+    ap.add_argument("--max-msg-bytes", type=int, default=64 * 1024,
+                    help="payload bytes per append message (one entry always fits)")
+    ap.add_argument("--max-inflight", type=int, default=64)
+    ap.add_argument("--durability-journal", action="store_true",
+                    help="journal every durability point (for a harness's power-loss fault)")
     a = ap.parse_args(argv)
     peers = [p for p in a.peers.split(",") if p]
     if a.node_id not in peers:
@@ -310,7 +328,9 @@ def parse_args(argv: list[str]) -> NodeOptions:
     return NodeOptions(node_id=a.node_id, data_dir=a.data_dir, listen=a.listen,
                        switchboard=a.switchboard, peers=peers, bugs=a.bugs,
                        tick_ms=a.tick_ms, election_ticks=a.election_ticks,
-                       snapshot_every=a.snapshot_every, seed=a.seed, kek_path=a.kek_path)
+                       snapshot_every=a.snapshot_every, seed=a.seed, kek_path=a.kek_path,
+                       max_msg_bytes=a.max_msg_bytes, max_inflight=a.max_inflight,
+                       durability_journal=a.durability_journal)
 
 
 def serve(opts: NodeOptions) -> int:

@@ -7,7 +7,7 @@ cutover, so:
 * a missing file means a node that never wrote one (all zeros, no keys), but a file
   that is present and does not parse is a `SidecarError` naming the file, never a reset;
 * `save` replaces the file atomically (temp file, fsync, rename, fsync the directory,
-  via ``node.snapshot.atomic_write``); a leftover ``sidecar.json.tmp`` from a crash is
+  via ``node.disk.Disk.write_atomic``); a leftover ``sidecar.json.tmp`` from a crash is
   never read;
 * `save` refuses a write that would move the state backwards (applied index down, C
   changed once set, a key dropped or swapped), because each of those is a protocol bug
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.disk import REAL, Disk
 from node.envelope import MAX_KEY_ID
 from node.keystore import WrappedKey
-from node.snapshot import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -200,11 +200,11 @@ def _decode(raw: bytes) -> Sidecar:
     return s
 
 
-def load(data_dir: str | os.PathLike[str]) -> Sidecar:
+def load(data_dir: str | os.PathLike[str], disk: Disk = REAL) -> Sidecar:
     """The node's sidecar; defaults if it was never written, SidecarError if it is damaged."""
     path = sidecar_path(data_dir)
     try:
-        raw = path.read_bytes()
+        raw = disk.read_bytes(path)
     except FileNotFoundError:
         return Sidecar()
     except OSError as e:
@@ -232,24 +232,24 @@ def _check_transition(path: Path, old: Sidecar, new: Sidecar) -> None:
             raise SidecarError(path, f"refusing to replace the wrapped DEK of key id {key_id}")
 
 
-def save(data_dir: str | os.PathLike[str], sidecar: Sidecar) -> None:
+def save(data_dir: str | os.PathLike[str], sidecar: Sidecar, disk: Disk = REAL) -> None:
     """Durably replace the sidecar; when this returns the new state survives a crash."""
     path = sidecar_path(data_dir)
     try:
         _validate(sidecar)
     except ValueError as e:
         raise SidecarError(path, f"refusing to write an invalid state: {e}") from None
-    _check_transition(path, load(data_dir), sidecar)
-    atomic_write(path, _encode(sidecar))
+    _check_transition(path, load(data_dir, disk), sidecar)
+    disk.write_atomic(path, _encode(sidecar))
 
 
-def bump_epoch(data_dir: str | os.PathLike[str]) -> int:
+def bump_epoch(data_dir: str | os.PathLike[str], disk: Disk = REAL) -> int:
     """Advance and persist `local_epoch` (see `next_epoch`); call once at every start-up.
 
     The new epoch is durable before it is returned, so no nonce built from it can be
     handed out by a process whose epoch a crash would then forget.
     """
-    s = load(data_dir)
+    s = load(data_dir, disk)
     s.local_epoch = next_epoch(s.local_epoch)
-    save(data_dir, s)
+    save(data_dir, s, disk)
     return s.local_epoch

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.disk import REAL, Disk
 from node.types import Snapshot, SnapshotMeta
 
 __all__ = [
@@ -32,10 +33,8 @@ __all__ = [
     "SnapshotFile",
     "SnapshotHeader",
     "SnapshotStore",
-    "atomic_write",
     "decode_snapshot",
     "encode_snapshot",
-    "fsync_dir",
     "read_snapshot_file",
     "snapshot_name",
 ]
@@ -138,12 +137,10 @@ def decode_snapshot(raw: bytes, path: Path | None = None) -> SnapshotFile:
     return SnapshotFile(path, header, bytes(raw[data_off : data_off + data_len]), enc_off, data_off)
 
 
-def read_snapshot_file(path: str | os.PathLike[str]) -> SnapshotFile:
+def read_snapshot_file(path: str | os.PathLike[str], disk: Disk = REAL) -> SnapshotFile:
     """Read-only decode of one file, for restore and for the offline checker."""
     p = Path(path)
-    with open(p, "rb") as f:
-        raw = f.read()
-    snap = decode_snapshot(raw, p)
+    snap = decode_snapshot(disk.read_bytes(p), p)
     m = _NAME_RE.match(p.name)
     if m and int(m.group(1)) != snap.header.index:
         raise SnapshotCorruptError(
@@ -152,59 +149,30 @@ def read_snapshot_file(path: str | os.PathLike[str]) -> SnapshotFile:
     return snap
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """A rename or unlink is only durable once its directory is fsynced."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace `path` so that a crash leaves the old or the new content, never a mix.
-
-    The temp file sits next to the target (same file system, so rename is atomic) and
-    ends in TEMP_SUFFIX, which readers of snapshot directories ignore.
-    """
-    p = Path(path)
-    tmp = p.with_name(p.name + TEMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
-    fsync_dir(p.parent)
-
-
 class SnapshotStore:
     """The snapshot directory of one node: save atomically, load newest, keep a few."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 2,
+                 disk: Disk = REAL) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.dir = Path(directory)
         self.keep = keep
+        self.disk = disk
 
     def ensure_dir(self) -> None:
         """Create the directory durably (the parent entry must survive a crash too)."""
-        if not self.dir.is_dir():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.dir.parent)
+        self.disk.makedirs(self.dir)
 
     def files(self) -> list[tuple[int, Path]]:
         """Committed snapshot files as (index, path), oldest first; temp files excluded."""
-        if not self.dir.is_dir():
+        if not self.disk.is_dir(self.dir):
             return []
         out = []
-        for p in self.dir.iterdir():
-            m = _NAME_RE.match(p.name)
-            if m and p.is_file():
-                out.append((int(m.group(1)), p))
+        for name in self.disk.listdir(self.dir):
+            m = _NAME_RE.match(name)
+            if m and self.disk.is_file(self.dir / name):
+                out.append((int(m.group(1)), self.dir / name))
         out.sort()
         return out
 
@@ -218,13 +186,15 @@ class SnapshotStore:
         files = self.files()
         if not files:
             return None
-        return read_snapshot_file(files[-1][1])
+        return read_snapshot_file(files[-1][1], self.disk)
 
     def save(self, snapshot: Snapshot, *, cutover: int = 0, encryption: bytes = b"") -> Path:
         """Write durably; when this returns the file survives a crash. Then prune."""
         self.ensure_dir()
         path = self.dir / snapshot_name(snapshot.meta.index)
-        atomic_write(path, encode_snapshot(snapshot, cutover=cutover, encryption=encryption))
+        self.disk.write_atomic(path, encode_snapshot(snapshot, cutover=cutover,
+                                                     encryption=encryption),
+                               temp_suffix=TEMP_SUFFIX)
         self.prune()
         return path
 
@@ -234,17 +204,17 @@ class SnapshotStore:
         Keeping more than one leaves an operator (and the checker) something to compare
         against if the newest turns out damaged.
         """
-        deleted = []
-        if not self.dir.is_dir():
+        deleted: list[Path] = []
+        if not self.disk.is_dir(self.dir):
             return deleted
-        for p in self.dir.iterdir():
-            if p.name.endswith(TEMP_SUFFIX):
-                p.unlink()
-                deleted.append(p)
+        for name in self.disk.listdir(self.dir):
+            if name.endswith(TEMP_SUFFIX):
+                self.disk.unlink(self.dir / name)
+                deleted.append(self.dir / name)
         files = self.files()
         for _, p in files[: max(0, len(files) - self.keep)]:
-            p.unlink()
+            self.disk.unlink(p)
             deleted.append(p)
         if deleted:
-            fsync_dir(self.dir)
+            self.disk.sync_dir(self.dir)
         return deleted

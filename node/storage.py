@@ -17,13 +17,13 @@ snapshot: keep the entries after it only if the log agrees with it at its index.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from node.snapshot import SnapshotHeader, SnapshotStore, atomic_write, fsync_dir
+from node.disk import REAL, Disk
+from node.snapshot import SnapshotHeader, SnapshotStore
 from node.types import Entry, HardState, Snapshot, SnapshotMeta
 from node.wal import DEFAULT_SEGMENT_SIZE, WAL, TornTail
 
@@ -107,6 +107,7 @@ class Storage:
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         keep_snapshots: int = 2,
+        disk: Disk = REAL,
     ) -> Storage:
         """Lock, check identity, and recover: newest snapshot, WAL entries after it, hard state.
 
@@ -116,17 +117,16 @@ class Storage:
         than start on state that may have lost acknowledged writes or votes.
         """
         root = Path(data_dir)
-        if not root.is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            fsync_dir(root.parent)
-        lock = _acquire_lock(root)
+        disk.makedirs(root)
+        lock = _acquire_lock(root, disk)
         wal: WAL | None = None
         try:
-            stamped = _check_identity(root, node_id)
-            snapshots = SnapshotStore(root / SNAP_DIR, keep=keep_snapshots)
+            stamped = _check_identity(root, node_id, disk)
+            snapshots = SnapshotStore(root / SNAP_DIR, keep=keep_snapshots, disk=disk)
             newest = snapshots.load_latest()
             torn: list[TornTail] = []
-            wal = WAL.open(root / WAL_DIR, segment_size=segment_size, on_torn_tail=torn.append)
+            wal = WAL.open(root / WAL_DIR, segment_size=segment_size, on_torn_tail=torn.append,
+                           disk=disk)
             storage = cls(root, stamped, wal, snapshots, lock)
             storage._recover(
                 newest.header if newest else None, newest.snapshot if newest else None, torn
@@ -368,21 +368,18 @@ class Storage:
         )
 
 
-def _acquire_lock(root: Path) -> IO[bytes]:
+def _acquire_lock(root: Path, disk: Disk) -> IO[bytes]:
     """flock dies with the process, so a SIGKILLed node never leaves a stale lock behind."""
-    f = open(root / LOCK_FILE, "ab")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return disk.lock(root / LOCK_FILE)
     except BlockingIOError:
-        f.close()
         raise DataDirLockedError(f"data dir {root} is in use by another open Storage") from None
-    return f
 
 
-def _check_identity(root: Path, node_id: str | None) -> str | None:
+def _check_identity(root: Path, node_id: str | None, disk: Disk) -> str | None:
     path = root / NODE_ID_FILE
-    if path.exists():
-        found = path.read_text().strip()
+    if disk.exists(path):
+        found = disk.read_bytes(path).decode("utf-8", "replace").strip()
         if node_id is not None and found != node_id:
             raise WrongNodeError(root, node_id, found)
         return found
@@ -390,5 +387,5 @@ def _check_identity(root: Path, node_id: str | None) -> str | None:
         return None
     if not node_id or "\n" in node_id:
         raise ValueError(f"invalid node id {node_id!r}")
-    atomic_write(path, f"{node_id}\n".encode())
+    disk.write_atomic(path, f"{node_id}\n".encode())
     return node_id

@@ -34,7 +34,6 @@ before acknowledging an append or granting a vote, and may batch many calls per 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import struct
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from node.disk import REAL, Disk, DiskFile
 from node.types import Entry, EntryKind, HardState, SnapshotMeta
 
 __all__ = [
@@ -310,15 +310,15 @@ def _scan_segment(
     return records, None
 
 
-def _list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
+def _list_segments(wal_dir: Path, disk: Disk = REAL) -> list[tuple[int, Path]]:
     """Segments in replay order; a missing number in the middle is a lost file, not a gap."""
-    if not wal_dir.is_dir():
+    if not disk.is_dir(wal_dir):
         return []
     segs = []
-    for p in wal_dir.iterdir():
-        m = _SEGMENT_RE.match(p.name)
-        if m and p.is_file():
-            segs.append((int(m.group(1)), p))
+    for name in disk.listdir(wal_dir):
+        m = _SEGMENT_RE.match(name)
+        if m and disk.is_file(wal_dir / name):
+            segs.append((int(m.group(1)), wal_dir / name))
     segs.sort()
     for (a, _), (b, pb) in zip(segs, segs[1:], strict=False):
         if b != a + 1:
@@ -330,6 +330,7 @@ def iter_records(
     wal_dir: str | os.PathLike[str],
     *,
     on_torn_tail: Callable[[TornTail], None] | None = None,
+    disk: Disk = REAL,
 ) -> Iterator[WalRecord]:
     """Read-only walk over every record of a WAL directory, in replay order.
 
@@ -337,10 +338,9 @@ def iter_records(
     live node is appending to). A torn tail ends the walk and is passed to
     `on_torn_tail`; anything worse raises WalCorruptError.
     """
-    segs = _list_segments(Path(wal_dir))
+    segs = _list_segments(Path(wal_dir), disk)
     for i, (_, path) in enumerate(segs):
-        with open(path, "rb") as f:
-            data = f.read()
+        data = disk.read_bytes(path)
         records, torn = _scan_segment(path, data, is_last=i == len(segs) - 1)
         yield from records
         if torn is not None and on_torn_tail is not None:
@@ -351,13 +351,14 @@ def iter_entries(
     wal_dir: str | os.PathLike[str],
     *,
     on_torn_tail: Callable[[TornTail], None] | None = None,
+    disk: Disk = REAL,
 ) -> Iterator[WalRecord]:
     """Only the entry records (with file, offset and data_offset): what the checker scans.
 
     Yields every entry as written, including ones later truncated or compacted: the
     checker's question is about bytes on disk, not about the current log.
     """
-    for rec in iter_records(wal_dir, on_torn_tail=on_torn_tail):
+    for rec in iter_records(wal_dir, on_torn_tail=on_torn_tail, disk=disk):
         if rec.kind is RecordKind.ENTRY:
             yield rec
 
@@ -429,27 +430,17 @@ class _Segment:
     max_index: int = 0  # highest entry index written into it; 0 = none
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-
-
 class WAL:
     """An open, writable WAL; create it with `WAL.open` (which recovers first)."""
 
-    def __init__(self, wal_dir: Path, segment_size: int) -> None:
+    def __init__(self, wal_dir: Path, segment_size: int, disk: Disk = REAL) -> None:
         # Use WAL.open: construction alone leaves the WAL without a segment.
         self.dir = wal_dir
+        self._disk = disk
         self.segment_size = segment_size
         self.recovered = WalState()
         self._segments: list[_Segment] = []
-        self._file: io.FileIO | None = None  # raw (unbuffered) file of the last segment
+        self._file: DiskFile | None = None  # the last segment, open for appending
         self._size = 0
         self._buf = bytearray()
         self._buf_max_index = 0
@@ -459,7 +450,7 @@ class WAL:
         self._file_marker: SnapshotMeta | None = None
         self._pending_hs: HardState | None = None
         self._pending_marker: SnapshotMeta | None = None
-        self._dirty: list[io.FileIO] = []  # files written since the last sync
+        self._dirty: list[DiskFile] = []  # files written since the last sync
         self._dir_dirty = False
         self._closed = False
 
@@ -472,27 +463,25 @@ class WAL:
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         on_torn_tail: Callable[[TornTail], None] | None = None,
+        disk: Disk = REAL,
     ) -> WAL:
         """Recover the directory (cutting a torn tail) and make it ready for appends.
 
         Raises WalCorruptError for damage anywhere but the tail, because starting on a
         log with a hole would silently forget acknowledged entries or votes.
         """
-        wal = cls(Path(wal_dir), segment_size)
+        wal = cls(Path(wal_dir), segment_size, disk)
         wal._recover(on_torn_tail)
         return wal
 
     def _recover(self, on_torn_tail: Callable[[TornTail], None] | None) -> None:
-        created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if created:
-            _fsync_dir(self.dir.parent)
-        segs = _list_segments(self.dir)
+        disk = self._disk
+        disk.makedirs(self.dir)
+        segs = _list_segments(self.dir, disk)
         state = self._state
         torn: TornTail | None = None
         for i, (seq, path) in enumerate(segs):
-            with open(path, "rb") as f:
-                data = f.read()
+            data = disk.read_bytes(path)
             records, torn = _scan_segment(path, data, is_last=i == len(segs) - 1)
             seg = _Segment(seq, path)
             for rec in records:
@@ -531,8 +520,8 @@ class WAL:
                 on_torn_tail(torn)
         if self._segments:
             last = self._segments[-1]
-            self._file = open(last.path, "ab", buffering=0)
-            self._size = self._file.seek(0, os.SEEK_END)
+            self._file = disk.open_append(last.path)
+            self._size = self._file.size
         else:
             prev = segs[-1][0] if segs else 0
             self._create_segment(prev + 1)
@@ -541,14 +530,11 @@ class WAL:
     def _cut_torn_tail(self, torn: TornTail) -> None:
         if torn.offset < SEGMENT_HEADER_SIZE:
             # Nothing but a partial header: the segment never held a record.
-            os.unlink(torn.file)
-            _fsync_dir(self.dir)
+            self._disk.unlink(torn.file)
+            self._disk.sync_dir(self.dir)
             self._segments.pop()
             return
-        with open(torn.file, "r+b") as f:
-            f.truncate(torn.offset)
-            f.flush()
-            os.fsync(f.fileno())
+        self._disk.truncate(torn.file, torn.offset)
 
     def close(self) -> None:
         """Sync and release the file; a WAL closed without this loses only unsynced data."""
@@ -621,10 +607,10 @@ class WAL:
         self._check_open()
         self._write_out()
         for f in self._dirty:
-            _fdatasync(f.fileno())
+            f.sync()
         self._dirty.clear()
         if self._dir_dirty:
-            _fsync_dir(self.dir)
+            self._disk.sync_dir(self.dir)
             self._dir_dirty = False
 
     def purge(self, index: int) -> list[Path]:
@@ -642,10 +628,10 @@ class WAL:
         deleted = []
         while len(self._segments) > 1 and self._segments[0].max_index <= index:
             seg = self._segments.pop(0)
-            os.unlink(seg.path)
+            self._disk.unlink(seg.path)
             deleted.append(seg.path)
         if deleted:
-            _fsync_dir(self.dir)
+            self._disk.sync_dir(self.dir)
         return deleted
 
     # ---- introspection
@@ -681,7 +667,7 @@ class WAL:
         if self._size >= self.segment_size:
             self._roll()
         assert self._file is not None
-        _write_all(self._file, self._buf)
+        self._file.write(self._buf)
         self._size += len(self._buf)
         if self._file not in self._dirty:
             self._dirty.append(self._file)
@@ -700,7 +686,7 @@ class WAL:
         # Seal the old segment durably first: replay treats damage in a non-last segment
         # as corruption, which is only sound if sealed segments are complete on disk.
         assert self._file is not None
-        _fdatasync(self._file.fileno())
+        self._file.sync()
         if self._file in self._dirty:
             self._dirty.remove(self._file)
         self._file.close()
@@ -714,8 +700,8 @@ class WAL:
             _encode_hard_state(head, self._file_hs)
         if self._file_marker is not None:
             _encode_snapshot(head, self._file_marker)
-        f = open(path, "xb", buffering=0)
-        _write_all(f, head)
+        f = self._disk.create(path)
+        f.write(head)
         self._file = f
         self._size = len(head)
         self._segments.append(_Segment(seq, path))
@@ -723,17 +709,8 @@ class WAL:
         self._dir_dirty = True
 
 
-def _write_all(f: io.FileIO, data: bytes | bytearray) -> None:
-    """One write syscall in practice; the loop only matters for interrupted huge writes."""
-    view = memoryview(data)
-    while view:
-        n = f.write(view)
-        if n is None:  # pragma: no cover - only for non-blocking files
-            continue
-        view = view[n:]
-
-
-def damage_entry(wal_dir: str | os.PathLike[str], index: int, bit: int = 0) -> WalRecord:
+def damage_entry(wal_dir: str | os.PathLike[str], index: int, bit: int = 0,
+                 disk: Disk = REAL) -> WalRecord:
     """Flip one bit of the newest copy of entry `index`'s data and re-seal its record.
 
     A fault for the nemesis (the node must be stopped): the damage sits *under* the WAL's
@@ -743,7 +720,7 @@ def damage_entry(wal_dir: str | os.PathLike[str], index: int, bit: int = 0) -> W
     bit of the last byte, inside an envelope's authentication tag), modulo its size.
     """
     found: WalRecord | None = None
-    for rec in iter_entries(wal_dir):
+    for rec in iter_entries(wal_dir, disk=disk):
         e = rec.value
         if isinstance(e, Entry) and e.index == index and e.data:
             found = rec
@@ -758,9 +735,5 @@ def damage_entry(wal_dir: str | os.PathLike[str], index: int, bit: int = 0) -> W
     _append_record(buf, _ENTRY.pack(RecordKind.ENTRY, e.index, e.term, e.kind), bytes(data))
     if len(buf) != found.length:  # pragma: no cover - same sizes by construction
         raise WalError("re-sealed record changed size")
-    with open(found.file, "r+b") as f:
-        f.seek(found.offset)
-        f.write(buf)
-        f.flush()
-        os.fsync(f.fileno())
+    disk.overwrite(found.file, found.offset, bytes(buf))
     return found

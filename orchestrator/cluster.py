@@ -68,7 +68,9 @@ class Cluster:
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
                  seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
                  snapshot_every: int = 20_000, node_ids: list[str] | None = None,
-                 kek_path: str | None = None, enable_timeout_ticks: int = 200) -> None:
+                 kek_path: str | None = None, enable_timeout_ticks: int = 200,
+                 max_msg_bytes: int = 64 * 1024, max_inflight: int = 64,
+                 durability_journal: bool = True) -> None:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
         self.bugs = list(bugs)
@@ -78,6 +80,9 @@ class Cluster:
         self.snapshot_every = snapshot_every
         self.kek_path = kek_path
         self.enable_timeout_ticks = enable_timeout_ticks
+        self.max_msg_bytes = max_msg_bytes
+        self.max_inflight = max_inflight
+        self.durability_journal = durability_journal
         self.switchboard: SwitchboardProcess | None = None
         self.control: SwitchboardControl | None = None
         self._mp = multiprocessing.get_context("spawn")
@@ -161,7 +166,9 @@ class Cluster:
                            election_ticks=self.election_ticks,
                            snapshot_every=self.snapshot_every, kek_path=self.kek_path,
                            enable_timeout_ticks=self.enable_timeout_ticks,
-                           seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)))
+                           seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)),
+                           max_msg_bytes=self.max_msg_bytes, max_inflight=self.max_inflight,
+                           durability_journal=self.durability_journal)
         proc = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
                                 name=f"node-{nid}", daemon=True)
         self._spawn(proc.start)
@@ -191,13 +198,23 @@ class Cluster:
                     raise ClusterError(f"node {nid} did not come up within {timeout:.0f} s; "
                                        f"see {h.log_path}")
 
-    def kill(self, nid: str) -> None:
-        """SIGKILL: no goodbye, no flush; unsynced writes are lost, as in a crash."""
+    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None:
+        """SIGKILL: no goodbye, no flush. The page cache survives it, so nothing written
+        is lost; with `power`, the node's files are then cut back to what they durably
+        held (`node.disk.power_loss`), as a power failure at that instant would leave
+        them. Returns what the power loss undid (None without `power`)."""
         h = self.nodes[nid]
         if h.process is not None and h.process.is_alive():
             os.kill(h.process.pid, signal.SIGKILL)
             h.process.join(5)
         h.paused = False
+        if not power:
+            return None
+        if h.process is not None and h.process.is_alive():  # pragma: no cover - defensive
+            raise ClusterError(f"node {nid} survived SIGKILL; not touching its files")
+        from node.disk import power_loss
+
+        return dict(power_loss(h.data_dir))
 
     def restart(self, nid: str, wait: float | None = 20.0) -> None:
         self.kill(nid)
