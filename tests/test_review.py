@@ -7,7 +7,6 @@ above the cutover (I1). Expectations come from what is stored, never from consta
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import io
@@ -31,6 +30,7 @@ from orchestrator import store
 from orchestrator.cli import main
 from orchestrator.review import DEFAULT_MAX_OPS, opened, report_data
 from orchestrator.run import RunConfig, execute
+from tests.conftest import assert_no_key_material
 
 SCALE_NS = 10_000  # ns per time unit of checker.synth's histories
 
@@ -40,15 +40,6 @@ SCALE_NS = 10_000  # ns per time unit of checker.synth's histories
 
 def cli(*args: str) -> Any:
     return CliRunner().invoke(main, list(args))
-
-
-def _kek_forms(kek: bytes) -> list[bytes]:
-    return [kek, kek.hex().encode(), base64.b64encode(kek), base64.b64encode(kek).rstrip(b"=")]
-
-
-def assert_no_key_material(blob: bytes, kek: bytes) -> None:
-    for form in _kek_forms(kek):
-        assert form not in blob, "key material leaked"
 
 
 def db_state(results: str) -> tuple[str, dict[str, int]]:
