@@ -51,6 +51,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from node.events import EventKind
+
 # Geometry of the plots (px, in the SVG's own coordinates; the SVG scales to the page).
 WIDTH = 1100
 GUTTER = 90
@@ -97,17 +99,19 @@ def verdict_class(verdict: str | None, status: str | None = None) -> str:
 
 def event_category(kind: str, detail: Mapping[str, Any] | None) -> str | None:
     """Which legend entry a node event belongs to, or None when it is not drawn
-    (commit progress, recovery, follower role changes: too many, too little meaning)."""
+    (commit progress, recovery, follower role changes: too many, too little meaning;
+    and any kind this build does not know)."""
     d = detail or {}
-    if kind == "role":
+    if kind == EventKind.ROLE:
         return "leader" if d.get("role") == "leader" else None
-    if kind in ("start", "stop", "halt", "installer", "enable-raft-envelope"):
-        return kind
-    if kind == "marker-proposed":
+    if kind in (EventKind.START, EventKind.STOP, EventKind.HALT, EventKind.INSTALLER,
+                EventKind.ENABLE_RAFT_ENVELOPE):
+        return str(kind)
+    if kind == EventKind.MARKER_PROPOSED:
         return "marker proposed"
-    if kind == "marker-committed":
+    if kind == EventKind.MARKER_COMMITTED:
         return "marker committed"
-    if kind == "encryption-applied":
+    if kind == EventKind.ENCRYPTION_APPLIED:
         what = str(d.get("what") or "")
         if what.startswith("marker"):
             return "marker applied"
@@ -116,12 +120,10 @@ def event_category(kind: str, detail: Mapping[str, Any] | None) -> str | None:
         if what.startswith("bootstrap"):
             return "bootstrap"
         return None
-    if kind == "barrier":
+    if kind == EventKind.BARRIER:
         return "barrier up" if d.get("up") else "barrier down"
-    if kind in ("snapshot-taken", "snapshot-installed"):
+    if kind in (EventKind.SNAPSHOT_TAKEN, EventKind.SNAPSHOT_INSTALLED):
         return "snapshot"
-    if kind in ("cutover-applied", "marker-applied"):
-        return "marker applied"
     return None
 
 

@@ -22,7 +22,7 @@ import msgpack
 import zmq
 
 from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
-from node.events import EventLog
+from node.events import EventKind, EventLog
 from node.keystore import KeystoreError, load_kek
 from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import (
@@ -139,7 +139,7 @@ class Node(Replica):
         self.client.bind(opts.listen)
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
-        self.log.emit("start", pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
+        self.log.emit(EventKind.START, pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
                       **self._positions())
 
     # ------------------------------------------------------------------ loop
@@ -182,13 +182,13 @@ class Node(Replica):
             if now >= next_parent_check:
                 next_parent_check = now + 0.5
                 if os.getppid() != parent:
-                    self.log.emit("parent-gone")
+                    self.log.emit(EventKind.PARENT_GONE)
                     break
                 self._expire(now)
         self.close()
 
     def close(self) -> None:
-        self.log.emit("stop", digest=self.kv.digest(), **self._positions())
+        self.log.emit(EventKind.STOP, digest=self.kv.digest(), **self._positions())
         try:
             self.storage.close()
         except StorageError:
@@ -279,7 +279,7 @@ class Node(Replica):
         now = time.monotonic()
         if rd.committed_entries and now - self._last_progress_event > 1.0:
             self._last_progress_event = now
-            self.log.emit("progress", commit=self.raft.commit, applied=self.applied,
+            self.log.emit(EventKind.PROGRESS, commit=self.raft.commit, applied=self.applied,
                           term=self.raft.term, digest=self.kv.digest())
         if self.applied - self.raft.snapshot_index >= self.opts.snapshot_every:
             self.take_snapshot()
@@ -292,7 +292,7 @@ class Node(Replica):
         data, cutover, enc = self.snapshot_image(idx)
         snap: Snapshot = self.raft.compact(idx, data)
         self.storage.compact(snap, cutover=cutover, encryption=enc)
-        self.log.emit("snapshot-taken", index=snap.meta.index, term=snap.meta.term,
+        self.log.emit(EventKind.SNAPSHOT_TAKEN, index=snap.meta.index, term=snap.meta.term,
                       cutover=cutover)
         return snap.meta.index
 

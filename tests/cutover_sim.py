@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from node.cutover import CUTOVER_BUGS, Cutover, Halt, MemoryStore
+from node.events import EventKind
 from node.keystore import Kek, generate_dek
 from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import RaftNode
@@ -201,7 +202,7 @@ class CutoverSim:
             _, enc = snapshot_enc(snap.data) if snap.meta.index else (0, b"")
             events = [e for e in self.events if e["node"] == nid]
             if node.fsm is not None:  # what a node's stop event records
-                events.append({"node": nid, "kind": "digest", "applied": node.fsm.applied,
+                events.append({"node": nid, "kind": EventKind.STOP, "applied": node.fsm.applied,
                                "digest": node.fsm.digest()})
             states[nid] = NodeState(
                 entries=list(node.storage.entries),

@@ -23,7 +23,7 @@ from checker.cutover import CutoverReport, check_cutover
 from node import payload as pl
 from node.cutover import Cutover, MemoryStore
 from node.envelope import NonceSource, make_nonce, wrap
-from node.events import EventLog
+from node.events import EventKind, EventLog
 from node.keystore import WrappedKey, generate_dek, write_kek
 from node.kv import KV, snapshot_data
 from node.sidecar import Sidecar
@@ -144,7 +144,7 @@ class Lab:
             for h in self.halts[n]:
                 ev.emit("halt", **h)
             for applied, digest in self.digests[n]:
-                ev.emit("digest", applied=applied, digest=digest)
+                ev.emit(EventKind.PROGRESS, applied=applied, digest=digest)
             ev.emit("stop", term=3, commit=12, applied=12, digest=self.digests[n][0][1])
             ev.close()
             dirs[n] = str(d)
