@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from node.events import EventKind, read_events
+
 from .cutover import CutoverReport, check_cutover
 from .explain import explain_partition
 from .history import HistoryError, Op
@@ -96,7 +98,9 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     if fv is not None:
         name, v = fv
         out["first_violation"] = describe_violation(name, v, rep)
-        t = v.get("t") or v.get("time_ns") or _commit_time(node_dirs, v.get("index"))
+        events = [(n, ev.get("t"), ev.get("kind"), ev)
+                  for n, d in sorted(node_dirs.items()) for ev in read_events(d)]
+        t = entry_time(v, events, rep.cutover_time_ns)
         out["first_violation_ns"] = None if t is None else int(t) - t0_ns
         out["failing"] = name
     elif rep.errors:
@@ -105,26 +109,38 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     return out, rep
 
 
-def _commit_time(node_dirs: Mapping[str, str], index: Any) -> int | None:
-    """When entry `index` was first known committed (or halted on) by any node, from the
-    event logs: the time a violation at that index became real. Progress events come
-    about once a second, so this is accurate to about a second."""
-    from node.events import read_events
+def entry_time(v: Mapping[str, Any],
+               events: Iterable[tuple[str, Any, Any, Mapping[str, Any]]],
+               default: int | None = None) -> int | None:
+    """When the entry of violation `v` existed, as best the run can tell.
 
-    if not isinstance(index, int):
-        return None
-    best: int | None = None
-    for d in node_dirs.values():
-        for ev in read_events(d):
-            t = ev.get("t")
-            if not isinstance(t, int):
+    The log records no times, so it is the earliest node event that proves the entry
+    was there: a halt at exactly its index (on any node: the halting replica had it),
+    or a commit at or past it on the entry's own node (`progress`, about once a second,
+    or `stop`). Another node's commit proves nothing about this copy (a stale suffix is
+    not the cluster's entry), and a halt at a later index is another entry. Without
+    such evidence: the violation's own time (a halt's `t`), else `default` (the cutover
+    time). `events` are (node, t, kind, fields); times in the caller's clock.
+    This is the one rule: `cutover run` and `cutover check` store it, `show` and the
+    report print what is stored.
+    """
+    idx = v.get("index")
+    cands = []
+    if isinstance(idx, int) and not isinstance(idx, bool):
+        for node, t, kind, d in events:
+            if not isinstance(t, int) or isinstance(t, bool):
                 continue
-            hit = (ev.get("kind") == "halt" and isinstance(ev.get("index"), int)
-                   and ev["index"] >= index) or (isinstance(ev.get("commit"), int)
-                                                 and ev["commit"] >= index)
-            if hit and (best is None or t < best):
-                best = t
-    return best
+            if kind == EventKind.HALT and d.get("index") == idx:
+                cands.append(t)
+            elif (node == v.get("node") and kind in (EventKind.PROGRESS, EventKind.STOP)
+                  and isinstance(d.get("commit"), int) and d["commit"] >= idx):
+                cands.append(t)
+    if cands:
+        return min(cands)
+    t = v.get("t") or v.get("time_ns")
+    if isinstance(t, int) and not isinstance(t, bool):
+        return t
+    return default
 
 
 def describe_violation(name: str, v: Mapping[str, Any], rep: CutoverReport) -> str:
@@ -193,11 +209,11 @@ def availability(rows: Iterable[Mapping[str, Any]],
 
 
 def worst(verdicts: Iterable[str]) -> str:
-    rank = {"valid": 0, "unknown": 1, "invalid": 2}
-    return max(verdicts, key=lambda v: rank.get(v, 1), default="valid")
+    """The run's verdict: the worst of its checkers' (Jepsen's `compose`)."""
+    return max(verdicts, key=Verdict.rank_of, default="valid")
 
 
-EXIT_CODES = {"valid": 0, "invalid": 1, "unknown": 2}
+EXIT_CODES = {v.value: v.exit_code for v in Verdict}
 
 
 def first_violation(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, Any] | None:

@@ -50,8 +50,6 @@ _BAR_H = 16
 _CHAR_W = 6.1  # 10px monospace
 _KIND_COLORS = ["#ff7f00", "#6a3d9a", "#1f78b4", "#33a02c", "#e31a1c", "#b15928", "#a6761d"]
 
-_VERDICT_ORDER = {Verdict.INVALID: 0, Verdict.UNKNOWN: 1, Verdict.VALID: 2}
-
 
 def write_html(path: str, model: Model, result: CheckResult, title: str = "",
                annotations: list[dict] | None = None) -> None:
@@ -80,7 +78,7 @@ def render_html(model: Model, result: CheckResult, title: str = "",
     and `kind` (bands of one kind share a color).
     """
     page = _Page(model, annotations or [])
-    parts = sorted(result.partitions, key=lambda p: _VERDICT_ORDER.get(p.verdict, 3))
+    parts = sorted(result.partitions, key=lambda p: -p.verdict.rank)  # worst first
     drawn: list[PartitionResult] = []
     rest: list[PartitionResult] = []
     budget = MAX_DRAWN_OPS

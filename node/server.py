@@ -43,6 +43,9 @@ NODE_BUGS = {
     "commit-old-term": "the leader commits older-term entries by counting replicas "
                        "(Figure 8 of the Raft paper)",
 }
+# Every bug switch a node can be started with: the one list (`cutover bugs`, the run's
+# validation, the detection matrix's builds, the node's own refusal of unknown names).
+ALL_BUGS = {**NODE_BUGS, **CUTOVER_BUGS}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -85,7 +88,7 @@ class Node(Replica):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
-        known = set(NODE_BUGS) | set(CUTOVER_BUGS)
+        known = set(ALL_BUGS)
         unknown = sorted(set(opts.bugs) - known)
         if unknown:
             raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")

@@ -100,10 +100,7 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
 @main.command()
 def bugs() -> None:
     """List the bug switches: real historical defects a node can be started with."""
-    from node.cutover import CUTOVER_BUGS
-    from node.server import NODE_BUGS
-
-    table = {**NODE_BUGS, **CUTOVER_BUGS}
+    from node.server import ALL_BUGS as table
     width = max(len(k) for k in table)
     for name in sorted(table):
         click.echo(f"{name:<{width}}  {table[name]}")

@@ -11,10 +11,9 @@ import click
 
 
 def _all_bugs() -> list[str]:
-    from node.cutover import CUTOVER_BUGS
-    from node.server import NODE_BUGS
+    from node.server import ALL_BUGS
 
-    return sorted({**NODE_BUGS, **CUTOVER_BUGS})
+    return sorted(ALL_BUGS)
 
 
 @click.command()

@@ -290,31 +290,6 @@ def lin_sections(db: Any, run_id: str, model_name: str,
     return out
 
 
-def _entry_time(v: Mapping[str, Any], events: list[dict[str, Any]],
-                cut: Mapping[str, Any]) -> int | None:
-    """When an offending entry existed, as best the run can tell: the log records no
-    times, so it is the earliest node event that proves the entry was there (a halt at
-    its index, a commit at or past it on its node), else the cutover time."""
-    idx = v.get("index")
-    cands = []
-    if isinstance(idx, int):
-        for e in events:
-            t, d = e["time_ns"], e["detail"]
-            if t is None:
-                continue
-            if e["kind"] == "halt" and d.get("index") == idx:
-                cands.append(t)
-            elif (e["node"] == v.get("node") and isinstance(d.get("commit"), int)
-                  and d["commit"] >= idx and e["kind"] in ("progress", "stop")):
-                cands.append(t)
-    if cands:
-        return min(cands)
-    t = v.get("t") or v.get("time_ns")
-    if isinstance(t, int):
-        return t
-    return cut.get("cutover_time_ns")
-
-
 def i1_section(db: Any, run_id: str, cut: Mapping[str, Any],
                nem: list[dict[str, Any]], windows: list[dict[str, Any]],
                events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -343,7 +318,12 @@ def i1_section(db: Any, run_id: str, cut: Mapping[str, Any],
                           "order by idx, term limit 60", [run_id, first["node"], lo, hi]):
             r["opcode_name"] = OPCODE_NAMES.get(r["opcode"]) if r["opcode"] is not None else None
             entries.append(r)
-    t = _entry_time(first, events, cut)
+    # When: what the checker stored (checker.suite.entry_time, the one rule), so this
+    # section, `show` and the header agree; a run checked before there was a time for
+    # it falls back on the cutover time.
+    t = cut.get("first_violation_ns") if cut.get("failing") == "I1" else None
+    if not isinstance(t, int):
+        t = cut.get("cutover_time_ns")
     out: dict[str, Any] = {"cutover": c, "violations": violations, "entries": entries,
                            "count": inv.get("violation_count", len(violations)), "t_ns": t}
     if t is not None:

@@ -96,10 +96,7 @@ class RunConfig:
         return c
 
     def validate(self) -> None:
-        from node.cutover import CUTOVER_BUGS
-        from node.server import NODE_BUGS
-
-        known = {**NODE_BUGS, **CUTOVER_BUGS}
+        from node.server import ALL_BUGS as known
         for b in self.bugs:
             if b not in known:
                 raise RunError(f"unknown bug switch {b!r}; valid names: "
