@@ -17,8 +17,8 @@ from node.events import EventKind, read_events
 from .cutover import CutoverReport, check_cutover
 from .explain import explain_partition
 from .history import HistoryError, Op
-from .linearizability import Verdict, check
-from .models import get_model
+from .linearizability import PartitionResult, Step, Verdict, check
+from .models import Model, get_model
 from .readers import parse_jepsen_maps
 
 ORDER = ("linearizability", "cutover", "stats", "availability")
@@ -54,6 +54,8 @@ def check_linearizability(rows: list[Mapping[str, Any]], model_name: str,
         if p.verdict is not Verdict.VALID:
             entry["reason"] = p.reason
             entry["explanation"] = explain_partition(model, p)
+            if p.verdict is Verdict.INVALID:
+                entry["witness"] = witness(p)
             bad = [op for op, illegal in p.blocked if illegal] or [op for op, _ in p.blocked]
             if bad:
                 op = min(bad, key=lambda o: o.call)
@@ -74,6 +76,53 @@ def check_linearizability(rows: list[Mapping[str, Any]], model_name: str,
     elif res.verdict is Verdict.INVALID:
         out["first_violation"] = "a key's history is not linearizable"
     return out
+
+
+def witness(p: PartitionResult) -> dict[str, Any]:
+    """What a report needs to draw a counterexample without searching again: the
+    linearization found (op ids in order, and which steps were indeterminate ops applied
+    to enable the next) and the ops that cannot come next. Op ids are positions in the
+    stored history (`ops_from_rows`), so they name the same ops whenever it is read."""
+    lin = p.linearization
+    return {"order": [s.op.id for s in lin],
+            "chain": [i for i, s in enumerate(lin) if s.unknown_chain],
+            "blocked": [[o.id, bool(illegal)] for o, illegal in p.blocked]}
+
+
+def counterexample(model: Model, ops: list[Op],
+                   entry: Mapping[str, Any]) -> PartitionResult | None:
+    """A stored key verdict (an entry of `check_linearizability`'s `keys`) as the
+    partition result `checker.visualize` draws: its ops from the stored history, its
+    model states by replaying the stored order (a linear walk, no search). None when
+    the entry carries no witness (checked by an older build) or the witness does not
+    fit the history it is given."""
+    w = entry.get("witness")
+    if not isinstance(w, dict):
+        return None
+    try:
+        order = [int(i) for i in w.get("order") or []]
+        chain = {int(i) for i in w.get("chain") or []}
+        blocked_ids = [(int(i), bool(ill)) for i, ill in w.get("blocked") or []]
+        verdict = Verdict(entry.get("verdict"))
+    except (TypeError, ValueError):
+        return None
+    by_id = {o.id: o for o in ops}
+    anchor = (blocked_ids[0][0] if blocked_ids else order[0]) if (blocked_ids or order) \
+        else None
+    if anchor not in by_id or any(i not in by_id for i in order) \
+            or any(i not in by_id for i, _ in blocked_ids):
+        return None
+    part = next(p for p in model.partition(ops) if any(o.id == anchor for o in p))
+    steps = []
+    state = model.init()
+    for k, i in enumerate(order):
+        legal, state = model.step(state, by_id[i])
+        if not legal:
+            return None
+        steps.append(Step(by_id[i], state, k in chain))
+    return PartitionResult(verdict, part, steps, [(by_id[i], ill) for i, ill in blocked_ids],
+                           str(entry.get("reason") or ""), int(entry.get("configurations") or 0),
+                           key=part[0].key)
 
 
 def _v(v: Verdict) -> str:

@@ -258,6 +258,21 @@ def test_without_a_cutover_time_every_token_counts_but_clean_still_passes(lab: L
     assert any("every token counts" in n for n in report.notes)
 
 
+def test_event_kinds_no_node_writes_are_ignored(lab: Lab) -> None:
+    """An events.jsonl of another build may hold kinds this one does not know: they
+    are no evidence of anything (the cutover time comes from `encryption-applied`
+    marker-fresh only) and they crash nothing."""
+    lab.cutover_events = False
+    dirs = lab.build()
+    for n, d in dirs.items():
+        ev = EventLog(d, n)
+        ev.emit("cutover-applied", index=C)  # a kind no node emits
+        ev.emit("mystery", applied="x", digest=3)
+        ev.close()
+    report = lab.check()
+    assert report.valid and report.cutover_time_ns is None
+
+
 def test_a_duplicate_bootstrap_is_a_no_op_not_a_key_conflict(lab: Lab) -> None:
     """A retried bootstrap with a fresh DEK under the same id: the node ignores it once a
     raft DEK is active, so the checker does not call it a conflict."""
