@@ -14,9 +14,9 @@ from typing import Any
 
 from node.events import EventKind, read_events
 
-from .cutover import CutoverReport, check_cutover
 from .explain import explain_partition
 from .history import HistoryError, Op
+from .invariants import CutoverReport, check_cutover
 from .linearizability import PartitionResult, Step, Verdict, check
 from .models import Model, get_model
 from .readers import parse_jepsen_maps

@@ -325,7 +325,7 @@ def parse_args(argv: list[str]) -> NodeOptions:
                        snapshot_every=a.snapshot_every, seed=a.seed, kek_path=a.kek_path)
 
 
-def serve(opts: NodeOptions) -> int:
+def run_node(opts: NodeOptions) -> int:
     """Run a node to completion; returns a process exit code (2: refused to start)."""
     die_with_parent()
     try:
@@ -355,4 +355,4 @@ def serve(opts: NodeOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(parse_args(sys.argv[1:] if argv is None else argv))
+    return run_node(parse_args(sys.argv[1:] if argv is None else argv))

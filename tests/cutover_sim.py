@@ -17,7 +17,7 @@ from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import RaftNode
 from node.replica import Replica
 from node.types import Snapshot
-from tests.raftsim import Cluster, SimConfig
+from tests.raftsim import SimCluster, SimConfig
 
 
 class SimLog:
@@ -101,7 +101,7 @@ class CutoverSim:
         bugset = frozenset(bugs)
         cfg = config or SimConfig(n=n, compact_every=0)
         ids = [f"n{i + 1}" for i in range(cfg.n)]
-        self.cl: Cluster = Cluster(
+        self.cl: SimCluster = SimCluster(
             cfg, seed=seed,
             fsm_factory=lambda nid, durable: ReplicaFSM(
                 nid, ids, durable, self.kek, bugset, self.events, self._now))
@@ -192,7 +192,7 @@ class CutoverSim:
 
     def check(self) -> Any:
         """The offline invariant checker (I1-I6) on what the nodes hold right now."""
-        from checker.cutover import NodeState, check_cutover_state
+        from checker.invariants import NodeState, check_cutover_state
 
         states = {}
         for nid in self.cl.ids:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from checker.cutover import CutoverReport, check_cutover
+from checker.invariants import CutoverReport, check_cutover
 from node import payload as pl
 from node.cutover import Cutover, MemoryStore
 from node.envelope import NonceSource, make_nonce, wrap
@@ -441,7 +441,7 @@ def test_excused_damage_hides_exactly_the_damaged_entry() -> None:
     """The corrupt-entry nemesis damages one replica's copy: its I1 finding, its halt
     and its nonce twin (which may be reported on a healthy replica) are excused; a
     finding at any other entry is not."""
-    from checker.cutover import INVARIANTS, InvariantResult, _excuse
+    from checker.invariants import INVARIANTS, InvariantResult, _excuse
 
     def result(name: str, vs: list[dict]) -> InvariantResult:
         return InvariantResult(name, INVARIANTS[name], valid=not vs,
