@@ -4,7 +4,10 @@ again on a stored run; both store what it returns, so the two cannot disagree.
 
 Each checker answers `valid` / `invalid` / `unknown` plus a JSON detail; the run's
 verdict is the worst of them (Jepsen's `compose`). `first_violation` is one sentence a
-person can act on, and `first_violation_s` says how far into the run it happened.
+person can act on, and `first_violation_ns` says how far into the run it happened (for
+the invariants: `entry_time`, the one rule). What the UI draws later comes from here
+too: a non-linearizable key stores its `witness`, and `counterexample` redraws it
+without searching again.
 """
 from __future__ import annotations
 

@@ -65,6 +65,8 @@ def exit_code(rows: Rows) -> int:
 
 
 def table(rows: Rows, seeds: int) -> str:
+    """The detection table: per build, how often caught, the median time into the run
+    of the first violation, and by which checker."""
     head = (f"{'build':<28} {'detected':>11} {'median s':>9}  caught by",)
     lines = [head[0], "-" * 80]
     for build, outcomes in rows:

@@ -75,6 +75,8 @@ def pair_ops(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def decode_values(ops: Iterable[dict[str, Any]]) -> None:
+    """Decode the JSON values of the ops that get drawn (in place); text that is not
+    JSON stays text."""
     for o in ops:
         for k in ("value", "output"):
             if isinstance(o[k], str):

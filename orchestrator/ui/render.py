@@ -47,6 +47,7 @@ def asset(name: str) -> Markup:
 
 @cache
 def environment() -> jinja2.Environment:
+    """Built once per process: jinja2 compiles each template on first use and keeps it."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("orchestrator.ui", "templates"),
                              autoescape=True, finalize=_finalize, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)

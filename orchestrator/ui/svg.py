@@ -88,6 +88,8 @@ def fault_color(name: str, palette: dict[str, str]) -> str:
 
 
 def axis(x: TimeAxis, y: float, height: float) -> str:
+    """The time axis at `y`, its ticks in seconds, grid lines `height` up (every plot
+    shares the window's axis, so a moment lines up across them)."""
     out = [f'<line class="axis" x1="{GUTTER}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}"/>']
     for px, label in x.ticks():
         out.append(f'<line class="grid" x1="{px:.1f}" y1="{y - height:.1f}" x2="{px:.1f}" '
@@ -115,6 +117,7 @@ def band_label_rows(x: TimeAxis, faults: Sequence[Mapping[str, Any]]) -> tuple[l
 
 
 def visible(x: TimeAxis, f: Mapping[str, Any]) -> bool:
+    """Whether fault `f` overlaps the window (an open fault runs to its end)."""
     s = f.get("start_ns") or 0
     e = f.get("end_ns")
     return not ((e is not None and e < x.t0) or s > x.t1)
@@ -122,6 +125,8 @@ def visible(x: TimeAxis, f: Mapping[str, Any]) -> bool:
 
 def bands(x: TimeAxis, faults: Sequence[Mapping[str, Any]], top: float, height: float,
            palette: dict[str, str], label_rows: list[int] | None = None) -> str:
+    """One band per fault behind a plot, hover for what and when; with `label_rows`
+    (the timeline), each band is named above the plot too."""
     out = []
     for k, f in enumerate(faults):
         s = f.get("start_ns") or 0
@@ -145,6 +150,8 @@ def bands(x: TimeAxis, faults: Sequence[Mapping[str, Any]], top: float, height: 
 
 
 def glyph(shape: str, cx: float, cy: float, color: str) -> str:
+    """A node event's mark, left open: the caller adds its class and data attributes,
+    then closes it, with a `<title>` inside for the tooltip."""
     r = 4.5
     if shape == "circle":
         return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r}" fill="{color}"'

@@ -68,6 +68,7 @@ def _columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def list_lines(db: sqlite_utils.Database) -> list[str]:
+    """`cutover list`: one line per run, newest first."""
     head = ("RUN", "STARTED", "DURATION", "WORKLOAD", "NEMESES", "BUGS", "SEED", "VERDICT")
     rows = [(r["id"], _started(r.get("started")), _fmt_duration(r.get("duration_s")),
              r.get("workload") or "-", r.get("nemesis") or "-", r.get("bugs") or "-",
@@ -77,6 +78,7 @@ def list_lines(db: sqlite_utils.Database) -> list[str]:
 
 
 def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
+    """`cutover show`: config, verdicts, the first violation, the node table."""
     cfg = store.run_config(row)
     checks = stored_checks(db, row["id"])
     out = [f"run {row['id']}  ({row.get('status') or '?'}, "
