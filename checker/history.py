@@ -64,6 +64,19 @@ def freeze(v: Any) -> Any:
     return v
 
 
+def process_sort_key(p: Any) -> tuple[int, Any]:
+    """Processes in lane order: numbers first by value (also numbers stored as text,
+    as the results database keeps them), then the rest (nemesis, final-N) by name."""
+    if isinstance(p, bool):
+        return (1, str(p))
+    if isinstance(p, int | float):
+        return (0, p)
+    s = str(p)
+    if s.lstrip("-").isdigit():
+        return (0, int(s))
+    return (1, s)
+
+
 class HistoryError(ValueError):
     """A history that cannot be read; the message names file, line and expectation."""
 

@@ -52,11 +52,21 @@ class Verdict(StrEnum):
 
     @property
     def rank(self) -> int:
+        """Badness; the one ranking of verdicts (checks, runs, partitions, pages)."""
         return {"valid": 0, "unknown": 1, "invalid": 2}[self.value]
 
     @property
     def exit_code(self) -> int:
         return {"valid": 0, "invalid": 1, "unknown": 2}[self.value]
+
+    @staticmethod
+    def rank_of(value: str) -> int:
+        """The rank of a stored verdict string; one this build does not know ranks as
+        `unknown` (it is not a pass, and not a proven violation either)."""
+        try:
+            return Verdict(value).rank
+        except ValueError:
+            return Verdict.UNKNOWN.rank
 
     @staticmethod
     def worst(verdicts: list[Verdict]) -> Verdict:

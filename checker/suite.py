@@ -4,7 +4,10 @@ again on a stored run; both store what it returns, so the two cannot disagree.
 
 Each checker answers `valid` / `invalid` / `unknown` plus a JSON detail; the run's
 verdict is the worst of them (Jepsen's `compose`). `first_violation` is one sentence a
-person can act on, and `first_violation_s` says how far into the run it happened.
+person can act on, and `first_violation_ns` says how far into the run it happened (for
+the invariants: `entry_time`, the one rule). What the UI draws later comes from here
+too: a non-linearizable key stores its `witness`, and `counterexample` redraws it
+without searching again.
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .cutover import CutoverReport, check_cutover
+from node.events import EventKind, read_events
+
 from .explain import explain_partition
 from .history import HistoryError, Op
-from .linearizability import Verdict, check
-from .models import get_model
+from .invariants import CutoverReport, check_cutover
+from .linearizability import PartitionResult, Step, Verdict, check
+from .models import Model, get_model
 from .readers import parse_jepsen_maps
 
 ORDER = ("linearizability", "cutover", "stats", "availability")
@@ -52,6 +57,8 @@ def check_linearizability(rows: list[Mapping[str, Any]], model_name: str,
         if p.verdict is not Verdict.VALID:
             entry["reason"] = p.reason
             entry["explanation"] = explain_partition(model, p)
+            if p.verdict is Verdict.INVALID:
+                entry["witness"] = witness(p)
             bad = [op for op, illegal in p.blocked if illegal] or [op for op, _ in p.blocked]
             if bad:
                 op = min(bad, key=lambda o: o.call)
@@ -72,6 +79,53 @@ def check_linearizability(rows: list[Mapping[str, Any]], model_name: str,
     elif res.verdict is Verdict.INVALID:
         out["first_violation"] = "a key's history is not linearizable"
     return out
+
+
+def witness(p: PartitionResult) -> dict[str, Any]:
+    """What a report needs to draw a counterexample without searching again: the
+    linearization found (op ids in order, and which steps were indeterminate ops applied
+    to enable the next) and the ops that cannot come next. Op ids are positions in the
+    stored history (`ops_from_rows`), so they name the same ops whenever it is read."""
+    lin = p.linearization
+    return {"order": [s.op.id for s in lin],
+            "chain": [i for i, s in enumerate(lin) if s.unknown_chain],
+            "blocked": [[o.id, bool(illegal)] for o, illegal in p.blocked]}
+
+
+def counterexample(model: Model, ops: list[Op],
+                   entry: Mapping[str, Any]) -> PartitionResult | None:
+    """A stored key verdict (an entry of `check_linearizability`'s `keys`) as the
+    partition result `checker.visualize` draws: its ops from the stored history, its
+    model states by replaying the stored order (a linear walk, no search). None when
+    the entry carries no witness (checked by an older build) or the witness does not
+    fit the history it is given."""
+    w = entry.get("witness")
+    if not isinstance(w, dict):
+        return None
+    try:
+        order = [int(i) for i in w.get("order") or []]
+        chain = {int(i) for i in w.get("chain") or []}
+        blocked_ids = [(int(i), bool(ill)) for i, ill in w.get("blocked") or []]
+        verdict = Verdict(entry.get("verdict"))
+    except (TypeError, ValueError):
+        return None
+    by_id = {o.id: o for o in ops}
+    anchor = (blocked_ids[0][0] if blocked_ids else order[0]) if (blocked_ids or order) \
+        else None
+    if anchor not in by_id or any(i not in by_id for i in order) \
+            or any(i not in by_id for i, _ in blocked_ids):
+        return None
+    part = next(p for p in model.partition(ops) if any(o.id == anchor for o in p))
+    steps = []
+    state = model.init()
+    for k, i in enumerate(order):
+        legal, state = model.step(state, by_id[i])
+        if not legal:
+            return None
+        steps.append(Step(by_id[i], state, k in chain))
+    return PartitionResult(verdict, part, steps, [(by_id[i], ill) for i, ill in blocked_ids],
+                           str(entry.get("reason") or ""), int(entry.get("configurations") or 0),
+                           key=part[0].key)
 
 
 def _v(v: Verdict) -> str:
@@ -96,7 +150,9 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     if fv is not None:
         name, v = fv
         out["first_violation"] = describe_violation(name, v, rep)
-        t = v.get("t") or v.get("time_ns") or _commit_time(node_dirs, v.get("index"))
+        events = [(n, ev.get("t"), ev.get("kind"), ev)
+                  for n, d in sorted(node_dirs.items()) for ev in read_events(d)]
+        t = entry_time(v, events, rep.cutover_time_ns)
         out["first_violation_ns"] = None if t is None else int(t) - t0_ns
         out["failing"] = name
     elif rep.unknown:
@@ -105,26 +161,38 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     return out, rep
 
 
-def _commit_time(node_dirs: Mapping[str, str], index: Any) -> int | None:
-    """When entry `index` was first known committed (or halted on) by any node, from the
-    event logs: the time a violation at that index became real. Progress events come
-    about once a second, so this is accurate to about a second."""
-    from node.events import read_events
+def entry_time(v: Mapping[str, Any],
+               events: Iterable[tuple[str, Any, Any, Mapping[str, Any]]],
+               default: int | None = None) -> int | None:
+    """When the entry of violation `v` existed, as best the run can tell.
 
-    if not isinstance(index, int):
-        return None
-    best: int | None = None
-    for d in node_dirs.values():
-        for ev in read_events(d):
-            t = ev.get("t")
-            if not isinstance(t, int):
+    The log records no times, so it is the earliest node event that proves the entry
+    was there: a halt at exactly its index (on any node: the halting replica had it),
+    or a commit at or past it on the entry's own node (`progress`, about once a second,
+    or `stop`). Another node's commit proves nothing about this copy (a stale suffix is
+    not the cluster's entry), and a halt at a later index is another entry. Without
+    such evidence: the violation's own time (a halt's `t`), else `default` (the cutover
+    time). `events` are (node, t, kind, fields); times in the caller's clock.
+    This is the one rule: `cutover run` and `cutover check` store it, `show` and the
+    report print what is stored.
+    """
+    idx = v.get("index")
+    cands = []
+    if isinstance(idx, int) and not isinstance(idx, bool):
+        for node, t, kind, d in events:
+            if not isinstance(t, int) or isinstance(t, bool):
                 continue
-            hit = (ev.get("kind") == "halt" and isinstance(ev.get("index"), int)
-                   and ev["index"] >= index) or (isinstance(ev.get("commit"), int)
-                                                 and ev["commit"] >= index)
-            if hit and (best is None or t < best):
-                best = t
-    return best
+            if kind == EventKind.HALT and d.get("index") == idx:
+                cands.append(t)
+            elif (node == v.get("node") and kind in (EventKind.PROGRESS, EventKind.STOP)
+                  and isinstance(d.get("commit"), int) and d["commit"] >= idx):
+                cands.append(t)
+    if cands:
+        return min(cands)
+    t = v.get("t") or v.get("time_ns")
+    if isinstance(t, int) and not isinstance(t, bool):
+        return t
+    return default
 
 
 def describe_violation(name: str, v: Mapping[str, Any], rep: CutoverReport) -> str:
@@ -193,11 +261,11 @@ def availability(rows: Iterable[Mapping[str, Any]],
 
 
 def worst(verdicts: Iterable[str]) -> str:
-    rank = {"valid": 0, "unknown": 1, "invalid": 2}
-    return max(verdicts, key=lambda v: rank.get(v, 1), default="valid")
+    """The run's verdict: the worst of its checkers' (Jepsen's `compose`)."""
+    return max(verdicts, key=Verdict.rank_of, default="valid")
 
 
-EXIT_CODES = {"valid": 0, "invalid": 1, "unknown": 2}
+EXIT_CODES = {v.value: v.exit_code for v in Verdict}
 
 
 def first_violation(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, Any] | None:

@@ -25,9 +25,11 @@ import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
-from .history import Op
+from .history import Op, process_sort_key
 from .linearizability import CheckResult, PartitionResult, Step, Verdict
 from .models import Model
 
@@ -48,9 +50,10 @@ _LANE_GAP = 6
 _BAR_Y = 10
 _BAR_H = 16
 _CHAR_W = 6.1  # 10px monospace
-_KIND_COLORS = ["#ff7f00", "#6a3d9a", "#1f78b4", "#33a02c", "#e31a1c", "#b15928", "#a6761d"]
-
-_VERDICT_ORDER = {Verdict.INVALID: 0, Verdict.UNKNOWN: 1, Verdict.VALID: 2}
+# Fault bands, here and in the run report: one palette, colors handed out in order of
+# first appearance, so a fault has one color on every drawing of a run.
+FAULT_COLORS = ["#7e57c2", "#26a69a", "#8d6e63", "#42a5f5", "#ec407a", "#9ccc65",
+                "#ffca28", "#78909c"]
 
 
 def write_html(path: str, model: Model, result: CheckResult, title: str = "",
@@ -76,11 +79,11 @@ def render_html(model: Model, result: CheckResult, title: str = "",
     """The whole page as a string (see the module docstring for what it shows).
 
     `annotations` are bands over the lanes, e.g. nemesis faults from a run report:
-    dicts with `start` / `end` event positions (`end` None: until the end), `label`
-    and `kind` (bands of one kind share a color).
+    dicts with `start` / `end` event positions (`end` None: until the end), `label`,
+    `kind` (bands of one kind share a color) and optionally that `color`.
     """
     page = _Page(model, annotations or [])
-    parts = sorted(result.partitions, key=lambda p: _VERDICT_ORDER.get(p.verdict, 3))
+    parts = sorted(result.partitions, key=lambda p: -p.verdict.rank)  # worst first
     drawn: list[PartitionResult] = []
     rest: list[PartitionResult] = []
     budget = MAX_DRAWN_OPS
@@ -119,12 +122,13 @@ class _Page:
 
     def __post_init__(self) -> None:
         for a in self.annotations:
-            self.color(str(a.get("kind", "fault")))
+            kind = str(a.get("kind", "fault"))
+            if a.get("color"):  # the caller's color (the run report's, for the same fault)
+                self.kind_colors.setdefault(kind, str(a["color"]))
+            self.color(kind)
 
     def color(self, kind: str) -> str:
-        if kind not in self.kind_colors:
-            self.kind_colors[kind] = _KIND_COLORS[len(self.kind_colors) % len(_KIND_COLORS)]
-        return self.kind_colors[kind]
+        return assign_color(kind, self.kind_colors)
 
     def op_text(self, op: Op) -> str:
         return _clip(_safe(self.model.describe_op, op, _fallback_op), MAX_OP_TEXT)
@@ -157,8 +161,17 @@ def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + f"… ({len(s)} chars)"
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+def assign_color(kind: str, assigned: dict[str, str]) -> str:
+    """The color of fault `kind`: its own if it has one, else the next free one."""
+    if kind not in assigned:
+        assigned[kind] = FAULT_COLORS[len(assigned) % len(FAULT_COLORS)]
+    return assigned[kind]
+
+
+def esc(x: Any) -> str:
+    """Text for HTML (element content or a quoted attribute); None is empty. The one
+    escape of the project's pages: the UI's templates and SVG helpers use it too."""
+    return html.escape("" if x is None else str(x), quote=True)
 
 
 def _num(x: float) -> str:
@@ -169,14 +182,6 @@ def _key_text(page: _Page, part: PartitionResult) -> str:
     if part.key is None:
         return "(whole history)"
     return _clip(_safe(page.model.describe_state, part.key, str), 80)
-
-
-def _proc_sort_key(p: Any) -> tuple[int, Any]:
-    if isinstance(p, bool):
-        return (1, str(p))
-    if isinstance(p, int | float):
-        return (0, p)
-    return (1, str(p))
 
 
 # --------------------------------------------------------------------------------------
@@ -192,11 +197,11 @@ def _header(page: _Page, result: CheckResult, title: str) -> str:
                                                          Verdict.VALID) if counts[v])
     n_ops = sum(len(p.ops) for p in result.partitions)
     v = result.verdict.value
-    out = [f'<header><h1>{_e(title or "linearizability check")}</h1>',
-           f'<div class="verdict v-{v}" id="verdict">{_e(v)}</div>',
+    out = [f'<header><h1>{esc(title or "linearizability check")}</h1>',
+           f'<div class="verdict v-{v}" id="verdict">{esc(v)}</div>',
            '<dl class="facts">',
-           f"<dt>model</dt><dd>{_e(result.model)}</dd>",
-           f"<dt>partitions</dt><dd>{n}{f' ({_e(split)})' if split else ''}</dd>",
+           f"<dt>model</dt><dd>{esc(result.model)}</dd>",
+           f"<dt>partitions</dt><dd>{n}{f' ({esc(split)})' if split else ''}</dd>",
            f"<dt>operations</dt><dd>{n_ops}</dd>",
            f"<dt>check time</dt><dd>{result.seconds:.3f} s</dd>",
            "</dl></header>", _legend(page)]
@@ -206,9 +211,9 @@ def _header(page: _Page, result: CheckResult, title: str) -> str:
             kind = str(a.get("kind", "fault"))
             end = a.get("end")
             rows.append(f'<tr><td><span class="sw" style="background:{page.color(kind)}">'
-                        f'</span>{_e(kind)}</td><td>{_e(a.get("label", ""))}</td>'
-                        f'<td>{_e(a.get("start", 0))}</td>'
-                        f'<td>{"end" if end is None else _e(end)}</td></tr>')
+                        f'</span>{esc(kind)}</td><td>{esc(a.get("label", ""))}</td>'
+                        f'<td>{esc(a.get("start", 0))}</td>'
+                        f'<td>{"end" if end is None else esc(end)}</td></tr>')
         out.append('<details class="annots"><summary>annotations '
                    f"({len(page.annotations)})</summary><table><tr><th>kind</th><th>label</th>"
                    "<th>from event</th><th>to event</th></tr>" + "".join(rows)
@@ -227,7 +232,7 @@ def _legend(page: _Page) -> str:
         hatch = '<rect class="hatch" x="1" y="1" width="26" height="12"/>' if cls == "ind" else ""
         cells.append(f'<span class="lg"><svg width="28" height="14"><g class="op {cls}">'
                      f'<rect class="bar" x="1" y="1" width="26" height="12" rx="2"/>{hatch}'
-                     f"</g></svg>{_e(text)}</span>")
+                     f"</g></svg>{esc(text)}</span>")
     cells.append('<span class="lg"><svg width="28" height="14"><polyline class="path" '
                  'points="1,11 13,3 27,9"/></svg>linearization order</span>')
     return ('<div class="legend">' + "".join(cells) + '<span class="hint">hover an op for '
@@ -242,9 +247,9 @@ def _rest_table(page: _Page, rest: list[PartitionResult]) -> str:
         note = p.reason if p.verdict is Verdict.UNKNOWN else (
             f"{len(p.blocked)} op(s) cannot be linearized next"
             if p.verdict is Verdict.INVALID else "")
-        rows.append(f"<tr><td>{_e(_key_text(page, p))}</td>"
+        rows.append(f"<tr><td>{esc(_key_text(page, p))}</td>"
                     f'<td class="v-{p.verdict.value}">{p.verdict.value}</td>'
-                    f"<td>{len(p.ops)}</td><td>{done} / {total}</td><td>{_e(note)}</td></tr>")
+                    f"<td>{len(p.ops)}</td><td>{done} / {total}</td><td>{esc(note)}</td></tr>")
     more = (f'<p class="note">... and {len(rest) - MAX_TABLE_ROWS} more partitions.</p>'
             if len(rest) > MAX_TABLE_ROWS else "")
     return (f'<section class="rest"><h2>{len(rest)} more partition(s), not drawn</h2>'
@@ -346,11 +351,11 @@ def _partition_section(page: _Page, part: PartitionResult, idx: int, open_valid:
     summary = _partition_summary(page, part)
     svg, focus = _partition_svg(page, part, view, points)
     return (f'<details class="part v-{v}" id="p{idx}"{" open" if is_open else ""}>'
-            f'<summary><span class="key">key {_e(_key_text(page, part))}</span> '
-            f'<span class="pv v-{v}">{_e(v)}</span> '
+            f'<summary><span class="key">key {esc(_key_text(page, part))}</span> '
+            f'<span class="pv v-{v}">{esc(v)}</span> '
             f'<span class="cnt">{len(part.ops)} ops</span></summary>'
             f"{summary}"
-            + (f'<p class="note window">{_e(view.note)}</p>' if view.note else "")
+            + (f'<p class="note window">{esc(view.note)}</p>' if view.note else "")
             + f'<div class="scroll" data-focus="{_num(focus)}">{svg}</div></details>')
 
 
@@ -364,21 +369,21 @@ def _partition_summary(page: _Page, part: PartitionResult) -> str:
     facts = (f"{done} of {total} completed ops linearized{extra}; {indet} indeterminate; "
              f"{part.configurations} configurations explored")
     if part.verdict is Verdict.VALID:
-        return f'<p class="sum">Linearizable: {_e(facts)}.</p>'
+        return f'<p class="sum">Linearizable: {esc(facts)}.</p>'
     if part.verdict is Verdict.UNKNOWN:
-        return (f'<p class="sum">Unknown: {_e(part.reason or "no reason given")}. '
-                f"Longest prefix found so far: {_e(facts)}.</p>")
+        return (f'<p class="sum">Unknown: {esc(part.reason or "no reason given")}. '
+                f"Longest prefix found so far: {esc(facts)}.</p>")
     state = lin[-1].state if lin else _safe_init(page.model)
     items = []
     for op, illegal in part.blocked:
         why = ("illegal in this state" if illegal else
                "legal here, but every continuation fails")
-        items.append(f'<li><span class="mono">{_e(page.op_text(op))}</span> by process '
-                     f"{_e(op.process)} [{op.call}, {'∞' if op.ret is None else op.ret}]: "
+        items.append(f'<li><span class="mono">{esc(page.op_text(op))}</span> by process '
+                     f"{esc(op.process)} [{op.call}, {'∞' if op.ret is None else op.ret}]: "
                      f"{why}</li>")
-    return (f'<p class="sum">Not linearizable. The longest linearizable prefix: {_e(facts)}. '
+    return (f'<p class="sum">Not linearizable. The longest linearizable prefix: {esc(facts)}. '
             f'Nothing can come next from state <span class="mono">'
-            f"{_e(page.state_text(state))}</span>:</p><ul class=\"blocked\">"
+            f"{esc(page.state_text(state))}</span>:</p><ul class=\"blocked\">"
             + "".join(items) + "</ul>")
 
 
@@ -423,7 +428,7 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
     by_proc: dict[Any, list[Op]] = {}
     for o in sorted(ops, key=lambda o: o.call):
         by_proc.setdefault(o.process, []).append(o)
-    procs = sorted(by_proc, key=_proc_sort_key)
+    procs = sorted(by_proc, key=process_sort_key)
     row_y: dict[int, float] = {}
     lanes = []
     y = float(_AXIS_H)
@@ -452,7 +457,7 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
     for k, (p, ly, h) in enumerate(lanes):
         out.append(f'<rect class="lane{k % 2}" x="0" y="{_num(ly)}" width="{_num(width)}" '
                    f'height="{h}"/><text class="lname" x="6" y="{_num(ly + h / 2 + 4)}">'
-                   f"{_e(_clip(str(p), 16))}</text>")
+                   f"{esc(_clip(str(p), 16))}</text>")
     # Time axis: ticks labelled with real event positions.
     tick = max(1, math.ceil(56 / unit))
     for i in range(0, n, tick):
@@ -471,11 +476,11 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
         x2 = px(min(xb, end_x)) + unit / 2 if xb >= xa else x1 + 3
         kind = str(a.get("kind", "fault"))
         label = str(a.get("label", ""))
-        out.append(f'<g class="band"><title>{_e(kind)}: {_e(label)}</title>'
+        out.append(f'<g class="band"><title>{esc(kind)}: {esc(label)}</title>'
                    f'<rect x="{_num(x1)}" y="{_AXIS_H - 4}" width="{_num(max(3, x2 - x1))}" '
                    f'height="{_num(height - _AXIS_H)}" fill="{page.color(kind)}"/>'
                    f'<text x="{_num(x1 + 2)}" y="{_num(height - 4)}" '
-                   f'fill="{page.color(kind)}">{_e(_clip(label, 40))}</text></g>')
+                   f'fill="{page.color(kind)}">{esc(_clip(label, 40))}</text></g>')
 
     # Linearization points (x in axis units), spread inside the slot they share.
     shown = list(range(view.first_step, len(lin)))
@@ -540,7 +545,7 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
         if chars >= 3:
             label = desc if len(desc) <= chars else desc[: chars - 1] + "…"
             parts.append(f'<text class="olabel" x="{_num(x1 + 3)}" '
-                         f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{_e(label)}</text>')
+                         f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{esc(label)}</text>')
         parts.append("</g>")
         bars.append("".join(parts))
         if si is not None and o.id in point_x:
@@ -602,147 +607,7 @@ def _json_blob(data: dict[str, Any]) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-_CSS = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px;color:#222}
-h1{font-size:20px;margin:0 12px 0 0;display:inline-block;vertical-align:middle}
-h2{font-size:16px}
-header{margin-bottom:8px}
-.verdict{display:inline-block;vertical-align:middle;padding:2px 12px;border-radius:12px;
- font-weight:700;text-transform:uppercase;color:#fff}
-.v-valid.verdict,.pv.v-valid{background:#2e7d32}
-.v-invalid.verdict,.pv.v-invalid{background:#c62828}
-.v-unknown.verdict,.pv.v-unknown{background:#ef8f00}
-td.v-valid{color:#2e7d32;font-weight:600}td.v-invalid{color:#c62828;font-weight:600}
-td.v-unknown{color:#ef8f00;font-weight:600}
-.facts{display:flex;flex-wrap:wrap;gap:4px 18px;margin:8px 0}
-.facts dt{color:#666}.facts dt:after{content:":"}.facts dd{margin:0 0 0 -14px;font-weight:600}
-.legend{display:flex;flex-wrap:wrap;gap:6px 16px;font-size:12px;color:#444;margin:6px 0 12px}
-.legend .lg{display:inline-flex;align-items:center;gap:4px}.hint{color:#888}
-details.part{border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:4px 8px}
-details.part.v-invalid{border-color:#e57373}details.part.v-unknown{border-color:#ffb74d}
-details.part>summary{cursor:pointer;font-weight:600;padding:4px 0}
-.pv{color:#fff;border-radius:8px;padding:0 8px;font-size:12px;text-transform:uppercase}
-.cnt{color:#777;font-weight:400;font-size:12px}
-.sum,.note{margin:4px 0;font-size:13px}.note{color:#8a6d3b}
-.mono,.olabel,.tick,.lname{font-family:ui-monospace,Menlo,Consolas,monospace}
-ul.blocked{margin:2px 0 6px;font-size:13px;color:#b71c1c}
-.scroll{overflow-x:auto;border-top:1px solid #eee}
-svg.hist{display:block}
-.lane0{fill:#fafafa}.lane1{fill:#f0f3f7}
-.lname{font-size:12px;fill:#333}
-.tick{font-size:10px;fill:#888;text-anchor:middle}.tick.axl{text-anchor:start}
-.grid{stroke:#e3e3e3;stroke-width:1}
-.band rect{opacity:.14}.band text{font-size:10px;opacity:.9}
-.op{cursor:pointer}
-.op .bar{fill:#9ecae1;stroke:#3182bd;stroke-width:1}
-.op.nl .bar{fill:#e6e6e6;stroke:#b5b5b5}.op.nl .olabel{fill:#999}
-.op.bl .bar{fill:#e53935;stroke:#8e0000;stroke-width:2}.op.bl .olabel{fill:#fff}
-.op.bx .bar{fill:#ffcdd2;stroke:#c62828;stroke-width:2}
-.op.ch .bar{fill:#d9c2e9;stroke:#7b3294;stroke-width:2;stroke-dasharray:4 2}
-.op.ind .bar{fill-opacity:.55}.op.cut .bar{stroke-dasharray:2 2}
-.op .hatch{fill:url(#hatch);pointer-events:none}
-.op:hover .bar,.op.pin .bar{stroke:#000;stroke-width:2}
-.olabel{font-size:10px;fill:#123;pointer-events:none}
-.badge{cursor:pointer}.badge rect{fill:#08519c;stroke:#fff;stroke-width:1}
-.badge.chb rect{fill:#7b3294}
-.badge text{font:bold 9px ui-monospace,Menlo,Consolas,monospace;fill:#fff;text-anchor:middle;
- pointer-events:none}
-.path{fill:none;stroke:#08519c;stroke-width:1.5;stroke-opacity:.55;pointer-events:none}
-.stuck{stroke:#c62828;stroke-width:1.5;stroke-dasharray:5 3;pointer-events:none}
-table{border-collapse:collapse;font-size:13px}
-td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}
-.sw{display:inline-block;width:10px;height:10px;margin-right:4px;opacity:.6}
-#tip{position:fixed;z-index:10;max-width:520px;background:#fff;border:1px solid #888;
- border-radius:6px;box-shadow:0 2px 10px rgba(0,0,0,.2);padding:6px 10px;font-size:12px;
- pointer-events:none}
-#tip.pinned{pointer-events:auto;border-color:#08519c;border-width:2px}
-#tip table{font-size:12px}#tip td{border:none;padding:1px 6px 1px 0;vertical-align:top}
-#tip td:first-child{color:#666;white-space:nowrap}
-#tip td.v{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
-#tip .x{color:#888;font-size:11px;margin-top:4px}
-"""
 
-_JS = """
-(function () {
-  var blob = JSON.parse(document.getElementById('opdata').textContent);
-  var data = blob.ops, states = blob.states;
-  var tip = document.getElementById('tip');
-  var pinned = null;
-  function row(t, k, v) {
-    var tr = document.createElement('tr');
-    var a = document.createElement('td'); a.textContent = k;
-    var b = document.createElement('td'); b.className = 'v'; b.textContent = v;
-    tr.appendChild(a); tr.appendChild(b); t.appendChild(tr);
-  }
-  function fill(i) {
-    var d = data[i];
-    tip.textContent = '';
-    var t = document.createElement('table');
-    row(t, 'op', d[0]);
-    row(t, 'process', d[1]);
-    row(t, 'call', String(d[2]));
-    row(t, 'return', d[3] === null ? 'none (indeterminate)' : String(d[3]));
-    row(t, 'linearized', d[4] === null ? 'no' : '#' + d[4] + ' of ' + d[5]);
-    if (d[6] !== null) { row(t, 'state after', states[d[6]]); }
-    if (d[7]) { row(t, 'note', d[7]); }
-    tip.appendChild(t);
-    var x = document.createElement('div'); x.className = 'x';
-    x.textContent = pinned ? 'pinned: click elsewhere or press Esc to release'
-                           : 'click to pin';
-    tip.appendChild(x);
-  }
-  function place(ev) {
-    var w = tip.offsetWidth, h = tip.offsetHeight;
-    var x = ev.clientX + 14, y = ev.clientY + 14;
-    if (x + w > window.innerWidth - 4) { x = Math.max(4, ev.clientX - w - 14); }
-    if (y + h > window.innerHeight - 4) { y = Math.max(4, ev.clientY - h - 14); }
-    tip.style.left = x + 'px'; tip.style.top = y + 'px';
-  }
-  function target(ev) {
-    var el = ev.target;
-    return el && el.closest ? el.closest('[data-i]') : null;
-  }
-  function unpin() {
-    if (pinned) { pinned.classList.remove('pin'); }
-    pinned = null; tip.classList.remove('pinned'); tip.hidden = true;
-  }
-  document.addEventListener('mouseover', function (ev) {
-    if (pinned) { return; }
-    var g = target(ev);
-    if (!g) { tip.hidden = true; return; }
-    fill(+g.getAttribute('data-i')); tip.hidden = false; place(ev);
-  });
-  document.addEventListener('mousemove', function (ev) {
-    if (!pinned && !tip.hidden) { place(ev); }
-  });
-  document.addEventListener('click', function (ev) {
-    if (tip.contains(ev.target)) { return; }
-    var g = target(ev);
-    if (!g) { unpin(); return; }
-    var same = pinned && pinned.getAttribute('data-i') === g.getAttribute('data-i');
-    unpin();
-    if (same) { return; }
-    var i = +g.getAttribute('data-i');
-    pinned = document.querySelector('.op[data-i="' + i + '"]') || g;
-    pinned.classList.add('pin'); tip.classList.add('pinned');
-    fill(i); tip.hidden = false; place(ev);
-  });
-  document.addEventListener('keydown', function (ev) {
-    if (ev.key === 'Escape') { unpin(); }
-  });
-  function focus(d) {
-    var s = d.querySelector('.scroll');
-    if (s && !s.dataset.done) {
-      s.dataset.done = '1';
-      s.scrollLeft = Math.max(0, +s.getAttribute('data-focus') - s.clientWidth / 2);
-    }
-  }
-  document.querySelectorAll('details.part').forEach(function (d) {
-    if (d.open) { focus(d); }
-    d.addEventListener('toggle', function () { if (d.open) { focus(d); } });
-  });
-})();
-"""
 
 _DEFS = ('<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>'
          '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" '
@@ -751,12 +616,19 @@ _DEFS = ('<svg width="0" height="0" style="position:absolute" aria-hidden="true"
          'stroke-opacity=".35"/></pattern></defs></svg>')
 
 
+@cache
+def asset(name: str) -> str:
+    """A file of `checker/assets/` (the page's CSS and JS), read once."""
+    return (resources.files("checker") / "assets" / name).read_text(encoding="utf-8")
+
+
 def _document(title: str, body: str, data: dict[str, Any]) -> str:
     head_title = f"{title} - linearizability" if title else "linearizability check"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(head_title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{esc(head_title)}</title><style>{asset('visualize.css')}</style>"
+            "</head><body>\n"
             f"{_DEFS}\n{body}\n"
             '<div id="tip" hidden></div>\n'
             f'<script type="application/json" id="opdata">{_json_blob(data)}</script>\n'
-            f"<script>{_JS}</script>\n</body></html>\n")
+            f"<script>{asset('visualize.js')}</script>\n</body></html>\n")

@@ -26,6 +26,7 @@ from node import sidecar as sidecar_file
 from node.disk import REAL, Disk
 from node.envelope import NonceSource, UnwrapError, is_wrapped_shape, unwrap
 from node.envelope import wrap as seal_bytes
+from node.events import EventKind
 from node.keystore import Kek, Keystore, KeystoreError, WrappedKey
 from node.sidecar import Sidecar
 
@@ -160,7 +161,7 @@ class Cutover:
         self.cell = cutover
         if wrap:
             self.wrap = key_id
-        self._event("installer", cutover=cutover, key_id=key_id, wrap=wrap, why=why)
+        self._event(EventKind.INSTALLER, cutover=cutover, key_id=key_id, wrap=wrap, why=why)
 
     # ------------------------------------------------------------------ apply
 
@@ -484,7 +485,7 @@ class EnableFlow:
                 self.phase = "done"
                 return EnableResult("already-active", sc.raft_envelope_cutover_index)
             cut.barrier = True
-            cut._event("barrier", up=True)
+            cut._event(EventKind.BARRIER, up=True)
             self.phase, self.ticks = "drain", 0
         if self.phase == "drain":
             # Without the quiescence barrier (the switch) there is nothing to drain to:
@@ -498,13 +499,13 @@ class EnableFlow:
                     cut.marker_proposal(cut.store.load().active_raft_dek))
             except Exception as e:  # noqa: BLE001 - leadership lost: same as a timeout
                 return self._fail(f"could not propose the marker: {e}")
-            cut._event("marker-proposed", index=self.marker_index)
+            cut._event(EventKind.MARKER_PROPOSED, index=self.marker_index)
             self.phase, self.ticks = "wait-apply", 0
             return None
         if self.phase == "wait-apply":
             if not self.commit_seen and host.commit_index() >= self.marker_index:
                 self.commit_seen = True  # the leader's view; followers learn it later
-                cut._event("marker-committed", index=self.marker_index)
+                cut._event(EventKind.MARKER_COMMITTED, index=self.marker_index)
             if host.applied_index() < self.marker_index:
                 if self.ticks > self.timeout_ticks:
                     return self._fail(f"marker {self.marker_index} not applied in time")
@@ -512,7 +513,7 @@ class EnableFlow:
             sc = cut.store.load()
             self.phase = "done"
             cut.barrier = False
-            cut._event("barrier", up=False)
+            cut._event(EventKind.BARRIER, up=False)
             c = sc.raft_envelope_cutover_index
             if c == 0:
                 return EnableResult("stale", 0, "a DEK rotation raced the marker")

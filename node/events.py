@@ -10,9 +10,40 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import StrEnum
 from typing import Any, TextIO
 
 EVENTS_FILE = "events.jsonl"
+
+
+class EventKind(StrEnum):
+    """Every `kind` a node writes today (docs/protocol.md has their fields).
+
+    One list for the node that writes them, the checkers that read them and the UI that
+    draws them. A `StrEnum`, so a member is the string on disk and compares equal to it.
+    Readers must tolerate a kind that is not here: an events.jsonl written by another
+    node build (older, newer, another language) is still evidence. A new kind is one
+    more line here, then in docs/protocol.md.
+    """
+
+    START = "start"
+    STOP = "stop"
+    ROLE = "role"
+    PROGRESS = "progress"
+    HALT = "halt"
+    ENCRYPTION_APPLIED = "encryption-applied"
+    INSTALLER = "installer"
+    BARRIER = "barrier"
+    MARKER_PROPOSED = "marker-proposed"
+    MARKER_COMMITTED = "marker-committed"
+    ENABLE_RAFT_ENVELOPE = "enable-raft-envelope"
+    SNAPSHOT_TAKEN = "snapshot-taken"
+    SNAPSHOT_INSTALLED = "snapshot-installed"
+    RECOVERY = "recovery"
+    TORN_TAIL = "torn-tail"
+    LOG_DISCARDED = "log-discarded"
+    UNWRAP_SKIPPED = "unwrap-skipped"
+    PARENT_GONE = "parent-gone"
 
 
 class EventLog:
@@ -23,9 +54,9 @@ class EventLog:
         self.path = os.path.join(data_dir, EVENTS_FILE)
         self._fh: TextIO = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
-    def emit(self, kind: str, **detail: Any) -> None:
+    def emit(self, kind: EventKind | str, **detail: Any) -> None:
         rec = {"t": time.monotonic_ns(), "wall": round(time.time(), 6), "node": self.node,
-               "kind": kind, **detail}
+               "kind": str(kind), **detail}
         self._fh.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from node import payload as pl
 from node.cutover import Busy, Cutover, EnableFlow, Halt
+from node.events import EventKind
 from node.kv import KV, snapshot_data, snapshot_enc, snapshot_kv
 from node.raft import NotLeader, RaftNode, ReadState, Role
 from node.types import EntryKind, Snapshot
@@ -71,7 +72,7 @@ class Replica:
         role = (self.raft.role, self.raft.term, self.raft.leader)
         if role != self._last_role:
             self._last_role = role
-            self.log.emit("role", role=str(role[0]), term=role[1], leader=role[2])
+            self.log.emit(EventKind.ROLE, role=str(role[0]), term=role[1], leader=role[2])
             if role[0] is not Role.LEADER:
                 # Reads waiting for a leadership confirmation will never get it here.
                 for ctx, (ident, rid, _k, _d) in list(self.read_wait.items()):
@@ -105,7 +106,7 @@ class Replica:
                 image = b""
         self.kv.restore(image)
         self.applied = snapshot.meta.index
-        self.log.emit("snapshot-installed", index=snapshot.meta.index,
+        self.log.emit(EventKind.SNAPSHOT_INSTALLED, index=snapshot.meta.index,
                       term=snapshot.meta.term)
 
     def snapshot_image(self, index: int) -> tuple[bytes, int, bytes]:
@@ -150,7 +151,7 @@ class Replica:
         data, cutover, enc = self.snapshot_image(index)
         snap = self.raft.compact(index, data)
         self.persist_snapshot(snap, cutover, enc)
-        self.log.emit("snapshot-taken", index=index, term=snap.meta.term, cutover=cutover,
+        self.log.emit(EventKind.SNAPSHOT_TAKEN, index=index, term=snap.meta.term, cutover=cutover,
                       applied=index, digest=self.kv.digest())
         return index
 
@@ -271,7 +272,7 @@ class Replica:
             return
         self.enable = None
         self.admin_busy = False
-        self.log.emit("enable-raft-envelope", status=res.status, cutover=res.cutover,
+        self.log.emit(EventKind.ENABLE_RAFT_ENVELOPE, status=res.status, cutover=res.cutover,
                       text=res.text)
         if res.status in ("ok", "already-active", "stale"):
             self._reply(ident, {"id": rid, "ok": True,
@@ -353,7 +354,7 @@ class Replica:
             if self.cut is not None:
                 opened = self.cut.open_entry(e.index, body)  # the strict hook (§3)
                 if opened is None:  # only with silent-unwrap-skip
-                    self.log.emit("unwrap-skipped", index=e.index, term=e.term)
+                    self.log.emit(EventKind.UNWRAP_SKIPPED, index=e.index, term=e.term)
                     self.applied = e.index
                     return
                 body = opened
@@ -364,7 +365,7 @@ class Replica:
                 ok, value = True, None
             elif op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
                 applied = self.cut.apply(e.index, body)
-                self.log.emit("encryption-applied", what=applied.kind, index=e.index,
+                self.log.emit(EventKind.ENCRYPTION_APPLIED, what=applied.kind, index=e.index,
                               term=e.term, cutover=applied.cutover, active=applied.active)
                 ok, value = True, {"cutover": applied.cutover, "active": applied.active}
             else:
@@ -400,7 +401,7 @@ class Replica:
     def _halt(self, index: int, term: int, reason: str) -> None:
         """Fail closed: never skip an entry that cannot be applied."""
         self.halted = f"entry {index} (term {term}): {reason}"
-        self.log.emit("halt", index=index, term=term, reason=reason)
+        self.log.emit(EventKind.HALT, index=index, term=term, reason=reason)
 
     def _answer_reads(self) -> None:
         while self.reads_ready and self.reads_ready[0][0] <= self.applied:

@@ -23,7 +23,7 @@ import zmq
 
 from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
 from node.disk import JOURNAL_NAME, REAL, Disk
-from node.events import EventLog
+from node.events import EventKind, EventLog
 from node.keystore import KeystoreError, load_kek
 from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import (
@@ -44,6 +44,9 @@ NODE_BUGS = {
     "commit-old-term": "the leader commits older-term entries by counting replicas "
                        "(Figure 8 of the Raft paper)",
 }
+# Every bug switch a node can be started with: the one list (`cutover bugs`, the run's
+# validation, the detection matrix's builds, the node's own refusal of unknown names).
+ALL_BUGS = {**NODE_BUGS, **CUTOVER_BUGS}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -93,7 +96,7 @@ class Node(Replica):
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
-        known = set(NODE_BUGS) | set(CUTOVER_BUGS)
+        known = set(ALL_BUGS)
         unknown = sorted(set(opts.bugs) - known)
         if unknown:
             raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")
@@ -152,7 +155,7 @@ class Node(Replica):
         self.client.bind(opts.listen)
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
-        self.log.emit("start", pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
+        self.log.emit(EventKind.START, pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
                       **self._positions())
 
     # ------------------------------------------------------------------ loop
@@ -195,13 +198,13 @@ class Node(Replica):
             if now >= next_parent_check:
                 next_parent_check = now + 0.5
                 if os.getppid() != parent:
-                    self.log.emit("parent-gone")
+                    self.log.emit(EventKind.PARENT_GONE)
                     break
                 self._expire(now)
         self.close()
 
     def close(self) -> None:
-        self.log.emit("stop", digest=self.kv.digest(), **self._positions())
+        self.log.emit(EventKind.STOP, digest=self.kv.digest(), **self._positions())
         try:
             self.storage.close()
         except StorageError:
@@ -294,7 +297,7 @@ class Node(Replica):
         now = time.monotonic()
         if rd.committed_entries and now - self._last_progress_event > 1.0:
             self._last_progress_event = now
-            self.log.emit("progress", commit=self.raft.commit, applied=self.applied,
+            self.log.emit(EventKind.PROGRESS, commit=self.raft.commit, applied=self.applied,
                           term=self.raft.term, digest=self.kv.digest())
 
     def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
@@ -333,7 +336,7 @@ def parse_args(argv: list[str]) -> NodeOptions:
                        durability_journal=a.durability_journal)
 
 
-def serve(opts: NodeOptions) -> int:
+def run_node(opts: NodeOptions) -> int:
     """Run a node to completion; returns a process exit code (2: refused to start)."""
     die_with_parent()
     try:
@@ -363,4 +366,4 @@ def serve(opts: NodeOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(parse_args(sys.argv[1:] if argv is None else argv))
+    return run_node(parse_args(sys.argv[1:] if argv is None else argv))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from node.disk import REAL, Disk
+from node.events import EventKind
 from node.snapshot import SnapshotHeader, SnapshotStore
 from node.types import Entry, HardState, Snapshot, SnapshotMeta
 from node.wal import DEFAULT_SEGMENT_SIZE, WAL, TornTail
@@ -176,7 +177,7 @@ class Storage:
                     conflict = True
                     self.recovered_events.append(
                         {
-                            "kind": "log-discarded",
+                            "kind": EventKind.LOG_DISCARDED,
                             "reason": "log disagrees with the newer snapshot",
                             "snapshot_index": s_index,
                             "entries": len(entries),
@@ -198,7 +199,7 @@ class Storage:
         hs = self.hard_state
         self.recovered_events.append(
             {
-                "kind": "recovery",
+                "kind": EventKind.RECOVERY,
                 "snapshot_index": s_index,
                 "snapshot_term": s_term,
                 "entries": len(entries),

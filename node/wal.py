@@ -44,6 +44,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from node.disk import REAL, Disk, DiskFile
+from node.events import EventKind
 from node.types import Entry, EntryKind, HardState, SnapshotMeta
 
 __all__ = [
@@ -119,7 +120,7 @@ class TornTail:
     def as_event(self) -> dict[str, object]:
         """The node logs this as its `torn-tail` event."""
         return {
-            "kind": "torn-tail",
+            "kind": EventKind.TORN_TAIL,
             "file": str(self.file),
             "offset": self.offset,
             "discarded_bytes": self.discarded,

@@ -1,18 +1,34 @@
 """Benchmarks that print figures (never timed assertions in tests).
 
-`cutover bench checker` measures the linearizability checker on Porcupine's corpus and
-on a large generated history, the figures the checker issue asks for.
+`cutover bench checker`: the linearizability checker on Porcupine's corpus and on a
+large generated history. `cutover bench cluster`: a real cluster's throughput, latency
+and election time. `cutover bench edn`: our EDN reader and writer against the
+`edn_format` package.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import random
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from checker import check, get_model, read_history
+from checker.edn import dumps_op, loads_all
+from checker.synth import inject_stale_read, simulate_kv, write_jsonl
+
+from .client import Client
+from .cluster import Cluster
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot run as asked; the message is for the user."""
 
 
 def default_corpus() -> Path:
@@ -21,8 +37,6 @@ def default_corpus() -> Path:
 
 
 def _timed_check(path: str, fmt: str, model: str) -> tuple[str, float]:
-    from checker import check, get_model, read_history
-
     ops = read_history(path, fmt, model)
     t0 = time.perf_counter()
     res = check(get_model(model), ops, timeout=60)
@@ -60,9 +74,6 @@ def bench_corpus(corpus: Path, repeat: int) -> float:
 
 def bench_generated(ops: int, keys: int, clients: int, seed: int) -> None:
     """A big valid kv history, then the same with one provably stale read."""
-    from checker import check, get_model, read_history
-    from checker.synth import inject_stale_read, simulate_kv, write_jsonl
-
     events = simulate_kv(ops, keys, clients, seed)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "history.jsonl")
@@ -80,33 +91,6 @@ def bench_generated(ops: int, keys: int, clients: int, seed: int) -> None:
                        f"check_s={t2 - t1:.2f} total_s={t2 - t0:.2f}")
 
 
-@click.group()
-def bench() -> None:
-    """Benchmarks that print figures."""
-
-
-@bench.command("checker")
-@click.option("--corpus", type=click.Path(file_okay=False), default=None,
-              help="Porcupine corpus directory (default: shared/corpus/porcupine beside "
-                   "the repository).")
-@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Median of this many checks per corpus file.")
-@click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
-@click.option("--keys", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--clients", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-def bench_checker(corpus: str | None, repeat: int, ops: int, keys: int, clients: int,
-                  seed: int) -> None:
-    """Check time on the Porcupine corpus and on a generated history."""
-    cdir = Path(corpus) if corpus else default_corpus()
-    if not (cdir / "verdicts.tsv").is_file():
-        raise click.ClickException(f"no corpus at {cdir} (expected verdicts.tsv there); "
-                                   "pass --corpus DIR")
-    click.echo(f"cpus={os.cpu_count()}")
-    bench_corpus(cdir, repeat)
-    bench_generated(ops, keys, clients, seed)
-
-
 def _percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -117,11 +101,6 @@ def _percentile(xs: list[float], q: float) -> float:
 def _load_worker(endpoints: dict[str, str], ids: list[int], start: float, stop: float,
                  keys: int, seed: int, out: Any) -> None:
     """One client process: a thread per client, closed loop until `stop`."""
-    import random
-    import threading
-
-    from .client import Client
-
     lats: list[float] = []
     oks = [0]
     lock = threading.Lock()
@@ -162,8 +141,6 @@ def _load(endpoints: dict[str, str], clients: int, seconds: float, keys: int,
     Clients run in a few processes (threads inside each), so the load generator's own
     GIL does not become the bottleneck being measured.
     """
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")
     q = ctx.SimpleQueue()
     procs = max(1, min(procs, clients))
@@ -184,10 +161,8 @@ def _load(endpoints: dict[str, str], clients: int, seconds: float, keys: int,
     return acked, lats
 
 
-def _election_ms(cluster, kills: int) -> list[float]:
+def _election_ms(cluster: Cluster, kills: int) -> list[float]:
     """Kill the leader, time until a write succeeds on a new leader; restart it."""
-    from .client import Client
-
     out = []
     for i in range(kills):
         leader = cluster.wait_leader()
@@ -200,25 +175,15 @@ def _election_ms(cluster, kills: int) -> list[float]:
                 if r.type == "ok" and r.node != leader:
                     break
                 if time.perf_counter() - t0 > 30:
-                    raise click.ClickException("no new leader within 30 s")
+                    raise BenchError("no new leader within 30 s")
             out.append((time.perf_counter() - t0) * 1000)
         cluster.start_node(leader)
     return out
 
 
-@bench.command("cluster")
-@click.option("--nodes", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True)
-@click.option("--keys", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--kills", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Leader kills for the election figure.")
-@click.option("--seed", type=int, default=1, show_default=True)
 def bench_cluster(nodes: int, clients: int, seconds: float, keys: int, kills: int,
                   seed: int) -> None:
     """Throughput, latency and election time of a real cluster (fsync on, no faults)."""
-    from .cluster import Cluster
-
     with tempfile.TemporaryDirectory() as d, Cluster(os.path.join(d, "bench"), nodes,
                                                      seed=seed) as cl:
         cl.start()
@@ -230,3 +195,41 @@ def bench_cluster(nodes: int, clients: int, seconds: float, keys: int, kills: in
     click.echo(f"nodes={nodes} clients={clients} ops_per_s={ops:.0f} "
                f"p50_ms={_percentile(lats, 0.5):.1f} p99_ms={_percentile(lats, 0.99):.1f} "
                f"election_ms={election:.0f}")
+
+
+def edn_history(ops: int, seed: int) -> str:
+    """A generated kv history of `ops` operations as `cutover export` writes it (one
+    Jepsen op map per line)."""
+    events = simulate_kv(ops, 8, 10, seed)
+    return "".join(dumps_op({"index": i, "time": e["time"], "process": e["process"],
+                             "type": e["type"], "f": e["f"], "key": e["key"],
+                             "value": e["value"]}) + "\n" for i, e in enumerate(events))
+
+
+def bench_edn(ops: int, seed: int) -> None:
+    """Our EDN reader and writer against the `edn_format` package on one history: the
+    figure that decides whether `checker/edn.py` is worth keeping (docs/checker.md)."""
+    try:
+        import edn_format  # start-up choice: an optional package, only this bench uses it
+    except ImportError:
+        raise BenchError("the edn_format package is not installed "
+                         "(pip install 'cutover[bench]')") from None
+    text = edn_history(ops, seed)
+    t0 = time.perf_counter()
+    ours = loads_all(text)
+    t1 = time.perf_counter()
+    theirs = edn_format.loads_all(text)
+    t2 = time.perf_counter()
+    if len(ours) != len(theirs):
+        raise BenchError(f"the readers disagree: {len(ours)} forms vs {len(theirs)}")
+    t3 = time.perf_counter()
+    for m in ours:
+        dumps_op(m)
+    t4 = time.perf_counter()
+    for m in theirs:
+        edn_format.dumps(m)
+    t5 = time.perf_counter()
+    click.echo(f"edn ops={ops} events={len(ours)} bytes={len(text.encode())} "
+               f"read_ours_s={t1 - t0:.2f} read_edn_format_s={t2 - t1:.2f} "
+               f"read_speedup={(t2 - t1) / (t1 - t0):.1f} "
+               f"write_ours_s={t4 - t3:.2f} write_edn_format_s={t5 - t4:.2f}")

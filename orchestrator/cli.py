@@ -1,42 +1,58 @@
-"""The `cutover` command line (click).
+"""The `cutover` command line: every click command, and nothing but commands.
 
-Exit codes follow Jepsen: 0 valid, 1 invalid, 2 unknown; 3 and above mean the harness
-itself could not do its job (bad input, bad flag), always with a one-line reason.
+A command parses its flags, calls the module that does the work, and turns that
+module's errors into one line on stderr and an exit code (`orchestrator.errors`):
+0 valid, 1 invalid, 2 unknown; 3 and above, the harness could not do its job.
+
+Start-up time is a choice made here, on purpose: each command imports the modules it
+runs when it runs. `cutover lin` on a small file must not first load ZeroMQ, SQLite,
+jinja2 and the node (about 0.3 s against 0.1 s), and the tests start the CLI hundreds
+of times. Those in-function imports are the only ones of the orchestrator.
 """
 from __future__ import annotations
 
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
-EXIT_BAD_INPUT = 3
+from .errors import EXIT_ABORTED, EXIT_BAD_INPUT, ReviewError, fail
+from .ui import DEFAULT_MAX_OPS
 
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    """A user's mistake: one line on stderr, never a traceback."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+RESULTS_HELP = "The results directory (holds cutover.db)."
 
 
 class Group(click.Group):
     """Click's usage errors exit 2, which our contract reserves for `unknown`."""
 
-    def main(self, *args, **kwargs):  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
-            fail("aborted", 130)
+            fail("aborted", EXIT_ABORTED)
         except click.ClickException as e:
             fail(e.format_message())
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
 
 
+def _user_error(e: Exception) -> NoReturn:
+    fail(str(e))
+
+
+results_option = click.option("--results", default="results", show_default=True,
+                              help=RESULTS_HELP)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """cutover: a Jepsen-style fault-injection lab for the raft-envelope cutover."""
+
+
+# --------------------------------------------------------------------------- checker
 
 
 @main.command()
@@ -59,6 +75,7 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
     """Check histories for linearizability (Porcupine's algorithm, with extras)."""
     from checker import DEFAULT_MODEL, HistoryError, Verdict, check, get_model, read_history
     from checker.explain import explain
+    from checker.visualize import write_html
 
     model_name = model or DEFAULT_MODEL[fmt]
     worst: list[Verdict] = []
@@ -84,8 +101,6 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
         else:
             click.echo(f"{path}: {result.verdict.value} ({secs:.3f} s)")
         if html_out:
-            from checker.visualize import write_html
-
             out = html_out if len(files) == 1 else os.path.join(
                 html_out, os.path.basename(path) + ".html")
             try:
@@ -100,13 +115,14 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
 @main.command()
 def bugs() -> None:
     """List the bug switches: real historical defects a node can be started with."""
-    from node.cutover import CUTOVER_BUGS
-    from node.server import NODE_BUGS
+    from node.server import ALL_BUGS
 
-    table = {**NODE_BUGS, **CUTOVER_BUGS}
-    width = max(len(k) for k in table)
-    for name in sorted(table):
-        click.echo(f"{name:<{width}}  {table[name]}")
+    width = max(len(k) for k in ALL_BUGS)
+    for name in sorted(ALL_BUGS):
+        click.echo(f"{name:<{width}}  {ALL_BUGS[name]}")
+
+
+# ------------------------------------------------------------------------------- run
 
 
 def _cutover_at(value: str) -> float | None:
@@ -155,10 +171,14 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         bugs: tuple[str, ...], snapshot_every: int | None, seed: int | None, results: str,
         junit: str | None, replay: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
-    from .run import RunConfig, RunError, execute
+    from .junit import write_junit
+    from .run import RunConfig, RunError, execute, replay_config
 
     if replay:
-        cfg = _replay_config(replay, results)
+        try:
+            cfg = replay_config(replay, results)
+        except RunError as e:
+            fail(f"cannot replay {replay}: {e}")
         cfg.results = results
     else:
         cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate,
@@ -167,56 +187,305 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
                         bugs=list(bugs), snapshot_every=snapshot_every, seed=seed,
                         results=results)
-    bugs = tuple(cfg.bugs)
     try:
         outcome = execute(cfg)
     except RunError as e:
-        fail(str(e))
-        return
+        _user_error(e)
     if junit:
-        from .junit import write_junit
-
         try:
-            write_junit(junit, "cutover run", [(",".join(bugs) or "fixed", outcome)])
+            write_junit(junit, "cutover run", [(",".join(cfg.bugs) or "fixed", outcome)])
         except OSError as e:
             fail(f"cannot write {junit}: {e.strerror}")
     sys.exit(outcome.exit_code)
 
 
-def _replay_config(ref: str, results: str):  # type: ignore[no-untyped-def]
-    import json
+@main.command()
+@click.option("--seeds", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Seeds per build (1..K).")
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
+@click.option("--bugs", "bug_spec", default="all", show_default=True,
+              help="all, or a comma list of switch names.")
+@click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
+@click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
+@click.option("--nemesis", default="all", show_default=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--junit", "junit", help="Write a JUnit XML summary here.")
+@click.option("--summarize", is_flag=True,
+              help="Run nothing: print the table (and --junit) from the runs stored in "
+                   "--results, with their stored verdicts (e.g. after `cutover check`).")
+def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
+           nodes: int, nemesis: str, results: str, junit: str | None,
+           summarize: bool) -> None:
+    """Detection table: every bug switch over K seeds, and the fixed build."""
+    from . import matrix as mx
+    from .junit import write_junit
+    from .run import RunError
 
-    from .run import RunConfig, RunError
-    from .store import StoreError, open_db, resolve_run
+    if summarize:
+        try:
+            rows = mx.stored_rows(results)
+        except Exception as e:  # noqa: BLE001 - StoreError or a damaged row: one line
+            _user_error(e)
+        click.echo(mx.table(rows, seeds))
+        if junit:
+            write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
+        return
+    try:
+        names = mx.builds(bug_spec, fixed=not no_fixed)
+    except ValueError as e:
+        _user_error(e)
+
+    def progress(build: str, seed: int, o: Any) -> None:
+        click.echo(f"  {build:<28} seed {seed:<4} {o.verdict:<8} {o.seconds:5.1f}s  "
+                   f"{o.summary[:150]}", err=True)
 
     try:
-        if os.path.isfile(ref):
-            with open(ref, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        else:
-            db = open_db(results)
-            try:
-                doc = json.loads(resolve_run(db, ref)["config"] or "{}")
-            finally:
-                db.conn.close()
-        if not isinstance(doc, dict):
-            raise RunError("expected a JSON object")
-        return RunConfig.from_dict(doc)
-    except (OSError, ValueError, StoreError, RunError) as e:
-        fail(f"cannot replay {ref}: {e}")
+        rows = mx.run_matrix(names, seeds, first_seed, time_limit, nodes, nemesis, results,
+                             on_outcome=progress)
+    except RunError as e:
+        _user_error(e)
+    except mx.MatrixAborted as e:
+        fail(str(e), EXIT_ABORTED)
+    click.echo(mx.table(rows, seeds))
+    if junit:
+        write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
+    sys.exit(mx.exit_code(rows))
 
 
-def _register() -> None:
-    from .bench import bench
-    from .matrix import matrix
-    from .review import register
-
-    main.add_command(bench)
-    main.add_command(matrix)
-    register(main)
+# ---------------------------------------------------------------------------- bench
 
 
-_register()
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures."""
+
+
+@bench.command("checker")
+@click.option("--corpus", type=click.Path(file_okay=False), default=None,
+              help="Porcupine corpus directory (default: shared/corpus/porcupine beside "
+                   "the repository).")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Median of this many checks per corpus file.")
+@click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--keys", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--clients", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def bench_checker(corpus: str | None, repeat: int, ops: int, keys: int, clients: int,
+                  seed: int) -> None:
+    """Check time on the Porcupine corpus and on a generated history."""
+    from .bench import bench_corpus, bench_generated, default_corpus
+
+    cdir = Path(corpus) if corpus else default_corpus()
+    if not (cdir / "verdicts.tsv").is_file():
+        fail(f"no corpus at {cdir} (expected verdicts.tsv there); pass --corpus DIR")
+    click.echo(f"cpus={os.cpu_count()}")
+    bench_corpus(cdir, repeat)
+    bench_generated(ops, keys, clients, seed)
+
+
+@bench.command("cluster")
+@click.option("--nodes", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True)
+@click.option("--keys", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--kills", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Leader kills for the election figure.")
+@click.option("--seed", type=int, default=1, show_default=True)
+def bench_cluster(nodes: int, clients: int, seconds: float, keys: int, kills: int,
+                  seed: int) -> None:
+    """Throughput, latency and election time of a real cluster (fsync on, no faults)."""
+    from .bench import BenchError
+    from .bench import bench_cluster as measure
+
+    try:
+        measure(nodes, clients, seconds, keys, kills, seed)
+    except BenchError as e:
+        _user_error(e)
+
+
+@bench.command("edn")
+@click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def bench_edn(ops: int, seed: int) -> None:
+    """Our EDN reader and writer against the edn_format package, on one history."""
+    from .bench import BenchError
+    from .bench import bench_edn as measure
+
+    try:
+        measure(ops, seed)
+    except BenchError as e:
+        _user_error(e)
+
+
+# ---------------------------------------------------------------------------- review
+
+
+@main.command("list")
+@results_option
+def list_cmd(results: str) -> None:
+    """Stored runs, newest first, with their verdicts (first column: the run id)."""
+    from . import store
+    from .ui.text import list_lines
+
+    try:
+        with store.opened(results) as db:
+            lines = list_lines(db)
+    except store.StoreError as e:
+        _user_error(e)
+    for ln in lines:
+        click.echo(ln)
+
+
+@main.command()
+@click.argument("run")
+@results_option
+def show(run: str, results: str) -> None:
+    """Config, verdict per checker, the first violation and the per-node cutover table."""
+    from . import store
+    from .ui.text import show_lines
+
+    try:  # read everything first, then print: a bad database prints one error line only
+        with store.opened(results) as db:
+            lines = show_lines(db, store.resolve_run(db, run))
+    except store.StoreError as e:
+        _user_error(e)
+    for ln in lines:
+        click.echo(ln)
+
+
+@main.command()
+@click.argument("run")
+@results_option
+def check(run: str, results: str) -> None:
+    """Re-run every checker on a stored run from its artifacts; store the new verdicts.
+
+    Exit code like `run`: 0 valid, 1 invalid, 2 unknown.
+    """
+    from . import store
+    from .recheck import recheck
+    from .ui.text import checker_lines
+
+    try:
+        res, code, summary = recheck(results, run)
+    except (ReviewError, store.StoreError) as e:
+        _user_error(e)
+    for ln in checker_lines(res):
+        click.echo(ln)
+    click.echo(summary)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run")
+@results_option
+@click.option("-o", "--output", "output", help="Where to write (default "
+              "RESULTS/<run-id>/report.html).")
+@click.option("--from", "from_s", type=float, help="Window start, seconds into the run.")
+@click.option("--to", "to_s", type=float, help="Window end, seconds into the run.")
+@click.option("--max-ops", type=click.IntRange(min=1), default=DEFAULT_MAX_OPS,
+              show_default=True, help="Ops drawn per page; longer windows are paged.")
+def report(run: str, results: str, output: str | None, from_s: float | None,
+           to_s: float | None, max_ops: int) -> None:
+    """One self-contained HTML report of a stored run (opens offline, fetches nothing)."""
+    from . import store
+    from .ui.data import report_data
+    from .ui.report import render_report
+
+    try:
+        with store.opened(results) as db:
+            row = store.resolve_run(db, run)
+
+            def page_ref(a: int, b: int) -> dict[str, str]:
+                return {"command": f"cutover report {row['id']} --from {a / 1e9:.9f} "
+                                   f"--to {b / 1e9:.9f}"
+                                   + (f" --max-ops {max_ops}" if max_ops != DEFAULT_MAX_OPS
+                                      else "")}
+
+            text = render_report(report_data(db, row, from_s=from_s, to_s=to_s,
+                                             max_ops=max_ops, page_ref=page_ref))
+        if output is None:
+            rd = store.run_dir_of(results, row)
+            if not os.path.isdir(rd):
+                raise ReviewError(f"run {row['id']}: its directory {rd} is missing; "
+                                  f"pass -o FILE")
+            output = os.path.join(rd, "report.html")
+        _atomic_write(output, text)
+    except (ReviewError, store.StoreError) as e:
+        _user_error(e)
+    click.echo(output)
+
+
+@main.command()
+@results_option
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (the default keeps it on this machine).")
+def serve(results: str, port: int, host: str) -> None:
+    """Browse the stored runs: index, reports, the run files (never the KEK), zips."""
+    from . import store
+    from .ui.web import make_server
+
+    try:
+        with store.opened(results):
+            pass
+        httpd = make_server(results, host, port, verbose=True)
+    except store.StoreError as e:
+        _user_error(e)
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port}: {e.strerror}")
+    h, p = httpd.server_address[:2]
+    click.echo(f"serving {results} at http://{h}:{p}/ (Ctrl-C to stop)")
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+@main.command()
+@click.argument("run")
+@results_option
+@click.option("--format", "fmt", required=True, type=click.Choice(["jepsen-edn", "jsonl"]))
+@click.option("-o", "--output", "output", help="Write here instead of stdout.")
+def export(run: str, results: str, fmt: str, output: str | None) -> None:
+    """The stored history for Jepsen's tools or `cutover lin` (use `--model kv`)."""
+    from . import store
+    from .export import export_history, history_text
+
+    try:
+        with store.opened(results) as db:
+            row = store.resolve_run(db, run)
+            if output is None:
+                try:
+                    export_history(db, row, fmt, sys.stdout)
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    # `| head`: the reader has what it wanted; not a verdict (exit 1 would
+                    # read as "invalid")
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return
+            text = history_text(db, row, fmt)
+        _atomic_write(output, text)
+    except (ReviewError, store.StoreError) as e:
+        _user_error(e)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    """A reader (a browser with the report open, a CI job) never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ReviewError(f"cannot write {path}: {e.strerror}") from None
+
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from node.server import NodeOptions, run_node
+
 from .client import Client, ClientTimeout
 from .switchboard import SwitchboardControl, SwitchboardProcess, spawn_switchboard
 
@@ -34,14 +36,12 @@ def free_port() -> int:
 
 
 def _node_entry(opts: Any, log_path: str) -> None:
-    """Child side: stdout/stderr to the node's log file, then serve."""
+    """Child side: stdout/stderr to the node's log file, then run the node."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    from node.server import serve
-
-    os._exit(serve(opts))
+    os._exit(run_node(opts))
 
 
 @dataclass
@@ -154,8 +154,6 @@ class Cluster:
                     self.start_node(nid, wait=None)
 
     def start_node(self, nid: str, wait: float | None = 20.0) -> None:
-        from node.server import NodeOptions
-
         h = self.nodes[nid]
         if h.alive:
             return

@@ -13,13 +13,12 @@ import time
 from typing import Any
 
 from nemesis.plan import Fault
+from node.wal import WalError, damage_entry
 
 from .client import Client, ClientTimeout
 
 
 def corrupt_and_replay(runner: Any, fault: Fault) -> list[tuple[str, int]]:
-    from node.wal import WalError, damage_entry
-
     cl = runner.cluster
     rec = runner.rec
     rng = random.Random(f"nemesis:{runner.cfg.seed}:{fault.id}")

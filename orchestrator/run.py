@@ -21,22 +21,25 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 from checker import suite
 from nemesis.plan import make_plan, parse_families
-from workloads import make_workload
+from node.events import read_events
+from node.keystore import generate_dek, write_kek
+from node.server import ALL_BUGS
+from workloads import MODEL_OF, make_workload
 
 from . import store
 from .client import Client, ClientTimeout
 from .cluster import Cluster, ClusterError
+from .corrupt import corrupt_and_replay
+from .errors import EXIT_ABORTED, EXIT_HARNESS
 from .nemesis_exec import NemesisExecutor
 from .watch import EventWatch
 
-EXIT_HARNESS = 3
 SNAPSHOT_EVERY = (25, 50, 100, 400, 2000, 5000)
-EXIT_ABORTED = 130
 
 
 class RunError(RuntimeError):
@@ -75,8 +78,6 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """The config a run stored (`config.json` or `runs.config`): same seed, so the
         same plan and op stream; the timing, of course, is new."""
-        from dataclasses import fields
-
         names = {f.name for f in fields(cls)}
         unknown = sorted(k for k in d if k not in names and k != "plan")
         if unknown:
@@ -101,14 +102,10 @@ class RunConfig:
         return c
 
     def validate(self) -> None:
-        from node.cutover import CUTOVER_BUGS
-        from node.server import NODE_BUGS
-
-        known = {**NODE_BUGS, **CUTOVER_BUGS}
         for b in self.bugs:
-            if b not in known:
+            if b not in ALL_BUGS:
                 raise RunError(f"unknown bug switch {b!r}; valid names: "
-                               f"{', '.join(sorted(known))}")
+                               f"{', '.join(sorted(ALL_BUGS))}")
         if self.nodes < 1:
             raise RunError("--nodes must be at least 1")
         if self.time_limit <= 0 or self.rate <= 0:
@@ -141,6 +138,23 @@ class RunOutcome:
     first: tuple[str, str, Any] | None = None  # (checker, sentence, ns into the run)
     seed: int | None = None
     seconds: float = 0.0
+
+
+def replay_config(ref: str, results: str) -> RunConfig:
+    """The config of a stored run (`ref`: a run id in `results`, `latest`, or a
+    config.json): same seed, so the same plan and op stream."""
+    try:
+        if os.path.isfile(ref):
+            with open(ref, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        else:
+            with store.opened(results) as db:
+                doc = json.loads(store.resolve_run(db, ref)["config"] or "{}")
+    except (OSError, ValueError, store.StoreError) as e:
+        raise RunError(str(e)) from None
+    if not isinstance(doc, dict):
+        raise RunError("expected a JSON object")
+    return RunConfig.from_dict(doc)
 
 
 def new_run_id(results: str, seed: int) -> str:
@@ -269,8 +283,6 @@ class _Runner:
     # -------------------------------------------------------------- the run
 
     def go(self) -> RunOutcome:
-        from node.keystore import generate_dek, write_kek
-
         cfg = self.cfg
         kek_path = os.path.join(self.run_dir, "kek")
         kek = write_kek(kek_path)
@@ -415,8 +427,6 @@ class _Runner:
         fault = next((f for f in self.plan.faults if f.kind == "corrupt-entry"), None)
         if fault is None or self.nem is None or not self.nem.cut.cutover:
             return []
-        from .corrupt import corrupt_and_replay
-
         return corrupt_and_replay(self, fault)
 
     # -------------------------------------------------------------- checking
@@ -437,7 +447,7 @@ class _Runner:
         verdict = suite.worst(r["valid"] for r in results.values())
         first = suite.first_violation(results)
         code = suite.EXIT_CODES[verdict]
-        summary = verdict_line(verdict, first, self.cfg)
+        summary = verdict_line(verdict, first, self.cfg.seed, self.cfg.bugs)
         self.rec.run_row(status="done", verdict=verdict, exit_code=code, summary=summary,
                          finished=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                          duration_s=round(time.monotonic() - self.t_start, 3))
@@ -471,20 +481,21 @@ class _Runner:
             w.join(self.cfg.op_timeout * 3 + 1)
 
 
-def verdict_line(verdict: str, first: tuple[str, str, Any] | None, cfg: RunConfig) -> str:
-    bugs = f" with --bug {','.join(cfg.bugs)}" if cfg.bugs else ""
+def verdict_line(verdict: str, first: tuple[str, str, Any] | None, seed: int | None,
+                 bugs: list[str]) -> str:
+    """The run's one-line summary (printed last, stored in `runs.summary`); `cutover
+    check` writes it again from the stored seed and bugs."""
+    with_bugs = f" with --bug {','.join(bugs)}" if bugs else ""
     if verdict == "valid":
-        return f"VALID: every checker passed (seed {cfg.seed}{bugs})"
+        return f"VALID: every checker passed (seed {seed}{with_bugs})"
     if first is None:
-        return f"{verdict.upper()} (seed {cfg.seed}{bugs})"
+        return f"{verdict.upper()} (seed {seed}{with_bugs})"
     name, sentence, t = first
     when = f" at {t / 1e9:.1f}s" if isinstance(t, int | float) else ""
-    return f"{verdict.upper()}: {name}{when}: {sentence} (seed {cfg.seed}{bugs})"
+    return f"{verdict.upper()}: {name}{when}: {sentence} (seed {seed}{with_bugs})"
 
 
 def ingest_node_events(rec: store.Recorder, cluster: Cluster) -> None:
-    from node.events import read_events
-
     for nid, h in cluster.nodes.items():
         rows = []
         for seq, ev in enumerate(read_events(h.data_dir)):
@@ -520,8 +531,6 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
                    if r["fault"] == "corrupt-entry" and r["f"] == "start"
                    and (d := r["detail"] or {}).get("index") is not None
                    and (t := r["targets"] or [None])[0]]
-    from workloads import MODEL_OF
-
     model = MODEL_OF.get(config.get("workload", "kv"), "kv")
     results: dict[str, dict[str, Any]] = {}
     results["linearizability"] = suite.check_linearizability(

@@ -1,6 +1,7 @@
 """The results database (`results/cutover.db`): one SQLite file, many runs.
 
-This module owns the schema; everything that reads or writes runs goes through it.
+This module owns the schema and every SQL statement: everything that reads or writes
+runs goes through it (a new column or query is a change here, and only here).
 Tables (times are nanoseconds since the run's start, on the machine's monotonic clock,
 which node event logs share):
 
@@ -24,7 +25,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import sqlite_utils
@@ -135,6 +137,34 @@ def _open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
         return db
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path} is not a readable SQLite database ({e})") from None
+
+
+@contextmanager
+def opened(results: str) -> Iterator[sqlite_utils.Database]:
+    """The results database for reading, closed afterwards. Every way it can be
+    unusable is a `StoreError`, including a corrupt page that only surfaces in some
+    later query (SQLite reads pages lazily)."""
+    db = open_db(results)
+    try:
+        yield db
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{db_path(results)} cannot be read ({e})") from None
+    finally:
+        db.conn.close()
+
+
+def run_dir_of(results: str, row: Mapping[str, Any]) -> str:
+    """Where a run's files are (`RESULTS/<run-id>/` unless its row says otherwise)."""
+    return os.path.join(results, row.get("run_dir") or row["id"])
+
+
+def run_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's stored config (`runs.config`); {} when missing or not a JSON object."""
+    try:
+        cfg = json.loads(row.get("config") or "{}")
+    except ValueError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def check_writable(results: str) -> None:
@@ -324,3 +354,67 @@ def fault_windows(rows: list[dict[str, Any]]) -> list[tuple[int, int | None, str
         for s in lst:
             out.append((s["time_ns"], None, s["fault"], s["targets"]))
     return sorted(out, key=lambda w: w[0])
+
+
+def history_tuples(db: sqlite_utils.Database, run_id: str) -> list[tuple[Any, ...]]:
+    """The history as plain tuples (process, type, f, key, value JSON, time_ns, node,
+    error): a report of a 100,000-op run reads 200,000 rows, and dicts plus JSON
+    decoding of every value would be most of its time."""
+    return db.conn.execute("select process, type, f, key, value, time_ns, node, error "
+                           "from ops where run = ? order by idx", [run_id]).fetchall()
+
+
+def node_events(db: sqlite_utils.Database, run_id: str,
+                kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The nodes' events in time order, `detail` decoded ({} when unreadable);
+    `kinds` keeps only those kinds."""
+    q = "select node, seq, time_ns, kind, detail from node_events where run = ?"
+    args: list[Any] = [run_id]
+    if kinds is not None:
+        ks = [str(k) for k in kinds]
+        q += f" and kind in ({','.join('?' * len(ks))})"
+        args += ks
+    out = []
+    for r in db.query(q + " order by time_ns, node, seq", args):
+        try:
+            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+        except ValueError:
+            r["detail"] = {}
+        out.append(r)
+    return out
+
+
+def log_nodes(db: sqlite_utils.Database, run_id: str) -> set[str]:
+    """The nodes the cutover checker scanned a log of."""
+    return {r["node"] for r in db.query("select distinct node from log_entries where run = ?",
+                                        [run_id])}
+
+
+def log_counts_above(db: sqlite_utils.Database, run_id: str, node: str,
+                     c: int) -> dict[str, int] | None:
+    """Entries of `node`'s log above index `c`: wrapped, cleartext and no-op, or None
+    when it has none. A no-op (a new leader's empty entry) has no payload, hence no
+    opcode, and is never wrapped: it is not cleartext."""
+    r = next(iter(db.query(
+        "select count(*) n, coalesce(sum(wrapped), 0) w, "
+        "coalesce(sum(case when wrapped = 0 and opcode is null then 1 else 0 end), 0) noop "
+        "from log_entries where run = ? and node = ? and idx > ?", [run_id, node, c])), None)
+    if not r or not r["n"]:
+        return None
+    return {"wrapped": r["w"], "cleartext": r["n"] - r["w"] - r["noop"], "noop": r["noop"]}
+
+
+def log_wrapped_above(db: sqlite_utils.Database, run_id: str,
+                      c: int) -> dict[tuple[str, int, int], int]:
+    """{(node, index, term): wrapped} for every scanned entry above index `c`."""
+    return {(r["node"], r["idx"], r["term"]): r["wrapped"] for r in db.query(
+        "select node, idx, term, wrapped from log_entries where run = ? and idx > ?",
+        [run_id, c])}
+
+
+def log_entries_between(db: sqlite_utils.Database, run_id: str, node: str, lo: int, hi: int,
+                        limit: int = 60) -> list[dict[str, Any]]:
+    """`node`'s scanned entries with lo <= index <= hi, in log order."""
+    return list(db.query("select node, idx, term, opcode, wrapped, key_id from log_entries "
+                         "where run = ? and node = ? and idx between ? and ? "
+                         "order by idx, term limit ?", [run_id, node, lo, hi, limit]))

@@ -11,12 +11,13 @@ import random
 from typing import Any
 
 from node.cutover import CUTOVER_BUGS, Cutover, Halt, MemoryStore
+from node.events import EventKind
 from node.keystore import Kek, generate_dek
 from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import RaftNode
 from node.replica import Replica
 from node.types import Snapshot
-from tests.raftsim import Cluster, MemStorage, SimConfig
+from tests.raftsim import MemStorage, SimCluster, SimConfig
 
 
 class SimLog:
@@ -104,7 +105,7 @@ class CutoverSim:
         bugset = frozenset(bugs)
         cfg = config or SimConfig(n=n, compact_every=0)
         ids = [f"n{i + 1}" for i in range(cfg.n)]
-        self.cl: Cluster = Cluster(
+        self.cl: SimCluster = SimCluster(
             cfg, seed=seed,
             fsm_factory=lambda nid, durable: ReplicaFSM(
                 nid, ids, durable, self.kek, bugset, self.events, self._now,
@@ -206,7 +207,7 @@ class CutoverSim:
 
     def check(self) -> Any:
         """The offline invariant checker (I1-I6) on what the nodes hold right now."""
-        from checker.cutover import NodeState, check_cutover_state
+        from checker.invariants import NodeState, check_cutover_state
 
         states = {}
         for nid in self.cl.ids:
@@ -216,7 +217,7 @@ class CutoverSim:
             _, enc = snapshot_enc(snap.data) if snap.meta.index else (0, b"")
             events = [e for e in self.events if e["node"] == nid]
             if node.fsm is not None:  # what a node's stop event records
-                events.append({"node": nid, "kind": "digest", "applied": node.fsm.applied,
+                events.append({"node": nid, "kind": EventKind.STOP, "applied": node.fsm.applied,
                                "digest": node.fsm.digest()})
             states[nid] = NodeState(
                 entries=list(node.storage.entries),

@@ -193,7 +193,7 @@ class SimNode:
         return self.core is not None
 
 
-class Cluster:
+class SimCluster:
     """N simulated nodes; see the module docstring."""
 
     def __init__(

@@ -6,15 +6,11 @@ with exactly one line `error: FILE[:LINE]: ...` on stderr and never a traceback.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
-_SCRIPT = REPO / ".venv" / "bin" / "cutover"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestrator.cli"]
+from tests.conftest import CLI, EXAMPLES, REPO, write_file
 
 
 def lin(*args: str) -> subprocess.CompletedProcess:
@@ -38,15 +34,6 @@ def one_error_line(p: subprocess.CompletedProcess, *parts: str) -> str:
     return lines[0]
 
 
-def put(tmp_path: Path, name: str, text: str | bytes) -> str:
-    p = tmp_path / name
-    if isinstance(text, bytes):
-        p.write_bytes(text)
-    else:
-        p.write_text(text)
-    return str(p)
-
-
 OK = ("{:process 0 :type :invoke :f :write :value 1}\n"
       "{:process 0 :type :ok :f :write :value 1}\n"
       "{:process 1 :type :invoke :f :read :value nil}\n"
@@ -68,14 +55,14 @@ def pathological_edn(n: int = 20) -> str:
 # ------------------------------------------------------------------ verdict exit codes
 
 def test_valid_exits_0(tmp_path: Path) -> None:
-    p = lin("--format", "jepsen-edn", put(tmp_path, "ok.edn", OK))
+    p = lin("--format", "jepsen-edn", write_file(tmp_path, "ok.edn", OK))
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("valid")
     assert p.stderr == ""
 
 
 def test_invalid_exits_1_and_explains(tmp_path: Path) -> None:
-    p = lin("--format", "jepsen-edn", put(tmp_path, "bad.edn", BAD))
+    p = lin("--format", "jepsen-edn", write_file(tmp_path, "bad.edn", BAD))
     assert p.returncode == 1, p.stderr
     assert p.stdout.startswith("invalid")
     assert "read() -> 2" in p.stdout
@@ -83,7 +70,7 @@ def test_invalid_exits_1_and_explains(tmp_path: Path) -> None:
 
 
 def test_unknown_exits_2(tmp_path: Path) -> None:
-    path = put(tmp_path, "hard.edn", pathological_edn())
+    path = write_file(tmp_path, "hard.edn", pathological_edn())
     p = lin("--format", "jepsen-edn", "--model", "register", "--timeout", "0.05", path)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stdout.startswith("unknown") and "timed out" in p.stdout
@@ -93,7 +80,7 @@ def test_unknown_exits_2(tmp_path: Path) -> None:
 
 
 def test_worst_verdict_wins(tmp_path: Path) -> None:
-    ok, bad = put(tmp_path, "ok.edn", OK), put(tmp_path, "bad.edn", BAD)
+    ok, bad = write_file(tmp_path, "ok.edn", OK), write_file(tmp_path, "bad.edn", BAD)
     p = lin("--format", "jepsen-edn", ok, bad, ok)
     assert p.returncode == 1
     assert len(p.stdout.splitlines()) == 3
@@ -114,7 +101,7 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    path = put(tmp_path, "bin.edn", b"\xff\xfe\x00garbage")
+    path = write_file(tmp_path, "bin.edn", b"\xff\xfe\x00garbage")
     one_error_line(lin("--format", "jepsen-edn", path), path)
 
 
@@ -131,7 +118,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 ], ids=["etcd-garbage", "etcd-value", "etcd-cas", "jsonl-syntax", "jsonl-not-map",
         "edn-not-map", "edn-unclosed", "edn-no-type", "kv-stray"])
 def test_unparseable_line(tmp_path: Path, fmt: str, text: str, line: int) -> None:
-    path = put(tmp_path, "h.txt", text)
+    path = write_file(tmp_path, "h.txt", text)
     one_error_line(lin("--format", fmt, path), f"{path}:{line}:")
 
 
@@ -144,19 +131,19 @@ def test_unparseable_line(tmp_path: Path, fmt: str, text: str, line: int) -> Non
               '{"process": 0, "type": "info", "f": "write", "value": 1}\n', 3),
 ], ids=["etcd", "edn", "jsonl-twice"])
 def test_return_without_invoke(tmp_path: Path, fmt: str, text: str, line: int) -> None:
-    path = put(tmp_path, "h.txt", text)
+    path = write_file(tmp_path, "h.txt", text)
     msg = one_error_line(lin("--format", fmt, path), f"{path}:{line}:")
     assert "invoke" in msg
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    msg = one_error_line(lin("--format", "yaml", put(tmp_path, "ok.edn", OK)), "yaml")
+    msg = one_error_line(lin("--format", "yaml", write_file(tmp_path, "ok.edn", OK)), "yaml")
     assert "--format" in msg
 
 
 def test_unknown_model(tmp_path: Path) -> None:
     msg = one_error_line(lin("--format", "jepsen-edn", "--model", "queue",
-                             put(tmp_path, "ok.edn", OK)), "queue")
+                             write_file(tmp_path, "ok.edn", OK)), "queue")
     assert "--model" in msg
 
 
@@ -168,8 +155,8 @@ def test_bad_usage(args: list[str]) -> None:
 
 
 def test_bad_file_among_good_ones(tmp_path: Path) -> None:
-    ok = put(tmp_path, "ok.edn", OK)
-    bad = put(tmp_path, "broken.edn", "{:process 0 :type :ok :f :read :value 1}\n")
+    ok = write_file(tmp_path, "ok.edn", OK)
+    bad = write_file(tmp_path, "broken.edn", "{:process 0 :type :ok :f :read :value 1}\n")
     p = lin("--format", "jepsen-edn", "--tsv", ok, bad, ok)
     one_error_line(p, f"{bad}:1:")
     assert [ln.split("\t")[:2] for ln in p.stdout.splitlines()] == [[ok, "valid"],
@@ -195,7 +182,7 @@ def test_bad_file_among_good_ones(tmp_path: Path) -> None:
      '{:process 0 :type :ok :f :append :key "k" :value "x"}\n', "kv", {1, 3}),
 ], ids=["vector-value", "map-value", "set-value", "append-to-int"])
 def test_odd_values_never_crash(tmp_path: Path, text: str, model: str, codes: set) -> None:
-    p = lin("--format", "jepsen-edn", "--model", model, put(tmp_path, "h.edn", text))
+    p = lin("--format", "jepsen-edn", "--model", model, write_file(tmp_path, "h.edn", text))
     no_traceback(p)
     assert p.returncode in codes, (p.returncode, p.stdout, p.stderr)
     if p.returncode == 3:
@@ -206,7 +193,7 @@ def test_odd_values_never_crash(tmp_path: Path, text: str, model: str, codes: se
 def test_malformed_cas_value(tmp_path: Path, value: str) -> None:
     text = (f"{{:process 0 :type :invoke :f :cas :value {value}}}\n"
             f"{{:process 0 :type :ok :f :cas :value {value}}}\n")
-    path = put(tmp_path, "h.edn", text)
+    path = write_file(tmp_path, "h.edn", text)
     one_error_line(lin("--format", "jepsen-edn", path), f"{path}:1:")
 
 
@@ -219,8 +206,8 @@ INDEPENDENT = ("{:process 0, :type :invoke, :f :write, :value [:x 1]}\n"
 
 
 def test_independent_tuples_with_model_kv(tmp_path: Path) -> None:
-    ok = put(tmp_path, "ok.edn", INDEPENDENT.replace("READ", "1"))
-    bad = put(tmp_path, "bad.edn", INDEPENDENT.replace("READ", "2"))
+    ok = write_file(tmp_path, "ok.edn", INDEPENDENT.replace("READ", "1"))
+    bad = write_file(tmp_path, "bad.edn", INDEPENDENT.replace("READ", "2"))
     p = lin("--format", "jepsen-edn", "--model", "kv", ok)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "2 partitions" in p.stdout
@@ -232,7 +219,7 @@ def test_independent_tuples_with_model_kv(tmp_path: Path) -> None:
 def test_independent_tuples_without_model_kv(tmp_path: Path) -> None:
     """Forgetting `--model kv`: the [key value] vectors are then register values. Any
     verdict or a one-line error will do; a traceback will not."""
-    p = lin("--format", "jepsen-edn", put(tmp_path, "ind.edn", INDEPENDENT.replace("READ", "1")))
+    p = lin("--format", "jepsen-edn", write_file(tmp_path, "ind.edn", INDEPENDENT.replace("READ", "1")))
     no_traceback(p)
     assert p.returncode in (0, 1, 3), (p.returncode, p.stderr)
     if p.returncode == 3:
@@ -243,14 +230,14 @@ def test_independent_tuples_without_model_kv(tmp_path: Path) -> None:
 
 def test_html_written(tmp_path: Path) -> None:
     out = tmp_path / "bad.html"
-    p = lin("--format", "jepsen-edn", "--html", str(out), put(tmp_path, "bad.edn", BAD))
+    p = lin("--format", "jepsen-edn", "--html", str(out), write_file(tmp_path, "bad.edn", BAD))
     no_traceback(p)
     assert p.returncode == 1, p.stderr
     text = out.read_text()
     assert "<html" in text.lower() and "</html>" in text.lower()
     # Several files: one page each in the directory.
     outdir = tmp_path / "pages"
-    p = lin("--format", "jepsen-edn", "--html", str(outdir), put(tmp_path, "ok.edn", OK),
+    p = lin("--format", "jepsen-edn", "--html", str(outdir), write_file(tmp_path, "ok.edn", OK),
             str(tmp_path / "bad.edn"))
     assert p.returncode == 1, p.stderr
     assert sorted(x.name for x in outdir.iterdir()) == ["bad.edn.html", "ok.edn.html"]

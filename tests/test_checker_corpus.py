@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from checker import Verdict, check, get_model, read_history
+from tests.conftest import CLI, CORPUS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "porcupine"
 VERDICTS = CORPUS / "verdicts.tsv"
 
 
@@ -114,8 +111,6 @@ def test_etcd_reader_semantics() -> None:
     assert all(o.ret is not None for o in failed_cas)
 
 
-CLI = [str(REPO / ".venv" / "bin" / "cutover")] if (REPO / ".venv" / "bin" / "cutover").exists() \
-    else [sys.executable, "-m", "orchestrator.cli"]
 
 
 def _tsv(files: list[str], fmt: str, *extra: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from checker import UNKNOWN, HistoryError, Op, Verdict, check, get_model, read_h
 from checker.edn import EdnError, Keyword, loads_all
 from checker.explain import explain
 from checker.readers import parse_jepsen_maps
+from tests.conftest import write_file
 
 MODELS = ["register", "cas-register", "kv"]
 
@@ -36,14 +37,8 @@ def verdict(model: str, ops: list[Op], **kw: Any) -> Verdict:
     return res.verdict
 
 
-def write(tmp_path: Path, name: str, text: str) -> str:
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
-
-
 def edn_ops(tmp_path: Path, text: str, model: str = "cas-register") -> list[Op]:
-    return read_history(write(tmp_path, "h.edn", text), "jepsen-edn", model)
+    return read_history(write_file(tmp_path, "h.edn", text), "jepsen-edn", model)
 
 
 # ------------------------------------------------------------------ trivial histories
@@ -57,7 +52,7 @@ def test_empty_history_is_valid(model: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["jepsen-edn", "jsonl", "porcupine-etcd", "porcupine-kv"])
 def test_empty_file_is_valid(tmp_path: Path, fmt: str) -> None:
-    ops = read_history(write(tmp_path, "empty", "\n\n"), fmt)
+    ops = read_history(write_file(tmp_path, "empty", "\n\n"), fmt)
     assert ops == []
     assert check(get_model("kv"), ops).verdict is Verdict.VALID
 
@@ -159,7 +154,7 @@ def _as_edn(m: dict) -> str:
 def test_failed_op_is_ignored(tmp_path: Path, fmt: str) -> None:
     def run(maps: list[dict]) -> tuple[list[Op], Verdict]:
         text = "\n".join(json.dumps(m) if fmt == "jsonl" else _as_edn(m) for m in maps)
-        ops = read_history(write(tmp_path, "h", text + "\n"), fmt, "cas-register")
+        ops = read_history(write_file(tmp_path, "h", text + "\n"), fmt, "cas-register")
         return ops, check(get_model("cas-register"), ops).verdict
 
     ops, v = run(FAILED_WRITE)
@@ -178,7 +173,7 @@ def test_failed_cas_differs_between_etcd_and_jepsen(tmp_path: Path) -> None:
             "INFO  jepsen.util - 0\t:ok\t:write\t1\n"
             "INFO  jepsen.util - 1\t:invoke\t:cas\t[1 2]\n"
             "INFO  jepsen.util - 1\t:fail\t:cas\t[1 2]\n")
-    ops = read_history(write(tmp_path, "e.log", etcd), "porcupine-etcd")
+    ops = read_history(write_file(tmp_path, "e.log", etcd), "porcupine-etcd")
     assert [o.f for o in ops] == ["write", "cas"] and ops[1].output is False
     assert check(get_model("cas-register"), ops).verdict is Verdict.INVALID
     ops = edn_ops(tmp_path, "{:process 0 :type :invoke :f :write :value 1}"
@@ -198,7 +193,7 @@ def test_etcd_timed_out_ops(tmp_path: Path) -> None:
             "INFO  jepsen.util - 2\t:ok\t:read\t1\n"
             "INFO  jepsen.util - 3\t:invoke\t:read\tnil\n"
             "INFO  jepsen.util - 3\t:ok\t:read\tnil\n")
-    ops = read_history(write(tmp_path, "e.log", etcd), "porcupine-etcd")
+    ops = read_history(write_file(tmp_path, "e.log", etcd), "porcupine-etcd")
     assert [(o.f, o.ret is None) for o in ops] == [("write", True), ("read", False),
                                                   ("read", False)]
     # The timed-out write may take effect (read 1) and then nil cannot come back.
@@ -428,7 +423,7 @@ def test_json_lines(tmp_path: Path) -> None:
         {"process": 2, "type": "ok", "f": "read", "key": ["b", 1], "value": 7},
     ]
     text = "\n".join(json.dumps(m) for m in lines) + "\n\n"
-    ops = read_history(write(tmp_path, "h.jsonl", text), "jsonl")  # default model: kv
+    ops = read_history(write_file(tmp_path, "h.jsonl", text), "jsonl")  # default model: kv
     assert [(o.key, o.f, o.value, o.output) for o in ops] == [
         ("a", "write", 1, None), (("b", 1), "cas", (None, 7), True), ("a", "read", None, 1),
         (("b", 1), "read", None, 7)]
@@ -446,7 +441,7 @@ def test_json_lines(tmp_path: Path) -> None:
 def test_json_lines_errors_name_the_line(tmp_path: Path, line: str, message: str) -> None:
     ok = json.dumps({"process": 9, "type": "invoke", "f": "read", "value": None})
     with pytest.raises(HistoryError) as e:
-        read_history(write(tmp_path, "h.jsonl", f"{ok}\n\n{line}\n"), "jsonl")
+        read_history(write_file(tmp_path, "h.jsonl", f"{ok}\n\n{line}\n"), "jsonl")
     assert e.value.line == 3
     assert message in str(e.value)
 

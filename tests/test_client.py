@@ -81,7 +81,7 @@ def silent(req: dict[str, Any]) -> Reply:
     return None
 
 
-class Cluster:
+class FakeCluster:
     def __init__(self) -> None:
         self.nodes: dict[str, FakeNode] = {}
         self.clients: list[Client] = []
@@ -109,8 +109,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster() -> Iterator[FakeCluster]:
+    c = FakeCluster()
     yield c
     c.close()
 
@@ -137,7 +137,7 @@ def leader_store(name: str, leader: str, store: dict[str, Any]) -> Handler:
     return handle
 
 
-def test_ok_path(cluster: Cluster) -> None:
+def test_ok_path(cluster: FakeCluster) -> None:
     store: dict[str, Any] = {}
     for n in ("n1", "n2", "n3"):
         cluster.add(n, leader_store(n, "n1", store))
@@ -154,7 +154,7 @@ def test_ok_path(cluster: Cluster) -> None:
     assert c.invoke("read", "k").value == 8
 
 
-def test_not_leader_with_hint_is_followed_and_remembered(cluster: Cluster) -> None:
+def test_not_leader_with_hint_is_followed_and_remembered(cluster: FakeCluster) -> None:
     store: dict[str, Any] = {}
     for n in ("n1", "n2", "n3"):
         cluster.add(n, leader_store(n, "n3", store))
@@ -170,7 +170,7 @@ def test_not_leader_with_hint_is_followed_and_remembered(cluster: Cluster) -> No
     assert store == {"k": 2}
 
 
-def test_hops_are_bounded(cluster: Cluster) -> None:
+def test_hops_are_bounded(cluster: FakeCluster) -> None:
     # Two nodes that each name the other: a stale-hint loop must end, as a definite fail.
     cluster.add("n1", lambda req: not_leader("n2"))
     cluster.add("n2", lambda req: not_leader("n1"))
@@ -179,7 +179,7 @@ def test_hops_are_bounded(cluster: Cluster) -> None:
 
 
 @pytest.mark.parametrize("code", ["cas-mismatch", "cutover-in-progress", "halted"])
-def test_definite_failure_is_fail_and_not_retried(cluster: Cluster, code: str) -> None:
+def test_definite_failure_is_fail_and_not_retried(cluster: FakeCluster, code: str) -> None:
     cluster.add("n1", lambda req: {"ok": False, "code": code, "text": "no", "definite": True})
     cluster.add("n2", lambda req: ok())
     c = cluster.client()
@@ -190,7 +190,7 @@ def test_definite_failure_is_fail_and_not_retried(cluster: Cluster, code: str) -
     assert cluster.nodes["n2"].ops() == []
 
 
-def test_write_timeout_is_info_and_never_resent(cluster: Cluster) -> None:
+def test_write_timeout_is_info_and_never_resent(cluster: FakeCluster) -> None:
     cluster.add("n1", silent)
     cluster.add("n2", lambda req: ok())
     c = cluster.client(timeout=0.2, deadline=2.0)
@@ -204,7 +204,7 @@ def test_write_timeout_is_info_and_never_resent(cluster: Cluster) -> None:
     assert c.invoke("write", "k", 2).node == "n2"
 
 
-def test_indefinite_failure_is_info_and_never_resent(cluster: Cluster) -> None:
+def test_indefinite_failure_is_info_and_never_resent(cluster: FakeCluster) -> None:
     cluster.add("n1", lambda req: {"ok": False, "code": "leadership-lost", "text": "?",
                                    "definite": False, "leader": "n2"})
     cluster.add("n2", lambda req: ok())
@@ -215,7 +215,7 @@ def test_indefinite_failure_is_info_and_never_resent(cluster: Cluster) -> None:
     assert cluster.nodes["n2"].ops() == []
 
 
-def test_read_retried_after_not_leader_without_hint(cluster: Cluster) -> None:
+def test_read_retried_after_not_leader_without_hint(cluster: FakeCluster) -> None:
     cluster.add("n1", lambda req: not_leader())
     cluster.add("n2", lambda req: ok("v"))
     r = cluster.client().invoke("read", "k")
@@ -223,7 +223,7 @@ def test_read_retried_after_not_leader_without_hint(cluster: Cluster) -> None:
     assert cluster.nodes["n1"].ops() == ["read"]
 
 
-def test_write_retried_after_not_leader_without_hint(cluster: Cluster) -> None:
+def test_write_retried_after_not_leader_without_hint(cluster: FakeCluster) -> None:
     # definite: true means it did not happen, so a write may go elsewhere too.
     cluster.add("n1", lambda req: not_leader())
     cluster.add("n2", lambda req: ok())
@@ -231,21 +231,21 @@ def test_write_retried_after_not_leader_without_hint(cluster: Cluster) -> None:
     assert (r.type, r.node) == ("ok", "n2")
 
 
-def test_read_retried_after_timeout(cluster: Cluster) -> None:
+def test_read_retried_after_timeout(cluster: FakeCluster) -> None:
     cluster.add("n1", silent)
     cluster.add("n2", lambda req: ok("v"))
     r = cluster.client(timeout=0.2, deadline=2.0).invoke("read", "k")
     assert (r.type, r.value, r.node, r.attempts) == ("ok", "v", "n2", 2)
 
 
-def test_read_that_never_gets_an_answer_is_info(cluster: Cluster) -> None:
+def test_read_that_never_gets_an_answer_is_info(cluster: FakeCluster) -> None:
     cluster.add("n1", silent)
     cluster.add("n2", lambda req: not_leader())
     r = cluster.client(timeout=0.1, deadline=0.5).invoke("read", "k")
     assert r.type == "info"
 
 
-def test_stale_reply_is_discarded(cluster: Cluster) -> None:
+def test_stale_reply_is_discarded(cluster: FakeCluster) -> None:
     held: list[int] = []
 
     def handle(req: dict[str, Any]) -> Reply:
@@ -261,7 +261,7 @@ def test_stale_reply_is_discarded(cluster: Cluster) -> None:
     assert (r.type, r.value, r.node) == ("ok", "fresh", "n1")
 
 
-def test_unreachable_node_is_skipped_even_for_writes(cluster: Cluster) -> None:
+def test_unreachable_node_is_skipped_even_for_writes(cluster: FakeCluster) -> None:
     # Nothing listens on `dead`: with ZMQ_IMMEDIATE the request never leaves the client,
     # so it certainly did not happen and another node may take it.
     with socket.socket() as s:
@@ -277,7 +277,7 @@ def test_unreachable_node_is_skipped_even_for_writes(cluster: Cluster) -> None:
         c.admin("n1", "status", timeout=0.1)
 
 
-def test_admin_returns_raw_reply_or_raises_timeout(cluster: Cluster) -> None:
+def test_admin_returns_raw_reply_or_raises_timeout(cluster: FakeCluster) -> None:
     cluster.add("n1", lambda req: {"ok": True, "value": {"role": "leader", "term": 3}})
     cluster.add("n2", lambda req: {"ok": False, "code": "halted", "text": "h",
                                    "definite": True})

@@ -14,6 +14,7 @@ import pytest
 from node.events import read_events
 from orchestrator.client import Client
 from orchestrator.cluster import Cluster
+from tests.conftest import wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -39,16 +40,6 @@ def _write_all(c: Client, n: int, prefix: str) -> dict[str, str]:
     return acked
 
 
-def _wait(pred, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def cluster(tmp_path):
     cl = Cluster(str(tmp_path / "run"), 3, seed=7)
@@ -60,7 +51,7 @@ def cluster(tmp_path):
     finally:
         cl.close()
     for pid in pids:
-        _wait(lambda pid=pid: not _alive(pid), 5, f"process {pid} to exit")
+        wait_for(lambda pid=pid: not _alive(pid), 5, f"process {pid} to exit")
 
 
 def test_kill_leader_restart_and_catch_up(cluster: Cluster) -> None:
@@ -86,7 +77,7 @@ def test_kill_leader_restart_and_catch_up(cluster: Cluster) -> None:
             ds = {s["digest"] for s in st.values() if s}
             ap = {s["applied"] for s in st.values() if s}
             return all(st.values()) and len(ds) == 1 and len(ap) == 1
-        _wait(same, 15, "the restarted node to converge")
+        wait_for(same, 15, "the restarted node to converge")
     kinds = [e["kind"] for e in read_events(cluster.nodes[leader].data_dir)]
     assert kinds.count("start") == 2 and "recovery" in kinds
 
@@ -102,9 +93,9 @@ def test_wiped_follower_catches_up_by_install_snapshot(cluster: Cluster) -> None
         shutil.rmtree(cluster.nodes[follower].data_dir)
         _write_all(c, 10, "t")
         cluster.start_node(follower)
-        _wait(lambda: (st := cluster.statuses()[follower]) and st["applied"]
+        wait_for(lambda: (st := cluster.statuses()[follower]) and st["applied"]
               >= rep["value"]["snapshot_index"], 15, "the wiped follower to catch up")
-        digests = _wait(lambda: (d := {s["digest"] for s in cluster.statuses().values()
+        digests = wait_for(lambda: (d := {s["digest"] for s in cluster.statuses().values()
                                        if s}) and len(d) == 1 and d, 15, "convergence")
         assert len(digests) == 1
         assert c.invoke("read", "s0").value == acked["s0"]
@@ -129,7 +120,7 @@ def test_partitioned_leader_stops_committing(cluster: Cluster) -> None:
     after = cluster.statuses()[leader]
     assert after["commit"] == before["commit"], "a minority leader must not commit"
     cluster.control.heal()
-    _wait(lambda: (st := cluster.statuses()[leader]) and st["role"] == "follower", 10,
+    wait_for(lambda: (st := cluster.statuses()[leader]) and st["role"] == "follower", 10,
           "the old leader to step down")
 
 
@@ -225,7 +216,7 @@ def test_nodes_die_with_the_orchestrator(tmp_path) -> None:
         proc.kill()
         proc.wait(5)
         for pid in pids:
-            _wait(lambda pid=pid: not _alive(pid), 5, f"orphan {pid} to die")
+            wait_for(lambda pid=pid: not _alive(pid), 5, f"orphan {pid} to die")
     finally:
         if proc.poll() is None:
             proc.kill()

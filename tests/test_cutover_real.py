@@ -79,7 +79,7 @@ def test_cutover_end_to_end(tmp_path) -> None:
         cl.close()
     # The offline checker: every invariant holds, including the byte scan for the values
     # written after the cutover (tokens "tok-N" written during and after EnableRaftEnvelope).
-    from checker.cutover import check_cutover
+    from checker.invariants import check_cutover
 
     report = check_cutover({n: cl.nodes[n].data_dir for n in cl.ids}, kek_path, tokens)
     assert report.valid, report.first_violation()
@@ -137,7 +137,7 @@ def test_raw_admin_proposer_switch_puts_cleartext_above_c(tmp_path) -> None:
             time.sleep(0.05)
     finally:
         cl.close()
-    from checker.cutover import check_cutover
+    from checker.invariants import check_cutover
 
     report = check_cutover({n: cl.nodes[n].data_dir for n in cl.ids}, kek_path)
     assert not report.valid

@@ -29,9 +29,9 @@ from node.raft import (
 )
 from node.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from tests.raftsim import (
-    Cluster,
     Lockstep,
     MemStorage,
+    SimCluster,
     SimConfig,
     figure8_faults,
     figure8_sim_config,
@@ -121,7 +121,7 @@ def test_candidate_with_stale_log_is_refused() -> None:
 
 def test_prevote_keeps_an_isolated_node_from_deposing_the_leader() -> None:
     def terms_after_rejoin(pre_vote: bool) -> tuple[int, int]:
-        cl = Cluster(SimConfig(n=3, raft=Config(pre_vote=pre_vote)), seed=7)
+        cl = SimCluster(SimConfig(n=3, raft=Config(pre_vote=pre_vote)), seed=7)
         lead = cl.wait_leader()
         before = cl.core(lead).term
         follower = next(i for i in cl.ids if i != lead)
@@ -249,7 +249,7 @@ def test_old_term_entries_are_not_committed_by_counting(bugs: frozenset[str]) ->
 
 
 def test_compaction_and_install_snapshot_catch_up_a_far_behind_follower() -> None:
-    cl = Cluster(SimConfig(n=3, compact_every=5), seed=3)
+    cl = SimCluster(SimConfig(n=3, compact_every=5), seed=3)
     lead = cl.wait_leader()
     lagger = next(i for i in cl.ids if i != lead)
     cl.isolate(lagger)
@@ -350,7 +350,7 @@ def test_read_index_waits_for_own_term_commit_and_a_quorum() -> None:
 
 
 def test_deposed_leader_cannot_serve_reads() -> None:
-    cl = Cluster(seed=11)
+    cl = SimCluster(seed=11)
     old = cl.wait_leader()
     cl.isolate(old)
     assert cl.run_until(lambda: cl.leader() not in (None, old) and cl.serving_leader() is not None)
@@ -372,7 +372,7 @@ def test_deposed_leader_cannot_serve_reads() -> None:
 
 
 def test_restart_of_every_node_from_synced_storage_keeps_acknowledged_writes() -> None:
-    cl = Cluster(seed=5)
+    cl = SimCluster(seed=5)
     lead = cl.wait_leader()
     for _ in range(10):
         cl.propose(lead)
@@ -455,9 +455,9 @@ def test_wire_roundtrip_through_msgpack() -> None:
 # ------------------------------------------------------------------ simulation
 
 
-def run_random(seed: int, n: int, ticks: int = 400) -> Cluster:
+def run_random(seed: int, n: int, ticks: int = 400) -> SimCluster:
     print(f"seed={seed}")
-    cl = Cluster(random_sim_config(seed, n), seed=seed)
+    cl = SimCluster(random_sim_config(seed, n), seed=seed)
     cl.run_random(ticks, random_faults(seed))
     cl.check_log_matching()
     converged = cl.heal_and_converge()
@@ -490,7 +490,7 @@ def test_random_faults_5_nodes(seed: int) -> None:
 @pytest.mark.parametrize(("n", "seed"), [(3, s) for s in range(16)] + [(5, s) for s in range(8)])
 def test_figure8_schedule_is_safe_without_the_bug(n: int, seed: int) -> None:
     print(f"seed={seed}")
-    cl = Cluster(figure8_sim_config(n), seed=seed)
+    cl = SimCluster(figure8_sim_config(n), seed=seed)
     cl.run_random(200, figure8_faults(), write_every=(3, 15))
     assert cl.heal_and_converge(), f"seed={seed}: no convergence"
     assert cl.check_final() == [], f"seed={seed}: {cl.violations[:5]}"
@@ -499,7 +499,7 @@ def test_figure8_schedule_is_safe_without_the_bug(n: int, seed: int) -> None:
 SAFETY = ("state-machine-safety", "lost-write")
 
 
-def safety(cl: Cluster) -> list[str]:
+def safety(cl: SimCluster) -> list[str]:
     return [v for v in cl.violations if v.startswith(SAFETY)]
 
 
@@ -512,7 +512,7 @@ def test_commit_old_term_bug_is_caught() -> None:
     tried = []
     for seed in range(200):
         tried.append(seed)
-        cl = Cluster(figure8_sim_config(3, bug), seed=seed)
+        cl = SimCluster(figure8_sim_config(3, bug), seed=seed)
         cl.run_random(200, figure8_faults(), write_every=(3, 15), stop=lambda c=cl: bool(safety(c)))
         hits = safety(cl)
         if hits:
@@ -524,7 +524,7 @@ def test_commit_old_term_bug_is_caught() -> None:
             break
     assert found is not None, f"commit-old-term not caught on seeds {tried}"
     for seed in tried:
-        cl = Cluster(figure8_sim_config(3), seed=seed)
+        cl = SimCluster(figure8_sim_config(3), seed=seed)
         cl.run_random(200, figure8_faults(), write_every=(3, 15))
         assert cl.heal_and_converge() and cl.check_final() == [], (
             f"seed={seed} fails without the bug: {cl.violations[:3]}"
@@ -543,7 +543,7 @@ def test_random_faults_many_seeds(n: int) -> None:
 def test_figure8_schedule_many_seeds(n: int) -> None:
     for seed in range(100, 300):
         print(f"seed={seed}")
-        cl = Cluster(figure8_sim_config(n), seed=seed)
+        cl = SimCluster(figure8_sim_config(n), seed=seed)
         cl.run_random(400, figure8_faults(), write_every=(3, 15))
         assert cl.heal_and_converge() and cl.check_final() == [], f"seed={seed} n={n}"
 

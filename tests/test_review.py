@@ -7,7 +7,6 @@ above the cutover (I1). Expectations come from what is stored, never from consta
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import io
@@ -29,8 +28,12 @@ from checker import suite
 from checker.synth import inject_stale_read, simulate_kv
 from orchestrator import store
 from orchestrator.cli import main
-from orchestrator.review import DEFAULT_MAX_OPS, opened, report_data
 from orchestrator.run import RunConfig, execute
+from orchestrator.store import opened
+from orchestrator.ui import DEFAULT_MAX_OPS
+from orchestrator.ui.data import report_data
+from orchestrator.ui.web import serving
+from tests.conftest import assert_no_key_material
 
 SCALE_NS = 10_000  # ns per time unit of checker.synth's histories
 
@@ -40,15 +43,6 @@ SCALE_NS = 10_000  # ns per time unit of checker.synth's histories
 
 def cli(*args: str) -> Any:
     return CliRunner().invoke(main, list(args))
-
-
-def _kek_forms(kek: bytes) -> list[bytes]:
-    return [kek, kek.hex().encode(), base64.b64encode(kek), base64.b64encode(kek).rstrip(b"=")]
-
-
-def assert_no_key_material(blob: bytes, kek: bytes) -> None:
-    for form in _kek_forms(kek):
-        assert form not in blob, "key material leaked"
 
 
 def db_state(results: str) -> tuple[str, dict[str, int]]:
@@ -149,7 +143,10 @@ def store_synthetic_run(results: str, run_id: str, *, seed: int, n_ops: int = 30
         rec.rows("log_entries", [
             {"node": n, "idx": i, "term": 1, "opcode": 0, "key_id": 1 if i > 10 else None,
              "wrapped": int(i > 10 and not (n == "n1" and i == 12))}
-            for n in ("n1", "n2", "n3") for i in range(1, 16)])
+            for n in ("n1", "n2", "n3") for i in range(1, 16)]
+            # a new leader's no-op above C: neither wrapped nor cleartext
+            + [{"node": "n3", "idx": 16, "term": 2, "opcode": None, "key_id": None,
+                "wrapped": 0}])
     rec.rows("checks", [{"checker": k, "valid": v["valid"], "detail": json.dumps(v)}
                         for k, v in checks.items()])
     verdict = suite.worst(v["valid"] for v in checks.values())
@@ -223,8 +220,11 @@ def test_show_explains_the_first_violation_and_tabulates_nodes(synth) -> None:
     assert all(r[1] == str(c) for r in rows.values())
     # n1 holds one cleartext entry above C (index 12), the others none; n2 halted there.
     assert rows["n1"][5] == "1" and rows["n2"][5] == "0"
-    assert "yes" in rows["n2"][6] and "index 12" in " ".join(rows["n2"])
-    assert rows["n1"][6] == "no"
+    # n3's no-op above C is counted apart (NO-OP), not as cleartext
+    assert table[0].split()[-3:] == ["CLEARTEXT", "NO-OP", "HALTED"]
+    assert rows["n3"][5] == "0" and rows["n3"][6] == "1" and rows["n1"][6] == "0"
+    assert "yes" in rows["n2"][7] and "index 12" in " ".join(rows["n2"])
+    assert rows["n1"][7] == "no"
 
 
 def test_show_real_run(real) -> None:
@@ -502,8 +502,6 @@ def test_check_on_a_run_with_missing_artifacts_changes_nothing(real, tmp_path, d
 
 @pytest.fixture(scope="module")
 def server(synth) -> Any:
-    from orchestrator.serve import serving
-
     results, runs = synth
     # A symlink to the KEK under an innocent name must not leak it either.
     os.symlink("kek", os.path.join(runs["valid"]["dir"], "innocent"))

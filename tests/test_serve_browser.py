@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from orchestrator import store
-from orchestrator.serve import serving
+from orchestrator.ui.web import serving
 from tests.test_review import synthetic_results
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"

@@ -6,16 +6,12 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
-
-import pytest
 
 from checker import UNKNOWN, Verdict, check, get_model, read_history
 from checker.history import EventPairer, Op
 from checker.visualize import MAX_DRAWN_PARTITIONS, MAX_WINDOW_OPS, render_html, write_html
-
-CORPUS = "/work/shared/corpus/porcupine"
-needs_corpus = pytest.mark.skipif(not os.path.isdir(CORPUS), reason="corpus not present")
 
 
 def _blob(page: str) -> list[list[Any]]:
@@ -59,10 +55,9 @@ def _history(events: list[tuple]) -> list[Op]:
     return p.finish()
 
 
-@needs_corpus
-def test_invalid_etcd_history_shows_the_failure() -> None:
+def test_invalid_etcd_history_shows_the_failure(corpus: Path) -> None:
     model = get_model("cas-register")
-    ops = read_history(f"{CORPUS}/etcd/etcd_000.log", "porcupine-etcd")
+    ops = read_history(f"{corpus}/etcd/etcd_000.log", "porcupine-etcd")
     result = check(model, ops)
     assert result.verdict is Verdict.INVALID
     page = render_html(model, result, title="etcd_000.log")
@@ -95,10 +90,9 @@ def test_invalid_etcd_history_shows_the_failure() -> None:
     assert row[7].endswith(model.describe_state(part.linearization[-1].state))
 
 
-@needs_corpus
-def test_valid_history_with_indeterminate_ops() -> None:
+def test_valid_history_with_indeterminate_ops(corpus: Path) -> None:
     model = get_model("cas-register")
-    result = check(model, read_history(f"{CORPUS}/etcd/etcd_002.log", "porcupine-etcd"))
+    result = check(model, read_history(f"{corpus}/etcd/etcd_002.log", "porcupine-etcd"))
     assert result.verdict is Verdict.VALID
     page = render_html(model, result)
     _assert_self_contained(page)
@@ -117,10 +111,9 @@ def test_valid_history_with_indeterminate_ops() -> None:
     assert sum("applied right before the next op" in n for n in notes) == len(chain)
 
 
-@needs_corpus
-def test_kv_partitions_worst_first_and_parallel_results() -> None:
+def test_kv_partitions_worst_first_and_parallel_results(corpus: Path) -> None:
     model = get_model("kv")
-    ops = read_history(f"{CORPUS}/kv/c10-bad.txt", "porcupine-kv")
+    ops = read_history(f"{corpus}/kv/c10-bad.txt", "porcupine-kv")
     # Forked workers send back copies of the ops: steps must still match the drawn bars.
     result = check(model, ops, stop_early=False, workers=2)
     page = render_html(model, result, title="c10-bad.txt")

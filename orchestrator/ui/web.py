@@ -21,37 +21,29 @@ and the database is only read, so the server can run next to `cutover run`.
 from __future__ import annotations
 
 import contextlib
-import html
 import mimetypes
 import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import store
-from .review import (
-    DEFAULT_MAX_OPS,
-    ReviewError,
-    export_history,
-    find_run,
-    opened,
-    render_run_report,
-    run_dir_of,
-)
+import sqlite_utils
+
+from .. import store
+from ..errors import ReviewError
+from ..export import history_text
+from .data import DEFAULT_MAX_OPS, report_data
+from .render import CSP, page, verdict_class
+from .report import render_report
 
 SECRET_NAMES = frozenset({"kek"})
 TEXT_SUFFIXES = (".json", ".jsonl", ".log", ".txt", ".md", ".edn", ".html", ".csv")
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-       "img-src data:; frame-src 'self' about: data:")
-
-
-def _e(x: Any) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
 
 
 def is_secret(run_dir: str, path: str) -> bool:
@@ -105,91 +97,51 @@ def zip_run(run_dir: str, history: str | None, out: Any) -> int:
     return n
 
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
-max-width:1180px;padding:16px 24px;color:#222}
-h1{font-size:22px}table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}th{background:#f5f5f5}
-td.runid{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}td.started{white-space:nowrap}
-tr.verdict-valid td.v{background:#2e7d32;color:#fff}
-tr.verdict-invalid td.v{background:#c62828;color:#fff}
-tr.verdict-unknown td.v{background:#ef6c00;color:#fff}
-tr.verdict-aborted td.v,tr.verdict-error td.v,tr.verdict-running td.v{background:#757575;
-color:#fff}
-td.v{font-weight:700;text-transform:uppercase;text-align:center}
-.summary{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;color:#444}
-ul.files{font-family:ui-monospace,Menlo,Consolas,monospace}
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<link rel="icon" href="data:,">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>")
-
-
 def _duration(s: Any) -> str:
     return "" if s is None else f"{float(s):.1f}s"
 
 
 def index_page(results: str) -> str:
-    from checker.report import verdict_class
-
-    with opened(results) as db:
+    """`/`: every run, newest first, its verdict cell colored."""
+    with store.opened(results) as db:
         rows = store.runs(db)
-    trs = []
-    for r in rows:
-        v = verdict_class(r.get("verdict"), r.get("status"))
-        q = urllib.parse.quote(r["id"])
-        trs.append(
-            f'<tr class="run verdict-{v}" data-run="{_e(r["id"])}" data-verdict="{v}">'
-            f'<td class="runid"><a href="/run/{q}/">{_e(r["id"])}</a></td>'
-            f'<td class="started">{_e(str(r.get("started") or "").replace("T", " ")[:19])}</td>'
-            f'<td>{_e(_duration(r.get("duration_s")))}</td>'
-            f'<td>{_e(r.get("workload"))}</td><td>{_e(r.get("nemesis"))}</td>'
-            f'<td>{_e(r.get("bugs") or "-")}</td><td>{_e(r.get("seed"))}</td>'
-            f'<td class="v">{_e(v)}</td>'
-            f'<td><a href="/run/{q}/files/">files</a> · '
-            f'<a href="/run/{q}/download.zip">zip</a></td></tr>'
-            f'<tr class="summary-row"><td></td><td colspan="8" class="summary">'
-            f'{_e(r.get("summary") or "")}</td></tr>')
-    table = ("<table id=\"runs\"><thead><tr><th>run</th><th>started</th><th>duration</th>"
-             "<th>workload</th><th>nemeses</th><th>bugs</th><th>seed</th><th>verdict</th>"
-             "<th></th></tr></thead><tbody>" + "".join(trs) + "</tbody></table>")
-    if not rows:
-        table = "<p>No runs yet: <code>cutover run</code> records one.</p>"
-    return _page("cutover results", f"<h1>cutover results</h1>{table}")
+    runs = [{"id": r["id"], "href": f"/run/{urllib.parse.quote(r['id'])}/",
+             "verdict": verdict_class(r.get("verdict"), r.get("status")),
+             "started": str(r.get("started") or "").replace("T", " ")[:19],
+             "duration": _duration(r.get("duration_s")), "workload": r.get("workload"),
+             "nemesis": r.get("nemesis"), "bugs": r.get("bugs") or "-", "seed": r.get("seed"),
+             "summary": r.get("summary") or ""} for r in rows]
+    return page("index.html", title="cutover results", runs=runs)
 
 
 def files_page(run_id: str, run_dir: str, rel: str, full: str) -> str:
+    """`/run/<id>/files/<rel>`: a directory of the run (never its secrets)."""
     q = urllib.parse.quote(run_id)
-    items = []
+    up = None
     if rel:
-        up = "/".join(rel.rstrip("/").split("/")[:-1])
-        items.append(f'<li><a href="/run/{q}/files/{urllib.parse.quote(up)}">..</a></li>')
+        up = f"/run/{q}/files/" + urllib.parse.quote("/".join(rel.rstrip("/").split("/")[:-1]))
+    files = []
     for name in sorted(os.listdir(full)):
         p = os.path.join(full, name)
         if is_secret(run_dir, p):
             continue
-        href = urllib.parse.quote((rel.rstrip("/") + "/" if rel else "") + name)
+        href = f"/run/{q}/files/" + urllib.parse.quote(
+            (rel.rstrip("/") + "/" if rel else "") + name)
         if os.path.isdir(p):
-            items.append(f'<li><a href="/run/{q}/files/{href}/">{_e(name)}/</a></li>')
-        else:
-            try:
-                size = os.path.getsize(p)
-            except OSError:
-                continue
-            items.append(f'<li><a href="/run/{q}/files/{href}">{_e(name)}</a> '
-                         f"({size} bytes)</li>")
-    body = (f'<h1>run <a href="/run/{q}/">{_e(run_id)}</a>: /{_e(rel)}</h1>'
-            f'<p><a href="/">all runs</a> · <a href="/run/{q}/download.zip">zip</a></p>'
-            f'<ul class="files">{"".join(items)}</ul>')
-    return _page(f"{run_id} files", body)
+            files.append({"name": name, "href": href + "/", "dir": True})
+            continue
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            continue
+        files.append({"name": name, "href": href, "dir": False, "size": size})
+    return page("files.html", title=f"{run_id} files", run_id=run_id, run_href=f"/run/{q}/",
+                rel=rel, up=up, files=files)
 
 
 class Handler(BaseHTTPRequestHandler):
-    """One request; `server.results` is the results directory."""
+    """One request; `server.results` is the results directory. A new page is a route
+    in `do_GET` / `_run` and a template in `templates/`."""
 
     server_version = "cutover-serve"
     protocol_version = "HTTP/1.1"
@@ -219,9 +171,9 @@ class Handler(BaseHTTPRequestHandler):
             if len(parts) >= 3 and parts[1] == "run" and parts[2]:
                 return self._run(parts[2], parts[3] if len(parts) > 3 else "", query)
             return self._error(404, f"no page {path}")
-        except ReviewError as e:
+        except (ReviewError, store.StoreError) as e:
             return self._error(404 if "no run" in str(e) else 500, str(e))
-        except (sqlite3.DatabaseError, store.StoreError) as e:
+        except sqlite3.DatabaseError as e:
             return self._error(500, str(e))
         except (BrokenPipeError, ConnectionResetError):
             return None
@@ -230,13 +182,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(500, f"internal error: {e}")
 
     def _run(self, ref: str, rest: str, query: dict[str, list[str]]) -> None:
-        with opened(self.results) as db:
-            row = find_run(db, ref)
-            run_dir = run_dir_of(self.results, row)
+        with store.opened(self.results) as db:
+            row = store.resolve_run(db, ref)
+            run_dir = store.run_dir_of(self.results, row)
             if rest in ("", "report", "report.html"):
                 return self._report(db, row, query)
             if rest == "download.zip":
-                history = _jsonl(db, row)
+                history = history_text(db, row, "jsonl")
                 return self._zip(row, run_dir, history)
         if rest == "files" or rest.startswith("files/"):
             rel = rest[len("files/"):] if rest.startswith("files/") else ""
@@ -248,7 +200,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._file(full)
         return self._error(404, f"no page {rest!r} for run {row['id']}")
 
-    def _report(self, db: Any, row: dict[str, Any], query: dict[str, list[str]]) -> None:
+    def _report(self, db: sqlite_utils.Database, row: dict[str, Any],
+                query: dict[str, list[str]]) -> None:
         def num(name: str) -> float | None:
             v = query.get(name, [None])[0]
             if v in (None, ""):
@@ -269,8 +222,8 @@ class Handler(BaseHTTPRequestHandler):
                  "download zip": f"/run/{q}/download.zip",
                  "whole run": f"/run/{q}/"}
         try:
-            text = render_run_report(db, row, from_s=num("from"), to_s=num("to"),
-                                     max_ops=max_ops, page_ref=page_ref, links=links)
+            text = render_report(report_data(db, row, from_s=num("from"), to_s=num("to"),
+                                             max_ops=max_ops, page_ref=page_ref, links=links))
         except ReviewError as e:
             return self._error(400, str(e))
         return self._send(200, text)
@@ -326,20 +279,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _error(self, code: int, message: str) -> None:
-        body = _page(f"error {code}", f'<h1>error {code}</h1><p class="error">{_e(message)}'
-                                      '</p><p><a href="/">all runs</a></p>')
-        self._send(code, body)
+        self._send(code, page("error.html", title=f"error {code}", code=code, message=message))
 
 
-def _jsonl(db: Any, row: dict[str, Any]) -> str:
-    import io
+class ResultsServer(ThreadingHTTPServer):
+    """The HTTP server over one results directory (the `cutover serve` command)."""
 
-    buf = io.StringIO()
-    export_history(db, row, "jsonl", buf)
-    return buf.getvalue()
-
-
-class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, results: str, address: tuple[str, int], verbose: bool = False) -> None:
@@ -349,17 +294,15 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(results: str, host: str = "127.0.0.1", port: int = 8080,
-                verbose: bool = False) -> Server:
+                verbose: bool = False) -> ResultsServer:
     """A bound server (port 0: any free one; see `server_address`), not yet serving."""
-    return Server(results, (host, port), verbose)
+    return ResultsServer(results, (host, port), verbose)
 
 
 @contextlib.contextmanager
 def serving(results: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """A server on a background thread for the length of a `with`; yields its base URL
     (tests and tools that want the UI without blocking)."""
-    import threading
-
     httpd = make_server(results, host, port)
     t = threading.Thread(target=httpd.serve_forever, daemon=True, name="cutover-serve")
     t.start()
@@ -371,4 +314,5 @@ def serving(results: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         httpd.server_close()
 
 
-__all__ = ["Handler", "Server", "is_secret", "make_server", "safe_path", "serving", "zip_run"]
+__all__ = ["Handler", "ResultsServer", "index_page", "files_page", "is_secret", "make_server",
+           "safe_path", "serving", "zip_run"]

@@ -26,13 +26,13 @@ What the checker takes from the disk (and what the node side must keep writing):
 * **Snapshot encryption blob** (the header's ``encryption`` region): msgpack ``{"keys":
   {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
   "cutover": int}``; empty means "no encryption state".
-* **Events** (``events.jsonl``): ``halt`` ``{index, term, reason}`` (I3); any event with
-  an integer ``applied`` and a string ``digest`` is a digest observation (I4), the
-  expected one being ``{"kind": "digest", "applied": N, "digest": "..."}`` or ``stop``
-  carrying both; the cutover time T is the earliest ``t`` of an event that applied the
-  marker at C fresh: ``encryption-applied`` with ``what == "marker-fresh"``, or a
-  ``cutover-applied`` / ``marker-applied`` event (an ``index`` field, when present, must
-  equal C). Without any, every token counts as written after the cutover (strict).
+* **Events** (``events.jsonl``, kinds in `node.events.EventKind`): ``halt`` ``{index,
+  term, reason}`` (I3); any event with an integer ``applied`` and a string ``digest`` is
+  a digest observation (I4): the node's ``progress`` and ``stop`` events carry both; the
+  cutover time T is the earliest ``t`` of an ``encryption-applied`` event with ``what ==
+  "marker-fresh"`` (its ``index``, when present, must equal C). Without any, every token
+  counts as written after the cutover (strict). A kind the checker does not know is
+  ignored: an event log of another node build is still evidence.
 
 A structural I1 violation carries ``known_committed``: whether its index is at or below
 the highest commit index the node recorded in its WAL's hard state. Raft persists the
@@ -72,7 +72,7 @@ from node import payload as pl
 from node.cutover import as_int as _as_int
 from node.cutover import decode_encryption_state
 from node.envelope import MAX_KEY_ID, UnwrapError, is_wrapped_shape, parse_header, unwrap
-from node.events import read_events
+from node.events import EventKind, read_events
 from node.keystore import DekUnwrapError, Kek, Keystore, KeystoreError, load_kek
 from node.kv import snapshot_enc, snapshot_kv
 from node.sidecar import Sidecar, SidecarError
@@ -91,8 +91,6 @@ from node.wal import RecordKind, TornTail, WalError, WalRecord, iter_records
 from .replay import ReplayNode, entry_payload, replay_check
 
 __all__ = [
-    "CUTOVER_EVENT_KINDS",
-    "DIGEST_EVENT_KINDS",
     "INVARIANTS",
     "MIN_TOKEN_LEN",
     "CutoverReport",
@@ -109,10 +107,6 @@ INVARIANTS = {
     "I5": "nonce uniqueness",
     "I6": "keys precede use",
 }
-# Events whose `t` is the cutover time (besides encryption-applied / marker-fresh).
-CUTOVER_EVENT_KINDS = ("cutover-applied", "marker-applied")
-# The kinds documented as digest carriers; any event with `applied` + `digest` counts.
-DIGEST_EVENT_KINDS = ("digest", "stop")
 MIN_TOKEN_LEN = 6
 _PATTERN_PREFIX = 256  # a match of a token's first 256 bytes counts as a match
 _MAX_LISTED = 200  # violations kept per invariant (the count is always exact)
@@ -628,9 +622,7 @@ def _cutover_time(nodes: list[_Node], cut: int) -> int | None:
     times = []
     for n in nodes:
         for ev in n.events:
-            kind = ev.get("kind")
-            fresh = kind == "encryption-applied" and ev.get("what") == "marker-fresh"
-            if not (fresh or kind in CUTOVER_EVENT_KINDS):
+            if ev.get("kind") != EventKind.ENCRYPTION_APPLIED or ev.get("what") != "marker-fresh":
                 continue
             if "index" in ev and ev.get("index") != cut:
                 continue
@@ -881,7 +873,7 @@ def _check_i2(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
 def _check_i3(nodes: list[_Node]) -> InvariantResult:
     col = _Collector("I3")
     for n in nodes:
-        halts = [ev for ev in n.events if ev.get("kind") == "halt"]
+        halts = [ev for ev in n.events if ev.get("kind") == EventKind.HALT]
         for ev in halts:
             col.add(n.name, ev.get("index"), ev.get("term"), None,
                     f"halt: {ev.get('reason')}", t=ev.get("t"))

@@ -1,0 +1,233 @@
+"""The report's plots: the timeline (node events and ops per process), latency and
+throughput, all over the fault bands (`orchestrator.ui.svg`). A new plot goes here,
+and into `templates/report.html` where it is shown.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from checker.history import process_sort_key
+from node.events import EventKind
+
+from .svg import (
+    AXIS_H,
+    BAND_LABEL_H,
+    EVENT_LANE_H,
+    GUTTER,
+    LANE_H,
+    OUTCOME_COLORS,
+    PLOT_H,
+    RIGHT,
+    WIDTH,
+    TimeAxis,
+    axis,
+    band_label_rows,
+    bands,
+    esc,
+    glyph,
+    gridline,
+    nice,
+    secs,
+    visible,
+)
+
+# Cutover-relevant node events, by legend entry: (color, glyph).
+EVENT_STYLE: dict[str, tuple[str, str]] = {
+    "leader": ("#546e7a", "rect"),
+    "start": ("#2e7d32", "up"),
+    "stop": ("#37474f", "down"),
+    "halt": ("#c62828", "cross"),
+    "bootstrap": ("#1565c0", "circle"),
+    "rotation": ("#1e88e5", "star"),
+    "marker proposed": ("#8e24aa", "diamond"),
+    "marker committed": ("#4a148c", "star"),
+    "marker applied": ("#6a1b9a", "circle"),
+    "installer": ("#00897b", "up"),
+    "barrier up": ("#212121", "bar"),
+    "barrier down": ("#9e9e9e", "bar"),
+    "enable-raft-envelope": ("#ad1457", "diamond"),
+    "snapshot": ("#6d4c41", "rect"),
+}
+
+
+def event_category(kind: str, detail: Mapping[str, Any] | None) -> str | None:
+    """Which legend entry a node event belongs to, or None when it is not drawn
+    (commit progress, recovery, follower role changes: too many, too little meaning;
+    and any kind this build does not know)."""
+    d = detail or {}
+    if kind == EventKind.ROLE:
+        return "leader" if d.get("role") == "leader" else None
+    if kind in (EventKind.START, EventKind.STOP, EventKind.HALT, EventKind.INSTALLER,
+                EventKind.ENABLE_RAFT_ENVELOPE):
+        return str(kind)
+    if kind == EventKind.MARKER_PROPOSED:
+        return "marker proposed"
+    if kind == EventKind.MARKER_COMMITTED:
+        return "marker committed"
+    if kind == EventKind.ENCRYPTION_APPLIED:
+        what = str(d.get("what") or "")
+        if what.startswith("marker"):
+            return "marker applied"
+        if what.startswith("rotate"):
+            return "rotation"
+        if what.startswith("bootstrap"):
+            return "bootstrap"
+        return None
+    if kind == EventKind.BARRIER:
+        return "barrier up" if d.get("up") else "barrier down"
+    if kind in (EventKind.SNAPSHOT_TAKEN, EventKind.SNAPSHOT_INSTALLED):
+        return "snapshot"
+    return None
+
+
+def describe_event(ev: Mapping[str, Any]) -> str:
+    """One line for a node event: kind plus its small detail fields."""
+    d = ev.get("detail") or {}
+    parts = [f"{k}={v}" for k, v in d.items()
+             if k not in ("wall", "pid", "listen") and not isinstance(v, dict | list)]
+    return f"{ev.get('node', '')} {ev.get('kind', '')} " + " ".join(parts)
+
+
+def timeline_svg(ops: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
+                 faults: Sequence[Mapping[str, Any]], t0: int, t1: int,
+                 palette: dict[str, str], plot_id: str = "timeline") -> str:
+    """One lane of cutover events per node, then one lane of ops per process."""
+    x = TimeAxis(t0, t1)
+    nodes = sorted({str(e["node"]) for e in events if e.get("time_ns") is not None
+                    and event_category(str(e.get("kind")), e.get("detail"))})
+    procs = sorted({str(o["process"]) for o in ops}, key=process_sort_key)
+    faults = [f for f in faults if visible(x, f)]
+    label_rows, n_rows = band_label_rows(x, faults)
+    top = 12 * n_rows + 8
+    ev_h = EVENT_LANE_H * len(nodes)
+    lanes_h = LANE_H * len(procs)
+    bottom = top + ev_h + 6 + lanes_h
+    height = bottom + AXIS_H
+    out = [f'<svg class="plot timeline" id="{plot_id}" viewBox="0 0 {WIDTH} {height}" '
+           f'width="{WIDTH}" height="{height}" role="img" '
+           'aria-label="timeline of operations per process">']
+    out.append(bands(x, faults, top, bottom - top, palette, label_rows))
+    # node event lanes
+    for i, n in enumerate(nodes):
+        y = top + i * EVENT_LANE_H + EVENT_LANE_H / 2
+        out.append(f'<text class="lane" x="{GUTTER - 6}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">{esc(n)} events</text>'
+                   f'<line class="lanebg" x1="{GUTTER}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" '
+                   f'y2="{y:.1f}"/>')
+    lane_of = {n: i for i, n in enumerate(nodes)}
+    for ev in events:
+        t = ev.get("time_ns")
+        cat = event_category(str(ev.get("kind")), ev.get("detail"))
+        if t is None or cat is None or not (t0 <= t <= t1):
+            continue
+        color, shape = EVENT_STYLE[cat]
+        y = top + lane_of[str(ev["node"])] * EVENT_LANE_H + EVENT_LANE_H / 2
+        out.append(glyph(shape, x(t), y, color) + f' class="ev" data-kind="{esc(cat)}">'
+                   f'<title>{esc(secs(t))} s  {esc(cat)}: {esc(describe_event(ev))}</title>'
+                   + ("</circle>" if shape == "circle" else "</rect>" if shape in ("rect", "bar")
+                      else "</polygon>"))
+    # op lanes
+    y0 = top + ev_h + 6
+    lane = {p: i for i, p in enumerate(procs)}
+    for p, i in lane.items():
+        y = y0 + i * LANE_H
+        out.append(f'<text class="lane small" x="{GUTTER - 6}" y="{y + LANE_H - 3:.1f}" '
+                   f'text-anchor="end">{esc(p)}</text>')
+    for o in ops:
+        s = o["start_ns"]
+        e = o.get("end_ns")
+        typ = o.get("type", "info")
+        xa = x(s)
+        xb = x(t1 if e is None else e)
+        y = y0 + lane[str(o["process"])] * LANE_H + 1
+        val = o.get("output") if o.get("f") == "read" and typ == "ok" else o.get("value")
+        lat = "open" if e is None else f"{(e - s) / 1e6:.1f} ms"
+        tip = (f"process {o['process']}  {o.get('f')} {o.get('key') or ''} "
+               f"{json.dumps(val, default=str)}  -> {typ}"
+               f"{' (' + str(o['error']) + ')' if o.get('error') else ''}  "
+               f"{secs(s)} s, {lat}, node {o.get('node') or '-'}")
+        out.append(f'<rect class="op {esc(typ)}" x="{xa:.1f}" y="{y:.1f}" '
+                   f'width="{max(xb - xa, 1.0):.1f}" height="{LANE_H - 2}" '
+                   f'fill="{OUTCOME_COLORS.get(typ, "#999")}"><title>{esc(tip)}</title></rect>')
+    out.append(axis(x, bottom + 2, bottom - top))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def latency_svg(ops: Sequence[Mapping[str, Any]], faults: Sequence[Mapping[str, Any]],
+                t0: int, t1: int, palette: dict[str, str]) -> str:
+    """Latency of every completed op at its invoke time, log scale, colored by outcome."""
+    x = TimeAxis(t0, t1)
+    pts = [(o["start_ns"], (o["end_ns"] - o["start_ns"]) / 1e6, o.get("type", "info"))
+           for o in ops if o.get("end_ns") is not None]
+    lo = min((max(p[1], 0.01) for p in pts), default=0.1)
+    hi = max((p[1] for p in pts), default=1000.0)
+    lo_e = math.floor(math.log10(max(lo, 0.01)))
+    hi_e = max(math.ceil(math.log10(max(hi, 0.01))), lo_e + 1)
+    top, bottom = BAND_LABEL_H, BAND_LABEL_H + PLOT_H
+
+    def y(ms: float) -> float:
+        v = math.log10(max(ms, 10 ** lo_e))
+        return bottom - (v - lo_e) / (hi_e - lo_e) * (bottom - top)
+
+    faults = [f for f in faults if visible(x, f)]
+    out = [f'<svg class="plot latency" id="latency" viewBox="0 0 {WIDTH} {bottom + AXIS_H}" '
+           f'width="{WIDTH}" height="{bottom + AXIS_H}" role="img" aria-label="latency">']
+    out.append(bands(x, faults, top, bottom - top, palette))
+    for k in range(lo_e, hi_e + 1):
+        yy = y(10 ** k)
+        label = f"{10 ** k:g} ms"
+        out.append(gridline(yy, label))
+    for s, ms, typ in pts:
+        out.append(f'<circle class="pt {esc(typ)}" cx="{x(s):.1f}" cy="{y(ms):.1f}" r="2" '
+                   f'fill="{OUTCOME_COLORS.get(typ, "#999")}"><title>{esc(secs(s))} s  '
+                   f'{ms:.1f} ms  {esc(typ)}</title></circle>')
+    out.append(axis(x, bottom, bottom - top))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def throughput_svg(completions: Sequence[Sequence[Any]], faults: Sequence[Mapping[str, Any]],
+                   t0: int, t1: int, palette: dict[str, str]) -> str:
+    """Completions per second in buckets (at most ~200 over the window), per outcome."""
+    x = TimeAxis(t0, t1)
+    bucket = nice((x.t1 - x.t0) / 1e9 / 200)
+    b_ns = int(bucket * 1e9)
+    n = max(1, math.ceil((x.t1 - x.t0) / b_ns))
+    counts = {k: [0] * n for k in OUTCOME_COLORS}
+    for t, typ in completions:
+        if typ in counts and x.t0 <= t <= x.t1:
+            counts[typ][min(n - 1, int((t - x.t0) // b_ns))] += 1
+    # the last bucket may be cut short by the window's end: divide by its real width
+    widths = [min(b_ns, x.t1 - (x.t0 + i * b_ns)) / 1e9 for i in range(n)]
+    rates = {k: [c / max(w, bucket / 10) for c, w in zip(v, widths, strict=True)]
+             for k, v in counts.items()}
+    hi = max((max(v) for v in rates.values()), default=0.0) or 1.0
+    hi = nice(hi / 4) * 4
+    top, bottom = BAND_LABEL_H, BAND_LABEL_H + PLOT_H
+
+    def y(r: float) -> float:
+        return bottom - r / hi * (bottom - top)
+
+    faults = [f for f in faults if visible(x, f)]
+    out = [f'<svg class="plot throughput" id="throughput" viewBox="0 0 {WIDTH} '
+           f'{bottom + AXIS_H}" width="{WIDTH}" height="{bottom + AXIS_H}" role="img" '
+           'aria-label="throughput">']
+    out.append(bands(x, faults, top, bottom - top, palette))
+    for k in range(5):
+        r = hi * k / 4
+        out.append(gridline(y(r), f"{r:g}/s"))
+    for typ, series in rates.items():
+        if not any(series):
+            continue
+        pts = " ".join(f"{x(x.t0 + (i + 0.5) * b_ns):.1f},{y(r):.1f}"
+                       for i, r in enumerate(series))
+        out.append(f'<polyline class="rate {typ}" fill="none" stroke-width="1.5" '
+                   f'stroke="{OUTCOME_COLORS[typ]}" points="{pts}"><title>{typ} per second '
+                   f'({bucket:g} s buckets)</title></polyline>')
+    out.append(axis(x, bottom, bottom - top))
+    out.append("</svg>")
+    return "".join(out)

@@ -1,0 +1,114 @@
+"""The UI in a terminal: the lines `cutover list`, `show` and `check` print.
+
+Lines are built from the same data as the report (`orchestrator.ui.data`), so a column
+means the same thing in both; the run id is the first column of `list`, so
+`cutover list | awk 'NR==2{print $1}'` is the newest run.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlite_utils
+
+from checker.suite import ORDER, first_violation
+
+from .. import store
+from .data import node_table, stored_checks
+
+
+def check_line(name: str, d: Mapping[str, Any]) -> str:
+    """The short, human part of a checker's detail (verdict tables, `show`, `check`)."""
+    if d.get("first_violation"):
+        return str(d["first_violation"])
+    if d.get("error"):
+        return str(d["error"])
+    if name == "linearizability":
+        return f"{d.get('ops', 0)} ops over {len(d.get('keys') or [])} keys"
+    if name == "stats":
+        t = d.get("total") or {}
+        return ", ".join(f"{k} {t.get(k, 0)}" for k in ("ok", "fail", "info"))
+    if name == "availability":
+        share = d.get("ok_share_outside_faults")
+        return "no quiet seconds" if share is None else f"{share:.0%} ok outside faults"
+    if name == "cutover":
+        return f"C = {d.get('cutover')}"
+    return ""
+
+
+def checker_names(checks: Mapping[str, Any]) -> list[str]:
+    """The checkers of a run in the suite's order, unknown ones after, by name."""
+    return [n for n in ORDER if n in checks] + sorted(set(checks) - set(ORDER))
+
+
+def checker_lines(checks: Mapping[str, Mapping[str, Any]], indent: str = "") -> list[str]:
+    """One line per checker: name, verdict, detail."""
+    return [f"{indent}{name:<16} {checks[name].get('valid', '?'):<8} "
+            f"{check_line(name, checks[name])}" for name in checker_names(checks)]
+
+
+def _fmt_duration(s: Any) -> str:
+    return "-" if s is None else f"{float(s):.1f}s"
+
+
+def _started(s: Any) -> str:
+    return "-" if not s else str(s).replace("T", " ")[:19]
+
+
+def _d(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _columns(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns; the last one is free text (it may hold spaces)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return [fmt.format(*head)] + [fmt.format(*r) for r in rows]
+
+
+def list_lines(db: sqlite_utils.Database) -> list[str]:
+    """`cutover list`: one line per run, newest first."""
+    head = ("RUN", "STARTED", "DURATION", "WORKLOAD", "NEMESES", "BUGS", "SEED", "VERDICT")
+    rows = [(r["id"], _started(r.get("started")), _fmt_duration(r.get("duration_s")),
+             r.get("workload") or "-", r.get("nemesis") or "-", r.get("bugs") or "-",
+             str(r.get("seed") if r.get("seed") is not None else "-"),
+             r.get("verdict") or r.get("status") or "-") for r in store.runs(db)]
+    return _columns(head, rows)
+
+
+def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
+    """`cutover show`: config, verdicts, the first violation, the node table."""
+    cfg = store.run_config(row)
+    checks = stored_checks(db, row["id"])
+    out = [f"run {row['id']}  ({row.get('status') or '?'}, "
+           f"{_fmt_duration(row.get('duration_s'))}, started {_started(row.get('started'))})"]
+    keys = ("nodes", "workload", "keys", "nemesis", "bugs", "seed", "time_limit", "rate",
+            "concurrency", "cutover_at")
+    out.append("config: " + " ".join(
+        f"{k}={','.join(map(str, cfg[k])) if isinstance(cfg.get(k), list) else cfg.get(k)}"
+        for k in keys if k in cfg and cfg[k] not in (None, [], "")))
+    verdict = row.get("verdict") or row.get("status") or "-"
+    code = row.get("exit_code")
+    out.append(f"verdict: {verdict.upper()}" + (f" (exit {code})" if code is not None else ""))
+    out += checker_lines(checks, indent="  ")
+    if not checks:
+        out.append("  (no stored verdicts: the run did not finish; `cutover check` computes "
+                   "them)")
+    first = first_violation(checks) if checks else None
+    if first:
+        name, sentence, t = first
+        when = f" at {t / 1e9:.1f}s" if isinstance(t, int | float) else ""
+        out.append(f"first violation: {name}{when}: {sentence}")
+    elif row.get("summary"):
+        out.append(f"summary: {row['summary']}")
+    nodes = node_table(db, row["id"], checks)
+    if nodes:
+        out.append("")
+        head = ("NODE", "C", "DEK", "APPLIED", "ABOVE-C WRAPPED", "CLEARTEXT", "NO-OP",
+                "HALTED")
+        rows = [(n["node"], _d(n["cutover"]), _d(n["active"]), _d(n["applied"]),
+                 _d(n["above_wrapped"]), _d(n["above_clear"]), _d(n["above_noop"]),
+                 ("yes, " + str(n["halt_reason"])) if n["halted"] else "no") for n in nodes]
+        out += _columns(head, rows)
+    return out
