@@ -1,67 +1,74 @@
-"""The fault schedule of a run, as data: `make_plan(seed, ...)` is a pure function.
+"""The fault schedule of a run, as data: `make_plan(seed, ...)` is a pure function of the
+seed and the run's shape (no clock, no global randomness), stored with the run and
+replayable.
 
-Two kinds of entries:
+Scenarios (`--scenario`):
 
-* `Fault`s at a time (seconds into the run), drawn from the seed: kill, pause,
-  partition, net, rotate, corrupt. They never overlap each other, and they stay out of
-  the *cutover window* around `cutover_at`, which belongs to the cutover sequence.
-* `Trigger`s that fire on what the nodes report (their event logs) and on the run's own
-  milestones: the cutover sequence. Around the cutover they are what makes the
-  dangerous interleavings likely instead of lucky:
-
-  - `snapshot-below-marker`: a follower X snapshots just before the cutover is
-    requested, so X's newest snapshot excludes the marker;
-  - `lag-across-cutover`: another follower Y is cut off from before the cutover until
-    the others have compacted past it, so Y must catch up by InstallSnapshot;
-  - `cutover-failover`: acks to the leader are slowed just before EnableRaftEnvelope and
-    cut the moment the leader logs `marker-proposed` (the marker reaches the followers
-    but they never learn it committed), for longer than the node's apply wait; then the
-    old leader is isolated so a follower that holds the marker unapplied takes over;
-  - `replay-leader`: after the cutover, rotate the DEK, kill X and restart it (it
-    replays the marker from its old snapshot under a newer DEK), then make X lead by a
-    star partition around it;
-  - `restart-leader`: after the cutover, a node snapshots (above C), is killed and
-    restarted, and leads by a star partition around it: a restarted node's in-memory
-    state (its wrap, from the sidecar) is then what every new entry goes through;
-  - `kill-leader-after-restart`: right after a restart, kill the leader, so a restarted
-    node is likely to lead next.
-
-What the executor observed (who led, which node was X) is recorded with each fault,
-so "same seed" means "same plan", and the record says how it played out.
+* `swarm` (the default): the generative schedule below, and on some seeds the scripted
+  cutover sequence on top of it.
+* `generative`: swarm testing (Groce et al.). Each seed enables its own random subset of
+  the fault primitives (`nemesis.primitives`) at its own rates and composes them: timed
+  faults anywhere in the run (the cutover window included, overlapping each other or
+  not), faults triggered by node events (a marker proposed, a leader elected, a barrier
+  up, a snapshot installed, ...) after a random delay, follow-ups chained to them,
+  operator calls (EnableRaftEnvelope and RotateDEK, retried as an operator would, a
+  rotation sometimes racing the marker), leader churn, and node knobs (how often nodes
+  snapshot, how much an append message carries). Some seeds are quiet around the
+  cutover, others dense.
+* `sequence`: the scripted cutover sequence written while looking at the bug switches
+  (snapshot below the marker, a follower lagging across the cutover, acks cut when the
+  marker is proposed then a failover, a replayed marker under a newer DEK leading, a
+  restarted node leading, the leader killed after a restart), plus non-overlapping
+  timed faults outside the cutover window: the previous default, kept so that its
+  detection table can still be measured.
+* `churn`: leaders isolated or killed right after they are elected, one entry per
+  append message: the shape of Raft's Figure 8.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-# Families a user names with --nemesis (`all` = every one of them).
-FAMILIES: tuple[str, ...] = ("kill", "pause", "partition", "net", "snapshot-replay",
-                             "rotate", "corrupt")
+from .primitives import (
+    ACTIONS,
+    FAMILIES,
+    FAMILY_ALIASES,
+    TRIGGER_EVENTS,
+    Step,
+    Target,
+    When,
+)
 
-KINDS: dict[str, tuple[str, ...]] = {
-    "kill": ("kill-one", "kill-minority", "kill-leader"),
-    "pause": ("pause-one", "pause-minority", "pause-leader"),
-    "partition": ("partition-halves", "isolate-one", "isolate-leader",
-                  "partition-majorities-ring", "partition-bridge"),
-    "net": ("net-loss", "net-delay", "net-duplicate"),
-}
+SCENARIOS = ("swarm", "generative", "sequence", "churn")
+DEFAULT_SCENARIO = "swarm"
+
+# Knobs a seed varies (what a node is started with).
+SNAPSHOT_EVERY = (25, 50, 100, 400, 2000, 5000)
+DEFAULT_MSG_BYTES = 64 * 1024
+DEFAULT_INFLIGHT = 64
+
+# How long the scripted sequence owns the cluster, in seconds after `cutover_at`
+# (the `sequence` scenario keeps its timed faults out of it).
+WINDOW_BEFORE = 2.0
+WINDOW_AFTER = 16.0
 
 
 class PlanError(ValueError):
-    """A nemesis spec that cannot be planned (unknown family)."""
+    """A nemesis spec that cannot be planned (unknown family or scenario)."""
 
 
 def parse_families(spec: str) -> tuple[str, ...]:
-    """`none`, `all`, or a comma list of FAMILIES."""
+    """`none`, `all`, or a comma list of FAMILIES (old names accepted)."""
     spec = spec.strip()
     if spec in ("", "none"):
         return ()
     if spec == "all":
         return FAMILIES
-    out = []
+    out: list[str] = []
     for name in spec.split(","):
-        name = name.strip()
+        name = FAMILY_ALIASES.get(name.strip(), name.strip())
         if name not in FAMILIES:
             raise PlanError(f"unknown nemesis {name!r}; expected none, all, or a comma list "
                             f"of {', '.join(FAMILIES)}")
@@ -70,134 +77,394 @@ def parse_families(spec: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One fault at `at` seconds, lasting `duration` (0: instantaneous)."""
-
-    id: int
-    at: float
-    kind: str
-    family: str
-    duration: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """A fault that fires on an observed event (`on`), with its parameters."""
-
-    id: int
-    on: str
-    kind: str
-    family: str
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def check_scenario(name: str) -> str:
+    if name not in SCENARIOS:
+        raise PlanError(f"unknown scenario {name!r}; expected one of {', '.join(SCENARIOS)}")
+    return name
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Everything a run's nemesis does, decided before the run starts."""
+
     seed: int
     families: tuple[str, ...]
-    faults: tuple[Fault, ...]
-    triggers: tuple[Trigger, ...]
-    window: tuple[float, float] | None  # the cutover window, seconds
+    scenario: str
+    steps: tuple[Step, ...]
+    knobs: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    features: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "families": list(self.families),
-                "window": list(self.window) if self.window else None,
-                "faults": [f.to_dict() for f in self.faults],
-                "triggers": [t.to_dict() for t in self.triggers]}
+        return {"seed": self.seed, "families": list(self.families), "scenario": self.scenario,
+                "knobs": dict(self.knobs), "features": dict(self.features),
+                "steps": [s.to_dict() for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """A stored plan (`config.json`'s `plan`, or a plan file); ValueError if malformed."""
+        try:
+            return cls(seed=int(d.get("seed") or 0),
+                       families=tuple(parse_families(",".join(d.get("families") or []))),
+                       scenario=str(d.get("scenario") or DEFAULT_SCENARIO),
+                       steps=tuple(Step.from_dict(s) for s in d.get("steps") or []),
+                       knobs=dict(d.get("knobs") or {}), features=dict(d.get("features") or {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a nemesis plan: {e}") from None
+
+    def step(self, action: str) -> Step | None:
+        return next((s for s in self.steps if s.action == action), None)
+
+    def describe(self) -> list[str]:
+        """The plan as short lines, for people."""
+        knobs = ", ".join(f"{k}={v}" for k, v in sorted(self.knobs.items()))
+        return [f"scenario {self.scenario}; knobs: {knobs or '-'}"] + [
+            s.describe() for s in sorted(self.steps, key=_order)]
 
 
-# How long the cutover sequence owns the cluster, in seconds after `cutover_at`.
-WINDOW_BEFORE = 2.0
-WINDOW_AFTER = 16.0
+def _order(s: Step) -> tuple[int, float, int]:
+    rank = {"time": 0, "milestone": 1, "event": 2, "after": 3}[s.when.on]
+    return rank, s.when.at, s.id
 
 
 def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
               interval: float, cutover_at: float | None, nodes: int,
-              enable_timeout: float = 2.0) -> Plan:
-    """The schedule for one run; same arguments, same plan (no clock, no global RNG)."""
-    rng = random.Random(f"nemesis:{seed}")
-    fams = set(families)
-    ids = iter(range(1, 10_000))
-    window = None
-    if cutover_at is not None:
-        window = (max(0.0, cutover_at - WINDOW_BEFORE), cutover_at + WINDOW_AFTER)
+              enable_timeout: float = 2.0, scenario: str = DEFAULT_SCENARIO) -> Plan:
+    """The schedule for one run; same arguments, same plan."""
+    check_scenario(scenario)
+    fams = tuple(parse_families(",".join(families)))
+    rng = random.Random(f"nemesis:{seed}:{scenario}")
+    ids = _ids()
+    b = _Builder(rng, set(fams), time_limit, interval, cutover_at, nodes, ids)
+    knobs = b.knobs(churn=scenario == "churn")
+    if scenario == "sequence":
+        b.legacy_timed()
+        b.legacy_rotations()
+        b.sequence(enable_timeout)
+    elif scenario == "churn":
+        b.churn(force=True)
+        b.operator()
+    else:
+        b.generative()
+        b.operator()
+        if scenario == "swarm" and rng.random() < 0.25:
+            b.sequence(enable_timeout)
+    b.enable_at_cutover(retry_same=scenario != "sequence")
+    b.corrupt()
+    return Plan(seed, fams, scenario, tuple(b.steps), knobs, b.features)
 
-    def in_window(t0: float, t1: float) -> bool:
-        return window is not None and t0 < window[1] and t1 > window[0]
 
-    faults: list[Fault] = []
-    random_kinds = [k for fam in ("kill", "pause", "partition", "net") if fam in fams
-                    for k in KINDS[fam]]
-    t = min(2.0, time_limit / 4)
-    while random_kinds and interval > 0:
-        t += interval * rng.uniform(0.6, 1.4)
-        kind = rng.choice(random_kinds)
-        dur = round(interval * rng.uniform(0.4, 0.8), 3)
-        if t + dur >= time_limit - 0.5:
-            break
-        if in_window(t, t + dur):
-            continue
-        fam = next(f for f, ks in KINDS.items() if kind in ks)
-        params: dict[str, Any] = {}
-        if kind == "net-loss":
-            params = {"p": round(rng.uniform(0.05, 0.3), 3)}
-        elif kind == "net-delay":
-            ms = rng.choice([5, 20, 50, 100])
-            params = {"ms": ms, "jitter": ms / 2}
-        elif kind == "net-duplicate":
-            params = {"p": round(rng.uniform(0.1, 0.5), 3)}
-        faults.append(Fault(next(ids), round(t, 3), kind, fam, dur, params))
-        t += dur
-    if "rotate" in fams:
-        # At least one rotation before the cutover and some after it.
+def _ids() -> Iterator[int]:
+    n = 0
+    while True:
+        n += 1
+        yield n
+
+
+# Target roles that make sense for each action (the generator draws from these).
+_ROLES: dict[str, tuple[str, ...]] = {
+    "kill": ("one", "leader", "follower", "minority", "lagging", "marker-holder", "restarted"),
+    "restart": ("one", "leader", "follower", "restarted", "lagging"),
+    "kill-power": ("one", "leader", "follower", "minority", "marker-holder"),
+    "pause": ("one", "leader", "follower", "minority", "marker-holder"),
+    "snapshot": ("one", "follower", "leader", "all", "lagging"),
+    "compact": ("one", "lagging", "follower"),
+    "isolate": ("one", "leader", "follower", "marker-holder", "lagging"),
+    "split": ("leader-pair", "minority", "leader-pair"),
+    "lead": ("one", "follower", "restarted", "lagging", "marker-holder"),
+    "halves": ("none",),
+    "ring": ("none",),
+    "bridge": ("one", "leader"),
+    "cut-in": ("leader", "one", "follower"),
+    "cut-out": ("leader", "one", "follower"),
+    "slow-in": ("leader", "one", "follower"),
+    "slow-out": ("leader", "one"),
+    "loss": ("all", "all", "one"),
+    "delay": ("all",),
+    "duplicate": ("all", "all", "one"),
+    "reorder": ("all",),
+}
+_EVENT_WEIGHTS = {"marker-proposed": 3, "marker-committed": 3, "marker-applied": 2,
+                  "leader-elected": 3, "snapshot-installed": 1, "snapshot-taken": 1,
+                  "barrier-up": 2, "apply-wait-timeout": 2, "restarted": 2,
+                  "rotation-applied": 1, "log-truncated": 1}
+_CUTOVER_EVENTS = {"marker-proposed", "marker-committed", "marker-applied", "barrier-up",
+                   "apply-wait-timeout"}
+_DELAYS = (0.0, 0.002, 0.01, 0.05, 0.2, 0.5, 1.5)
+_DURATIONS = (0.3, 0.8, 1.5, 3.0, 5.0)
+
+
+class _Builder:
+    """Accumulates steps; every random choice goes through the plan's own rng."""
+
+    def __init__(self, rng: random.Random, fams: set[str], time_limit: float,
+                 interval: float, cutover_at: float | None, nodes: int,
+                 ids: Iterator[int]) -> None:
+        self.rng = rng
+        self.fams = fams
+        self.time_limit = time_limit
+        self.interval = max(interval, 0.1)
+        self.cutover_at = cutover_at
+        self.nodes = nodes
+        self.ids = ids
+        self.steps: list[Step] = []
+        self.features: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def add(self, action: str, target: Target, when: When, *, delay: float = 0.0,
+            duration: float = 0.0, until: When | None = None, origin: str = "",
+            **params: Any) -> Step:
+        s = Step(next(self.ids), action, target, when, round(delay, 3), round(duration, 3),
+                 until, params, origin)
+        self.steps.append(s)
+        return s
+
+    def allowed(self, *actions: str) -> bool:
+        return all(ACTIONS[a][0] in self.fams for a in actions)
+
+    def params(self, action: str) -> dict[str, Any]:
+        r = self.rng
+        if action == "loss":
+            return {"p": round(r.uniform(0.05, 0.4), 3)}
+        if action == "duplicate":
+            return {"p": round(r.uniform(0.1, 0.5), 3)}
+        if action in ("delay", "slow-in", "slow-out"):
+            ms = r.choice([5, 20, 50, 100, 250])
+            return {"ms": ms, "jitter": ms / 2}
+        if action == "reorder":
+            return {"ms": 2, "jitter": r.choice([10, 30, 60])}
+        if action == "restart":
+            return {"down": r.choice([0.0, 0.05, 0.3])}
+        return {}
+
+    def duration(self, t: float) -> float:
+        return max(0.1, min(self.rng.choice(_DURATIONS), self.time_limit - 0.5 - t))
+
+    # ------------------------------------------------------------------ knobs
+
+    def knobs(self, churn: bool = False) -> dict[str, Any]:
+        r = random.Random(f"knobs:{self.rng.random()}")
+        small = churn or r.random() < 0.25
+        return {"snapshot_every": r.choice(SNAPSHOT_EVERY),
+                "max_msg_bytes": r.choice([1, 1, 512]) if small else DEFAULT_MSG_BYTES,
+                "max_inflight": r.choice([1, 2, 4]) if small else DEFAULT_INFLIGHT}
+
+    # ------------------------------------------------------------------ generative
+
+    def generative(self) -> None:
+        r = self.rng
+        pool = [a for a in _ROLES if self.allowed(a)]
+        enabled = [a for a in pool if r.random() < 0.55] or (
+            [r.choice(pool)] if pool else [])
+        weights = {a: r.choice((1, 2, 4)) for a in enabled}
+        density = r.choice(["quiet", "sparse", "moderate", "moderate", "dense"])
+        # Some bugs need the cutover to go through undisturbed (then fail later).
+        calm = self.cutover_at is not None and r.random() < 0.15
+        self.features.update(actions=sorted(enabled), density=density, calm_cutover=calm)
+        window = (self.cutover_at - 2.0, self.cutover_at + 8.0) if calm else None
+        if not enabled:
+            return
+
+        def pick() -> str:
+            return r.choices(enabled, weights=[weights[a] for a in enabled])[0]
+
+        gap = {"quiet": 0.0, "sparse": 1.2, "moderate": 0.5, "dense": 0.2}[density]
+        if gap:
+            mean = gap * self.interval
+            t = r.uniform(0.3, mean + 0.3)
+            while t < self.time_limit - 1.0:
+                a = pick()
+                d = self.duration(t)
+                if window is None or t + d < window[0] or t > window[1]:
+                    self.add(a, Target(r.choice(_ROLES[a])), When("time", at=round(t, 3)),
+                             duration=d, origin="timed", **self.params(a))
+                t += r.expovariate(1.0 / mean)
+        events = [e for e in _EVENT_WEIGHTS
+                  if self.cutover_at is not None and not calm or e not in _CUTOVER_EVENTS]
+        k = r.choice([0, 1, 2, 3, 4, 6])
+        self.features["triggered"] = k
+        for _ in range(k):
+            ev = r.choices(events, weights=[_EVENT_WEIGHTS[e] for e in events])[0]
+            a = pick()
+            role = "event" if r.random() < 0.4 and _ROLES[a][0] != "none" \
+                and a not in ("compact", "loss", "delay", "duplicate", "reorder") \
+                else r.choice(_ROLES[a])
+            name = f"t{len(self.steps) + 1}"
+            first = self.add(a, Target(role, bind=name), When("event", event=ev,
+                                                              nth=r.choice([1, 1, 1, 2, 3])),
+                             delay=r.choice(_DELAYS), duration=r.choice(_DURATIONS),
+                             origin="triggered", **self.params(a))
+            if r.random() < 0.35:
+                b = pick()
+                tgt = Target("bound", ref=name) if r.random() < 0.5 and _ROLES[b][0] != "none" \
+                    else Target(r.choice(_ROLES[b]))
+                self.add(b, tgt, When("after", step=first.id), delay=r.choice(_DELAYS),
+                         duration=r.choice(_DURATIONS), origin="follow-up", **self.params(b))
+        if r.random() < 0.2:
+            self.churn()
+
+    def churn(self, force: bool = False) -> None:
+        """Leaders cut off right after they are elected (their no-op stays partial), for
+        long enough that another takes over: Raft's Figure 8 needs several such terms."""
+        r = self.rng
+        acts = [a for a in ("isolate", "kill", "cut-out") if self.allowed(a)]
+        if not acts:
+            return
+        n = r.choice([3, 5, 8]) if not force else 8
+        self.features["churn"] = n
+        for i in range(1, n + 1):
+            self.add(r.choice(acts), Target("event"), When("event", event="leader-elected",
+                                                           nth=i),
+                     delay=r.choice([0.0, 0.005, 0.02, 0.05]),
+                     duration=r.choice([0.4, 0.8, 1.5]), origin="churn")
+
+    def operator(self) -> None:
+        """RotateDEK at random times (one sometimes racing the marker) and, when the
+        `enable` family is on, EnableRaftEnvelope asked again later."""
+        r = self.rng
+        if self.allowed("rotate"):
+            for _ in range(r.choice([0, 1, 1, 2, 3])):
+                self.add("rotate", Target("leader"),
+                         When("time", at=round(r.uniform(0.5, self.time_limit - 1.0), 3)),
+                         origin="operator")
+            if self.cutover_at is not None and r.random() < 0.4:
+                if r.random() < 0.5:
+                    when = When("milestone", milestone="cutover-requested")
+                else:
+                    when = When("event", event="marker-proposed")
+                self.add("rotate", Target("leader"), when, delay=r.choice([0.0, 0.01, 0.05,
+                                                                           0.2]),
+                         origin="race-marker")
+        if self.allowed("enable") and self.cutover_at is not None and r.random() < 0.5:
+            for _ in range(r.choice([1, 2])):
+                when = r.choice([When("milestone", milestone="cutover-settled"),
+                                 When("event", event="leader-elected", nth=r.choice([2, 3])),
+                                 When("event", event="apply-wait-timeout"),
+                                 When("time", at=round(r.uniform(self.cutover_at,
+                                                                 self.time_limit - 1), 3))])
+                role = r.choice(["leader", "one"] + (["event"] if when.on == "event" else []))
+                self.add("enable", Target(role), when, delay=r.choice([0.0, 0.05, 0.5, 1.5]),
+                         origin="operator")
+
+    def enable_at_cutover(self, retry_same: bool) -> None:
+        if self.cutover_at is None:
+            return
+        self.add("enable", Target("leader"), When("time", at=self.cutover_at),
+                 origin="cutover", main=True, retry_same=retry_same)
+
+    def corrupt(self) -> None:
+        if "corrupt" in self.fams and self.cutover_at is not None:
+            # After the final reads: damage one replica's copy of the last write above C,
+            # restart it and let it replay. A correct replica halts at exactly that entry
+            # (loudly: the checker excuses exactly that copy); one that skips it diverges.
+            self.add("corrupt-entry", Target("follower"), When("milestone", milestone="final"),
+                     origin="final", pick=self.rng.randrange(1 << 30))
+
+    # ------------------------------------------------------------------ sequence
+
+    def legacy_timed(self) -> None:
+        """The previous default's timed faults: one at a time, out of the cutover window."""
+        r = self.rng
+        kinds = [(a, role, fam) for a, role, fam in _LEGACY if fam in self.fams]
+        window = None
+        if self.cutover_at is not None:
+            window = (max(0.0, self.cutover_at - WINDOW_BEFORE), self.cutover_at + WINDOW_AFTER)
+        t = min(2.0, self.time_limit / 4)
+        while kinds:
+            t += self.interval * r.uniform(0.6, 1.4)
+            a, role, _ = r.choice(kinds)
+            dur = round(self.interval * r.uniform(0.4, 0.8), 3)
+            if t + dur >= self.time_limit - 0.5:
+                break
+            if window is not None and t < window[1] and t + dur > window[0]:
+                continue
+            self.add(a, Target(role), When("time", at=round(t, 3)), duration=dur,
+                     origin="timed", **self.params(a))
+            t += dur
+
+    def legacy_rotations(self) -> None:
+        if not self.allowed("rotate"):
+            return
+        r = self.rng
         points = []
-        if cutover_at is not None and cutover_at > 2:
-            points.append(rng.uniform(0.5, max(0.6, cutover_at - WINDOW_BEFORE - 0.5)))
-        lo = window[1] if window else 1.0
-        while lo < time_limit - 1:
-            lo += interval * rng.uniform(0.7, 1.5)
-            if lo < time_limit - 1:
+        if self.cutover_at is not None and self.cutover_at > 2:
+            points.append(r.uniform(0.5, max(0.6, self.cutover_at - WINDOW_BEFORE - 0.5)))
+        lo = self.cutover_at + WINDOW_AFTER if self.cutover_at is not None else 1.0
+        while lo < self.time_limit - 1:
+            lo += self.interval * r.uniform(0.7, 1.5)
+            if lo < self.time_limit - 1:
                 points.append(lo)
         for p in points:
-            faults.append(Fault(next(ids), round(p, 3), "rotate", "rotate"))
-    if "corrupt" in fams and cutover_at is not None:
-        # At the very end (after the final reads): damage one replica's copy of the last
-        # user entry above C, restart it and let it replay. A correct replica halts at
-        # that index (loudly: expected, the checker excuses exactly that); a replica that
-        # skips it diverges silently, which I4 sees.
-        faults.append(Fault(next(ids), round(time_limit, 3), "corrupt-entry", "corrupt",
-                            params={"pick": rng.randrange(1 << 30)}))
-    faults.sort(key=lambda f: (f.at, f.id))
+            self.add("rotate", Target("leader"), When("time", at=round(p, 3)), origin="operator")
 
-    triggers: list[Trigger] = []
-    if cutover_at is not None and nodes >= 3:
-        pick = rng.randrange(1 << 30)  # which followers play X and Y, at run time
-        if "snapshot-replay" in fams:
-            triggers.append(Trigger(next(ids), "before-cutover", "snapshot-below-marker",
-                                    "snapshot-replay", {"pick": pick, "lead": cutover_at - 1.0}))
-            if nodes >= 5:
-                triggers.append(Trigger(next(ids), "before-cutover", "lag-across-cutover",
-                                        "snapshot-replay", {"pick": pick,
-                                                            "lead": cutover_at - 0.8}))
-        if "partition" in fams:
-            triggers.append(Trigger(next(ids), "marker-proposed", "cutover-failover",
-                                    "partition", {"slow_ms": 200,
-                                                  "ack_loss": round(enable_timeout + 0.5, 3),
-                                                  "isolate": 2.5}))
-        if "snapshot-replay" in fams:
-            triggers.append(Trigger(next(ids), "cutover-settled", "replay-leader",
-                                    "snapshot-replay", {"lead_for": 3.0}))
-        if "kill" in fams:
-            triggers.append(Trigger(next(ids), "cutover-settled", "restart-leader", "kill",
-                                    {"pick": rng.randrange(1 << 30), "lead_for": 2.5}))
-            triggers.append(Trigger(next(ids), "restart", "kill-leader-after-restart",
-                                    "kill", {"once": True, "delay": 0.3}))
-    return Plan(seed, tuple(families), tuple(faults), tuple(triggers), window)
+    def sequence(self, enable_timeout: float) -> None:
+        """The scripted cutover sequence as steps (see the module docstring)."""
+        at = self.cutover_at
+        if at is None or self.nodes < 3:
+            return
+        self.features["sequence"] = True
+        snap, part, kill = (self.allowed("snapshot"), self.allowed("isolate"),
+                            self.allowed("kill"))
+        lag = None
+        if snap:
+            self.add("snapshot", Target("follower", bind="X"), When("time", at=round(at - 1.0, 3)),
+                     origin="sequence")
+            if self.nodes >= 5 and part:
+                lag = self.add("isolate", Target("follower", bind="Y", avoid=("X",)),
+                               When("time", at=round(at - 0.8, 3)), origin="sequence")
+        last: Step | None = None
+        if part:
+            self.add("slow-in", Target("leader", bind="L"),
+                            When("time", at=round(at - 0.15, 3)),
+                            until=When("event", event="marker-proposed", node="L"),
+                            origin="sequence", ms=200, jitter=0)
+            acks = self.add("cut-in", Target("bound", ref="L"),
+                            When("event", event="marker-proposed", node="L"),
+                            duration=round(enable_timeout + 0.5, 3), origin="sequence")
+            self.add("delay", Target("all"), When("after", step=acks.id), duration=2.5,
+                     origin="sequence", ms=30, jitter=10)
+            last = self.add("isolate", Target("bound", ref="L"), When("after", step=acks.id),
+                            duration=2.5, origin="sequence")
+        settled = When("milestone", milestone="cutover-settled")
+        after_last = When("after", step=last.id) if last is not None else settled
+        if snap:
+            rot = self.add("rotate", Target("leader"), after_last, delay=1.0,
+                           origin="sequence", wait_applied=True)
+            down = self.add("kill", Target("bound", ref="X"), When("after", step=rot.id),
+                            duration=0.3, origin="sequence")
+            last = self.add("lead", Target("bound", ref="X"), When("after", step=down.id),
+                            duration=3.0, origin="sequence", cut_off=["leader", "Y"])
+            after_last = When("after", step=last.id)
+        if kill and snap:
+            z = self.add("snapshot", Target("one", bind="Z", avoid=("leader", "X", "Y")),
+                         after_last, delay=0.5, origin="sequence")
+            down = self.add("kill", Target("bound", ref="Z"), When("after", step=z.id),
+                            duration=0.3, origin="sequence")
+            last = self.add("lead", Target("bound", ref="Z"), When("after", step=down.id),
+                            duration=2.5, origin="sequence", cut_off=["leader", "Y"])
+            after_last = When("after", step=last.id)
+        if lag is not None:
+            done = self.add("compact", Target("bound", ref="Y"), after_last, delay=0.5,
+                            origin="sequence")
+            self.steps[self.steps.index(lag)] = Step(
+                lag.id, lag.action, lag.target, lag.when, lag.delay, 0.0,
+                When("after", step=done.id), lag.params, lag.origin)
+        if kill:
+            self.add("kill", Target("leader", avoid=("event",)),
+                     When("event", event="restarted", since="cutover-settled"), delay=0.3,
+                     duration=1.0, origin="sequence")
+
+
+_LEGACY: list[tuple[str, str, str]] = [
+    ("kill", "one", "kill"), ("kill", "minority", "kill"), ("kill", "leader", "kill"),
+    ("pause", "one", "pause"), ("pause", "minority", "pause"), ("pause", "leader", "pause"),
+    ("halves", "none", "partition"), ("isolate", "one", "partition"),
+    ("isolate", "leader", "partition"), ("ring", "none", "partition"),
+    ("bridge", "one", "partition"),
+    ("loss", "all", "net"), ("delay", "all", "net"), ("duplicate", "all", "net"),
+]
+
+# Re-exported for callers that build their own plans.
+__all__ = ["DEFAULT_SCENARIO", "FAMILIES", "Plan", "PlanError", "SCENARIOS",
+           "SNAPSHOT_EVERY", "Step", "TRIGGER_EVENTS", "Target", "When", "check_scenario",
+           "make_plan", "parse_families"]

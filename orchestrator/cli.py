@@ -149,10 +149,14 @@ def _cutover_at(value: str) -> float | None:
               show_default=True)
 @click.option("--keys", type=click.IntRange(1, 10_000), default=8, show_default=True)
 @click.option("--nemesis", default="all", show_default=True,
-              help="none, all, or a comma list of kill,pause,partition,net,snapshot-replay,"
-                   "rotate,corrupt.")
+              help="none, all, or a comma list of kill,power,pause,partition,net,snapshot,"
+                   "rotate,enable,corrupt (the fault families the plan may use).")
+@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
+              default="swarm", show_default=True,
+              help="How the plan is made: swarm (generative, the scripted cutover sequence "
+                   "on some seeds), generative, sequence (the script), churn (Figure 8).")
 @click.option("--nemesis-interval", type=click.FloatRange(min=0.5), default=5.0,
-              show_default=True, help="Mean seconds between faults.")
+              show_default=True, help="Scale of the gaps between timed faults (seconds).")
 @click.option("--cutover-at", default=None,
               help="Seconds into the run to request EnableRaftEnvelope, or none "
                    "(default: a third of --time-limit).")
@@ -160,6 +164,11 @@ def _cutover_at(value: str) -> float | None:
 @click.option("--snapshot-every", type=click.IntRange(min=1),
               help="Entries between a node's automatic snapshots (default: drawn from the "
                    "seed, from a few dozen to a few thousand).")
+@click.option("--max-msg-bytes", type=click.IntRange(min=1),
+              help="Payload bytes per Raft append message; 1 sends one entry per message "
+                   "(default: drawn from the seed).")
+@click.option("--max-inflight", type=click.IntRange(min=1),
+              help="Append messages in flight per follower (default: drawn from the seed).")
 @click.option("--seed", type=int, help="Seed of the plan and the workload (default: random, "
                                        "printed first).")
 @click.option("--results", default="results", show_default=True, help="Results directory.")
@@ -167,9 +176,10 @@ def _cutover_at(value: str) -> float | None:
 @click.option("--replay", help="Run again with a stored run's config (a run id in --results, "
                                "`latest`, or a config.json); the other flags are ignored.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
-        keys: int, nemesis: str, nemesis_interval: float, cutover_at: str | None,
-        bugs: tuple[str, ...], snapshot_every: int | None, seed: int | None, results: str,
-        junit: str | None, replay: str | None) -> None:
+        keys: int, nemesis: str, scenario: str, nemesis_interval: float,
+        cutover_at: str | None, bugs: tuple[str, ...], snapshot_every: int | None,
+        max_msg_bytes: int | None, max_inflight: int | None, seed: int | None,
+        results: str, junit: str | None, replay: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .junit import write_junit
     from .run import RunConfig, RunError, execute, replay_config
@@ -183,9 +193,11 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
     else:
         cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate,
                         concurrency=concurrency, workload=workload, keys=keys,
-                        nemesis=nemesis, nemesis_interval=nemesis_interval,
+                        nemesis=nemesis, scenario=scenario,
+                        nemesis_interval=nemesis_interval,
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                        bugs=list(bugs), snapshot_every=snapshot_every, seed=seed,
+                        bugs=list(bugs), snapshot_every=snapshot_every,
+                        max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
                         results=results)
     try:
         outcome = execute(cfg)

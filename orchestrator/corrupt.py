@@ -12,7 +12,7 @@ import random
 import time
 from typing import Any
 
-from nemesis.plan import Fault
+from nemesis.primitives import Step as Fault
 from node.wal import WalError, damage_entry
 
 from .client import Client, ClientTimeout

@@ -25,7 +25,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 from checker import suite
-from nemesis.plan import make_plan, parse_families
+from nemesis.plan import (
+    DEFAULT_SCENARIO,
+    Plan,
+    PlanError,
+    check_scenario,
+    make_plan,
+    parse_families,
+)
 from node.events import read_events
 from node.keystore import generate_dek, write_kek
 from node.server import ALL_BUGS
@@ -36,10 +43,8 @@ from .client import Client, ClientTimeout
 from .cluster import Cluster, ClusterError
 from .corrupt import corrupt_and_replay
 from .errors import EXIT_ABORTED, EXIT_HARNESS
-from .nemesis_exec import NemesisExecutor
+from .nemesis_exec import Nemesis, RealWorld
 from .watch import EventWatch
-
-SNAPSHOT_EVERY = (25, 50, 100, 400, 2000, 5000)
 
 
 class RunError(RuntimeError):
@@ -70,9 +75,13 @@ class RunConfig:
     op_timeout: float = 1.0
     tick_ms: float = 25.0
     election_ticks: int = 10
-    snapshot_every: int | None = None  # None: drawn from the seed (SNAPSHOT_EVERY)
+    # Node knobs: None means drawn from the seed by the plan (`nemesis.plan` knobs).
+    snapshot_every: int | None = None
+    max_msg_bytes: int | None = None
+    max_inflight: int | None = None
     enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
     lin_timeout: float = 60.0
+    scenario: str = DEFAULT_SCENARIO
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -95,10 +104,25 @@ class RunConfig:
             c.concurrency = 2 * c.nodes
         if c.cutover_at is not None and c.cutover_at < 0:
             c.cutover_at = round(c.time_limit / 3, 3)
-        if c.snapshot_every is None:
-            # Some runs compact every few dozen entries (snapshots, restarts from them and
-            # InstallSnapshot everywhere), some every few thousand (long logs to replay).
-            c.snapshot_every = random.Random(f"snapshot-every:{c.seed}").choice(SNAPSHOT_EVERY)
+        return c
+
+    def plan(self) -> Plan:
+        """The nemesis plan of this (resolved) config: a pure function of it."""
+        assert self.seed is not None
+        return make_plan(self.seed, parse_families(self.nemesis), time_limit=self.time_limit,
+                         interval=self.nemesis_interval, cutover_at=self.cutover_at,
+                         nodes=self.nodes,
+                         enable_timeout=self.enable_timeout_ticks * self.tick_ms / 1000,
+                         scenario=self.scenario)
+
+    def with_knobs(self, plan: Plan) -> RunConfig:
+        """The knobs the config leaves open, as the plan drew them: some runs snapshot
+        every few dozen entries, some every few thousand; some send one entry per
+        append message."""
+        c = RunConfig(**asdict(self))
+        for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
+            if getattr(c, name) is None:
+                setattr(c, name, plan.knobs[name])
         return c
 
     def validate(self) -> None:
@@ -116,14 +140,17 @@ class RunConfig:
             raise RunError(f"unknown workload {self.workload!r}; expected kv or register")
         if self.keys < 1:
             raise RunError("--keys must be at least 1")
-        if self.snapshot_every is not None and self.snapshot_every < 1:
-            raise RunError("--snapshot-every must be at least 1")
+        for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise RunError(f"--{name.replace('_', '-')} must be at least 1")
         if self.cutover_at is not None and self.cutover_at >= self.time_limit:
             raise RunError(f"--cutover-at {self.cutover_at:g} is not before --time-limit "
                            f"{self.time_limit:g}")
         try:
             parse_families(self.nemesis)
-        except ValueError as e:
+            check_scenario(self.scenario)
+        except PlanError as e:
             raise RunError(str(e)) from None
 
 
@@ -223,10 +250,8 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
     run_id = new_run_id(cfg.results, cfg.seed)
     run_dir = os.path.join(cfg.results, run_id)
     families = parse_families(cfg.nemesis)
-    plan = make_plan(cfg.seed, families, time_limit=cfg.time_limit,
-                     interval=cfg.nemesis_interval, cutover_at=cfg.cutover_at,
-                     nodes=cfg.nodes,
-                     enable_timeout=cfg.enable_timeout_ticks * cfg.tick_ms / 1000)
+    plan = cfg.plan()
+    cfg = cfg.with_knobs(plan)
     config_doc = {**asdict(cfg), "plan": plan.to_dict()}
     with open(os.path.join(run_dir, "config.json"), "w") as fh:
         json.dump(config_doc, fh, indent=2)
@@ -274,7 +299,7 @@ class _Runner:
         self.stop_clients = threading.Event()
         self.cluster: Cluster | None = None
         self.watch: EventWatch | None = None
-        self.nem: NemesisExecutor | None = None
+        self.nem: Nemesis | None = None
         self.workers: list[threading.Thread] = []
         self.t0 = time.monotonic()
         self.t_start = time.monotonic()
@@ -290,7 +315,9 @@ class _Runner:
                                     bugs=cfg.bugs, seed=cfg.seed or 0, tick_ms=cfg.tick_ms,
                                     election_ticks=cfg.election_ticks,
                                     snapshot_every=cfg.snapshot_every, kek_path=kek_path,
-                                    enable_timeout_ticks=cfg.enable_timeout_ticks)
+                                    enable_timeout_ticks=cfg.enable_timeout_ticks,
+                                    max_msg_bytes=cfg.max_msg_bytes or 64 * 1024,
+                                    max_inflight=cfg.max_inflight or 64)
         cl.start()
         leader = cl.wait_leader(15)
         self._bootstrap(leader, kek.wrap_dek(generate_dek()))
@@ -299,10 +326,9 @@ class _Runner:
         t0_ns = time.monotonic_ns()
         self.rec.t0_ns = t0_ns
         self.rec.run_row(t0_ns=t0_ns)
-        self.nem = NemesisExecutor(cl, self.rec, self.watch, self.plan, t0=self.t0,
-                                   stop=self.stop_all,
-                                   wrap_new_dek=lambda: kek.wrap_dek(generate_dek()),
-                                   time_limit=cfg.time_limit, cutover_at=cfg.cutover_at)
+        world = RealWorld(cl, self.rec, self.t0, lambda: kek.wrap_dek(generate_dek()))
+        self.nem = Nemesis(world, self.plan, self.watch, seed=cfg.seed or 0,
+                           time_limit=cfg.time_limit, stop=self.stop_all)
         workload = make_workload(cfg.workload, cfg.keys, cfg.seed or 0,
                                  run_tag=self.run_id[-6:].replace("-", ""))
         self._start_clients(workload)
@@ -424,8 +450,8 @@ class _Runner:
     # -------------------------------------------------------------- corruption
 
     def _corrupt_if_planned(self) -> list[tuple[str, int]]:
-        fault = next((f for f in self.plan.faults if f.kind == "corrupt-entry"), None)
-        if fault is None or self.nem is None or not self.nem.cut.cutover:
+        fault = self.plan.step("corrupt-entry")
+        if fault is None or self.nem is None or not self.nem.ctx.cutover:
             return []
         return corrupt_and_replay(self, fault)
 

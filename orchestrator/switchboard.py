@@ -166,7 +166,9 @@ class Switchboard:
                     "held": len(self.held),
                     "malformed": self.malformed,
                 }
-            if op == "partition":
+            if op == "set":
+                self._set_all(req)
+            elif op == "partition":
                 self.blocked = set(_parse_links(req.get("blocked", []), "blocked"))
             elif op == "heal":
                 self._reset_faults()
@@ -184,6 +186,34 @@ class Switchboard:
             return {"ok": False, "error": str(e)}
         self._refresh()
         return {"ok": True}
+
+    def _set_all(self, req: dict) -> None:
+        """Replace the whole fault configuration at once (the nemesis's union of every
+        active fault), so no message slips through between two partial updates."""
+        blocked = set(_parse_links(req.get("blocked", []), "blocked"))
+
+        def per_link(name: str, lo: float, hi: float, width: int) -> dict[Link, Any]:
+            out: dict[Link, Any] = {}
+            for row in req.get(name) or []:
+                if not isinstance(row, list | tuple) or len(row) != 2 + width:
+                    raise ValueError(f"{name}: {row!r} is not [src, dst, value...]")
+                (link,) = _parse_links([row[:2]], name)
+                vals = [_number({name: v}, name, lo, hi) for v in row[2:]]
+                out[link] = vals[0] if width == 1 else tuple(vals)
+            return out
+
+        loss = per_link("loss", 0.0, 1.0, 1)
+        dup = per_link("dup", 0.0, 1.0, 1)
+        delay = per_link("delay", 0.0, math.inf, 2)
+        loss_all = _number(req, "loss_all", 0.0, 1.0) if "loss_all" in req else 0.0
+        dup_all = _number(req, "dup_all", 0.0, 1.0) if "dup_all" in req else 0.0
+        d = req.get("delay_all") or [0.0, 0.0]
+        if not isinstance(d, list | tuple) or len(d) != 2:
+            raise ValueError("delay_all must be [ms, jitter]")
+        delay_all = (_number({"delay_all": d[0]}, "delay_all", 0.0),
+                     _number({"delay_all": d[1]}, "delay_all", 0.0))
+        self.blocked, self.loss, self.dup, self.delay = blocked, loss, dup, delay
+        self.loss_all, self.dup_all, self.delay_all = loss_all, dup_all, delay_all
 
     def _set(self, per_link: dict, attr: str, value: Any, links: list[Link] | None) -> None:
         # Without `links` the setting is for every link, present and future, so any
@@ -519,6 +549,18 @@ class SwitchboardControl:
     def partition(self, blocked: Iterable[Sequence[str]]) -> None:
         """Replace the set of blocked directed links ([src, dst] pairs)."""
         self.request({"op": "partition", "blocked": _links_arg(blocked)})
+
+    def set_faults(self, *, blocked: Iterable[Sequence[str]] = (), loss_all: float = 0.0,
+                   loss: Iterable[Sequence[Any]] = (), dup_all: float = 0.0,
+                   dup: Iterable[Sequence[Any]] = (),
+                   delay_all: tuple[float, float] = (0.0, 0.0),
+                   delay: Iterable[Sequence[Any]] = ()) -> None:
+        """Replace every fault at once: blocked links, loss / duplication (all links and
+        per `[src, dst, p]`) and delay (all links and per `[src, dst, ms, jitter]`)."""
+        self.request({"op": "set", "blocked": _links_arg(blocked), "loss_all": loss_all,
+                      "loss": [list(r) for r in loss], "dup_all": dup_all,
+                      "dup": [list(r) for r in dup], "delay_all": list(delay_all),
+                      "delay": [list(r) for r in delay]})
 
     def heal(self) -> None:
         """Clear partitions, loss, delay and duplication (held messages still arrive)."""

@@ -95,6 +95,12 @@ class EventWatch:
     def wait_for(self, pred: Callable[[Event], bool], timeout: float,
                  since: int = 0, cancel: threading.Event | None = None) -> Event | None:
         """The first event at position >= `since` that matches, or None at the timeout."""
+        return self.scan(pred, timeout, since, cancel)[0]
+
+    def scan(self, pred: Callable[[Event], bool], timeout: float, since: int = 0,
+             cancel: threading.Event | None = None) -> tuple[Event | None, int]:
+        """Like `wait_for`, and the position after the last event looked at: a caller
+        that scans again from there sees every event exactly once."""
         deadline = time.monotonic() + timeout
         pos = since
         with self._cond:
@@ -103,10 +109,10 @@ class EventWatch:
                     ev = self.events[pos]
                     pos += 1
                     if pred(ev):
-                        return ev
+                        return ev, pos
                 left = deadline - time.monotonic()
                 if left <= 0 or (cancel is not None and cancel.is_set()):
-                    return None
+                    return None, pos
                 self._cond.wait(min(left, 0.05))
 
     def mark(self) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 from checker import suite
 from nemesis import grudges
-from nemesis.plan import FAMILIES, PlanError, make_plan, parse_families
+from nemesis.plan import FAMILIES, Plan, PlanError, make_plan, parse_families
 from orchestrator import store
 from orchestrator.junit import write_junit
 from orchestrator.run import RunOutcome
@@ -60,22 +60,72 @@ def test_plan_families_and_errors() -> None:
     assert parse_families("none") == ()
     assert parse_families("all") == FAMILIES
     assert parse_families("kill, rotate,kill") == ("kill", "rotate")
+    assert parse_families("snapshot-replay") == ("snapshot",)  # an older run's name
     with pytest.raises(PlanError, match="unknown nemesis 'teleport'"):
         parse_families("kill,teleport")
-    only_kill = make_plan(3, ("kill",), time_limit=60, interval=4, cutover_at=20, nodes=5)
-    assert {f.family for f in only_kill.faults} == {"kill"}
-    assert [t.kind for t in only_kill.triggers] == ["restart-leader", "kill-leader-after-restart"]
+    with pytest.raises(PlanError, match="unknown scenario"):
+        make_plan(3, (), time_limit=60, interval=4, cutover_at=20, nodes=5, scenario="x")
+    for seed in range(30):
+        only_kill = make_plan(seed, ("kill",), time_limit=60, interval=4, cutover_at=20,
+                              nodes=5)
+        # Only kills, and the operator's EnableRaftEnvelope (the run's purpose, not a fault).
+        assert {s.family for s in only_kill.steps} <= {"kill", "enable"}, seed
     quiet = make_plan(3, (), time_limit=60, interval=4, cutover_at=None, nodes=5)
-    assert quiet.faults == () and quiet.triggers == ()
+    assert quiet.steps == ()
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_plans_differ_by_seed_but_keep_their_rules(seed: int) -> None:
-    print(f"seed={seed}")
-    p = make_plan(seed, FAMILIES, time_limit=60, interval=5, cutover_at=20, nodes=5)
-    rot = [f.at for f in p.faults if f.kind == "rotate"]
-    assert any(t < 20 for t in rot) and any(t > 20 for t in rot)  # before and after C
-    assert all(f.at + f.duration < 60 for f in p.faults if f.duration)
+@pytest.mark.parametrize("scenario", ["swarm", "generative", "sequence", "churn"])
+def test_plans_are_data_pure_in_the_seed_and_replayable(scenario: str) -> None:
+    kw = {"time_limit": 30, "interval": 5, "cutover_at": 10, "nodes": 5,
+          "scenario": scenario}
+    a = make_plan(7, FAMILIES, **kw)
+    assert a.to_dict() == make_plan(7, FAMILIES, **kw).to_dict()
+    assert a.to_dict() != make_plan(8, FAMILIES, **kw).to_dict() or scenario == "sequence"
+    doc = json.loads(json.dumps(a.to_dict()))  # stored with the run
+    assert Plan.from_dict(doc).to_dict() == a.to_dict()
+    main = [s for s in a.steps if s.action == "enable" and s.params.get("main")]
+    assert len(main) == 1 and main[0].when.at == 10
+    assert all(s.describe() for s in a.steps)
+    ids = {s.id for s in a.steps}
+    assert all(s.when.step in ids for s in a.steps if s.when.on == "after")
+    assert set(a.knobs) == {"snapshot_every", "max_msg_bytes", "max_inflight"}
+
+
+def test_swarm_seeds_differ_in_what_they_enable() -> None:
+    """Swarm testing: each seed its own subset of primitives and its own density; some
+    plans are quiet around the cutover, some put faults right on it, some chain faults
+    to node events."""
+    plans = [make_plan(s, FAMILIES, time_limit=30, interval=5, cutover_at=10, nodes=5)
+             for s in range(60)]
+    subsets = {tuple(p.features.get("actions", ())) for p in plans}
+    assert len(subsets) > 40
+    assert {p.features.get("density") for p in plans} >= {"quiet", "sparse", "dense"}
+
+    def near_cutover(p: Plan) -> bool:
+        return any(s.when.on == "time" and 8 <= s.when.at <= 14 and s.origin == "timed"
+                   or s.when.on == "event" and s.when.event.startswith(("marker", "barrier"))
+                   for s in p.steps)
+
+    assert any(near_cutover(p) for p in plans) and not all(near_cutover(p) for p in plans)
+    events = {s.when.event for p in plans for s in p.steps if s.when.on == "event"}
+    assert events >= {"marker-proposed", "leader-elected", "barrier-up", "restarted"}
+    actions = {s.action for p in plans for s in p.steps}
+    assert actions >= {"kill-power", "lead", "split", "cut-in", "rotate", "compact"}
+    assert any(p.features.get("sequence") for p in plans)
+    assert {p.knobs["max_msg_bytes"] for p in plans} >= {1, 64 * 1024}
+    assert any(s.origin == "race-marker" for p in plans for s in p.steps)
+
+
+def test_the_sequence_scenario_is_the_scripted_cutover_sequence() -> None:
+    p = make_plan(4, FAMILIES, time_limit=30, interval=5, cutover_at=10, nodes=5,
+                  scenario="sequence")
+    binds = {s.target.bind for s in p.steps if s.target.bind}
+    assert binds >= {"X", "Y", "L", "Z"}
+    assert any(s.when.event == "marker-proposed" and s.action == "cut-in" for s in p.steps)
+    assert sum(1 for s in p.steps if s.action == "lead") == 2
+    lo, hi = 10 - 2.0, 10 + 16.0  # timed faults stay out of the cutover window
+    assert not [s for s in p.steps if s.origin == "timed"
+                and s.when.at < hi and s.when.at + s.duration > lo]
 
 
 def test_workload_values_are_unique_tokens_and_deterministic() -> None:

@@ -342,3 +342,25 @@ def test_dies_with_its_parent() -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_set_replaces_every_fault_at_once(net: Net) -> None:
+    net.ctl.loss(1.0)  # everything dropped...
+    net.ctl.set_faults(blocked=[("n1", "n2")], loss=[("n2", "n3", 1.0)],
+                       dup=[("n3", "n1", 1.0)])  # ...replaced by exactly these
+    net.send("n1", "n2", b"cut")
+    net.flush("n1", "n3")
+    net.send("n2", "n3", b"lost")
+    net.flush("n2", "n1")
+    assert recv(net.socks["n3"], 0.05) is None and recv(net.socks["n2"], 0.05) is None
+    net.send("n3", "n1", b"twice")
+    assert recv_n(net.socks["n1"], 2) == [[b"n3", b"twice"], [b"n3", b"twice"]]
+    net.ctl.set_faults(delay=[("n1", "n3", 200.0, 0.0)])
+    t = time.monotonic()
+    net.send("n1", "n3", b"late")
+    assert recv(net.socks["n3"]) == [b"n1", b"late"]
+    assert time.monotonic() - t >= 0.15
+    net.send("n1", "n2", b"healed")  # the block is gone with the new set
+    assert recv(net.socks["n2"]) == [b"n1", b"healed"]
+    with pytest.raises(SwitchboardError, match="loss"):
+        net.ctl.set_faults(loss=[("n1", "n2", 2.0)])

@@ -1,0 +1,245 @@
+"""The fault handlers (`orchestrator/faults.py`) against a fake cluster: no processes,
+no sockets. A tiny synchronous driver performs their effects on a fake clock."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from nemesis.primitives import Step, Target, When
+from orchestrator.faults import (
+    HANDLERS,
+    Call,
+    Ctx,
+    Hold,
+    Net,
+    NetRule,
+    Sleep,
+    Until,
+    choose,
+)
+
+IDS = ["n1", "n2", "n3", "n4", "n5"]
+
+
+class FakeWorld:
+    def __init__(self) -> None:
+        self.ids = list(IDS)
+        self.t = 0.0
+        self.down: set[str] = set()
+        self.paused: set[str] = set()
+        self.calls: list[tuple[Any, ...]] = []
+        self.net = Net()
+        self.st = {n: {"role": "follower", "term": 3, "applied": 100, "last_index": 100,
+                       "commit": 100} for n in IDS}
+        self.st["n1"]["role"] = "leader"
+        self.records: list[tuple[str, str, Any, dict[str, Any]]] = []
+        self.replies: list[dict[str, Any] | None] = []  # answers to Call, in order
+
+    def now(self) -> float:
+        return self.t
+
+    def alive(self, nid: str) -> bool:
+        return nid not in self.down
+
+    def up(self, nid: str) -> bool:
+        return nid not in self.down and nid not in self.paused
+
+    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None:
+        self.calls.append(("kill", nid, power))
+        self.down.add(nid)
+        return {"truncated": {"wal/00000001.wal": 40}, "undone": []} if power else None
+
+    def start(self, nid: str) -> None:
+        self.calls.append(("start", nid))
+        self.down.discard(nid)
+
+    def pause(self, nid: str) -> None:
+        self.calls.append(("pause", nid))
+        self.paused.add(nid)
+
+    def resume(self, nid: str) -> None:
+        self.calls.append(("resume", nid))
+        self.paused.discard(nid)
+
+    def status(self, nid: str) -> dict[str, Any] | None:
+        return None if not self.up(nid) else dict(self.st[nid])
+
+    def snapshot_now(self, nid: str) -> int | None:
+        self.calls.append(("snapshot", nid))
+        return self.st[nid]["applied"]
+
+    def set_net(self, net: Net) -> None:
+        self.net = net
+
+    def record(self, f: str, fault: str, targets: Any, **detail: Any) -> None:
+        self.records.append((f, fault, targets, detail))
+
+    def new_dek(self) -> bytes:
+        return b"wrapped-dek"
+
+
+def drive(ctx: Ctx, step: Step, nodes: list[str], *, on_hold: Any = None) -> list[Any]:
+    """Run a handler to its end on the fake clock; returns the effects it yielded."""
+    w: FakeWorld = ctx.world  # type: ignore[assignment]
+    gen = HANDLERS[step.action](ctx, step, nodes)
+    seen: list[Any] = []
+    value: Any = None
+    while True:
+        try:
+            eff = gen.send(value)
+        except StopIteration:
+            return seen
+        seen.append(eff)
+        value = None
+        if isinstance(eff, Sleep):
+            w.t += eff.seconds
+        elif isinstance(eff, Hold):
+            if on_hold is not None:
+                on_hold()
+            w.t += eff.step.duration
+        elif isinstance(eff, Until):
+            value = eff.pred()
+            w.t += 0.01
+        elif isinstance(eff, Call):
+            w.calls.append(("call", eff.node, eff.op, tuple(sorted(eff.fields))))
+            value = w.replies.pop(0) if w.replies else None
+            w.t += eff.timeout if value is None else 0.01
+
+
+def _ctx() -> tuple[Ctx, FakeWorld]:
+    w = FakeWorld()
+    marks: list[str] = []
+    ctx = Ctx(w, seed=1, milestone=marks.append, time_limit=30.0)
+    ctx.marks = marks  # type: ignore[attr-defined]
+    return ctx, w
+
+
+def test_kill_restarts_at_the_end_and_power_loss_is_recorded() -> None:
+    ctx, w = _ctx()
+    drive(ctx, Step(1, "kill", duration=2.0), ["n2"])
+    assert w.calls == [("kill", "n2", False), ("start", "n2")] and w.t >= 2.0
+    ctx, w = _ctx()
+    drive(ctx, Step(2, "kill-power", duration=1.0), ["n3"])
+    assert w.calls[0] == ("kill", "n3", True)
+    assert w.records[0][1] == "kill-power" and \
+        w.records[0][3]["lost"] == {"n3": {"truncated_bytes": 40, "undone": 0}}
+
+
+def test_pause_resumes_and_restart_bounces() -> None:
+    ctx, w = _ctx()
+    drive(ctx, Step(1, "pause", duration=1.0), ["n2", "n4"])
+    assert w.calls == [("pause", "n2"), ("pause", "n4"), ("resume", "n2"), ("resume", "n4")]
+    ctx, w = _ctx()
+    effects = drive(ctx, Step(2, "restart", params={"down": 0.3}), ["n5"])
+    assert w.calls == [("kill", "n5", False), ("start", "n5")]
+    assert not any(isinstance(e, Hold) for e in effects)  # instantaneous: no duration
+
+
+def test_overlapping_partitions_are_a_union_and_each_undoes_only_itself() -> None:
+    ctx, w = _ctx()
+    inner: list[Net] = []
+
+    def second() -> None:  # while n1 is isolated, cut the links out of n3 too
+        drive(ctx, Step(2, "cut-out", duration=1.0), ["n3"],
+              on_hold=lambda: inner.append(w.net))
+
+    drive(ctx, Step(1, "isolate", duration=5.0), ["n1"], on_hold=second)
+    both = inner[0].blocked
+    assert ("n1", "n2") in both and ("n2", "n1") in both and ("n3", "n4") in both
+    assert w.net.blocked == set()  # both ended
+    ctx, w = _ctx()
+    seen: list[Net] = []
+    drive(ctx, Step(3, "split", duration=1.0), ["n1", "n2"], on_hold=lambda: seen.append(w.net))
+    assert ("n1", "n3") in seen[0].blocked and ("n1", "n2") not in seen[0].blocked
+
+
+def test_lead_waits_for_the_target_to_catch_up_then_builds_a_star() -> None:
+    ctx, w = _ctx()
+    ctx.bindings["Y"] = ["n5"]
+    seen: list[Net] = []
+    w.st["n3"]["applied"] = 90  # behind the leader's commit (100): the wait fails, then
+    effects = drive(ctx, Step(1, "lead", duration=2.0, params={"cut_off": ["leader", "Y"]}),
+                    ["n3"], on_hold=lambda: seen.append(w.net))
+    assert any(isinstance(e, Until) for e in effects)
+    blocked = seen[0].blocked
+    assert ("n3", "n2") not in blocked and ("n2", "n4") in blocked
+    assert ("n3", "n1") in blocked and ("n3", "n5") in blocked  # the leader and Y cut off
+    assert w.net.blocked == set()
+
+
+@pytest.mark.parametrize("who,expect_all", [(["n1", "n2", "n3", "n4", "n5"], True),
+                                            (["n2"], False)])
+def test_loss_is_global_or_per_link(who: list[str], expect_all: bool) -> None:
+    ctx, w = _ctx()
+    seen: list[Net] = []
+    drive(ctx, Step(1, "loss", duration=1.0, params={"p": 0.3}), who,
+          on_hold=lambda: seen.append(w.net))
+    if expect_all:
+        assert seen[0].loss_all == 0.3 and not seen[0].loss
+    else:
+        assert seen[0].loss_all == 0 and seen[0].loss[("n1", "n2")] == 0.3
+        assert seen[0].loss[("n2", "n3")] == 0.3 and ("n1", "n3") not in seen[0].loss
+
+
+def test_net_union_keeps_the_worst() -> None:
+    n = Net.union([NetRule(loss_all=0.1, delay={("a", "b"): (5.0, 1.0)}),
+                   NetRule(loss={("a", "b"): 0.05}, delay_all=(20.0, 5.0))])
+    assert n.loss[("a", "b")] == 0.1  # a per-link setting replaces the global one there
+    assert n.delay[("a", "b")] == (20.0, 5.0)
+
+
+def test_operator_enable_retries_after_indeterminate_answers_and_marks_milestones() -> None:
+    ctx, w = _ctx()
+    w.replies = [None,  # a timeout
+                 {"ok": False, "code": "failed", "definite": False},  # barrier now stuck
+                 {"ok": True, "value": {"status": "ok", "cutover": 42}}]
+    drive(ctx, Step(1, "enable", params={"main": True, "retry_same": True}), ["n1"])
+    calls = [c for c in w.calls if c[0] == "call"]
+    assert [c[2] for c in calls] == ["enable-raft-envelope"] * 3
+    assert ctx.cutover == 42 and ctx.marks == ["cutover-requested", "cutover-settled"]
+    statuses = [a["status"] for a in ctx.attempts]
+    assert statuses == ["timeout", "failed", "ok"]
+    # After `failed` the operator never asks the stuck node again before restarting it.
+    stuck_node = ctx.attempts[1]["node"]
+    assert ctx.attempts[2]["node"] != stuck_node or ("kill", stuck_node, False) in w.calls
+
+
+def test_operator_rotate_retries_with_the_same_key() -> None:
+    ctx, w = _ctx()
+    w.replies = [None, {"ok": True, "value": None, "index": 120}]
+    drive(ctx, Step(1, "rotate", params={"wait_applied": True}), ["n1"])
+    calls = [c for c in w.calls if c[0] == "call"]
+    assert len(calls) == 2 and all(c[2] == "rotate-dek" for c in calls)
+    starts = [r[3]["key_id"] for r in w.records if r[1] == "rotate" and r[0] == "start"]
+    assert starts == [2, 2]  # the same key id both times (and the same wrapped bytes)
+
+
+def test_target_roles_follow_what_the_cluster_shows() -> None:
+    ctx, w = _ctx()
+    rng = random.Random(1)
+    assert choose(ctx, Target("leader"), rng) == ["n1"]
+    assert choose(ctx, Target("follower"), rng)[0] != "n1"
+    ctx.marker_index = 105
+    w.st["n4"]["last_index"] = 106  # holds the marker, has not applied it
+    assert choose(ctx, Target("marker-holder"), rng) == ["n4"]
+    w.st["n2"]["applied"] = 7
+    assert choose(ctx, Target("lagging", bind="lag"), rng) == ["n2"]
+    assert choose(ctx, Target("bound", ref="lag"), rng) == ["n2"]
+    assert choose(ctx, Target("one", avoid=("leader", "lag")), rng)[0] not in ("n1", "n2")
+    pair = choose(ctx, Target("leader-pair"), rng)
+    assert "n1" in pair and len(pair) == 2
+    assert choose(ctx, Target("event"), rng, {"node": "n5"}) == ["n5"]
+    assert len(choose(ctx, Target("minority"), rng)) == 2
+    assert len(choose(ctx, Target("majority"), rng)) == 3
+    ctx.cutover = 50
+    ctx.on_event({"kind": "start", "node": "n3"})
+    assert choose(ctx, Target("restarted"), rng) == ["n3"]
+
+
+def test_every_action_has_a_handler() -> None:
+    from nemesis.primitives import ACTIONS
+
+    assert set(ACTIONS) - set(HANDLERS) == {"corrupt-entry"}  # the runner's, after reads
+    assert When("event", event="marker-proposed").describe() == "on marker-proposed"
