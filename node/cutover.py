@@ -117,6 +117,7 @@ class Applied:
     index: int
     cutover: int
     active: int
+    dek: int = 0  # a marker's: the DEK id its proposer saw
 
 
 class Cutover:
@@ -250,20 +251,21 @@ class Cutover:
                 sc.raft_applied_index = max(sc.raft_applied_index, index)
                 self.store.save(sc)
                 self._install(cutover, sc.active_raft_dek, why="marker-replay")
-                return Applied("marker-already-active", index, cutover, sc.active_raft_dek)
+                return Applied("marker-already-active", index, cutover, sc.active_raft_dek,
+                               dek)
             if check == "stale" and dek != sc.active_raft_dek:
                 # A rotation raced the marker: not a cutover. As far as this marker
                 # knows nothing is installed (the fixed order only gets here with C=0).
                 sc.raft_applied_index = max(sc.raft_applied_index, index)
                 self.store.save(sc)
                 self.wrap = None
-                return Applied("marker-stale", index, cutover, sc.active_raft_dek)
+                return Applied("marker-stale", index, cutover, sc.active_raft_dek, dek)
         sc.raft_envelope_cutover_index = index
         sc.raft_applied_index = max(sc.raft_applied_index, index)
         self.store.save(sc)  # fsynced before the installer runs
         self._install(index, sc.active_raft_dek, wrap="no-apply-installer" not in self.bugs,
                       why="marker")
-        return Applied("marker-fresh", index, index, sc.active_raft_dek)
+        return Applied("marker-fresh", index, index, sc.active_raft_dek, dek)
 
     # ---------------------------------------------------------------- propose
 
@@ -508,6 +510,8 @@ class EnableFlow:
                 cut._event(EventKind.MARKER_COMMITTED, index=self.marker_index)
             if host.applied_index() < self.marker_index:
                 if self.ticks > self.timeout_ticks:
+                    cut._event(EventKind.APPLY_WAIT_TIMEOUT, index=self.marker_index,
+                               barrier=cut.barrier)
                     return self._fail(f"marker {self.marker_index} not applied in time")
                 return None
             sc = cut.store.load()

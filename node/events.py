@@ -44,6 +44,8 @@ class EventKind(StrEnum):
     LOG_DISCARDED = "log-discarded"
     UNWRAP_SKIPPED = "unwrap-skipped"
     PARENT_GONE = "parent-gone"
+    APPLY_WAIT_TIMEOUT = "apply-wait-timeout"
+    LOG_TRUNCATED = "log-truncated"
 
 
 class EventLog:

@@ -72,7 +72,11 @@ class Replica:
         role = (self.raft.role, self.raft.term, self.raft.leader)
         if role != self._last_role:
             self._last_role = role
-            self.log.emit(EventKind.ROLE, role=str(role[0]), term=role[1], leader=role[2])
+            # Where the log stood: coverage asks whether a new leader held the marker
+            # unapplied, or a deposed one left entries uncommitted.
+            self.log.emit(EventKind.ROLE, role=str(role[0]), term=role[1], leader=role[2],
+                          applied=self.applied, commit=self.raft.commit,
+                          last_index=self.raft.last_index)
             if role[0] is not Role.LEADER:
                 # Reads waiting for a leadership confirmation will never get it here.
                 for ctx, (ident, rid, _k, _d) in list(self.read_wait.items()):
@@ -95,6 +99,7 @@ class Replica:
 
     def install_snapshot(self, snapshot: Snapshot) -> None:
         """A snapshot received at run time: adopt its encryption state, then its image."""
+        prev_applied = self.applied
         cutover, enc = snapshot_enc(snapshot.data)
         image = snapshot_kv(snapshot.data)
         if self.cut is not None:
@@ -107,7 +112,7 @@ class Replica:
         self.kv.restore(image)
         self.applied = snapshot.meta.index
         self.log.emit(EventKind.SNAPSHOT_INSTALLED, index=snapshot.meta.index,
-                      term=snapshot.meta.term)
+                      term=snapshot.meta.term, prev_applied=prev_applied, cutover=cutover)
 
     def snapshot_image(self, index: int) -> tuple[bytes, int, bytes]:
         """(snapshot data, header cutover, encryption blob) for a snapshot at `index`."""
@@ -366,7 +371,8 @@ class Replica:
             elif op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
                 applied = self.cut.apply(e.index, body)
                 self.log.emit(EventKind.ENCRYPTION_APPLIED, what=applied.kind, index=e.index,
-                              term=e.term, cutover=applied.cutover, active=applied.active)
+                              term=e.term, cutover=applied.cutover, active=applied.active,
+                              **({"dek": applied.dek} if applied.dek else {}))
                 ok, value = True, {"cutover": applied.cutover, "active": applied.active}
             else:
                 raise pl.PayloadError(f"unknown opcode 0x{op:02x}")

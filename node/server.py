@@ -156,6 +156,7 @@ class Node(Replica):
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
         self.log.emit(EventKind.START, pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
+                      cutover=self.cut.sidecar.raft_envelope_cutover_index if self.cut else 0,
                       **self._positions())
 
     # ------------------------------------------------------------------ loop
@@ -288,9 +289,12 @@ class Node(Replica):
             self._send_batch(early)
         cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
                         else (0, b""))
-        self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
-                                snapshot=rd.snapshot, cutover=cutover, encryption=enc,
-                                sync=rd.must_sync)
+        cut = self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
+                                      snapshot=rd.snapshot, cutover=cutover, encryption=enc,
+                                      sync=rd.must_sync)
+        if cut:  # a divergent suffix (a deposed leader's entries) was overwritten
+            self.log.emit(EventKind.LOG_TRUNCATED, index=rd.entries[0].index, entries=cut,
+                          term=rd.entries[0].term)
         if len(early) < len(rd.messages):
             self._send_batch([m for m in rd.messages if not may_send_early(m)])
         self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)

@@ -248,31 +248,35 @@ class Storage:
 
     # ------------------------------------------------------------------ writing
 
-    def save_entries(self, entries: Sequence[Entry]) -> None:
-        """Append, first cutting the conflicting suffix when the batch starts inside the log.
+    def save_entries(self, entries: Sequence[Entry]) -> int:
+        """Append, first cutting the conflicting suffix when the batch starts inside the log;
+        returns how many entries were cut.
 
         Entries already covered by the snapshot are skipped (a leader may resend them).
         A batch that would leave a gap raises ValueError: that is a core bug, not I/O.
         """
         if not entries:
-            return
+            return 0
         for a, b in zip(entries, entries[1:], strict=False):
             if b.index != a.index + 1:
                 raise ValueError(f"entries not contiguous: {a.index} then {b.index}")
         s = self._snap_index()
         if entries[-1].index <= s:
-            return
+            return 0
         if entries[0].index <= s:
             entries = entries[s - entries[0].index + 1 :]
         first = entries[0].index
         last = self.last_index()
         if first > last + 1:
             raise ValueError(f"gap: first new entry {first} after last index {last}")
+        cut = 0
         if first <= last:
+            cut = last - first + 1
             self._wal.truncate_from(first)
             del self._entries[first - s - 1 :]
         self._wal.append(entries)
         self._entries.extend(entries)
+        return cut
 
     def set_hard_state(self, hs: HardState) -> None:
         """Buffer the hard state; durable (and safe to vote on) after `sync()`."""
@@ -333,15 +337,17 @@ class Storage:
         cutover: int = 0,
         encryption: bytes = b"",
         sync: bool = True,
-    ) -> None:
-        """Persist one Ready in the safe order (snapshot, entries, hard state), then sync."""
+    ) -> int:
+        """Persist one Ready in the safe order (snapshot, entries, hard state), then sync;
+        returns how many entries of a divergent suffix were cut."""
         if snapshot is not None:
             self.apply_snapshot(snapshot, cutover=cutover, encryption=encryption)
-        self.save_entries(entries)
+        cut = self.save_entries(entries)
         if hard_state is not None:
             self.set_hard_state(hard_state)
         if sync:
             self.sync()
+        return cut
 
     def sync(self) -> None:
         """Everything saved so far is durable when this returns."""

@@ -221,13 +221,15 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 @click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
 @click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
 @click.option("--nemesis", default="all", show_default=True)
+@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
+              default="swarm", show_default=True, help="How each run's plan is made.")
 @click.option("--results", default="results", show_default=True)
 @click.option("--junit", "junit", help="Write a JUnit XML summary here.")
 @click.option("--summarize", is_flag=True,
               help="Run nothing: print the table (and --junit) from the runs stored in "
                    "--results, with their stored verdicts (e.g. after `cutover check`).")
 def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
-           nodes: int, nemesis: str, results: str, junit: str | None,
+           nodes: int, nemesis: str, scenario: str, results: str, junit: str | None,
            summarize: bool) -> None:
     """Detection table: every bug switch over K seeds, and the fixed build."""
     from . import matrix as mx
@@ -254,7 +256,7 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
 
     try:
         rows = mx.run_matrix(names, seeds, first_seed, time_limit, nodes, nemesis, results,
-                             on_outcome=progress)
+                             on_outcome=progress, scenario=scenario)
     except RunError as e:
         _user_error(e)
     except mx.MatrixAborted as e:
@@ -343,6 +345,23 @@ def list_cmd(results: str) -> None:
     try:
         with store.opened(results) as db:
             lines = list_lines(db)
+    except store.StoreError as e:
+        _user_error(e)
+    for ln in lines:
+        click.echo(ln)
+
+
+@main.command()
+@results_option
+def coverage(results: str) -> None:
+    """Protocol-state coverage over the stored runs: each point with how many runs reached
+    it, the points never reached, and a last line `coverage: K/M points reached in N runs`."""
+    from . import store
+    from .ui.text import coverage_lines
+
+    try:
+        with store.opened(results) as db:
+            lines = coverage_lines(store.coverage_by_run(db))
     except store.StoreError as e:
         _user_error(e)
     for ln in lines:

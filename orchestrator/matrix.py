@@ -1,6 +1,7 @@
 """The detection benchmark (`cutover matrix`): the fixed build and each bug switch over
 K seeds with every nemesis; how often each switch was caught, how far into the run the
-first violation happened, and which checker caught it."""
+first violation happened, which checker caught it, and how many protocol-state coverage
+points the build's runs reached together."""
 from __future__ import annotations
 
 import statistics
@@ -8,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from checker import suite
+from checker.coverage import POINTS
+from nemesis.plan import DEFAULT_SCENARIO
 from node.server import ALL_BUGS
 
 from . import store
@@ -36,7 +39,8 @@ def builds(bug_spec: str, fixed: bool = True) -> list[str]:
 
 def run_matrix(build_names: list[str], seeds: int, first_seed: int, time_limit: float,
                nodes: int, nemesis: str, results: str,
-               on_outcome: Callable[[str, int, RunOutcome], None] | None = None) -> Rows:
+               on_outcome: Callable[[str, int, RunOutcome], None] | None = None,
+               scenario: str = DEFAULT_SCENARIO) -> Rows:
     """Every build over seeds first_seed.. (one `cutover run` each); (build, outcomes)
     in order. Raises `run.RunError` (a harness failure) or `MatrixAborted`."""
     rows: Rows = []
@@ -45,7 +49,7 @@ def run_matrix(build_names: list[str], seeds: int, first_seed: int, time_limit: 
         for seed in range(first_seed, first_seed + seeds):
             cfg = RunConfig(nodes=nodes, time_limit=time_limit, nemesis=nemesis,
                             bugs=[] if build == "fixed" else [build], seed=seed,
-                            results=results)
+                            results=results, scenario=scenario)
             o = execute(cfg, out=None, progress=None)
             if o.verdict == "aborted":
                 raise MatrixAborted(f"aborted during {build} seed {seed} (run {o.run_id})")
@@ -67,7 +71,7 @@ def exit_code(rows: Rows) -> int:
 def table(rows: Rows, seeds: int) -> str:
     """The detection table: per build, how often caught, the median time into the run
     of the first violation, and by which checker."""
-    head = (f"{'build':<28} {'detected':>11} {'median s':>9}  caught by",)
+    head = (f"{'build':<28} {'detected':>11} {'median s':>9} {'coverage':>8}  caught by",)
     lines = [head[0], "-" * 80]
     for build, outcomes in rows:
         bad = [o for o in outcomes if o.verdict == "invalid"]
@@ -82,7 +86,9 @@ def table(rows: Rows, seeds: int) -> str:
             col = f"{len(bad)}/{len(outcomes)}"
         if errs:
             caught += f"; {len(errs)} unknown/error"
-        lines.append(f"{build:<28} {col:>11} {med:>9}  {caught}")
+        reached = set().union(*(o.coverage for o in outcomes)) & set(POINTS)
+        cov = f"{len(reached)}/{len(POINTS)}"
+        lines.append(f"{build:<28} {col:>11} {med:>9} {cov:>8}  {caught}")
     return "\n".join(lines)
 
 
@@ -108,7 +114,7 @@ def stored_rows(results: str) -> Rows:
             first = suite.first_violation(checks) if r["verdict"] == "invalid" else None
             o = RunOutcome(r["id"], "", r["verdict"] or "unknown", r["exit_code"] or 0,
                            r["summary"] or "", checks, first, r["seed"],
-                           float(r["duration_s"] or 0.0))
+                           float(r["duration_s"] or 0.0), store.coverage_of(db, r["id"]))
             by.setdefault(r["bugs"] or "fixed", []).append(o)
     names = (["fixed"] if "fixed" in by else []) + sorted(b for b in by if b != "fixed")
     return [(b, by[b]) for b in names]

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 from checker import suite
+from checker.coverage import coverage
 from nemesis.plan import (
     DEFAULT_SCENARIO,
     Plan,
@@ -165,6 +166,7 @@ class RunOutcome:
     first: tuple[str, str, Any] | None = None  # (checker, sentence, ns into the run)
     seed: int | None = None
     seconds: float = 0.0
+    coverage: dict[str, dict[str, Any]] = field(default_factory=dict)  # point -> count, first
 
 
 def replay_config(ref: str, results: str) -> RunConfig:
@@ -465,9 +467,12 @@ class _Runner:
         db = store.open_db(self.cfg.results)
         try:
             results = run_checkers(db, self.run_id, self.run_dir, self.rec, excused)
+            cov = store.coverage_of(db, self.run_id)
         finally:
             db.conn.close()
-        return self._finish(results)
+        out = self._finish(results)
+        out.coverage = cov
+        return out
 
     def _finish(self, results: dict[str, dict[str, Any]]) -> RunOutcome:
         verdict = suite.worst(r["valid"] for r in results.values())
@@ -580,6 +585,10 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)
     if rec is not None:
+        # Not a checker (it never changes the verdict): which protocol states the run
+        # reached, from the nodes' events, the history and what the nemesis did.
+        rec.rows("coverage", store.coverage_rows(
+            coverage(store.node_events(db, run_id), ops, nem)))
         rec.rows("checks", [{"checker": k, "valid": v["valid"],
                              "detail": json.dumps(v, default=str)} for k, v in results.items()])
         if rep is not None:

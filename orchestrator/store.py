@@ -12,6 +12,8 @@ which node event logs share):
 * `node_events` the nodes' own event logs, ingested at the end.
 * `log_entries` the cutover checker's scan of every durable log entry.
 * `checks`      one verdict per checker, with its detail JSON.
+* `coverage`    the protocol states a run reached (`checker/coverage.py`): point, count,
+                first time.
 
 A run is recorded while it goes: a writer thread batches rows and commits every
 `flush_every` seconds in WAL mode, so a crash of the orchestrator keeps what was recorded
@@ -85,6 +87,9 @@ def _create(db: sqlite_utils.Database) -> None:
     if "checks" not in tables:
         db["checks"].create({"run": str, "checker": str, "valid": str, "detail": str},
                             pk=("run", "checker"))
+    if "coverage" not in tables:
+        db["coverage"].create({"run": str, "point": str, "count": int, "first_time_ns": int},
+                              pk=("run", "point"))
 
 
 def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
@@ -335,6 +340,30 @@ def checks(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, Any]]:
         out[r["checker"]] = {"valid": r["valid"],
                              "detail": None if r["detail"] is None else json.loads(r["detail"])}
     return out
+
+
+def coverage_of(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, Any]]:
+    """The coverage points a run reached ({} for a database from before coverage)."""
+    if "coverage" not in db.table_names():
+        return {}
+    return {r["point"]: {"count": r["count"], "first_ns": r["first_time_ns"]}
+            for r in db.query("select * from coverage where run = ? order by point", [run_id])}
+
+
+def coverage_by_run(db: sqlite_utils.Database) -> dict[str, set[str]]:
+    """Every finished run's reached points (runs without any are included, empty)."""
+    out: dict[str, set[str]] = {r["id"]: set() for r in db.query(
+        "select id from runs where status in ('done', 'error') order by id")}
+    if "coverage" in db.table_names():
+        for r in db.query("select run, point from coverage"):
+            if r["run"] in out:
+                out[r["run"]].add(r["point"])
+    return out
+
+
+def coverage_rows(cov: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"point": p, "count": int(v["count"]), "first_time_ns": v.get("first_ns")}
+            for p, v in sorted(cov.items())]
 
 
 def fault_windows(rows: list[dict[str, Any]]) -> list[tuple[int, int | None, str, Any]]:

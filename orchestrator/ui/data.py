@@ -317,5 +317,6 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
         "lin": lin_sections(db, run_id, model, checks.get("linearizability") or {}, windows,
                             palette),
         "i1": i1_section(db, run_id, cut, nem, windows, events) if cut else None,
+        "coverage": store.coverage_of(db, run_id),
         "links": dict(links or {}),
     }

@@ -51,6 +51,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from checker.coverage import POINTS, summary_line
+
 from .plots import (
     EVENT_STYLE,
     describe_event,
@@ -88,7 +90,16 @@ def render_report(data: Mapping[str, Any]) -> str:
                 legend=_legend(palette, data.get("events") or []),
                 plots=_plots(data, palette),
                 lin=_lin(checks, data.get("lin") or []),
-                i1=_i1(data.get("i1"), palette))
+                i1=_i1(data.get("i1"), palette),
+                coverage=_coverage(data.get("coverage") or {}))
+
+
+def _coverage(cov: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Which protocol states the run reached (checker/coverage.py), and which not."""
+    return {"line": summary_line(cov),
+            "rows": [[p, str(cov[p]["count"]), secs(cov[p].get("first_ns")), POINTS[p]]
+                     for p in POINTS if p in cov],
+            "missed": [p for p in POINTS if p not in cov]}
 
 
 def _first(first: Sequence[Any] | None) -> dict[str, Any] | None:

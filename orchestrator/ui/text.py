@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
+from checker.coverage import POINTS, summary_line
 from checker.suite import ORDER, first_violation
 
 from .. import store
@@ -102,6 +103,10 @@ def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
         out.append(f"first violation: {name}{when}: {sentence}")
     elif row.get("summary"):
         out.append(f"summary: {row['summary']}")
+    cov = store.coverage_of(db, row["id"])
+    if cov:
+        out.append(f"{summary_line(cov)} reached: " + ", ".join(
+            f"{p}" + (f" x{v['count']}" if v["count"] > 1 else "") for p, v in cov.items()))
     nodes = node_table(db, row["id"], checks)
     if nodes:
         out.append("")
@@ -111,4 +116,24 @@ def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
                  _d(n["above_wrapped"]), _d(n["above_clear"]), _d(n["above_noop"]),
                  ("yes, " + str(n["halt_reason"])) if n["halted"] else "no") for n in nodes]
         out += _columns(head, rows)
+    return out
+
+
+def coverage_lines(by_run: Mapping[str, set[str]]) -> list[str]:
+    """`cutover coverage`: each point with how many runs reached it, then the points no
+    run reached, then `coverage: K/M points reached in N runs`."""
+    n = len(by_run)
+    counts = {p: sum(1 for pts in by_run.values() if p in pts) for p in POINTS}
+    width = max(len(p) for p in POINTS)
+    out = [f"{'POINT':<{width}}  RUNS  WHAT"]
+    for p in sorted(POINTS, key=lambda p: (-counts[p], p)):
+        if counts[p]:
+            out.append(f"{p:<{width}}  {counts[p]:>4}  {POINTS[p]}")
+    never = [p for p in POINTS if not counts[p]]
+    if never:
+        out.append("")
+        out.append(f"never reached ({len(never)}):")
+        out += [f"  {p}: {POINTS[p]}" for p in sorted(never)]
+    reached = sum(1 for p in POINTS if counts[p])
+    out.append(f"coverage: {reached}/{len(POINTS)} points reached in {n} runs")
     return out
