@@ -175,11 +175,14 @@ def _cutover_at(value: str) -> float | None:
 @click.option("--junit", "junit", help="Also write a JUnit XML summary here.")
 @click.option("--replay", help="Run again with a stored run's config (a run id in --results, "
                                "`latest`, or a config.json); the other flags are ignored.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
+              help="Play this nemesis plan (a plan file, e.g. a shrunk one from `cutover sim`, "
+                   "or a run's config.json) instead of making one from the seed.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
         keys: int, nemesis: str, scenario: str, nemesis_interval: float,
         cutover_at: str | None, bugs: tuple[str, ...], snapshot_every: int | None,
         max_msg_bytes: int | None, max_inflight: int | None, seed: int | None,
-        results: str, junit: str | None, replay: str | None) -> None:
+        results: str, junit: str | None, replay: str | None, plan_file: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .junit import write_junit
     from .run import RunConfig, RunError, execute, replay_config
@@ -198,7 +201,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
                         bugs=list(bugs), snapshot_every=snapshot_every,
                         max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
-                        results=results)
+                        results=results, plan_file=plan_file)
     try:
         outcome = execute(cfg)
     except RunError as e:
@@ -217,7 +220,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 @click.option("--first-seed", type=int, default=1, show_default=True)
 @click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
-              help="all, or a comma list of switch names.")
+              help="all, none (the fixed build only), or a comma list of switch names.")
 @click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
 @click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
 @click.option("--nemesis", default="all", show_default=True)
@@ -330,6 +333,52 @@ def bench_edn(ops: int, seed: int) -> None:
         measure(ops, seed)
     except BenchError as e:
         _user_error(e)
+
+
+@bench.command("detection")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per defect (1..N).")
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=5), default=30.0, show_default=True)
+@click.option("--defects", "defects_dir", type=click.Path(file_okay=False),
+              help="Directory of defect patches (default: tests/defects in the repository).")
+@click.option("--only", help="Comma list of defect names to run (default: all).")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Runs at a time.")
+@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
+              default=None, help="Plan scenario of every run (default: run's default).")
+def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
+                    only: str | None, jobs: int, scenario: str | None) -> None:
+    """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
+    of the tree and run on N seeds; one row per defect, last line `detected=K/M`."""
+    from pathlib import Path
+
+    from . import detection
+
+    try:
+        defects = detection.load_defects(Path(defects_dir) if defects_dir
+                                         else detection.default_defects_dir())
+    except (OSError, ValueError) as e:
+        _user_error(e)
+    if only:
+        names = {n.strip() for n in only.split(",") if n.strip()}
+        unknown = names - {d.name for d in defects}
+        if unknown:
+            fail(f"unknown defect(s) {', '.join(sorted(unknown))}; known: "
+                 f"{', '.join(d.name for d in defects)}")
+        defects = [d for d in defects if d.name in names]
+    if not defects:
+        fail("no defect patches found")
+    seed_list = list(range(first_seed, first_seed + seeds))
+
+    def progress(name: str, seed: int, verdict: str, first: str | None) -> None:
+        click.echo(f"  {name:<28} seed {seed:<4} {verdict:<8} {first or ''}", err=True)
+
+    rows = detection.run_detection(defects, seed_list, time_limit, jobs=jobs,
+                                   extra=["--scenario", scenario] if scenario else [],
+                                   progress=progress)
+    for line in detection.table(rows, len(seed_list)):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------------------- review

@@ -29,6 +29,8 @@ def builds(bug_spec: str, fixed: bool = True) -> list[str]:
     known = sorted(ALL_BUGS)
     if bug_spec == "all":
         bugs = known
+    elif bug_spec in ("none", ""):
+        bugs = []
     else:
         bugs = [b.strip() for b in bug_spec.split(",") if b.strip()]
         bad = [b for b in bugs if b not in known]

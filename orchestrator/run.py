@@ -83,6 +83,7 @@ class RunConfig:
     enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
     lin_timeout: float = 60.0
     scenario: str = DEFAULT_SCENARIO
+    plan_file: str | None = None  # play this stored plan instead of making one
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -108,8 +109,20 @@ class RunConfig:
         return c
 
     def plan(self) -> Plan:
-        """The nemesis plan of this (resolved) config: a pure function of it."""
+        """The nemesis plan of this (resolved) config: a pure function of it, or the plan
+        of `plan_file` (a plan as `Plan.to_dict` writes it, or a run's config.json)."""
         assert self.seed is not None
+        if self.plan_file:
+            try:
+                with open(self.plan_file, encoding="utf-8") as fh:
+                    doc = json.load(fh)
+                if isinstance(doc, dict) and isinstance(doc.get("plan"), dict):
+                    doc = doc["plan"]
+                if not isinstance(doc, dict):
+                    raise ValueError("expected a JSON object")
+                return Plan.from_dict(doc)
+            except (OSError, ValueError) as e:
+                raise RunError(f"cannot use plan {self.plan_file}: {e}") from None
         return make_plan(self.seed, parse_families(self.nemesis), time_limit=self.time_limit,
                          interval=self.nemesis_interval, cutover_at=self.cutover_at,
                          nodes=self.nodes,
@@ -121,9 +134,10 @@ class RunConfig:
         every few dozen entries, some every few thousand; some send one entry per
         append message."""
         c = RunConfig(**asdict(self))
+        defaults = {"snapshot_every": 5000, "max_msg_bytes": 64 * 1024, "max_inflight": 64}
         for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
             if getattr(c, name) is None:
-                setattr(c, name, plan.knobs[name])
+                setattr(c, name, plan.knobs.get(name, defaults[name]))
         return c
 
     def validate(self) -> None:
@@ -249,11 +263,11 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
         raise RunError(str(e)) from None
     if out is not None:
         print(f"seed {cfg.seed}", file=out, flush=True)
-    run_id = new_run_id(cfg.results, cfg.seed)
-    run_dir = os.path.join(cfg.results, run_id)
-    families = parse_families(cfg.nemesis)
     plan = cfg.plan()
     cfg = cfg.with_knobs(plan)
+    families = plan.families if cfg.plan_file else parse_families(cfg.nemesis)
+    run_id = new_run_id(cfg.results, cfg.seed)
+    run_dir = os.path.join(cfg.results, run_id)
     config_doc = {**asdict(cfg), "plan": plan.to_dict()}
     with open(os.path.join(run_dir, "config.json"), "w") as fh:
         json.dump(config_doc, fh, indent=2)
