@@ -190,6 +190,8 @@ _EVENT_WEIGHTS = {"marker-proposed": 3, "marker-committed": 3, "marker-applied":
 _CUTOVER_EVENTS = {"marker-proposed", "marker-committed", "marker-applied", "barrier-up",
                    "apply-wait-timeout"}
 _DELAYS = (0.0, 0.002, 0.01, 0.05, 0.2, 0.5, 1.5)
+_DISRUPTIVE = {"kill", "kill-power", "restart", "pause", "isolate", "split", "cut-in",
+               "cut-out", "slow-in"}
 _DURATIONS = (0.3, 0.8, 1.5, 3.0, 5.0)
 
 
@@ -234,7 +236,9 @@ class _Builder:
         if action == "reorder":
             return {"ms": 2, "jitter": r.choice([10, 30, 60])}
         if action == "restart":
-            return {"down": r.choice([0.0, 0.05, 0.3])}
+            return {"down": r.choice([0.0, 0.05, 0.3]), "times": r.choice([1, 1, 2, 3])}
+        if action == "kill-power":
+            return {"torn": r.random() < 0.5}
         return {}
 
     def duration(self, t: float) -> float:
@@ -300,8 +304,28 @@ class _Builder:
                     else Target(r.choice(_ROLES[b]))
                 self.add(b, tgt, When("after", step=first.id), delay=r.choice(_DELAYS),
                          duration=r.choice(_DURATIONS), origin="follow-up", **self.params(b))
+        if self.cutover_at is not None and not calm and r.random() < 0.45:
+            self.cutover_focus([a for a in enabled if a in _DISRUPTIVE])
         if r.random() < 0.2:
             self.churn()
+
+    def cutover_focus(self, actions: list[str]) -> None:
+        """Faults on the leader at the cutover's own moments (the barrier going up, the
+        marker proposed or committed): the interleavings the protocol exists for."""
+        r = self.rng
+        if not actions:
+            return
+        n = r.choice([1, 1, 2, 3])
+        self.features["cutover_focus"] = n
+        for _ in range(n):
+            a = r.choice(actions)
+            ev = r.choice(["marker-proposed", "marker-committed", "barrier-up",
+                           "marker-proposed"])
+            role = r.choice(["leader-pair", "leader"]) if a == "split" else \
+                r.choice(["leader", "event"])
+            self.add(a, Target(role), When("event", event=ev), delay=r.choice([0.0, 0.002, 0.01, 0.05, 0.2]),
+                     duration=r.choice([0.5, 1.0, 2.5, 4.0]), origin="cutover-focus",
+                     **self.params(a))
 
     def churn(self, force: bool = False) -> None:
         """Leaders cut off right after they are elected (their no-op stays partial), for
@@ -310,13 +334,29 @@ class _Builder:
         acts = [a for a in ("isolate", "kill", "cut-out") if self.allowed(a)]
         if not acts:
             return
-        n = r.choice([3, 5, 8]) if not force else 8
+        n = r.choice([3, 5, 8]) if not force else 40
         self.features["churn"] = n
+        # The first leader was elected before the run began, and a chain of election
+        # triggers can stall (a cut-off leader that nobody replaced keeps leading once
+        # healed): leaders are also deposed on a clock, over a stretch of the run.
+        t = r.uniform(0.5, max(0.6, min(3.0, self.time_limit / 4)))
+        end = t + (self.time_limit * r.uniform(0.3, 0.8) if not force else self.time_limit)
+        if self.allowed("delay") and (force or r.random() < 0.5):
+            # Slow links: a new leader's first appends are still on the wire when it is
+            # cut off, so its no-op stays where it is and an older term's entry can win.
+            ms = r.choice([20, 40, 80])
+            self.add("delay", Target("all"), When("time", at=round(t, 3)),
+                     duration=round(min(end, self.time_limit - 0.5) - t, 3), origin="churn",
+                     ms=ms, jitter=ms / 2)
+        while t < min(end, self.time_limit - 1.0):
+            self.add(r.choice(acts), Target("leader"), When("time", at=round(t, 3)),
+                     duration=r.choice([0.3, 0.6, 1.0]), origin="churn")
+            t += r.uniform(0.8, 2.5)
         for i in range(1, n + 1):
             self.add(r.choice(acts), Target("event"), When("event", event="leader-elected",
                                                            nth=i),
                      delay=r.choice([0.0, 0.005, 0.02, 0.05]),
-                     duration=r.choice([0.4, 0.8, 1.5]), origin="churn")
+                     duration=r.choice([0.3, 0.6, 1.0]), origin="churn")
 
     def operator(self) -> None:
         """RotateDEK at random times (one sometimes racing the marker) and, when the

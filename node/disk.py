@@ -12,7 +12,8 @@ deterministic simulator implements the same interface in memory (`SimDisk` in
 The model (the rules both implement):
 
 * **File data** is durable up to the size the file had at its last `File.sync()`
-  (fdatasync); whatever was appended after that is lost. Files are append-only except
+  (fdatasync); whatever was appended after that is lost, or (with an `rng`) a random
+  part of it survives, as when the kernel flushed some pages first. Files are append-only except
   for `truncate` (which syncs at once) and `overwrite` (a nemesis tool, which syncs).
 * **Directory entries** (a file created, renamed over another, or unlinked) are durable
   only once their directory is fsynced (`sync_dir`). A power loss before that undoes
@@ -40,6 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import stat
 from pathlib import Path
 from typing import IO, Any
@@ -334,10 +336,13 @@ def _drop_keeps(jp: Path) -> None:
                 os.unlink(root / keep)
 
 
-def power_loss(data_dir: PathLike) -> PowerLossReport:
+def power_loss(data_dir: PathLike, rng: random.Random | None = None) -> PowerLossReport:
     """Cut a stopped node's files back to their durable state (module docstring).
 
-    Call only when the node process is dead. Returns what changed; resets the journal.
+    With `rng`, each file keeps a random part of what it had written but not synced (the
+    kernel may have flushed some of it before the power went: a torn tail), instead of
+    none of it. Call only when the node process is dead. Returns what changed; resets the
+    journal.
     """
     root = Path(data_dir)
     jp = root / JOURNAL_NAME
@@ -371,9 +376,11 @@ def power_loss(data_dir: PathLike) -> PowerLossReport:
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size > size:
-            with open(p, "r+b") as f:
-                f.truncate(size)
-            report["truncated"][name] = st.st_size - size
+            keep = size + (rng.randrange(st.st_size - size + 1) if rng is not None else 0)
+            if keep < st.st_size:
+                with open(p, "r+b") as f:
+                    f.truncate(keep)
+                report["truncated"][name] = st.st_size - keep
     # Then names: undo every directory operation its directory never made durable.
     ops = [r for ops_ in pending.values() for r in ops_]
     order = {id(r): i for i, r in enumerate(recs)}

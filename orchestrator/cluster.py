@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import random
 import signal
 import socket
 import threading
@@ -196,11 +197,13 @@ class Cluster:
                     raise ClusterError(f"node {nid} did not come up within {timeout:.0f} s; "
                                        f"see {h.log_path}")
 
-    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None:
+    def kill(self, nid: str, *, power: bool = False,
+             torn: random.Random | None = None) -> dict[str, Any] | None:
         """SIGKILL: no goodbye, no flush. The page cache survives it, so nothing written
         is lost; with `power`, the node's files are then cut back to what they durably
         held (`node.disk.power_loss`), as a power failure at that instant would leave
-        them. Returns what the power loss undid (None without `power`)."""
+        them (with `torn`, a random part of the unsynced bytes survives). Returns what the
+        power loss undid (None without `power`)."""
         h = self.nodes[nid]
         if h.process is not None and h.process.is_alive():
             os.kill(h.process.pid, signal.SIGKILL)
@@ -212,7 +215,7 @@ class Cluster:
             raise ClusterError(f"node {nid} survived SIGKILL; not touching its files")
         from node.disk import power_loss
 
-        return dict(power_loss(h.data_dir))
+        return dict(power_loss(h.data_dir, torn))
 
     def restart(self, nid: str, wait: float | None = 20.0) -> None:
         self.kill(nid)

@@ -74,7 +74,8 @@ class World(Protocol):
 
     def up(self, nid: str) -> bool: ...  # alive, not paused, answering
 
-    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None: ...
+    def kill(self, nid: str, *, power: bool = False,
+             torn: random.Random | None = None) -> dict[str, Any] | None: ...
 
     def start(self, nid: str) -> None: ...  # begins a start; `up` says when it is done
 
@@ -323,9 +324,10 @@ def _wait_up(ctx: Ctx, nodes: Iterable[str]) -> Until:
 @handler("kill", "kill-power")
 def _kill(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect, Any, None]:
     power = step.action == "kill-power"
+    torn = ctx.rng(step.id, "torn") if step.params.get("torn") else None
     lost: dict[str, Any] = {}
     for n in nodes:
-        rep = ctx.world.kill(n, power=power)
+        rep = ctx.world.kill(n, power=power, torn=torn)
         if rep:
             lost[n] = {"truncated_bytes": sum(rep.get("truncated", {}).values()),
                        "undone": len(rep.get("undone", []))}
@@ -339,14 +341,16 @@ def _kill(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect, Any, None
 
 @handler("restart")
 def _restart(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect, Any, None]:
-    for n in nodes:
-        ctx.world.kill(n)
+    """A bounce: SIGKILL and start again, `times` times in a row (a crash loop)."""
     down = float(step.params.get("down", 0.0))
-    if down:
-        yield Sleep(down)
-    for n in nodes:
-        ctx.world.start(n)
-    yield _wait_up(ctx, nodes)
+    for _ in range(max(1, int(step.params.get("times", 1)))):
+        for n in nodes:
+            ctx.world.kill(n)
+        if down:
+            yield Sleep(down)
+        for n in nodes:
+            ctx.world.start(n)
+        yield _wait_up(ctx, nodes)
 
 
 @handler("pause")

@@ -13,6 +13,7 @@ simulator implements the same interface in simulated time.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import defaultdict
@@ -68,9 +69,10 @@ class RealWorld:
         h = self.cl.nodes[nid]
         return h.alive and not h.paused and self.status(nid) is not None
 
-    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None:
+    def kill(self, nid: str, *, power: bool = False,
+             torn: random.Random | None = None) -> dict[str, Any] | None:
         with self.lock:
-            return self.cl.kill(nid, power=power)
+            return self.cl.kill(nid, power=power, torn=torn)
 
     def start(self, nid: str) -> None:
         with self.lock:

@@ -46,7 +46,8 @@ class FakeWorld:
     def up(self, nid: str) -> bool:
         return nid not in self.down and nid not in self.paused
 
-    def kill(self, nid: str, *, power: bool = False) -> dict[str, Any] | None:
+    def kill(self, nid: str, *, power: bool = False,
+             torn: random.Random | None = None) -> dict[str, Any] | None:
         self.calls.append(("kill", nid, power))
         self.down.add(nid)
         return {"truncated": {"wal/00000001.wal": 40}, "undone": []} if power else None
