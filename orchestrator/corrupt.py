@@ -16,13 +16,25 @@ from nemesis.primitives import Step as Fault
 from node.wal import WalError, damage_entry
 
 from .client import Client, ClientTimeout
+from .cluster import ClusterError
 
 
-def corrupt_and_replay(runner: Any, fault: Fault) -> list[tuple[str, int]]:
+def corrupt_and_replay(runner: Any, fault: Fault, seconds: float = 20.0) -> list[tuple[str, int]]:
+    """Damage, restart, watch the replay: all within `seconds` (the run's budget)."""
     cl = runner.cluster
     rec = runner.rec
     rng = random.Random(f"nemesis:{runner.cfg.seed}:{fault.id}")
-    leader = cl.wait_leader(10)
+    stop_at = time.monotonic() + seconds
+
+    def left(cap: float) -> float:
+        return max(0.5, min(cap, stop_at - time.monotonic()))
+
+    try:
+        leader = cl.wait_leader(left(5))
+    except ClusterError:
+        rec.fault(time.monotonic_ns(), "event", "corrupt-entry", None,
+                  {"skipped": "no leader to write the probe through"})
+        return []
     with Client(cl.endpoints(), timeout=2.0) as c:
         # One more write, through the leader: its reply names its log index.
         key = "k0"
@@ -45,7 +57,7 @@ def corrupt_and_replay(runner: Any, fault: Fault) -> list[tuple[str, int]]:
         followers = [n for n in cl.ids if n != leader]
         rng.shuffle(followers)
         victim = None
-        end = time.monotonic() + 5
+        end = time.monotonic() + left(5)
         while victim is None and time.monotonic() < end:
             for f in followers:
                 try:
@@ -69,13 +81,13 @@ def corrupt_and_replay(runner: Any, fault: Fault) -> list[tuple[str, int]]:
         except WalError as e:
             rec.fault(time.monotonic_ns(), "event", "corrupt-entry", [victim],
                       {"skipped": str(e)})
-            cl.start_node(victim, wait=20)
+            cl.start_node(victim, wait=left(20))
             return []
         rec.fault(time.monotonic_ns(), "start", "corrupt-entry", [victim],
                   {"index": index, "what": "one bit of the entry's data, under the WAL CRC"})
-        cl.start_node(victim, wait=20)
+        cl.start_node(victim, wait=left(20))
         outcome = "timeout"
-        end = time.monotonic() + 10
+        end = time.monotonic() + left(10)
         while time.monotonic() < end:
             try:
                 st = c.admin(victim, "status", timeout=0.5)["value"]

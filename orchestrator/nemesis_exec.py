@@ -24,7 +24,7 @@ from nemesis.plan import Plan
 from nemesis.primitives import Step, When, event_matches
 
 from .client import Client, ClientTimeout
-from .cluster import Cluster
+from .cluster import Cluster, ClusterError
 from .faults import HANDLERS, Call, Ctx, Effect, Hold, Net, Sleep, Until, choose
 from .store import Recorder
 from .watch import EventWatch
@@ -170,9 +170,10 @@ class Nemesis:
     def active(self) -> dict[int, str]:
         return self.ctx.active
 
-    def heal_all(self) -> None:
+    def heal_all(self, wait: float = 20.0) -> None:
         """The final generator: heal the network, resume, restart the dead and the nodes
-        whose barrier is stuck (an operator's remedy), and wait until they are up."""
+        whose barrier is stuck (an operator's remedy), and wait (up to `wait` seconds in
+        all) until they are up."""
         w, cl = self.world, self.world.cl
         with w.lock:
             self.ctx.rules.clear()
@@ -190,10 +191,15 @@ class Nemesis:
                     down.append(nid)
             for nid in down:
                 cl.start_node(nid, wait=None)
+            end = time.monotonic() + wait
+            failed = {}
             for nid in down:
-                cl.wait_up(nid, 20)
+                try:
+                    cl.wait_up(nid, max(0.5, end - time.monotonic()))
+                except ClusterError as e:  # evidence, not a harness failure: recorded
+                    failed[nid] = str(e)
         w.record("event", "heal-all", sorted(down), restarted=sorted(down),
-                 barrier_cleared=stuck)
+                 barrier_cleared=stuck, **({"failed_to_start": failed} if failed else {}))
         self.ctx.active.clear()
 
     def close(self) -> None:

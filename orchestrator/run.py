@@ -82,6 +82,9 @@ class RunConfig:
     max_inflight: int | None = None
     enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
     lin_timeout: float = 60.0
+    # Seconds past --time-limit by which the run is over and checked (set-up included):
+    # the phases after the workload share what is left.
+    finish_within: float = 15.0
     scenario: str = DEFAULT_SCENARIO
     plan_file: str | None = None  # play this stored plan instead of making one
 
@@ -356,10 +359,10 @@ class _Runner:
         # The final generator: no more faults; heal, resume, restart, then a quiet spell.
         self.phase = "heal"
         self.stop_all.set()
-        self.nem.join(10)
-        self.nem.heal_all()
+        self.nem.join(2)
+        self.nem.heal_all(wait=min(8.0, max(2.0, self._left() - 7)))
         self.phase = "quiet"
-        end_quiet = time.monotonic() + cfg.quiet_period
+        end_quiet = time.monotonic() + min(cfg.quiet_period, max(0.5, self._left() - 8))
         while time.monotonic() < end_quiet:
             self._tick()
             time.sleep(0.25)
@@ -367,14 +370,18 @@ class _Runner:
         for w in self.workers:
             w.join(cfg.op_timeout * 3 + 1)
         self.phase = "final"
-        self._final_reads(workload)
-        excused = self._corrupt_if_planned()
+        self._final_reads(workload, min(8.0, max(1.0, self._left() - 6)))
+        excused = self._corrupt_if_planned(min(10.0, max(2.0, self._left() - 4)))
         self._tick(final=True)
         self.phase = "check"
         time.sleep(0.3)  # let followers apply the last commits before their stop digests
-        cl.stop_all()
+        cl.stop_all(grace=2.0)
         self.watch.stop()
         return self._check_and_store(kek_path, excused)
+
+    def _left(self) -> float:
+        """Seconds left before the run must be over and checked (`finish_within`)."""
+        return self.t_start + self.cfg.time_limit + self.cfg.finish_within - time.monotonic()
 
     def _bootstrap(self, leader: str, wrapped: bytes) -> None:
         assert self.cluster is not None
@@ -445,9 +452,9 @@ class _Runner:
             t.start()
             self.workers.append(t)
 
-    def _final_reads(self, workload: Any) -> None:
+    def _final_reads(self, workload: Any, seconds: float) -> None:
         assert self.cluster is not None
-        budget = time.monotonic() + 8  # a halted cluster answers nothing: bound it
+        budget = time.monotonic() + seconds  # a halted cluster answers nothing: bound it
         with Client(self.cluster.endpoints(), timeout=1.0) as c:
             for n, spec in enumerate(workload.final_reads()):
                 end = min(time.monotonic() + 3, budget)
@@ -465,11 +472,11 @@ class _Runner:
 
     # -------------------------------------------------------------- corruption
 
-    def _corrupt_if_planned(self) -> list[tuple[str, int]]:
+    def _corrupt_if_planned(self, seconds: float) -> list[tuple[str, int]]:
         fault = self.plan.step("corrupt-entry")
         if fault is None or self.nem is None or not self.nem.ctx.cutover:
             return []
-        return corrupt_and_replay(self, fault)
+        return corrupt_and_replay(self, fault, seconds)
 
     # -------------------------------------------------------------- checking
 
@@ -480,7 +487,9 @@ class _Runner:
         self.rec.flush()
         db = store.open_db(self.cfg.results)
         try:
-            results = run_checkers(db, self.run_id, self.run_dir, self.rec, excused)
+            results = run_checkers(db, self.run_id, self.run_dir, self.rec, excused,
+                                   lin_timeout=min(self.cfg.lin_timeout,
+                                                   max(3.0, self._left() - 1)))
             cov = store.coverage_of(db, self.run_id)
         finally:
             db.conn.close()
@@ -563,7 +572,8 @@ def node_dirs(run_dir: str) -> dict[str, str]:
 
 
 def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
-                 excused: list[tuple[str, int]] | None = None) -> dict[str, dict[str, Any]]:
+                 excused: list[tuple[str, int]] | None = None,
+                 lin_timeout: float | None = None) -> dict[str, dict[str, Any]]:
     """Every checker on a stored run (history from the DB, invariants from the node
     files); stores `checks` and `log_entries` through `rec` when given."""
     row = store.resolve_run(db, run_id)
@@ -579,7 +589,7 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
     model = MODEL_OF.get(config.get("workload", "kv"), "kv")
     results: dict[str, dict[str, Any]] = {}
     results["linearizability"] = suite.check_linearizability(
-        ops, model, timeout=float(config.get("lin_timeout", 60.0)))
+        ops, model, timeout=lin_timeout or float(config.get("lin_timeout", 60.0)))
     dirs = node_dirs(run_dir)
     kek_path = os.path.join(run_dir, "kek")
     if not dirs or not os.path.exists(kek_path):
