@@ -13,6 +13,7 @@ import random
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from node import payload as pl
@@ -42,7 +43,9 @@ class Replica:
 
     def __init__(self, *, lease_interval: float = 1.0, proposal_timeout: float = 30.0,
                  enable_timeout_ticks: int = 200, rng: random.Random | None = None,
-                 snapshot_every: int = 0) -> None:
+                 snapshot_every: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the host's: real monotonic time, or simulated time
         self.lease_interval = lease_interval
         self.snapshot_every = snapshot_every
         self.proposal_timeout = proposal_timeout
@@ -209,7 +212,7 @@ class Replica:
             except NotLeader:
                 self._not_leader(ident, rid)
                 return
-            self.read_wait[ctx] = (ident, rid, key, time.monotonic() + self.proposal_timeout)
+            self.read_wait[ctx] = (ident, rid, key, self.clock() + self.proposal_timeout)
             return
         if not self._can_serve(ident, rid):
             return
@@ -320,7 +323,7 @@ class Replica:
             return
         if ident is not None:
             self.pending[pid] = (ident, rid, index,
-                                 time.monotonic() + self.proposal_timeout, admin)
+                                 self.clock() + self.proposal_timeout, admin)
 
     def _maybe_lease(self, now: float) -> None:
         if (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval

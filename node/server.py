@@ -15,69 +15,21 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import zmq
 
-from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
 from node.disk import JOURNAL_NAME, REAL, Disk
 from node.events import EventKind, EventLog
+from node.host import ALL_BUGS, NODE_BUGS, NodeHost, NodeOptions
 from node.keystore import KeystoreError, load_kek
-from node.kv import KV, snapshot_enc, snapshot_kv
-from node.raft import (
-    Config,
-    Message,
-    RaftNode,
-    Ready,
-    from_wire,
-    may_send_early,
-    to_wire,
-)
-from node.replica import Replica
-from node.storage import Storage, StorageError
-from node.types import Snapshot
+from node.raft import Message, from_wire, to_wire
+from node.storage import StorageError
 
-NODE_BUGS = {
-    "stale-read": "reads served from local state on whichever node is asked",
-    "commit-old-term": "the leader commits older-term entries by counting replicas "
-                       "(Figure 8 of the Raft paper)",
-}
-# Every bug switch a node can be started with: the one list (`cutover bugs`, the run's
-# validation, the detection matrix's builds, the node's own refusal of unknown names).
-ALL_BUGS = {**NODE_BUGS, **CUTOVER_BUGS}
+__all__ = ["ALL_BUGS", "NODE_BUGS", "Node", "NodeOptions", "main", "parse_args", "run_node"]
 
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class NodeOptions:
-    """Everything a node needs to start; the orchestrator builds one per node."""
-
-    node_id: str
-    data_dir: str
-    listen: str
-    switchboard: str
-    peers: list[str]
-    bugs: list[str] = field(default_factory=list)
-    tick_ms: float = 25.0
-    election_ticks: int = 10
-    heartbeat_ticks: int = 3
-    lease_interval: float = 1.0
-    snapshot_every: int = 20_000
-    proposal_timeout: float = 30.0
-    linger_ms: float = 1.0
-    kek_path: str | None = None  # None: a node without encryption (admin ops refused)
-    enable_timeout_ticks: int = 200
-    seed: int | None = None
-    # Raft flow control (etcd's MaxSizePerMsg / MaxInflightMsgs): a tiny append size sends
-    # one entry per message, which is what lets an old term's entry reach a majority
-    # before the new leader's no-op does (Raft's Figure 8).
-    max_msg_bytes: int = 64 * 1024
-    max_inflight: int = 64
-    # Under the harness: journal every durability point, for the kill-power fault.
-    durability_journal: bool = False
 
 
 def die_with_parent() -> None:
@@ -89,80 +41,47 @@ def die_with_parent() -> None:
         pass  # not Linux: the getppid() watch in the loop still applies
 
 
-class Node(Replica):
-    """One replica process: the protocol logic of `Replica` plus storage, sockets and
-    the loop."""
+class Node:
+    """One replica process: a `NodeHost` (the node's logic) on real files, real time,
+    ZeroMQ sockets and one poll loop."""
 
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
-        known = set(ALL_BUGS)
-        unknown = sorted(set(opts.bugs) - known)
-        if unknown:
-            raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")
-        self.bugs = frozenset(opts.bugs)
         REAL.makedirs(opts.data_dir)
-        self.disk = (Disk(os.path.join(opts.data_dir, JOURNAL_NAME))
-                     if opts.durability_journal else REAL)
-        self.storage = Storage.open(opts.data_dir, opts.node_id, disk=self.disk)
+        disk = (Disk(os.path.join(opts.data_dir, JOURNAL_NAME))
+                if opts.durability_journal else REAL)
         self.log = EventLog(opts.data_dir, opts.node_id)
-        for ev in self.storage.recovered_events:
-            ev = dict(ev)
-            self.log.emit(ev.pop("kind"), **ev)
-        self.kv = KV()
-        self.cut: Cutover | None = None
-        if opts.kek_path:
-            node_num = sorted(opts.peers).index(opts.node_id) + 1
-            self.cut = Cutover(node_num, FileStore(opts.data_dir, self.disk),
-                               load_kek(opts.kek_path),
-                               frozenset(self.bugs & set(CUTOVER_BUGS)),
-                               on_event=self.log.emit)
-            header = self.storage.snapshot_header
-            if header is not None:
-                try:  # the start-up divergence guard (§6)
-                    self.cut.check_startup_snapshot(header.cutover)
-                except Halt as h:
-                    raise StorageError(h.reason) from None
-        snap = self.storage.snapshot
-        if snap is not None:
-            image = snapshot_kv(snap.data)
-            if self.cut is not None:
-                try:
-                    image = self.cut.open_image(image)
-                except Halt as h:
-                    raise StorageError(h.reason) from None
-            self.kv.restore(image)
-        rng = random.Random(opts.seed if opts.seed is not None else os.urandom(8))
-        cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks,
-                     max_msg_bytes=opts.max_msg_bytes, max_inflight=opts.max_inflight)
-        self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
-                             bugs=frozenset(b for b in self.bugs if b == "commit-old-term"),
-                             hard_state=self.storage.hard_state, snapshot=snap,
-                             entries=self.storage.entries)
-        Replica.__init__(self, lease_interval=opts.lease_interval,
-                         proposal_timeout=opts.proposal_timeout,
-                         enable_timeout_ticks=opts.enable_timeout_ticks,
-                         snapshot_every=opts.snapshot_every)
-        self._last_progress_event = 0.0
         self.ctx = zmq.Context()
         self.peer = self.ctx.socket(zmq.DEALER)
         self.peer.setsockopt(zmq.IDENTITY, self.id.encode())
         self.peer.setsockopt(zmq.LINGER, 0)
         self.peer.setsockopt(zmq.SNDHWM, 100_000)
-        self.peer.connect(opts.switchboard)
         self.client = self.ctx.socket(zmq.ROUTER)
         self.client.setsockopt(zmq.LINGER, 0)
-        self.client.bind(opts.listen)
+        try:
+            self.client.bind(opts.listen)
+            self.host = NodeHost(
+                opts, disk=disk, log=self.log,
+                kek=load_kek(opts.kek_path) if opts.kek_path else None,
+                clock=time.monotonic, send=self._send_batch, deliver=self._deliver,
+                rng=random.Random(opts.seed if opts.seed is not None else os.urandom(8)),
+                start_info={"pid": os.getpid(), "listen": opts.listen})
+        except BaseException:
+            self.client.close(0)
+            self.peer.close(0)
+            self.ctx.term()
+            self.log.close()
+            raise
+        self.peer.connect(opts.switchboard)
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
-        self.log.emit(EventKind.START, pid=os.getpid(), listen=opts.listen, bugs=sorted(self.bugs),
-                      cutover=self.cut.sidecar.raft_envelope_cutover_index if self.cut else 0,
-                      **self._positions())
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
         """Serve until SIGTERM or until the parent dies."""
+        host = self.host
         parent = os.getppid()
         poller = zmq.Poller()
         poller.register(self.peer, zmq.POLLIN)
@@ -177,40 +96,30 @@ class Node(Replica):
             if self.peer in ready:
                 self._drain_peers()
             if self.client in ready:
-                before = (self._pid_next, self._read_ctr)
+                before = (host._pid_next, host._read_ctr)
                 self._drain_clients()
-                if (self._pid_next, self._read_ctr) != before and self.opts.linger_ms > 0:
+                if (host._pid_next, host._read_ctr) != before and self.opts.linger_ms > 0:
                     # Group commit: give concurrent clients a moment to join this batch
                     # (one fsync and one message per follower for all of them).
                     if self.client.poll(self.opts.linger_ms):
                         self._drain_clients()
             now = time.monotonic()
             if now >= next_tick:
-                self.raft.tick()
+                host.on_tick()
                 next_tick += tick
                 if now - next_tick > 10 * tick:  # we were stopped (SIGSTOP): do not burst
                     next_tick = now + tick
-                self.tick_logic(now)
-            self._process_ready()
-            if self.enable is not None:
-                self._poll_enable()
-                self._process_ready()
-            self._answer_reads()
+            host.process()
             if now >= next_parent_check:
                 next_parent_check = now + 0.5
                 if os.getppid() != parent:
                     self.log.emit(EventKind.PARENT_GONE)
                     break
-                self._expire(now)
+                host.expire()
         self.close()
 
     def close(self) -> None:
-        self.log.emit(EventKind.STOP, digest=self.kv.digest(), **self._positions())
-        try:
-            self.storage.close()
-        except StorageError:
-            pass
-        self.disk.close()
+        self.host.close()
         self.log.close()
         self.peer.close(0)
         self.client.close(0)
@@ -236,8 +145,7 @@ class Node(Replica):
                 msgs = [from_wire(d) for d in (batch if isinstance(batch, list) else [batch])]
             except (ValueError, TypeError, KeyError, msgpack.UnpackException):
                 continue  # garbage from the network is dropped, never fatal
-            for msg in msgs:
-                self.raft.step(msg)
+            self.host.on_messages(msgs)
 
     def _drain_clients(self) -> None:
         for _ in range(5000):
@@ -253,20 +161,11 @@ class Node(Replica):
                 if not isinstance(req, dict):
                     raise ValueError("request is not a map")
             except (ValueError, msgpack.UnpackException):
-                self._reply(ident, {"id": None, "ok": False, "code": "bad-request",
-                                    "text": "request is not a msgpack map", "definite": True})
+                self._deliver(ident, {"id": None, "ok": False, "code": "bad-request",
+                                      "text": "request is not a msgpack map",
+                                      "definite": True})
                 continue
-            self._handle(ident, req)
-
-    # -------------------------------------------------------------- requests
-
-    def _process_ready(self) -> None:
-        while self.raft.has_ready():
-            rd = self.raft.ready()
-            self._handle_ready(rd)
-            self.raft.advance(rd)
-            self.after_advance()
-        self.observe_role()
+            self.host.on_request(ident, req)
 
     def _send_batch(self, msgs: list[Message]) -> None:
         """One network message per destination: every send costs a wakeup of ZeroMQ's
@@ -280,32 +179,6 @@ class Node(Replica):
                 send([dst.encode(), msgpack.packb(batch, use_bin_type=True)], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the switchboard is gone or full: Raft copes with loss
-
-    def _handle_ready(self, rd: Ready) -> None:
-        # A leader's appends go out before its own fsync, so the two overlap; replies
-        # that promise durability (votes, acks) wait for it (the core's contract).
-        early = [m for m in rd.messages if may_send_early(m)]
-        if early:
-            self._send_batch(early)
-        cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
-                        else (0, b""))
-        cut = self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
-                                      snapshot=rd.snapshot, cutover=cutover, encryption=enc,
-                                      sync=rd.must_sync)
-        if cut:  # a divergent suffix (a deposed leader's entries) was overwritten
-            self.log.emit(EventKind.LOG_TRUNCATED, index=rd.entries[0].index, entries=cut,
-                          term=rd.entries[0].term)
-        if len(early) < len(rd.messages):
-            self._send_batch([m for m in rd.messages if not may_send_early(m)])
-        self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
-        now = time.monotonic()
-        if rd.committed_entries and now - self._last_progress_event > 1.0:
-            self._last_progress_event = now
-            self.log.emit(EventKind.PROGRESS, commit=self.raft.commit, applied=self.applied,
-                          term=self.raft.term, digest=self.kv.digest())
-
-    def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
-        self.storage.compact(snap, cutover=cutover, encryption=encryption)
 
 
 def parse_args(argv: list[str]) -> NodeOptions:

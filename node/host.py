@@ -1,0 +1,207 @@
+"""A whole node without its process: storage, the Raft core, the KV state machine, the
+cutover and the protocol logic of `Replica`, with every piece of the outside world
+injected: the disk (`node.disk`), the clock, the event log, the network and the client
+connection.
+
+Why: the node process (`node.server`) wraps this in ZeroMQ sockets and a poll loop;
+the deterministic simulator (`orchestrator/sim/`) wraps the very same code in a
+simulated disk, network and clock. A schedule that breaks the node in simulation breaks
+this code, and replays bit for bit.
+
+A host drives it: `on_messages(msgs)` and `on_request(ident, req)` for input,
+`on_tick()` once per Raft tick, `process()` after any of them (it handles every Ready:
+persist, send, apply, answer), `expire()` now and then, `close()` on a clean stop.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
+from node.disk import Disk
+from node.events import EventKind
+from node.keystore import Kek
+from node.kv import KV, snapshot_enc, snapshot_kv
+from node.raft import Config, Message, RaftNode, Ready, may_send_early
+from node.replica import Replica
+from node.storage import Storage, StorageError
+from node.types import Snapshot
+
+NODE_BUGS = {
+    "stale-read": "reads served from local state on whichever node is asked",
+    "commit-old-term": "the leader commits older-term entries by counting replicas "
+                       "(Figure 8 of the Raft paper)",
+}
+# Every bug switch a node can be started with: the one list (`cutover bugs`, the run's
+# validation, the detection matrix's builds, the node's own refusal of unknown names).
+ALL_BUGS = {**NODE_BUGS, **CUTOVER_BUGS}
+
+
+@dataclass
+class NodeOptions:
+    """Everything a node needs to start; the orchestrator builds one per node."""
+
+    node_id: str
+    data_dir: str
+    listen: str
+    switchboard: str
+    peers: list[str]
+    bugs: list[str] = field(default_factory=list)
+    tick_ms: float = 25.0
+    election_ticks: int = 10
+    heartbeat_ticks: int = 3
+    lease_interval: float = 1.0
+    snapshot_every: int = 20_000
+    proposal_timeout: float = 30.0
+    linger_ms: float = 1.0
+    kek_path: str | None = None  # None: a node without encryption (admin ops refused)
+    enable_timeout_ticks: int = 200
+    seed: int | None = None
+    # Raft flow control (etcd's MaxSizePerMsg / MaxInflightMsgs): a tiny append size sends
+    # one entry per message, which is what lets an old term's entry reach a majority
+    # before the new leader's no-op does (Raft's Figure 8).
+    max_msg_bytes: int = 64 * 1024
+    max_inflight: int = 64
+    # Under the harness: journal every durability point, for the kill-power fault.
+    durability_journal: bool = False
+
+
+class EventSink:
+    """What the host writes its events to (`node.events.EventLog`, or a simulator's)."""
+
+    def emit(self, kind: EventKind | str, **detail: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class NodeHost(Replica):
+    """The node's logic over injected I/O (see the module docstring)."""
+
+    def __init__(self, opts: NodeOptions, *, disk: Disk, log: Any, kek: Kek | None,
+                 clock: Callable[[], float], send: Callable[[list[Message]], None],
+                 deliver: Callable[[Any, dict[str, Any]], None], rng: random.Random,
+                 start_info: dict[str, Any] | None = None) -> None:
+        self.opts = opts
+        self.id = opts.node_id
+        unknown = sorted(set(opts.bugs) - set(ALL_BUGS))
+        if unknown:
+            raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(ALL_BUGS)}")
+        self.bugs = frozenset(opts.bugs)
+        self.disk = disk
+        self.clock = clock
+        self._send = send
+        self._deliver_to = deliver
+        self.storage = Storage.open(opts.data_dir, opts.node_id, disk=disk)
+        self.log = log
+        for ev in self.storage.recovered_events:
+            ev = dict(ev)
+            self.log.emit(ev.pop("kind"), **ev)
+        self.kv = KV()
+        self.cut: Cutover | None = None
+        if kek is not None:
+            node_num = sorted(opts.peers).index(opts.node_id) + 1
+            self.cut = Cutover(node_num, FileStore(opts.data_dir, disk), kek,
+                               frozenset(self.bugs & set(CUTOVER_BUGS)),
+                               on_event=self.log.emit)
+            header = self.storage.snapshot_header
+            if header is not None:
+                try:  # the start-up divergence guard (§6)
+                    self.cut.check_startup_snapshot(header.cutover)
+                except Halt as h:
+                    raise StorageError(h.reason) from None
+        snap = self.storage.snapshot
+        if snap is not None:
+            image = snapshot_kv(snap.data)
+            if self.cut is not None:
+                try:
+                    image = self.cut.open_image(image)
+                except Halt as h:
+                    raise StorageError(h.reason) from None
+            self.kv.restore(image)
+        cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks,
+                     max_msg_bytes=opts.max_msg_bytes, max_inflight=opts.max_inflight)
+        self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
+                             bugs=frozenset(b for b in self.bugs if b == "commit-old-term"),
+                             hard_state=self.storage.hard_state, snapshot=snap,
+                             entries=self.storage.entries)
+        Replica.__init__(self, lease_interval=opts.lease_interval,
+                         proposal_timeout=opts.proposal_timeout,
+                         enable_timeout_ticks=opts.enable_timeout_ticks,
+                         snapshot_every=opts.snapshot_every, rng=rng, clock=clock)
+        self._last_progress_event = float("-inf")
+        self.log.emit(EventKind.START, **(start_info or {}), bugs=sorted(self.bugs),
+                      cutover=self.cut.sidecar.raft_envelope_cutover_index if self.cut else 0,
+                      **self._positions())
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_messages(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.raft.step(m)
+
+    def on_request(self, ident: Any, req: dict[str, Any]) -> None:
+        self._handle(ident, req)
+
+    def on_tick(self) -> None:
+        self.raft.tick()
+        self.tick_logic(self.clock())
+
+    def process(self) -> None:
+        """Everything the inputs made ready: Readies, the EnableRaftEnvelope flow, reads."""
+        self._process_ready()
+        if self.enable is not None:
+            self._poll_enable()
+            self._process_ready()
+        self._answer_reads()
+
+    def expire(self) -> None:
+        self._expire(self.clock())
+
+    def close(self) -> None:
+        """A clean stop: the final digest (I4's evidence), then the storage."""
+        self.log.emit(EventKind.STOP, digest=self.kv.digest(), **self._positions())
+        try:
+            self.storage.close()
+        except StorageError:
+            pass
+        self.disk.close()
+
+    # ------------------------------------------------------------------ Ready
+
+    def _deliver(self, ident: Any, rep: dict[str, Any]) -> None:
+        self._deliver_to(ident, rep)
+
+    def _process_ready(self) -> None:
+        while self.raft.has_ready():
+            rd = self.raft.ready()
+            self._handle_ready(rd)
+            self.raft.advance(rd)
+            self.after_advance()
+        self.observe_role()
+
+    def _handle_ready(self, rd: Ready) -> None:
+        # A leader's appends go out before its own fsync, so the two overlap; replies
+        # that promise durability (votes, acks) wait for it (the core's contract).
+        early = [m for m in rd.messages if may_send_early(m)]
+        if early:
+            self._send(early)
+        cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
+                        else (0, b""))
+        cut = self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
+                                      snapshot=rd.snapshot, cutover=cutover, encryption=enc,
+                                      sync=rd.must_sync)
+        if cut:  # a divergent suffix (a deposed leader's entries) was overwritten
+            self.log.emit(EventKind.LOG_TRUNCATED, index=rd.entries[0].index, entries=cut,
+                          term=rd.entries[0].term)
+        if len(early) < len(rd.messages):
+            self._send([m for m in rd.messages if not may_send_early(m)])
+        self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
+        now = self.clock()
+        if rd.committed_entries and now - self._last_progress_event > 1.0:
+            self._last_progress_event = now
+            self.log.emit(EventKind.PROGRESS, commit=self.raft.commit, applied=self.applied,
+                          term=self.raft.term, digest=self.kv.digest())
+
+    def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
+        self.storage.compact(snap, cutover=cutover, encryption=encryption)
