@@ -95,11 +95,16 @@ class Kek:
     def generate(cls) -> Kek:
         return cls(secrets.token_bytes(KEK_LEN))
 
-    def wrap_dek(self, dek: bytes) -> bytes:
-        """The 61-byte KEK-wrapped form; differs on every call (random nonce)."""
+    def wrap_dek(self, dek: bytes, nonce: bytes | None = None) -> bytes:
+        """The 61-byte KEK-wrapped form; differs on every call (random nonce). A given
+        `nonce` is for the deterministic simulator only, whose runs must replay byte
+        for byte: it must never repeat under one KEK."""
         if len(dek) != DEK_LEN:
             raise ValueError(f"a DEK is {DEK_LEN} bytes, got {len(dek)}")
-        nonce = secrets.token_bytes(_WRAP_NONCE_LEN)
+        if nonce is None:
+            nonce = secrets.token_bytes(_WRAP_NONCE_LEN)
+        elif len(nonce) != _WRAP_NONCE_LEN:
+            raise ValueError(f"a wrap nonce is {_WRAP_NONCE_LEN} bytes")
         return bytes([_WRAP_VERSION]) + nonce + self._aead.encrypt(nonce, bytes(dek), _WRAP_AAD)
 
     def unwrap_dek(self, blob: bytes) -> bytes:

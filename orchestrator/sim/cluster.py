@@ -1,0 +1,463 @@
+"""The deterministic simulation of a whole cluster: the node's own code (`node.host.NodeHost`:
+storage, Raft, KV, the cutover, the replica logic) on a simulated disk, network and
+clock, driven by one seeded event loop.
+
+Time is an integer number of microseconds. Everything random comes from the seed. A
+node is a `NodeHost` over a `SimDisk`; its ticks, the messages it sends (through a
+switchboard that applies the nemesis's `faults.Net` rules), the requests of the clients
+and of the operator, all are events in one queue, so a seed replays bit for bit.
+
+Processes (the fault steps of a plan, the operator, the clients) are generators that
+yield what they wait for (`Wait`, `WaitFlag`, `WaitEvent`, `WaitUntil`, `WaitReply`);
+the loop resumes them.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.events import EventKind
+from node.host import NodeHost, NodeOptions
+from node.keystore import Kek
+from node.raft import Message, Role
+from node.storage import StorageError
+from orchestrator.faults import Net
+
+from .disk import SimDisk
+
+US = 1_000_000  # microseconds per second
+
+
+# ---------------------------------------------------------------------- waits
+
+
+@dataclass(frozen=True)
+class Wait:
+    us: int
+
+
+@dataclass(frozen=True)
+class WaitFlag:
+    name: str
+
+
+@dataclass(frozen=True)
+class WaitEvent:
+    """The first node event at position >= `since` that `pred` accepts."""
+
+    pred: Callable[[dict[str, Any]], bool]
+    since: int = 0
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    pred: Callable[[], bool]
+    timeout_us: int
+    poll_us: int = 10_000
+
+
+@dataclass(frozen=True)
+class WaitReply:
+    """Send `req` to `node` and wait for its reply (None after `timeout_us`)."""
+
+    node: str
+    req: dict[str, Any]
+    timeout_us: int
+
+
+Proc = Generator[Any, Any, Any]
+
+
+@dataclass
+class SimSettings:
+    """The simulated cluster's shape and timing."""
+
+    nodes: int = 5
+    tick_ms: float = 25.0
+    election_ticks: int = 10
+    heartbeat_ticks: int = 3
+    snapshot_every: int = 5000
+    max_msg_bytes: int = 64 * 1024
+    max_inflight: int = 64
+    enable_timeout_ticks: int = 80
+    bugs: tuple[str, ...] = ()
+    latency_us: tuple[int, int] = (150, 700)  # a message through the switchboard
+    client_latency_us: tuple[int, int] = (80, 300)
+    process_us: int = 40  # a node's reaction to an input
+    linger_us: int = 1000  # group commit: client requests share a Ready
+    start_us: tuple[int, int] = (150_000, 450_000)  # spawn and recovery of a process
+
+
+@dataclass
+class SimNode:
+    id: str
+    disk: SimDisk = field(default_factory=SimDisk)
+    host: NodeHost | None = None
+    incarnation: int = 0
+    paused: bool = False
+    booting: bool = False
+    held: list[tuple[str, Any]] = field(default_factory=list)  # inputs while paused
+    process_at: int | None = None
+    failed_starts: int = 0
+    ticks: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.host is not None and not self.paused
+
+
+class SimEventLog:
+    """A node's event log in the simulator: kept in memory (and written out as
+    `events.jsonl` when the run is materialized), times in simulated ns."""
+
+    def __init__(self, cl: SimCluster, node: str) -> None:
+        self.cl = cl
+        self.node = node
+
+    def emit(self, kind: EventKind | str, **detail: Any) -> None:
+        self.cl.add_event(self.node, str(kind), detail)
+
+
+class SimCluster:
+    """Nodes, the network, the clock, the event loop (see the module docstring)."""
+
+    def __init__(self, seed: int, settings: SimSettings | None = None) -> None:
+        self.seed = seed
+        self.s = settings or SimSettings()
+        self.rng = random.Random(f"sim:{seed}")
+        self.now = 0
+        self._seq = itertools.count()
+        self._queue: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.ids = [f"n{i + 1}" for i in range(self.s.nodes)]
+        self.nodes = {n: SimNode(n) for n in self.ids}
+        self.kek_bytes = bytes(self.rng.getrandbits(8) for _ in range(32))  # test material
+        self.kek = Kek(self.kek_bytes)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._wrap_nonce = itertools.count(1)
+        self.net = Net()
+        self.events: list[dict[str, Any]] = []
+        self._event_waiters: list[tuple[Callable[[dict[str, Any]], bool], int, Proc]] = []
+        self.flags: dict[str, bool] = {}
+        self._flag_waiters: dict[str, list[Proc]] = {}
+        self._replies: dict[Any, Callable[[Any], None]] = {}  # request token -> its waiter
+        self._tokens = itertools.count(1)
+        self.stats: dict[str, int] = {"messages": 0, "dropped": 0, "events": 0}
+        self.t0_us = 0
+        for n in self.ids:
+            self._boot(n)
+
+    # ------------------------------------------------------------------ loop
+
+    def at(self, t_us: int, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._queue, (max(t_us, self.now), next(self._seq), fn, args))
+
+    def after(self, us: int, fn: Callable[..., None], *args: Any) -> None:
+        self.at(self.now + us, fn, *args)
+
+    def run_until(self, t_us: int, stop: Callable[[], bool] | None = None) -> None:
+        q = self._queue
+        while q and q[0][0] <= t_us:
+            t, _, fn, args = heapq.heappop(q)
+            self.now = t
+            fn(*args)
+            self.stats["events"] += 1
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, t_us)
+
+    def clock(self) -> float:
+        """The nodes' monotonic clock (seconds)."""
+        return self.now / US
+
+    def rel_ns(self) -> int:
+        return (self.now - self.t0_us) * 1000
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, proc: Proc) -> None:
+        self._resume(proc, None)
+
+    def _resume(self, proc: Proc, value: Any) -> None:
+        try:
+            w = proc.send(value)
+        except StopIteration:
+            return
+        if isinstance(w, Wait):
+            self.after(max(0, w.us), self._resume, proc, None)
+        elif isinstance(w, WaitFlag):
+            if self.flags.get(w.name):
+                self.after(0, self._resume, proc, None)
+            else:
+                self._flag_waiters.setdefault(w.name, []).append(proc)
+        elif isinstance(w, WaitEvent):
+            for i in range(w.since, len(self.events)):
+                if w.pred(self.events[i]):
+                    self.after(0, self._resume, proc, self.events[i])
+                    return
+            self._event_waiters.append((w.pred, len(self.events), proc))
+        elif isinstance(w, WaitUntil):
+            self._poll_until(proc, w, self.now + w.timeout_us)
+        elif isinstance(w, WaitReply):
+            self._request(proc, w)
+        else:  # pragma: no cover - a programming error in a process
+            raise TypeError(f"a process yielded {w!r}")
+
+    def _poll_until(self, proc: Proc, w: WaitUntil, end: int) -> None:
+        if w.pred():
+            self._resume(proc, True)
+        elif self.now >= end:
+            self._resume(proc, False)
+        else:
+            self.after(w.poll_us, self._poll_until, proc, w, end)
+
+    def set_flag(self, name: str) -> None:
+        if self.flags.get(name):
+            return
+        self.flags[name] = True
+        for proc in self._flag_waiters.pop(name, []):
+            self.after(0, self._resume, proc, None)
+
+    def add_event(self, node: str, kind: str, detail: dict[str, Any]) -> None:
+        ev = {"t": self.now * 1000, "time_ns": self.rel_ns(), "node": node, "kind": kind,
+              **detail, "_i": len(self.events)}
+        self.events.append(ev)
+        for fn in self.listeners:
+            fn(ev)
+        if self._event_waiters:
+            keep = []
+            for pred, since, proc in self._event_waiters:
+                if pred(ev):
+                    self.after(0, self._resume, proc, ev)
+                else:
+                    keep.append((pred, since, proc))
+            self._event_waiters = keep
+
+    def cancel_processes(self) -> None:
+        """The run's time is up: nobody waits for anything any more."""
+        self._event_waiters = []
+        self._flag_waiters = {}
+
+    # ------------------------------------------------------------------ nodes
+
+    def _opts(self, nid: str) -> NodeOptions:
+        s = self.s
+        return NodeOptions(node_id=nid, data_dir=f"/sim/{nid}", listen=f"sim://{nid}",
+                           switchboard="sim://switchboard", peers=list(self.ids),
+                           bugs=list(s.bugs), tick_ms=s.tick_ms,
+                           election_ticks=s.election_ticks, heartbeat_ticks=s.heartbeat_ticks,
+                           snapshot_every=s.snapshot_every,
+                           enable_timeout_ticks=s.enable_timeout_ticks,
+                           max_msg_bytes=s.max_msg_bytes, max_inflight=s.max_inflight,
+                           kek_path="sim://kek")
+
+    def _boot(self, nid: str) -> None:
+        node = self.nodes[nid]
+        node.booting = False
+        if node.host is not None:
+            return
+        node.incarnation += 1
+        inc = node.incarnation
+        try:
+            node.host = NodeHost(
+                self._opts(nid), disk=node.disk, log=SimEventLog(self, nid), kek=self.kek,
+                clock=self.clock, send=lambda msgs, n=nid, i=inc: self._send(n, i, msgs),
+                deliver=lambda ident, rep, n=nid, i=inc: self._reply(n, i, ident, rep),
+                rng=random.Random(f"node:{self.seed}:{nid}:{inc}"),
+                start_info={"pid": inc})
+        except (StorageError, ValueError, OSError) as e:
+            node.failed_starts += 1
+            self.add_event(nid, "start-failed", {"error": str(e)})
+            return
+        node.paused = False
+        node.held = []
+        phase = self.rng.randrange(int(self.s.tick_ms * 1000))
+        self.after(phase, self._tick, nid, inc)
+        self._wake(nid)
+
+    def _alive(self, nid: str, inc: int) -> NodeHost | None:
+        node = self.nodes[nid]
+        return node.host if node.host is not None and node.incarnation == inc else None
+
+    def _tick(self, nid: str, inc: int) -> None:
+        host = self._alive(nid, inc)
+        if host is None:
+            return
+        node = self.nodes[nid]
+        if not node.paused:  # a stopped process does not tick (and does not burst later)
+            host.on_tick()
+            self._wake(nid)
+            node.ticks += 1
+            if node.ticks % 20 == 0:  # the node process forgets dead requests twice a second
+                host.expire()
+        self.after(int(self.s.tick_ms * 1000), self._tick, nid, inc)
+
+    def _wake(self, nid: str, linger: bool = False) -> None:
+        node = self.nodes[nid]
+        t = self.now + (self.s.linger_us if linger else self.s.process_us)
+        if node.process_at is not None and node.process_at <= t:
+            return
+        node.process_at = t
+        self.at(t, self._process, nid, node.incarnation)
+
+    def _process(self, nid: str, inc: int) -> None:
+        node = self.nodes[nid]
+        host = self._alive(nid, inc)
+        if host is None or node.process_at != self.now:
+            return
+        node.process_at = None
+        if not node.paused:
+            host.process()
+
+    def kill(self, nid: str, *, power: bool = False,
+             torn: random.Random | None = None) -> dict[str, Any]:
+        node = self.nodes[nid]
+        node.host = None
+        node.paused = False
+        node.held = []
+        node.process_at = None
+        node.incarnation += 1
+        return node.disk.crash(power=power, rng=torn)
+
+    def start(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.host is not None or node.booting:
+            return
+        node.booting = True
+        self.after(self.rng.randint(*self.s.start_us), self._boot, nid)
+
+    def pause(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.host is not None:
+            node.paused = True
+
+    def resume(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.host is None or not node.paused:
+            return
+        node.paused = False
+        held, node.held = node.held, []
+        for kind, item in held:
+            self._input(nid, kind, item)
+
+    def stop_all(self) -> None:
+        """A clean stop of every live node (their `stop` events carry the final digest)."""
+        for n in self.ids:
+            node = self.nodes[n]
+            if node.host is not None:
+                node.paused = False
+                node.host.close()
+                node.host = None
+                node.incarnation += 1
+
+    # ------------------------------------------------------------------ network
+
+    def _send(self, src: str, inc: int, msgs: list[Message]) -> None:
+        if self._alive(src, inc) is None:
+            return
+        by_dst: dict[str, list[Message]] = {}
+        for m in msgs:
+            by_dst.setdefault(m.dst, []).append(m)
+        net, rng = self.net, self.rng
+        for dst, batch in by_dst.items():
+            link = (src, dst)
+            self.stats["messages"] += 1
+            if link in net.blocked:
+                self.stats["dropped"] += 1
+                continue
+            loss = net.loss.get(link, net.loss_all)
+            if loss and rng.random() < loss:
+                self.stats["dropped"] += 1
+                continue
+            dup = net.dup.get(link, net.dup_all)
+            copies = 2 if dup and rng.random() < dup else 1
+            ms, jitter = net.delay.get(link, net.delay_all)
+            for _ in range(copies):
+                us = rng.randint(*self.s.latency_us)
+                if ms or jitter:
+                    us += max(0, int((ms + rng.uniform(-jitter, jitter)) * 1000))
+                self.after(us, self._deliver, link, batch)
+
+    def _deliver(self, link: tuple[str, str], batch: list[Message]) -> None:
+        if link in self.net.blocked:  # the switchboard checks again on release
+            self.stats["dropped"] += 1
+            return
+        self._input(link[1], "msgs", batch)
+
+    def _input(self, nid: str, kind: str, item: Any) -> None:
+        node = self.nodes[nid]
+        if node.host is None:
+            return
+        if node.paused:
+            node.held.append((kind, item))
+            return
+        if kind == "msgs":
+            node.host.on_messages(item)
+            self._wake(nid)
+        else:
+            ident, req = item
+            node.host.on_request(ident, req)
+            self._wake(nid, linger=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def request(self, node: str, req: dict[str, Any], on_reply: Callable[[Any], None],
+                timeout_us: int) -> None:
+        """Send `req` to `node`; `on_reply(reply or None)` once (None: timed out, or the
+        node is down: the caller decides what that means)."""
+        token = ("req", next(self._tokens))
+        state = {"done": False}
+
+        def finish(rep: Any) -> None:
+            if not state["done"]:
+                state["done"] = True
+                self._replies.pop(token, None)
+                on_reply(rep)
+
+        self._replies[token] = finish
+        lat = self.rng.randint(*self.s.client_latency_us)
+        self.after(lat, self._input, node, "req", (token, {"id": token[1], **req}))
+        self.after(timeout_us, finish, None)
+
+    def reachable(self, node: str) -> bool:
+        """A client connection would be accepted (ZMQ_IMMEDIATE): the process is up."""
+        return self.nodes[node].host is not None
+
+    def _request(self, proc: Proc, w: WaitReply) -> None:
+        if not self.reachable(w.node):
+            self.after(0, self._resume, proc, None)
+            return
+        self.request(w.node, w.req, lambda rep: self._resume(proc, rep), w.timeout_us)
+
+    def _reply(self, nid: str, inc: int, ident: Any, rep: dict[str, Any]) -> None:
+        if self._alive(nid, inc) is None:
+            return
+        got = self._replies.get(ident)
+        if got is None:
+            return
+        lat = self.rng.randint(*self.s.client_latency_us)
+        self.after(lat, got, rep)
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self, nid: str) -> dict[str, Any] | None:
+        node = self.nodes[nid]
+        return node.host.status() if node.up else None
+
+    def leader(self) -> str | None:
+        best: tuple[int, str] | None = None
+        for n in self.ids:
+            node = self.nodes[n]
+            if node.up and node.host is not None and node.host.raft.role is Role.LEADER:
+                t = node.host.raft.term
+                if best is None or t > best[0]:
+                    best = (t, n)
+        return best[1] if best else None
+
+    def new_dek(self) -> bytes:
+        """A fresh DEK, KEK-wrapped, from the seed (deterministic)."""
+        dek = bytes(self.rng.getrandbits(8) for _ in range(32))
+        return self.kek.wrap_dek(dek, next(self._wrap_nonce).to_bytes(12, "big"))

@@ -1,0 +1,234 @@
+"""A simulated disk with the durability rules of `node.disk` (the module every node write
+goes through), so the node's own storage code (WAL, snapshots, sidecar, node id) runs
+unchanged in the simulator and a crash loses exactly what a power failure would.
+
+State: a namespace (path -> inode) that the node sees, and for each directory the
+namespace as of its last fsync; each inode has its bytes and how many of them are
+durable. `crash(power=False)` is a SIGKILL (the page cache survives: nothing changes);
+`crash(power=True)` is a power loss: every directory goes back to its last synced
+namespace and every file to its synced bytes (with an `rng`, a random part of the
+unsynced tail survives, as with a partial write-back). Unlike the real journal, the
+simulated disk knows the truth even across restarts.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike[str]
+
+
+def _p(path: PathLike) -> str:
+    return os.path.normpath(os.fspath(path))
+
+
+class _Inode:
+    __slots__ = ("data", "durable")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.durable = 0  # bytes that survive a power loss
+
+
+class SimFile:
+    """An open file for appending (`node.disk.DiskFile`'s interface)."""
+
+    def __init__(self, disk: SimDisk, path: str, inode: _Inode) -> None:
+        self._disk = disk
+        self.path = Path(path)
+        self._inode = inode
+
+    @property
+    def size(self) -> int:
+        return len(self._inode.data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._disk.bytes_written += len(data)
+        self._inode.data += data
+
+    def sync(self) -> None:
+        self._disk.syncs += 1
+        self._inode.durable = len(self._inode.data)
+
+    def close(self) -> None:
+        pass
+
+
+class _Lock:
+    def close(self) -> None:
+        pass
+
+
+class SimDisk:
+    """`node.disk.Disk`'s interface over memory, with power-loss semantics."""
+
+    journaled = False
+
+    def __init__(self) -> None:
+        self.names: dict[str, _Inode] = {}
+        self.dirs: set[str] = {"/", "."}
+        self.synced: dict[str, dict[str, _Inode]] = {}  # dir -> {name: inode} at last fsync
+        self.bytes_written = 0
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def read_bytes(self, path: PathLike) -> bytes:
+        try:
+            return bytes(self.names[_p(path)].data)
+        except KeyError:
+            raise FileNotFoundError(2, "No such file (simulated)", os.fspath(path)) from None
+
+    def exists(self, path: PathLike) -> bool:
+        p = _p(path)
+        return p in self.names or p in self.dirs
+
+    def is_dir(self, path: PathLike) -> bool:
+        return _p(path) in self.dirs
+
+    def is_file(self, path: PathLike) -> bool:
+        return _p(path) in self.names
+
+    def listdir(self, path: PathLike) -> list[str]:
+        d = _p(path)
+        out = [os.path.basename(n) for n in self.names if os.path.dirname(n) == d]
+        out += [os.path.basename(x) for x in self.dirs if os.path.dirname(x) == d and x != d]
+        return sorted(out)
+
+    # ------------------------------------------------------------------ writing
+
+    def makedirs(self, path: PathLike) -> None:
+        p = _p(path)
+        while p not in self.dirs:
+            self.dirs.add(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+
+    def _dir_of(self, p: str) -> str:
+        d = os.path.dirname(p)
+        if d not in self.dirs:
+            raise FileNotFoundError(2, "No such directory (simulated)", d)
+        if d not in self.synced:
+            # The first time a directory is touched: what it holds now is durable (it was
+            # created durably, with whatever was there).
+            self.synced[d] = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
+        return d
+
+    def create(self, path: PathLike) -> SimFile:
+        p = _p(path)
+        self._dir_of(p)
+        if p in self.names:
+            raise FileExistsError(17, "File exists (simulated)", p)
+        inode = self.names[p] = _Inode()
+        return SimFile(self, p, inode)
+
+    def open_append(self, path: PathLike) -> SimFile:
+        p = _p(path)
+        try:
+            return SimFile(self, p, self.names[p])
+        except KeyError:
+            raise FileNotFoundError(2, "No such file (simulated)", p) from None
+
+    def write_atomic(self, path: PathLike, data: bytes, *, temp_suffix: str = ".tmp",
+                     mode: int = 0o644) -> None:
+        p = _p(path)
+        tmp = p + temp_suffix
+        self._dir_of(p)
+        inode = self.names[tmp] = _Inode()
+        inode.data += data
+        inode.durable = len(inode.data)
+        self.bytes_written += len(data)
+        self.syncs += 1
+        self.rename(tmp, p)
+        self.sync_dir(os.path.dirname(p))
+
+    def link_new(self, path: PathLike, data: bytes, *, mode: int = 0o600) -> bool:
+        p = _p(path)
+        if p in self.names:
+            return False
+        self.write_atomic(p, data)
+        return True
+
+    def rename(self, src: PathLike, dst: PathLike) -> None:
+        s, d = _p(src), _p(dst)
+        self._dir_of(s)
+        self._dir_of(d)
+        self.names[d] = self.names.pop(s)
+
+    def unlink(self, path: PathLike) -> None:
+        p = _p(path)
+        self._dir_of(p)
+        try:
+            del self.names[p]
+        except KeyError:
+            raise FileNotFoundError(2, "No such file (simulated)", p) from None
+
+    def truncate(self, path: PathLike, size: int) -> None:
+        inode = self.names[_p(path)]
+        del inode.data[size:]
+        inode.durable = len(inode.data)
+
+    def overwrite(self, path: PathLike, offset: int, data: bytes) -> None:
+        inode = self.names[_p(path)]
+        inode.data[offset:offset + len(data)] = data
+        inode.durable = max(inode.durable, offset + len(data))
+
+    def sync_dir(self, path: PathLike) -> None:
+        d = _p(path)
+        self.synced[d] = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
+
+    def lock(self, path: PathLike) -> Any:
+        return _Lock()
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ faults
+
+    def crash(self, *, power: bool, rng: random.Random | None = None) -> dict[str, Any]:
+        """A SIGKILL changes nothing on disk; a power loss reverts to what is durable.
+        Returns what was lost ({"truncated": {path: bytes}, "undone": [names]})."""
+        lost: dict[str, Any] = {"truncated": {}, "undone": []}
+        if not power:
+            return lost
+        names: dict[str, _Inode] = {}
+        dirs_seen = {os.path.dirname(n) for n in self.names} | set(self.synced)
+        for d in sorted(dirs_seen):
+            current = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
+            durable = self.synced.get(d, current)
+            for n in sorted(set(current) ^ set(durable)):
+                lost["undone"].append(n)
+            names.update(durable)
+        for n, inode in sorted(names.items()):
+            if len(inode.data) > inode.durable:
+                keep = inode.durable + (rng.randrange(len(inode.data) - inode.durable + 1)
+                                        if rng is not None else 0)
+                if keep < len(inode.data):
+                    lost["truncated"][n] = len(inode.data) - keep
+                    del inode.data[keep:]
+                inode.durable = len(inode.data)
+        self.names = names
+        self.synced = {d: {n: i for n, i in names.items() if os.path.dirname(n) == d}
+                       for d in self.synced}
+        return lost
+
+    def damage(self, path: PathLike, offset: int, data: bytes) -> None:
+        """Overwrite bytes in place (a nemesis's corruption), durably."""
+        self.overwrite(path, offset, data)
+
+    def materialize(self, root: PathLike, under: PathLike) -> None:
+        """Write every file below `under` to the real directory `root` (for the offline
+        checkers, the review commands, and comparing two runs byte for byte)."""
+        base = _p(under)
+        for n, inode in sorted(self.names.items()):
+            if n != base and not n.startswith(base + os.sep):
+                continue
+            rel = os.path.relpath(n, base)
+            out = os.path.join(os.fspath(root), rel)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with open(out, "wb") as fh:
+                fh.write(inode.data)
