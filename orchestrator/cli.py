@@ -215,6 +215,52 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 
 
 @main.command()
+@click.option("--seeds", type=click.IntRange(min=1), help="Simulate seeds first..first+N-1.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True),
+              help="Simulate seeds until this many seconds of wall time are spent.")
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Simulated seconds of workload and faults per seed.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=100.0,
+              show_default=True, help="Client ops per simulated second.")
+@click.option("--nemesis", default="all", show_default=True)
+@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
+              default="swarm", show_default=True)
+@click.option("--cutover-at", default=None, help="Seconds, or none (default: a third).")
+@click.option("--bug", "bugs", multiple=True, help="Put a known defect back.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--results", default="results", show_default=True)
+@click.option("--shrink/--no-shrink", default=True, show_default=True,
+              help="Shrink the first failing seed of each kind to a minimal plan.")
+@click.option("--replay", "replay_file", type=click.Path(dir_okay=False),
+              help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
+def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
+        rate: float, nemesis: str, scenario: str, cutover_at: str | None,
+        bugs: tuple[str, ...], workers: int, results: str, shrink: bool,
+        replay_file: str | None) -> None:
+    """The node's own code in a deterministic simulation: many seeds, failing ones
+    stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did."""
+    from .run import RunConfig, RunError
+    from .sim import cli as simcli
+
+    if replay_file:
+        sys.exit(simcli.replay(replay_file, results))
+    if (seeds is None) == (budget is None):
+        fail("give exactly one of --seeds N and --budget SECONDS")
+    cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
+                    scenario=scenario,
+                    cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
+                    bugs=list(bugs), results=results, seed=first_seed)
+    try:
+        cfg.validate()
+    except RunError as e:
+        _user_error(e)
+    sys.exit(simcli.run(cfg, seeds=seeds, budget=budget, first_seed=first_seed,
+                        workers=workers, results=results, shrink=shrink))
+
+
+@main.command()
 @click.option("--seeds", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Seeds per build (1..K).")
 @click.option("--first-seed", type=int, default=1, show_default=True)

@@ -6,7 +6,8 @@ Tables (times are nanoseconds since the run's start, on the machine's monotonic 
 which node event logs share):
 
 * `runs`        one row per run: id, started/finished (UTC ISO), seed, config JSON,
-                status (running | done | aborted | error), verdict, exit code, summary.
+                status (running | done | aborted | error), verdict, exit code, summary,
+                source (NULL for a real run, `sim` for one of `cutover sim`).
 * `ops`         the client history: invoke, then ok / fail / info, per process.
 * `nemesis`     every fault as a start and a stop entry of process `nemesis`.
 * `node_events` the nodes' own event logs, ingested at the end.
@@ -62,8 +63,11 @@ def _create(db: sqlite_utils.Database) -> None:
             "id": str, "started": str, "finished": str, "duration_s": float, "t0_ns": int,
             "seed": int, "workload": str, "nemesis": str, "bugs": str,
             "config": str, "status": str, "verdict": str, "exit_code": int,
-            "summary": str, "run_dir": str,
+            "summary": str, "run_dir": str, "source": str,
         }, pk="id")
+    elif "source" not in db["runs"].columns_dict:
+        # A results database from before `cutover sim`: real runs have no source.
+        db.execute("ALTER TABLE runs ADD COLUMN source TEXT")
     if "ops" not in tables:
         db["ops"].create({
             "run": str, "idx": int, "time_ns": int, "process": str, "type": str,

@@ -1,0 +1,203 @@
+"""`cutover sim`: many seeds in worker processes, failing seeds stored as runs, shrunk.
+
+Each seed is one `SimRun` of the same `RunConfig` with that seed (its own plan). A
+worker returns a small summary; a failing seed's whole record (config, plan, history,
+nemesis, events, checks, coverage, the nodes' files) comes back too, and is stored as a
+run of the results database (source `sim`) so `show`, `report`, `serve` and `export`
+work on it unchanged. The first failing seed of each failure kind is shrunk
+(`shrink.py`) and its minimal plan written next to it, replayable with
+`cutover sim --replay FILE` and, on real processes, `cutover run --plan FILE`.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.run import RunConfig
+
+from .run import SimOutcome, simulate
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    verdict: str
+    failing: str | None
+    sentence: str
+    t_ns: Any
+    coverage: list[str]
+    sim_seconds: float
+    cpu_seconds: float
+    record: dict[str, Any] | None = None  # only for a failing seed: what to store
+    error: str | None = None
+
+
+def _record(o: SimOutcome) -> dict[str, Any]:
+    files: dict[str, bytes] = {}
+    for root, _dirs, fs in os.walk(o.run_dir):
+        for f in fs:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                files[os.path.relpath(p, o.run_dir)] = fh.read()
+    return {"config": o.config, "ops": o.ops, "nemesis": o.nemesis,
+            "events": [{k: v for k, v in e.items() if k != "_i"} for e in o.events],
+            "checks": o.checks, "coverage": o.coverage, "t0_ns": o.t0_ns, "files": files,
+            "verdict": o.verdict, "first": o.first, "sim_seconds": o.sim_seconds}
+
+
+def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
+             plan_doc: dict[str, Any] | None = None) -> SeedResult:
+    """One seed in this process (a worker's job); never raises."""
+    from nemesis.plan import Plan
+
+    cfg = RunConfig.from_dict({**cfg_doc, "seed": seed})
+    with tempfile.TemporaryDirectory(prefix="cutover-sim-") as tmp:
+        try:
+            o = simulate(cfg, tmp, Plan.from_dict(plan_doc) if plan_doc else None)
+        except Exception as e:  # noqa: BLE001 - a harness error, reported as such
+            return SeedResult(seed, "error", None, f"{type(e).__name__}: {e}", None, [], 0.0,
+                              0.0, error=f"{type(e).__name__}: {e}")
+        first = o.first or ("", "", None)
+        rec = _record(o) if keep and o.verdict != "valid" else None
+        return SeedResult(seed, o.verdict, o.failing, first[1], first[2], sorted(o.coverage),
+                          o.sim_seconds, o.cpu_seconds, rec)
+
+
+@dataclass
+class BatchResult:
+    results: list[SeedResult] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    stored: dict[int, str] = field(default_factory=dict)  # seed -> run id
+
+    @property
+    def failed(self) -> list[SeedResult]:
+        return [r for r in self.results if r.verdict in ("invalid", "unknown")]
+
+    @property
+    def errors(self) -> list[SeedResult]:
+        return [r for r in self.results if r.verdict == "error"]
+
+
+def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float | None = None,
+              first_seed: int = 1, workers: int = 2,
+              on_result: Callable[[SeedResult, BatchResult], None] | None = None,
+              keep: bool = True) -> BatchResult:
+    """Seeds in `workers` processes: the given list, or as many as fit in `budget`
+    seconds of wall time (starting at `first_seed`)."""
+    doc = asdict(cfg)
+    out = BatchResult()
+    t0 = time.monotonic()
+    ctx = multiprocessing.get_context("spawn")
+    nxt = first_seed
+    todo = list(seeds) if seeds is not None else None
+    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as ex:
+        pending: set[cf.Future[SeedResult]] = set()
+
+        def submit() -> bool:
+            nonlocal nxt
+            if todo is not None:
+                if not todo:
+                    return False
+                s = todo.pop(0)
+            else:
+                if budget is not None and time.monotonic() - t0 >= budget:
+                    return False
+                s = nxt
+                nxt += 1
+            pending.add(ex.submit(run_seed, doc, s, keep))
+            return True
+
+        for _ in range(max(1, workers) * 2):
+            if not submit():
+                break
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                pending.discard(fut)
+                r = fut.result()
+                out.results.append(r)
+                if on_result is not None:
+                    on_result(r, out)
+                submit()
+    out.results.sort(key=lambda r: r.seed)
+    out.wall_seconds = round(time.monotonic() - t0, 3)
+    return out
+
+
+def store_run(results: str, rec: dict[str, Any]) -> str:
+    """Store one simulated run like a real one: the run dir (nodes' files, kek,
+    config.json) and its rows (runs with source `sim`, ops, nemesis, node events,
+    checks, coverage). Returns the run id."""
+    from checker import suite
+    from orchestrator import store
+    from orchestrator.run import new_run_id, verdict_line
+
+    cfg = rec["config"]
+    seed = int(cfg.get("seed") or 0)
+    run_id = new_run_id(results, seed)
+    base = os.path.join(results, run_id)
+    for rel, data in rec["files"].items():
+        p = os.path.join(base, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        mode = 0o600 if rel == "kek" else 0o644
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    with open(os.path.join(base, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump(cfg, fh, indent=2, default=str)
+    checks = rec["checks"]
+    verdict = rec["verdict"]
+    first = tuple(rec["first"]) if rec.get("first") else None
+    summary = "SIMULATED " + verdict_line(verdict, first, seed, cfg.get("bugs") or [])
+    r = store.Recorder(results, run_id, 0)
+    try:
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        r.run_row(started=now, finished=now, seed=seed, workload=cfg.get("workload"),
+                  nemesis=",".join(cfg.get("plan", {}).get("families") or []) or "none",
+                  bugs=",".join(cfg.get("bugs") or []), config=cfg, status="done",
+                  verdict=verdict, exit_code=suite.EXIT_CODES.get(verdict, 2),
+                  summary=summary, run_dir=run_id, t0_ns=rec["t0_ns"],
+                  duration_s=rec.get("sim_seconds"), source="sim")
+        r.rows("ops", [{"idx": o["idx"], "time_ns": o["time_ns"], "process": o["process"],
+                        "type": o["type"], "f": o["f"], "key": o["key"],
+                        "value": None if o["value"] is None else json.dumps(o["value"]),
+                        "error": o["error"], "node": o["node"]} for o in rec["ops"]])
+        r.rows("nemesis", [{"idx": n["idx"], "time_ns": n["time_ns"], "f": n["f"],
+                            "fault": n["fault"], "targets": json.dumps(n["targets"]),
+                            "detail": None if n["detail"] is None else json.dumps(
+                                n["detail"], default=str)} for n in rec["nemesis"]])
+        seqs: dict[str, int] = {}
+        rows = []
+        for e in rec["events"]:
+            node = e["node"]
+            seqs[node] = seqs.get(node, -1) + 1
+            detail = {k: v for k, v in e.items() if k not in ("t", "kind", "node", "time_ns")}
+            rows.append({"node": node, "seq": seqs[node], "time_ns": e["time_ns"],
+                         "kind": e["kind"], "detail": json.dumps(detail, default=str)})
+        r.rows("node_events", rows)
+        r.rows("checks", [{"checker": k, "valid": v["valid"],
+                           "detail": json.dumps(v, default=str)} for k, v in checks.items()])
+        r.rows("coverage", store.coverage_rows(rec["coverage"]))
+        r.flush()
+    finally:
+        r.close()
+    return run_id
+
+
+def temp_results() -> str:
+    return tempfile.mkdtemp(prefix="cutover-sim-results-")
+
+
+def cleanup(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""What `cutover sim` prints and stores (the click command is in `orchestrator/cli.py`)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from checker.coverage import POINTS
+from nemesis.plan import Plan
+from orchestrator import store
+from orchestrator.errors import EXIT_HARNESS
+from orchestrator.run import RunConfig
+
+from .batch import BatchResult, SeedResult, run_batch, store_run
+from .run import simulate
+from .shrink import shrink
+
+
+def _progress(r: SeedResult, b: BatchResult, t0: float) -> None:
+    import time
+
+    n = len(b.results)
+    rate = n / max(1e-9, time.monotonic() - t0)
+    cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
+    line = (f"[seed {r.seed}] {n} seeds, {rate:.2f} seeds/s, violations {len(b.failed)}, "
+            f"coverage {len(cov)}/{len(POINTS)}")
+    if sys.stderr.isatty():
+        click.echo("\r\x1b[K" + line, err=True, nl=False)
+    elif n % 10 == 0:
+        click.echo(line, err=True)
+
+
+def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: int,
+        workers: int, results: str, shrink: bool) -> int:
+    import time
+
+    try:
+        store.check_writable(results)
+    except store.StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_HARNESS
+    t0 = time.monotonic()
+    seed_list = list(range(first_seed, first_seed + seeds)) if seeds is not None else None
+    b = run_batch(cfg, seeds=seed_list, budget=budget, first_seed=first_seed,
+                  workers=workers, on_result=lambda r, b: _progress(r, b, t0))
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    shrunk_kinds: set[str] = set()
+    for r in b.failed:
+        assert r.record is not None
+        run_id = store_run(results, r.record)
+        b.stored[r.seed] = run_id
+        click.echo(f"seed {r.seed}: {r.verdict.upper()}: {r.failing}: {r.sentence[:200]} "
+                   f"(run {run_id})")
+        if shrink and r.verdict == "invalid" and r.failing and r.failing not in shrunk_kinds:
+            shrunk_kinds.add(r.failing)
+            _shrink_one(r, cfg, results, run_id, workers)
+    for r in b.errors:
+        click.echo(f"seed {r.seed}: harness error: {r.error}", err=True)
+    cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
+    sim_s = sum(x.sim_seconds for x in b.results)
+    cpu_s = sum(x.cpu_seconds for x in b.results)
+    click.echo(f"sim: {len(b.results)} seeds in {b.wall_seconds:.1f} s "
+               f"({len(b.results) / max(b.wall_seconds, 1e-9):.2f} seeds/s, "
+               f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
+               f"{len(b.failed)} failed, coverage {len(cov)}/{len(POINTS)}")
+    if b.errors:
+        return EXIT_HARNESS
+    return 1 if b.failed else 0
+
+
+def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
+                workers: int) -> None:
+    assert r.record is not None and r.failing is not None
+    doc = dict(r.record["config"])
+    plan = Plan.from_dict(doc.pop("plan"))
+    full = RunConfig.from_dict(doc)
+    click.echo(f"  shrinking seed {r.seed} ({len(plan.steps)} steps, fails {r.failing})...",
+               err=True)
+    s = shrink(full, plan, r.failing, workers=workers,
+               log=lambda m: click.echo(f"  {m}", err=True))
+    path = os.path.join(results, run_id, "shrunk-plan.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(s.to_file_doc(r.seed), fh, indent=2, default=str)
+    faults = [x for x in s.plan.describe()[1:]]
+    click.echo(f"  shrunk to {len(s.plan.steps) - 1} fault(s), time limit "
+               f"{s.config.time_limit:g} s, {s.config.nodes} nodes, "
+               f"{s.simulations} simulations: {path}")
+    for line in faults:
+        click.echo(f"    {line}")
+
+
+def load_plan_file(path: str) -> tuple[RunConfig, Plan, dict[str, Any]]:
+    """(config, plan, the whole document) of a plan file; ValueError if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("plan"), dict) \
+            or not isinstance(doc.get("config"), dict):
+        raise ValueError(f"{path} is not a plan file (needs `config` and `plan`)")
+    cfg = RunConfig.from_dict({k: v for k, v in doc["config"].items() if k != "plan"})
+    return cfg, Plan.from_dict(doc["plan"]), doc
+
+
+def replay(path: str, results: str) -> int:
+    """`cutover sim --replay FILE`: the same simulation, verdict and all."""
+    from orchestrator.run import RunError
+
+    try:
+        cfg, plan, doc = load_plan_file(path)
+    except (ValueError, RunError) as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_HARNESS
+    with tempfile.TemporaryDirectory(prefix="cutover-replay-") as tmp:
+        o = simulate(cfg, tmp, plan)
+    click.echo(f"seed {cfg.seed}: {o.verdict.upper()}"
+               + (f": {o.failing}: {(o.first or ('', '', None))[1][:300]}" if o.failing else ""))
+    for line in plan.describe():
+        click.echo(f"  {line}")
+    expected = doc.get("failing")
+    if expected and o.failing != expected:
+        click.echo(f"note: the plan file was shrunk for {expected}", err=True)
+    return {"valid": 0, "invalid": 1}.get(o.verdict, 2)
+
+
+__all__ = ["asdict", "load_plan_file", "replay", "run"]
