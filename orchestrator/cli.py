@@ -367,6 +367,28 @@ def bench_cluster(nodes: int, clients: int, seconds: float, keys: int, kills: in
         _user_error(e)
 
 
+@bench.command("sim")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Default 5-node schedules to time.")
+@click.option("--switches", default="no-barrier,stale-check-first,duplicate-marker,"
+              "leader-unapplied-marker", show_default=True,
+              help="Switches to time the first violation of (comma list, or none).")
+@click.option("--cap", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="CPU seconds per switch before giving up.")
+def bench_sim(seeds: int, switches: str, cap: float) -> None:
+    """Simulated seconds per CPU second of the default schedule (last line
+    `sim_per_cpu=X`), and the time to the first violation of a few switches."""
+    from node.server import ALL_BUGS
+
+    from .sim import cli as simcli
+
+    names = [] if switches == "none" else [b.strip() for b in switches.split(",") if b.strip()]
+    bad = [b for b in names if b not in ALL_BUGS]
+    if bad:
+        fail(f"unknown bug switch {bad[0]!r}")
+    simcli.bench(seeds, names, cap)
+
+
 @bench.command("edn")
 @click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)

@@ -133,3 +133,39 @@ def replay(path: str, results: str) -> int:
 
 
 __all__ = ["asdict", "load_plan_file", "replay", "run"]
+
+
+def bench(seeds: int, switches: list[str], cap_seconds: float) -> None:
+    """`cutover bench sim`: how fast the simulator runs the default 5-node schedule
+    (simulated seconds per CPU second, checks included), and how soon it finds a few
+    switches. Last line: `sim_per_cpu=X`."""
+    import time
+
+    for bug in switches:
+        cpu0 = time.process_time()
+        found = None
+        seed = 0
+        while time.process_time() - cpu0 < cap_seconds:
+            seed += 1
+            with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
+                o = simulate(RunConfig(seed=seed, time_limit=30, rate=100, bugs=[bug]), tmp)
+            if o.verdict == "invalid":
+                found = o
+                break
+        cpu = time.process_time() - cpu0
+        if found is None:
+            click.echo(f"{bug:<28} not found in {cpu:.1f} CPU s ({seed} seeds)")
+        else:
+            click.echo(f"{bug:<28} found by seed {seed} after {cpu:.1f} CPU s: "
+                       f"{found.failing}")
+    sim = cpu = 0.0
+    for seed in range(1, seeds + 1):
+        c0 = time.process_time()
+        with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
+            o = simulate(RunConfig(seed=seed, time_limit=30, rate=100), tmp)
+        c = time.process_time() - c0
+        sim += o.sim_seconds
+        cpu += c
+        click.echo(f"seed {seed}: {o.verdict}, {o.sim_seconds:.1f} simulated s "
+                   f"(30 s of workload) in {c:.2f} CPU s, {len(o.ops) // 2} ops")
+    click.echo(f"sim_per_cpu={sim / max(cpu, 1e-9):.1f}")

@@ -87,7 +87,8 @@ class SimSettings:
     bugs: tuple[str, ...] = ()
     latency_us: tuple[int, int] = (150, 700)  # a message through the switchboard
     client_latency_us: tuple[int, int] = (80, 300)
-    process_us: int = 40  # a node's reaction to an input
+    process_us: int = 100  # one turn of a node's loop (Python, the Ready's encoding)
+    fsync_us: int = 400  # one fdatasync of a node's WAL (the loop waits for it)
     linger_us: int = 1000  # group commit: client requests share a Ready
     start_us: tuple[int, int] = (150_000, 450_000)  # spawn and recovery of a process
 
@@ -101,7 +102,10 @@ class SimNode:
     paused: bool = False
     booting: bool = False
     held: list[tuple[str, Any]] = field(default_factory=list)  # inputs while paused
+    inbox: list[tuple[str, Any]] = field(default_factory=list)  # not yet read by the loop
+    ticks_due: int = 0
     process_at: int | None = None
+    busy_until: int = 0  # the loop is still in its last turn (fsync included)
     failed_starts: int = 0
     ticks: int = 0
 
@@ -283,34 +287,53 @@ class SimCluster:
         return node.host if node.host is not None and node.incarnation == inc else None
 
     def _tick(self, nid: str, inc: int) -> None:
-        host = self._alive(nid, inc)
-        if host is None:
+        if self._alive(nid, inc) is None:
             return
         node = self.nodes[nid]
         if not node.paused:  # a stopped process does not tick (and does not burst later)
-            host.on_tick()
+            node.ticks_due += 1
             self._wake(nid)
-            node.ticks += 1
-            if node.ticks % 20 == 0:  # the node process forgets dead requests twice a second
-                host.expire()
         self.after(int(self.s.tick_ms * 1000), self._tick, nid, inc)
 
     def _wake(self, nid: str, linger: bool = False) -> None:
+        """The node's loop runs again: after a short turn, or `linger` for group commit,
+        and never before it finished the last turn (an fsync holds it up: inputs that
+        arrive meanwhile are read together, as a real node reads its sockets)."""
         node = self.nodes[nid]
-        t = self.now + (self.s.linger_us if linger else self.s.process_us)
+        t = max(self.now + (self.s.linger_us if linger else self.s.process_us),
+                node.busy_until)
         if node.process_at is not None and node.process_at <= t:
             return
         node.process_at = t
         self.at(t, self._process, nid, node.incarnation)
 
     def _process(self, nid: str, inc: int) -> None:
+        """One turn of the node's loop: read every input, tick if due, handle Readies."""
         node = self.nodes[nid]
         host = self._alive(nid, inc)
         if host is None or node.process_at != self.now:
             return
         node.process_at = None
-        if not node.paused:
-            host.process()
+        if node.paused:
+            return
+        syncs = node.disk.syncs
+        inbox, node.inbox = node.inbox, []
+        for kind, item in inbox:
+            if kind == "msgs":
+                host.on_messages(item)
+            else:
+                host.on_request(*item)
+        for _ in range(node.ticks_due):
+            host.on_tick()
+            node.ticks += 1
+            if node.ticks % 20 == 0:  # the node process forgets dead requests twice a second
+                host.expire()
+        node.ticks_due = 0
+        host.process()
+        node.busy_until = self.now + self.s.process_us + \
+            self.s.fsync_us * (node.disk.syncs - syncs)
+        if node.inbox or node.ticks_due:
+            self._wake(nid)
 
     def kill(self, nid: str, *, power: bool = False,
              torn: random.Random | None = None) -> dict[str, Any]:
@@ -318,6 +341,8 @@ class SimCluster:
         node.host = None
         node.paused = False
         node.held = []
+        node.inbox = []
+        node.ticks_due = 0
         node.process_at = None
         node.incarnation += 1
         return node.disk.crash(power=power, rng=torn)
@@ -394,13 +419,8 @@ class SimCluster:
         if node.paused:
             node.held.append((kind, item))
             return
-        if kind == "msgs":
-            node.host.on_messages(item)
-            self._wake(nid)
-        else:
-            ident, req = item
-            node.host.on_request(ident, req)
-            self._wake(nid, linger=True)
+        node.inbox.append((kind, item))
+        self._wake(nid, linger=kind == "req")
 
     # ------------------------------------------------------------------ requests
 
