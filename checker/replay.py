@@ -67,7 +67,8 @@ def replay_check(nodes: list[ReplayNode], payload_of: PayloadOf) -> ReplayResult
     """Hold every node's evidence to the replayed committed log (see the module doc)."""
     violations: list[dict[str, Any]] = []
     notes: list[str] = []
-    ref = _reference_log(nodes, violations)
+    _election_safety(nodes, violations)
+    ref = _reference_log(nodes, violations, payload_of)
     last = max(ref, default=0)
     base_index, base_state, base = _base(nodes, ref)
     if base_index is None:
@@ -166,14 +167,34 @@ def _digest_of(image: bytes) -> str | None:
     return kv.digest()
 
 
-def _reference_log(nodes: list[ReplayNode],
-                   violations: list[dict[str, Any]]) -> dict[int, Entry]:
+def _election_safety(nodes: list[ReplayNode], violations: list[dict[str, Any]]) -> None:
+    """Raft's election safety, from the nodes' `role` events: one leader per term."""
+    leaders: dict[int, dict[str, Any]] = {}
+    for n in nodes:
+        for ev in n.reported:
+            if ev.get("kind") != "role" or ev.get("role") != "leader":
+                continue
+            term = ev.get("term")
+            if not isinstance(term, int):
+                continue
+            first = leaders.setdefault(term, {"node": n.name, "t": ev.get("t")})
+            if first["node"] != n.name:
+                violations.append({
+                    "node": n.name, "index": None, "term": term, "opcode": None,
+                    "reason": f"two leaders in term {term}: {first['node']} and {n.name}",
+                    "t": ev.get("t"), "evidence": "election-safety"})
+                first["node"] = n.name  # report each further claimant once
+
+
+def _reference_log(nodes: list[ReplayNode], violations: list[dict[str, Any]],
+                   payload_of: PayloadOf | None = None) -> dict[int, Entry]:
     """The committed log: at each index the entry the nodes that knew it committed hold.
 
     Two terms at one committed index are a divergence (Raft's state-machine safety;
     reported once, at the first such index). Two copies with one term but different
-    bytes are a damaged copy, which I1 reports; either way the replay goes on with the
-    copy most nodes hold."""
+    bytes are a damaged copy (which I1 reports) unless both open: then two leaders
+    wrote that index in one term, a divergence too. Either way the replay goes on with
+    the copy most nodes hold."""
     by_index: dict[int, Counter] = {}
     holders: dict[tuple[int, int], list[str]] = {}
     for n in nodes:
@@ -188,6 +209,17 @@ def _reference_log(nodes: list[ReplayNode],
         ranked = sorted(by_index[i].items(), key=lambda kv: (-kv[1], kv[0].term, kv[0].data))
         ref[i] = ranked[0][0]
         terms = sorted({e.term for e in by_index[i]}, key=lambda t: -len(holders[(i, t)]))
+        if len(by_index[i]) > len(terms) and payload_of is not None and not reported:
+            for t in terms:
+                same = [e for e in by_index[i] if e.term == t]
+                if len(same) > 1 and all(_opens(payload_of, e) for e in same):
+                    reported = True
+                    violations.append({
+                        "node": None, "index": i, "term": t, "opcode": None,
+                        "reason": f"committed entry {i} of term {t} has {len(same)} different "
+                                  f"versions that all open: two leaders wrote it in one term",
+                        "evidence": "committed-log"})
+                    break
         if len(terms) > 1 and not reported:
             reported = True
             odd = terms[1]
@@ -199,6 +231,14 @@ def _reference_log(nodes: list[ReplayNode],
                           f"term {odd} on {', '.join(names)}",
                 "evidence": "committed-log"})
     return ref
+
+
+def _opens(payload_of: PayloadOf, e: Entry) -> bool:
+    try:
+        payload_of(e)
+    except ValueError:
+        return False
+    return True
 
 
 def _base(nodes: list[ReplayNode], ref: dict[int, Entry]) -> tuple[int | None, bytes, str]:

@@ -164,7 +164,8 @@ def _ids() -> Iterator[int]:
 _ROLES: dict[str, tuple[str, ...]] = {
     "kill": ("one", "leader", "follower", "minority", "lagging", "marker-holder", "restarted"),
     "restart": ("one", "leader", "follower", "restarted", "lagging"),
-    "kill-power": ("one", "leader", "follower", "minority", "marker-holder"),
+    "kill-power": ("one", "leader", "follower", "minority", "marker-holder", "majority",
+                   "all"),
     "pause": ("one", "leader", "follower", "minority", "marker-holder"),
     "snapshot": ("one", "follower", "leader", "all", "lagging"),
     "compact": ("one", "lagging", "follower"),

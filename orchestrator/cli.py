@@ -415,8 +415,13 @@ def bench_edn(ops: int, seed: int) -> None:
               help="Runs at a time.")
 @click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
               default=None, help="Plan scenario of every run (default: run's default).")
+@click.option("--sim", "in_sim", is_flag=True,
+              help="In the simulator: `cutover sim --budget` per defect instead of real runs.")
+@click.option("--budget", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="With --sim: wall seconds of simulation per defect.")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
-                    only: str | None, jobs: int, scenario: str | None) -> None:
+                    only: str | None, jobs: int, scenario: str | None, in_sim: bool,
+                    budget: float) -> None:
     """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
     of the tree and run on N seeds; one row per defect, last line `detected=K/M`."""
     from pathlib import Path
@@ -438,12 +443,20 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
     if not defects:
         fail("no defect patches found")
     seed_list = list(range(first_seed, first_seed + seeds))
+    extra = ["--scenario", scenario] if scenario else []
 
     def progress(name: str, seed: int, verdict: str, first: str | None) -> None:
-        click.echo(f"  {name:<28} seed {seed:<4} {verdict:<8} {first or ''}", err=True)
+        what = f"{seed} seeds" if in_sim else f"seed {seed}"
+        click.echo(f"  {name:<28} {what:<10} {verdict:<8} {first or ''}", err=True)
 
-    rows = detection.run_detection(defects, seed_list, time_limit, jobs=jobs,
-                                   extra=["--scenario", scenario] if scenario else [],
+    if in_sim:
+        rows = detection.run_detection_sim(
+            defects, budget, extra + ["--time-limit", str(time_limit), "--workers",
+                                      str(jobs)], progress=progress)
+        for line in detection.table(rows, 1, sim_budget=budget):
+            click.echo(line)
+        return
+    rows = detection.run_detection(defects, seed_list, time_limit, jobs=jobs, extra=extra,
                                    progress=progress)
     for line in detection.table(rows, len(seed_list)):
         click.echo(line)

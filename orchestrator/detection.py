@@ -99,7 +99,9 @@ def run_one(src: Path, seed: int, time_limit: float, results: str,
     r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True,
                        timeout=time_limit + 240)
     if r.returncode >= 3:
-        return "error", None, None, (r.stderr.strip().splitlines() or ["?"])[-1]
+        lines = [ln for ln in (r.stdout + "\n" + r.stderr).splitlines()
+                 if ln.startswith(("ERROR", "error", "HARNESS")) or "Error" in ln]
+        return "error", None, None, (lines or [f"exit code {r.returncode}"])[-1]
     with store.opened(results) as db:
         rows = [x for x in store.runs(db) if x["seed"] == seed]
         row = rows[0] if rows else None
@@ -155,9 +157,11 @@ def run_detection(defects: list[Defect], seeds: list[int], time_limit: float,
     return [rows[d.name] for d in defects]
 
 
-def table(rows: list[DefectRow], n_seeds: int) -> list[str]:
+def table(rows: list[DefectRow], n_seeds: int, sim_budget: float | None = None) -> list[str]:
     width = max([len(r.defect.name) for r in rows] + [6])
     out = [f"{'defect':<{width}}  {'caught':>7}  {'median s':>8}  first invariant"]
+    if sim_budget is not None:
+        out[0] = f"{'defect':<{width}}  {'found':>7}  {'wall s':>8}  first invariant"
     caught = counted = 0
     for r in rows:
         first = ", ".join(f"{k} ({n})" for k, n in Counter(r.firsts).most_common()) or "-"
@@ -172,5 +176,64 @@ def table(rows: list[DefectRow], n_seeds: int) -> list[str]:
             note += f"  [{len(r.errors)} error(s): {r.errors[0][:80]}]"
         out.append(f"{r.defect.name:<{width}}  {r.caught:>3}/{n_seeds:<3}  {med:>8}  "
                    f"{first}{note}")
-    out.append(f"detected={caught}/{counted} defects caught in at least 1 of {n_seeds} seeds")
+    if sim_budget is not None:
+        out.append(f"detected={caught}/{counted} defects found by `cutover sim --budget "
+                   f"{sim_budget:g}`")
+    else:
+        out.append(f"detected={caught}/{counted} defects caught in at least 1 of {n_seeds} "
+                   f"seeds")
     return out
+
+
+def run_sim_one(src: Path, budget: float, results: str,
+                extra: list[str]) -> tuple[str, str | None, float | None, str | None, int]:
+    """`cutover sim --budget` on a patched tree: (verdict, what failed first, seconds of
+    wall time to the end of the batch, error, seeds simulated)."""
+    import re
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "sim", "--budget", str(budget),
+           "--no-shrink", "--results", results, *extra]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True,
+                       timeout=budget + 600)
+    wall = time.monotonic() - t0
+    m = re.search(r"sim: (\d+) seeds", r.stdout)
+    seeds = int(m.group(1)) if m else 0
+    if r.returncode >= 3:
+        lines = [ln for ln in (r.stdout + "\n" + r.stderr).splitlines() if "error" in ln]
+        return "error", None, None, (lines or [f"exit code {r.returncode}"])[-1], seeds
+    first = re.search(r"^seed \d+: INVALID: ([^:]+):", r.stdout, re.M)
+    if r.returncode == 1 and first:
+        return "invalid", first.group(1), wall, None, seeds
+    return "valid", None, None, None, seeds
+
+
+def run_detection_sim(defects: list[Defect], budget: float, extra: list[str] | None = None,
+                      progress: object = None) -> list[DefectRow]:
+    """Every defect in the simulator: `cutover sim --budget` seconds each."""
+    root = Path(__file__).resolve().parents[1]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cutover-defects-sim-") as tmp:
+        for d in defects:
+            row = DefectRow(d)
+            rows.append(row)
+            try:
+                src = patched_tree(d, root, Path(tmp) / d.name)
+            except RuntimeError as e:
+                row.errors.append(str(e))
+                continue
+            verdict, first, t, err, seeds = run_sim_one(src, budget,
+                                                        str(Path(tmp) / d.name / "results"),
+                                                        extra or [])
+            row.verdicts.append(verdict)
+            if first:
+                row.firsts.append(first)
+            if t is not None:
+                row.times.append(t)
+            if err:
+                row.errors.append(err)
+            if callable(progress):
+                progress(d.name, seeds, verdict, first)
+    return rows
