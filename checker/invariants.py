@@ -596,6 +596,7 @@ def _analyze(nodes: list[_Node], kek: Kek, plaintext_tokens: Iterable[tuple[byte
     rows: list[LogRow] = []
     results = {
         "I1": _check_i1(nodes, decoded, cut, cut_time, plaintext_tokens, scan_snapshot_data,
+                        _committed_entries(nodes),
                         rows, notes),
         "I2": _check_i2(nodes, decoded, side_c, cut),
         "I3": _check_i3(nodes),
@@ -666,9 +667,34 @@ def _node_summary(n: _Node) -> dict[str, Any]:
 # --------------------------------------------------------------------------- I1
 
 
+def _committed_entries(nodes: list[_Node]) -> set[tuple[int, int]]:
+    """(index, term) of every entry some node knew committed: it held the entry and its
+    commit index covered it (its WAL's hard state, a commit or applied index it reported
+    in an event, or a halt: only a committed entry is handed to apply)."""
+    out: set[tuple[int, int]] = set()
+    for n in nodes:
+        seen = [n.commit]
+        for ev in n.events:
+            for f in ("applied", "commit") + (("index",) if ev.get("kind") == "halt" else ()):
+                v = ev.get(f)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    seen.append(v)
+        known = max(seen)
+        for idx, rec in n.log.items():
+            if idx <= known:
+                out.add((idx, rec.value.term))  # type: ignore[union-attr]
+    return out
+
+
 def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
               cut: int, cut_time: int | None, tokens: Iterable[tuple[bytes, int]],
-              scan_snapshots: bool, rows: list[LogRow], notes: list[str]) -> InvariantResult:
+              scan_snapshots: bool, in_cluster_log: set[tuple[int, int]], rows: list[LogRow],
+              notes: list[str]) -> InvariantResult:
+    """I1. An entry above C that no node committed or applied (a deposed leader's tail,
+    written by a leader cut off from the cluster that never heard of the cutover) is a
+    warning, listed apart: it never became part of the cluster's log. Its bytes stay in
+    the WAL segment until it is deleted, which is worth knowing, but it is not the
+    cluster writing cleartext above the cutover."""
     col = _Collector("I1")
     for n in nodes:
         det = {"entries": 0, "above_cutover": 0, "wrapped": 0, "structural_violations": 0,
@@ -731,7 +757,19 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
         pat = _token_pattern(toks)
         for n in nodes:
             _scan_node(n, decoded, cut, cut_time, pat, toks, scan_snapshots, scan, col)
-    col.result.summary = {"cutover": cut, "cutover_time_ns": cut_time, "byte_scan": scan}
+    # WAL entries only (structural findings, and byte hits in WAL records): a snapshot's
+    # data is applied state, committed by construction.
+    uncommitted = [v for v in col._all
+                   if isinstance(v.get("index"), int) and isinstance(v.get("term"), int)
+                   and (v.get("half") == "structural" or "durable" in v)
+                   and (v["index"], v["term"]) not in in_cluster_log]
+    if uncommitted:
+        col._all = [v for v in col._all if v not in uncommitted]
+        notes.append(f"I1: {len(uncommitted)} finding(s) on entries no node committed (a "
+                     f"deposed leader's tail), listed as warnings")
+    col.result.summary = {"cutover": cut, "cutover_time_ns": cut_time, "byte_scan": scan,
+                          "uncommitted_warnings": uncommitted[:_MAX_LISTED],
+                          "uncommitted_warning_count": len(uncommitted)}
     return col.finish(lambda v: (v.get("half") != "structural", v.get("index") or 0,
                                  v.get("node") or ""))
 

@@ -348,19 +348,32 @@ def test_undecryptable_entry_above_cutover(lab: Lab) -> None:
     assert (w["index"], w["key_id"]) == (8, 7) and "no bootstrap/rotate entry" in w["reason"]
 
 
-def test_plaintext_token_in_bytes_above_cutover(lab: Lab) -> None:
-    """The stale copy of entry 11 on n3 is not in the durable log (structural half is
-    clean) but its bytes hold a token written after the cutover."""
+def test_plaintext_token_in_an_uncommitted_tail_is_a_warning(lab: Lab) -> None:
+    """The stale copy of entry 11 on n3 (a would-be leader's tail, overwritten, never
+    committed) holds a token written after the cutover: the byte scan finds it, and
+    lists it apart as a warning, because no node ever committed that entry."""
     lab.stale = Spec(11, 2, write("z", LEAK))
     report = lab.check()
-    assert only_failing(report) == {"I1"}
+    assert report.valid, report.first_violation()
     i1 = report["I1"]
-    assert all(v["half"] == "bytes" for v in i1.violations)
-    v = i1.first_violation
+    assert i1.summary["uncommitted_warning_count"] == 1
+    v = i1.summary["uncommitted_warnings"][0]
     assert (v["node"], v["index"], v["term"], v["opcode"]) == ("n3", 11, 2, pl.OP_USER)
-    assert v["token"] == LEAK.decode() and v["durable"] is False
+    assert v["half"] == "bytes" and v["token"] == LEAK.decode() and v["durable"] is False
     assert v["file"].startswith("wal/") and v["offset"] > 0
     assert "after the cutover" in v["reason"]
+    assert any("no node committed" in n for n in report.notes)
+
+
+def test_plaintext_token_in_a_committed_entry_above_cutover(lab: Lab) -> None:
+    """The same bytes in entry 12 of term 3, which every node committed: a violation
+    (its structural half and its byte half both name it)."""
+    lab.specs[11] = Spec(12, 3, write("z", LEAK))  # cleartext, on every node
+    report = lab.check()
+    assert only_failing(report) == {"I1"}
+    halves = {v["half"] for v in report["I1"].violations}
+    assert halves == {"structural", "bytes"}
+    assert {v["index"] for v in report["I1"].violations} == {12}
 
 
 def test_plaintext_token_in_a_snapshot_data_region_above_cutover(lab: Lab) -> None:

@@ -1,5 +1,5 @@
 """Tests of the Raft core (node/raft.py): hand-driven scenarios for each mechanism, then
-seeded random simulations (tests/raftsim.py) that check Raft's safety properties.
+seeded random simulations (orchestrator/sim/raftsim.py) that check Raft's safety properties.
 
 Every randomized test prints `seed=N` and puts it in its assertion messages; a run is a
 pure function of its seed, so `run_random(N, n)` (or the Figure 8 loop body) replays it.
@@ -28,7 +28,7 @@ from node.raft import (
     to_wire,
 )
 from node.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from tests.raftsim import (
+from orchestrator.sim.raftsim import (
     Lockstep,
     MemStorage,
     SimCluster,

@@ -143,6 +143,8 @@ class SimCluster:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._wrap_nonce = itertools.count(1)
         self.net = Net()
+        # A scenario's own hook: a message it returns False for is lost in flight.
+        self.message_filter: Callable[[Message], bool] | None = None
         self.events: list[dict[str, Any]] = []
         self._event_waiters: list[tuple[Callable[[dict[str, Any]], bool], int, Proc]] = []
         self.flags: dict[str, bool] = {}
@@ -410,6 +412,10 @@ class SimCluster:
         if link in self.net.blocked:  # the switchboard checks again on release
             self.stats["dropped"] += 1
             return
+        if self.message_filter is not None:
+            batch = [m for m in batch if self.message_filter(m)]
+            if not batch:
+                return
         self._input(link[1], "msgs", batch)
 
     def _input(self, nid: str, kind: str, item: Any) -> None:

@@ -1,4 +1,8 @@
-"""Seeded, deterministic simulator for `node.raft`: N cores on an in-memory network.
+"""Seeded, deterministic simulator for `node.raft` alone: N Raft cores on an in-memory
+network, each with a toy state machine. The Raft layer's own tests use it (election
+safety, log matching, leader completeness, lost writes checked online, thousands of
+schedules); whole nodes (storage, the cutover, the replica logic) are simulated by
+`orchestrator.sim.cluster`, which runs `node.host.NodeHost` itself.
 
 Why a simulator: Raft bugs live in rare interleavings (a leader crashing between two
 messages, a vote reordered behind an append). Driving the pure core from one seeded
@@ -291,9 +295,6 @@ class SimCluster:
             entries=list(st.entries),
         )
         node.fsm = self.fsm_factory(node.id, node.durable)
-        bind = getattr(node.fsm, "bind", None)
-        if bind is not None:  # a state machine that drives the core too (node.replica)
-            bind(node.core, node.incarnation, node.storage)
         if snap is not None:
             node.fsm.restore(snap.data)
         node.incarnation += 1
@@ -339,9 +340,6 @@ class SimCluster:
         if node.core is None or node.incarnation != incarnation:
             return
         node.core.tick()
-        on_tick = getattr(node.fsm, "on_tick", None)
-        if on_tick is not None:
-            on_tick(self.now)
         self._after(node)
         jitter = self.rng.randint(-1, 1)
         self.at(self.now + self.cfg.tick_units + jitter, self._on_tick, node, incarnation)
@@ -351,9 +349,6 @@ class SimCluster:
         core = node.core
         if core is None:
             return
-        after_event = getattr(node.fsm, "after_event", None)
-        if after_event is not None:
-            after_event()
         if core.role is Role.LEADER:
             self._observe_leader(node, core)
         if not node.ready_scheduled and core.has_ready():
@@ -381,27 +376,17 @@ class SimCluster:
             if not may_send_early(m):
                 self._send(m)
         if rd.snapshot is not None:
-            install = getattr(node.fsm, "install", None)
-            if install is not None:
-                install(rd.snapshot)
-            else:
-                node.fsm.restore(rd.snapshot.data)
+            node.fsm.restore(rd.snapshot.data)
             # Writes inside the snapshot can no longer be matched to their entry.
             node.writes = {i: w for i, w in node.writes.items() if i > rd.snapshot.meta.index}
             self.stats["snapshots_installed"] += 1
         for e in rd.committed_entries:
             self._apply(node, e)
-        on_reads = getattr(node.fsm, "on_read_states", None)
-        if on_reads is not None:
-            on_reads(rd.read_states)
         for rs in rd.read_states:
             self._read_released(node, rs)
         core.advance(rd)
         every = self.cfg.compact_every
-        after_advance = getattr(node.fsm, "after_advance", None)
-        if after_advance is not None:  # a host with its own snapshot rule (node.replica)
-            after_advance()
-        elif every and core.applied - core.snapshot_index >= every:
+        if every and core.applied - core.snapshot_index >= every:
             node.storage.compact(core.compact(core.applied, node.fsm.snapshot()))
             self.stats["compactions"] += 1
         self._after(node)
