@@ -24,7 +24,7 @@ from .linearizability import PartitionResult, Step, Verdict, check
 from .models import Model, get_model
 from .readers import parse_jepsen_maps
 
-ORDER = ("linearizability", "cutover", "stats", "availability")
+ORDER = ("linearizability", "cutover", "crashes", "stats", "availability")
 
 
 def ops_from_rows(rows: Iterable[Mapping[str, Any]], model: str) -> list[Op]:

@@ -24,7 +24,6 @@ from node.events import EventKind
 from node.host import NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
-from node.storage import StorageError
 from orchestrator.faults import Net
 
 from .disk import SimDisk
@@ -274,9 +273,9 @@ class SimCluster:
                 deliver=lambda ident, rep, n=nid, i=inc: self._reply(n, i, ident, rep),
                 rng=random.Random(f"node:{self.seed}:{nid}:{inc}"),
                 start_info={"pid": inc})
-        except (StorageError, ValueError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - a node that refuses to start (or dies trying)
             node.failed_starts += 1
-            self.add_event(nid, "start-failed", {"error": str(e)})
+            self.add_event(nid, "start-failed", {"error": f"{type(e).__name__}: {e}"})
             return
         node.paused = False
         node.held = []
@@ -320,18 +319,26 @@ class SimCluster:
             return
         syncs = node.disk.syncs
         inbox, node.inbox = node.inbox, []
-        for kind, item in inbox:
-            if kind == "msgs":
-                host.on_messages(item)
-            else:
-                host.on_request(*item)
-        for _ in range(node.ticks_due):
-            host.on_tick()
-            node.ticks += 1
-            if node.ticks % 20 == 0:  # the node process forgets dead requests twice a second
-                host.expire()
-        node.ticks_due = 0
-        host.process()
+        try:
+            for kind, item in inbox:
+                if kind == "msgs":
+                    host.on_messages(item)
+                else:
+                    host.on_request(*item)
+            for _ in range(node.ticks_due):
+                host.on_tick()
+                node.ticks += 1
+                if node.ticks % 20 == 0:  # the process forgets dead requests twice a second
+                    host.expire()
+            node.ticks_due = 0
+            host.process()
+        except Exception as e:  # noqa: BLE001 - what a node process would die of
+            # An exception the node does not handle ends its process (a traceback in its
+            # log, exit code 1): the simulated process dies the same way, and it is
+            # evidence (the `crashes` checker), never a harness error.
+            self.add_event(nid, "crash", {"error": f"{type(e).__name__}: {e}"})
+            self.kill(nid)
+            return
         node.busy_until = self.now + self.s.process_us + \
             self.s.fsync_us * (node.disk.syncs - syncs)
         if node.inbox or node.ticks_due:

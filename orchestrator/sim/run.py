@@ -521,6 +521,7 @@ class SimRun:
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
         results["availability"] = suite.availability(ops, fault_windows(self.nemesis), end_ns)
+        results["crashes"] = _crashes(self.cl.events)
         verdict = suite.worst(r["valid"] for r in results.values())
         cov = coverage([{"node": e["node"], "kind": e["kind"], "time_ns": e["time_ns"],
                          "detail": {k: v for k, v in e.items()
@@ -533,6 +534,20 @@ class SimRun:
             nemesis=self.nemesis, events=self.cl.events, t0_ns=t0_ns,
             sim_seconds=round(self.cl.now / US, 3), cpu_seconds=0.0, run_dir=str(root),
             stats=dict(self.cl.stats))
+
+
+def _crashes(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A node process that died on its own, or would not start, is evidence (Jepsen's
+    unhandled-exceptions check): nothing but the nemesis may stop a node."""
+    bad = [{"node": e["node"], "kind": e["kind"], "error": e.get("error"),
+            "time_ns": e["time_ns"]} for e in events if e["kind"] in ("crash", "start-failed")]
+    out: dict[str, Any] = {"valid": "invalid" if bad else "valid", "crashes": bad}
+    if bad:
+        b = bad[0]
+        what = "died" if b["kind"] == "crash" else "would not start"
+        out["first_violation"] = f"node {b['node']} {what}: {b['error']}"
+        out["first_violation_ns"] = b["time_ns"]
+    return out
 
 
 def _asdict(c: RunConfig) -> dict[str, Any]:
