@@ -285,7 +285,16 @@ class Cutover:
         return self.seal(payload)
 
     def admin_proposal(self, payload: bytes) -> bytes:
-        """The wrap-aware proposer for bootstrap and rotate-DEK (no barrier)."""
+        """The wrap-aware proposer for bootstrap and rotate-DEK. No barrier during a
+        running EnableRaftEnvelope (the per-node admin lock keeps them apart), but a
+        barrier left up by a failed one means a marker may still commit with no wrap
+        installed here: an admin entry proposed now could land above it in cleartext and
+        halt every replica, so it fails closed (found by `cutover sim`; elastickv latches
+        the same refusal after an ambiguous cutover failure)."""
+        if self.barrier:
+            raise Busy("cutover-in-progress",
+                       "a failed EnableRaftEnvelope left the barrier up: its marker may "
+                       "still commit; restart this node first")
         if "raw-admin-proposer" in self.bugs:
             return payload
         return self.seal(payload)

@@ -528,13 +528,17 @@ class RaftNode:
     # ---------------------------------------------------------------- Ready
 
     def has_ready(self) -> bool:
+        # Called on every loop turn: the fields are compared directly (no HardState built).
+        phs = self._persisted_hs
         return bool(
             self._msgs
             or self._read_states
             or self._pending_snapshot is not None
-            or self._stable < self.last_index
-            or self._hard_state() != self._persisted_hs
-            or self._commit > max(self._applied, self._pending_snapshot_index())
+            or self._stable < self._snapshot.meta.index + len(self._ents)
+            or self._term != phs.term
+            or self._vote != phs.vote
+            or self._commit != phs.commit
+            or self._commit > self._applied
             or (self._role is Role.LEADER and (self._flush_append or self._flush_heartbeat))
         )
 

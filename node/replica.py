@@ -72,19 +72,22 @@ class Replica:
         self._maybe_lease(now)
 
     def observe_role(self) -> None:
-        role = (self.raft.role, self.raft.term, self.raft.leader)
-        if role != self._last_role:
-            self._last_role = role
-            # Where the log stood: coverage asks whether a new leader held the marker
-            # unapplied, or a deposed one left entries uncommitted.
-            self.log.emit(EventKind.ROLE, role=str(role[0]), term=role[1], leader=role[2],
-                          applied=self.applied, commit=self.raft.commit,
-                          last_index=self.raft.last_index)
-            if role[0] is not Role.LEADER:
-                # Reads waiting for a leadership confirmation will never get it here.
-                for ctx, (ident, rid, _k, _d) in list(self.read_wait.items()):
-                    del self.read_wait[ctx]
-                    self._not_leader(ident, rid)
+        raft = self.raft
+        last = self._last_role
+        if raft.term == last[1] and raft.role is last[0] and raft.leader == last[2]:
+            return  # every loop turn asks; the role rarely changes
+        role = (raft.role, raft.term, raft.leader)
+        self._last_role = role
+        # Where the log stood: coverage asks whether a new leader held the marker
+        # unapplied, or a deposed one left entries uncommitted.
+        self.log.emit(EventKind.ROLE, role=str(role[0]), term=role[1], leader=role[2],
+                      applied=self.applied, commit=self.raft.commit,
+                      last_index=self.raft.last_index)
+        if role[0] is not Role.LEADER:
+            # Reads waiting for a leadership confirmation will never get it here.
+            for ctx, (ident, rid, _k, _d) in list(self.read_wait.items()):
+                del self.read_wait[ctx]
+                self._not_leader(ident, rid)
 
     def after_ready(self, snapshot: Snapshot | None, committed: list[Any],
                     read_states: list[ReadState]) -> None:
@@ -267,9 +270,13 @@ class Replica:
             self._fail(ident, rid, "bad-request", "need key_id (uint32 > 0) and wrapped bytes")
             return
         make = pl.bootstrap_payload if op == "bootstrap" else pl.rotate_payload
+        try:
+            payload = self.cut.admin_proposal(make(key_id, wrapped))
+        except Busy as b:
+            self._fail(ident, rid, b.code, str(b))
+            return
         self.admin_busy = True
-        self._propose(self.cut.admin_proposal(make(key_id, wrapped)), ident, rid,
-                      admin=True)
+        self._propose(payload, ident, rid, admin=True)
 
     def _poll_enable(self) -> None:
         if self.enable is None:

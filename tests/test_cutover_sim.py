@@ -387,6 +387,28 @@ def test_enable_retried_on_a_leader_whose_barrier_is_stuck() -> None:
     assert not sim.halts()
 
 
+def test_rotation_on_a_leader_whose_barrier_is_stuck_is_refused() -> None:
+    """Found by `cutover sim` (seed 20 of the first fixed-build batch): the apply wait
+    timed out with the marker still able to commit, the operator rotated the DEK on the
+    same leader, and the rotate entry went out in cleartext (no barrier for admin
+    proposals, no wrap installed yet) right behind the marker: once both committed it
+    sat above C and every replica halted. The admin proposer now fails closed while a
+    failed EnableRaftEnvelope's barrier is up (elastickv latches the same refusal)."""
+    seed = 37
+    print(f"seed={seed}")
+    sim = CutoverSim(seed)
+    lead, _ = _enable_times_out(sim)
+    rot = sim.submit(lead, {"op": "rotate-dek", "key_id": 2, "wrapped": sim.new_dek()})
+    assert sim.run_until(lambda: sim.reply(rot) is not None, 400)
+    assert sim.reply(rot)["code"] == "cutover-in-progress", sim.reply(rot)
+    sim.message_filter = None
+    sim.run_ticks(100)
+    cutover = sim.host(lead).cut.sidecar.raft_envelope_cutover_index
+    assert cutover, "the marker did commit in the end"
+    assert _above_c_cleartext(sim, cutover) == [] and not sim.halts()
+    _verdict(sim, False)
+
+
 @pytest.mark.parametrize("bugged", [False, True])
 def test_silent_unwrap_skip_switch(bugged: bool) -> None:
     """One replica's copy of a wrapped entry is damaged on disk (a flipped bit). The
