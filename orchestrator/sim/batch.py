@@ -51,7 +51,8 @@ def _record(o: SimOutcome) -> dict[str, Any]:
     return {"config": o.config, "ops": o.ops, "nemesis": o.nemesis,
             "events": [{k: v for k, v in e.items() if k != "_i"} for e in o.events],
             "checks": o.checks, "coverage": o.coverage, "t0_ns": o.t0_ns, "files": files,
-            "verdict": o.verdict, "first": o.first, "sim_seconds": o.sim_seconds}
+            "verdict": o.verdict, "first": o.first, "sim_seconds": o.sim_seconds,
+            "log_entries": o.log_entries}
 
 
 def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
@@ -189,6 +190,7 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
         r.rows("checks", [{"checker": k, "valid": v["valid"],
                            "detail": json.dumps(v, default=str)} for k, v in checks.items()])
         r.rows("coverage", store.coverage_rows(rec["coverage"]))
+        r.rows("log_entries", rec.get("log_entries") or [])
         r.flush()
     finally:
         r.close()

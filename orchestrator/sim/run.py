@@ -60,6 +60,7 @@ class SimOutcome:
     cpu_seconds: float
     run_dir: str
     stats: dict[str, int] = field(default_factory=dict)
+    log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I6 scan
 
     @property
     def failing(self) -> str | None:
@@ -516,7 +517,7 @@ class SimRun:
         tokens += [(str(r["value"][1]).encode(), r["time_ns"] + t0_ns) for r in ops
                    if r["type"] == "invoke" and r["f"] == "cas"
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
-        results["cutover"], _rep = suite.check_invariants(dirs, str(root / "kek"), tokens,
+        results["cutover"], rep = suite.check_invariants(dirs, str(root / "kek"), tokens,
                                                           t0_ns=t0_ns, excused=excused)
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
@@ -533,7 +534,10 @@ class SimRun:
             first=suite.first_violation(results), coverage=cov, ops=ops,
             nemesis=self.nemesis, events=self.cl.events, t0_ns=t0_ns,
             sim_seconds=round(self.cl.now / US, 3), cpu_seconds=0.0, run_dir=str(root),
-            stats=dict(self.cl.stats))
+            stats=dict(self.cl.stats),
+            log_entries=[] if rep is None else [
+                {"node": r.node, "idx": r.index, "term": r.term, "opcode": r.opcode,
+                 "wrapped": int(r.wrapped), "key_id": r.key_id} for r in rep.rows])
 
 
 def _crashes(events: list[dict[str, Any]]) -> dict[str, Any]:
