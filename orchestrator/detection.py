@@ -188,7 +188,7 @@ def table(rows: list[DefectRow], n_seeds: int, sim_budget: float | None = None) 
 def run_sim_one(src: Path, budget: float, results: str,
                 extra: list[str]) -> tuple[str, str | None, float | None, str | None, int]:
     """`cutover sim --budget` on a patched tree: (verdict, what failed first, seconds of
-    wall time to the end of the batch, error, seeds simulated)."""
+    wall time to the first failing seed, error, seeds simulated)."""
     import re
     import time
 
@@ -205,8 +205,9 @@ def run_sim_one(src: Path, budget: float, results: str,
         lines = [ln for ln in (r.stdout + "\n" + r.stderr).splitlines() if "error" in ln]
         return "error", None, None, (lines or [f"exit code {r.returncode}"])[-1], seeds
     first = re.search(r"^seed \d+: INVALID: ([^:]+):", r.stdout, re.M)
+    after = re.search(r"\(the first after ([0-9.]+) s\)", r.stdout)
     if r.returncode == 1 and first:
-        return "invalid", first.group(1), wall, None, seeds
+        return "invalid", first.group(1), float(after.group(1)) if after else wall, None, seeds
     return "valid", None, None, None, seeds
 
 

@@ -77,6 +77,7 @@ def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
 class BatchResult:
     results: list[SeedResult] = field(default_factory=list)
     wall_seconds: float = 0.0
+    first_failure_s: float | None = None  # wall time at which the first failing seed ended
     stored: dict[int, str] = field(default_factory=dict)  # seed -> run id
 
     @property
@@ -126,6 +127,8 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
                 pending.discard(fut)
                 r = fut.result()
                 out.results.append(r)
+                if out.first_failure_s is None and r.verdict in ("invalid", "unknown"):
+                    out.first_failure_s = round(time.monotonic() - t0, 3)
                 if on_result is not None:
                     on_result(r, out)
                 submit()

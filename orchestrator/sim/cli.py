@@ -68,7 +68,9 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
     click.echo(f"sim: {len(b.results)} seeds in {b.wall_seconds:.1f} s "
                f"({len(b.results) / max(b.wall_seconds, 1e-9):.2f} seeds/s, "
                f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
-               f"{len(b.failed)} failed, coverage {len(cov)}/{len(POINTS)}")
+               f"{len(b.failed)} failed"
+               + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed else "")
+               + f", coverage {len(cov)}/{len(POINTS)}")
     if b.errors:
         return EXIT_HARNESS
     return 1 if b.failed else 0
