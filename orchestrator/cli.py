@@ -11,16 +11,20 @@ of times. Those in-function imports are the only ones of the orchestrator.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from .errors import EXIT_ABORTED, EXIT_BAD_INPUT, ReviewError, fail
 from .ui import DEFAULT_MAX_OPS
+
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 RESULTS_HELP = "The results directory (holds cutover.db)."
 
@@ -137,6 +141,44 @@ def _cutover_at(value: str) -> float | None:
     return v
 
 
+def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
+    """A plan file that carries its run's config (a shrunk plan from `cutover sim`, a
+    run's config.json) replays that config: its nodes, time limit, bugs, seed and cutover
+    time belong to the schedule. A flag given on the command line still wins."""
+    from .run import RunConfig as _RC
+    from .run import RunError
+
+    try:
+        with open(plan_file, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as e:
+        fail(f"cannot read {plan_file}: {e.strerror}")
+    except json.JSONDecodeError as e:
+        fail(f"{plan_file} is not JSON: {e.msg} (line {e.lineno})")
+    base = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(base, dict):
+        if isinstance(doc, dict) and isinstance(doc.get("plan"), dict):
+            base = {k: v for k, v in doc.items() if k != "plan"}  # a run's config.json
+        else:
+            return cfg
+    ctx = click.get_current_context()
+    try:
+        merged = _RC.from_dict({k: v for k, v in base.items()
+                                if k not in ("plan", "results", "plan_file")})
+    except RunError as e:
+        fail(f"cannot use {plan_file}: {e}")
+    flags = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
+             "scenario", "nemesis_interval", "cutover_at", "bugs", "snapshot_every",
+             "max_msg_bytes", "max_inflight", "seed"}
+    for name in flags:
+        src = ctx.get_parameter_source(name)
+        if src is not None and src.name == "COMMANDLINE":
+            setattr(merged, name, getattr(cfg, name))
+    merged.results = cfg.results
+    merged.plan_file = plan_file
+    return merged
+
+
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
 @click.option("--time-limit", type=click.FloatRange(min=1), default=40.0, show_default=True,
@@ -202,6 +244,8 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         bugs=list(bugs), snapshot_every=snapshot_every,
                         max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
                         results=results, plan_file=plan_file)
+        if plan_file:
+            cfg = _plan_file_config(cfg, plan_file)
     try:
         outcome = execute(cfg)
     except RunError as e:
