@@ -92,9 +92,11 @@ def connect(scheduler: str | None, workers: int) -> tuple[Client, LocalCluster |
     try:
         if scheduler:
             return Client(scheduler, timeout="30s"), None
-        with dask.config.set(WORKER_CONFIG):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+        # Read by each nanny whenever it (re)starts its worker, so it must hold for as
+        # long as the cluster lives: `run_dask` sets it around all of it.
+        assert dask.config.get("distributed.worker.daemon") is False
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
         return Client(cluster), cluster
     except (OSError, TimeoutError, ValueError) as e:
         raise DaskEngineError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: "
@@ -111,6 +113,18 @@ def run_dask(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task], 
              ) -> EngineStats:
     """Run `tasks` of the matrix on Dask and merge each as it finishes. Returns the
     figures; `stats.aborted` says that Ctrl-C/SIGTERM (or `stop`) ended it early."""
+    with dask.config.set(WORKER_CONFIG):
+        return _run_dask(results, matrix_id, spec, tasks, scheduler=scheduler,
+                         workers=workers, on_outcome=on_outcome, on_note=on_note, work=work,
+                         stop=stop, on_client=on_client)
+
+
+def _run_dask(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task], *,
+              scheduler: str | None, workers: int,
+              on_outcome: Callable[[Task, RunOutcome], None] | None,
+              on_note: Callable[[str], None] | None, work: Callable[..., TaskResult],
+              stop: threading.Event | None,
+              on_client: Callable[[Client, LocalCluster | None], None] | None) -> EngineStats:
     stats = EngineStats()
     stop = stop or threading.Event()
     note = on_note or (lambda _m: None)

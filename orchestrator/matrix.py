@@ -268,7 +268,7 @@ def rows_of(db: Any, row: Mapping[str, Any]) -> Rows:
         if rec is None:
             continue
         outs = by.setdefault(label, [])
-        if task.kind == "sim":
+        if task.kind == "sim" and rec["status"] == "done":
             outs += sim_outcomes(rec["detail"].get("seeds") or [])
         elif rec["runs"] and rec["runs"][0] in runs:
             outs.append(stored_outcome(db, runs[rec["runs"][0]]))
