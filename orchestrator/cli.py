@@ -388,6 +388,7 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
             except DaskEngineError as e:
                 _user_error(e)
             click.echo(stats.line(), err=True)
+            click.echo(stats.parts(), err=True)
             if stats.aborted:
                 fail(f"aborted: {stats.tasks} tasks finished and stored; {hint}", EXIT_ABORTED)
         mx.finish_if_complete(results, mid)

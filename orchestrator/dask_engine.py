@@ -60,6 +60,11 @@ class EngineStats:
     errors: int = 0
     merge_ms: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)  # per task: all but the task itself
+    # The overhead's parts, per task (s): waiting for a free worker to start it, the
+    # worker's time outside the task (scratch dir, shipping), getting the result here.
+    dispatch_s: list[float] = field(default_factory=list)
+    worker_s: list[float] = field(default_factory=list)
+    collect_s: list[float] = field(default_factory=list)
     exec_s: list[float] = field(default_factory=list)
     startup_s: float = 0.0
     wall_s: float = 0.0
@@ -67,13 +72,26 @@ class EngineStats:
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        def med(xs: list[float], scale: float = 1.0, unit: str = "") -> str:
-            return f"{statistics.median(xs) * scale:.0f}{unit}" if xs else "-"
+        def ms(xs: list[float], scale: float = 1.0) -> str:
+            if not xs:
+                return "-"
+            return (f"median {statistics.median(xs) * scale:.0f} ms, max "
+                    f"{max(xs) * scale:.0f} ms")
 
+        run = f"{statistics.mean(self.exec_s):.1f} s" if self.exec_s else "-"
         return (f"dask: {self.tasks} tasks in {self.wall_s:.1f} s (cluster start "
                 f"{self.startup_s:.1f} s), {self.merged_runs} runs merged, "
-                f"{self.errors} harness errors; merge median {med(self.merge_ms)} ms, "
-                f"per-task overhead median {med(self.overhead_s, 1000)} ms")
+                f"{self.errors} harness errors; task mean {run}; merge {ms(self.merge_ms)}; "
+                f"per-task overhead {ms(self.overhead_s, 1000)}")
+
+    def parts(self) -> str:
+        """The per-task overhead's parts (medians): where a task's time goes."""
+        def med(xs: list[float], scale: float = 1000.0) -> str:
+            return f"{statistics.median(xs) * scale:.0f}" if xs else "-"
+
+        return (f"dask: overhead parts, median ms: dispatch {med(self.dispatch_s)}, on the "
+                f"worker {med(self.worker_s)}, result transfer {med(self.collect_s)}, "
+                f"merge {med(self.merge_ms, 1.0)}")
 
 
 def _work(task_doc: Mapping[str, Any], base: Mapping[str, Any]) -> TaskResult:
@@ -233,9 +251,12 @@ def _finish(results: str, matrix_id: str, spec: MatrixSpec, f: Future,
     # process; on one machine they are one clock.
     ready = max(t_submit, free_since.get(res.worker, t_submit))
     free_since[res.worker] = res.ended
-    stats.overhead_s.append(max(0.0, res.started - ready)
-                            + max(0.0, res.ended - res.started - res.exec_s)
-                            + max(0.0, received - res.ended) + m.ms / 1000)
+    parts = (max(0.0, res.started - ready), max(0.0, res.ended - res.started - res.exec_s),
+             max(0.0, received - res.ended))
+    stats.dispatch_s.append(parts[0])
+    stats.worker_s.append(parts[1])
+    stats.collect_s.append(parts[2])
+    stats.overhead_s.append(sum(parts) + m.ms / 1000)
     for n in m.notes():
         note(f"{task.key}: {n}")
     if on_outcome is None:

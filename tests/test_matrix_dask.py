@@ -33,7 +33,7 @@ from orchestrator.matrix import (
     table,
     task_row,
 )
-from orchestrator.merge import merge_task
+from orchestrator.merge import MergeError, merge_task
 from orchestrator.tasks import Task, TaskResult, run_task
 from orchestrator.trend import trend_data, trend_lines
 from orchestrator.ui.web import serving
@@ -326,8 +326,6 @@ def test_a_failed_merge_stores_nothing(tmp_path: Path, shipped: TaskResult,
     monkeypatch.setattr("orchestrator.merge.os.rename", second_rename_fails)
     task = Task("sim", "no-barrier", "swarm", seeds=(2, 3))
     mid = start_matrix(str(results), MatrixSpec(builds=["no-barrier"], seeds=0), "dask")
-    from orchestrator.merge import MergeError
-
     with pytest.raises(MergeError, match="No space left"):
         merge_task(str(results), shipped.runs, _row(shipped, task), mid)
     assert _count(results) == empty
