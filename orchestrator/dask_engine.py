@@ -38,6 +38,7 @@ from typing import Any
 import dask
 from distributed import Client, Future, LocalCluster, get_worker, wait
 from distributed.client import FIRST_COMPLETED
+from distributed.scheduler import KilledWorker
 
 from .matrix import MatrixSpec, harness_error, sim_outcomes, task_row
 from .merge import MergeError, merge_task
@@ -148,8 +149,11 @@ def _run_dask(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
     note = on_note or (lambda _m: None)
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        # A flag, not an exception: a merge in progress is never cut in half.
+        # A flag, not an exception: a merge in progress is never cut in half. A second
+        # signal (a shutdown that hangs) interrupts; a merge undoes itself then.
         def on_signal(_signum: int, _frame: Any) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
             stop.set()
         for s in (signal.SIGINT, signal.SIGTERM):
             old[s] = signal.signal(s, on_signal)
@@ -189,12 +193,14 @@ def _run_dask(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
                         free_since)
             client.cancel(list(pending), force=True)
     finally:
-        _restore(old)
         try:
             client.close(timeout=10)
         finally:
-            if cluster is not None:
-                cluster.close(timeout=30)
+            try:
+                if cluster is not None:
+                    cluster.close(timeout=30)
+            finally:
+                _restore(old)
     stats.wall_s = time.monotonic() - t0
     return stats
 
@@ -216,7 +222,7 @@ def _finish(results: str, matrix_id: str, spec: MatrixSpec, f: Future,
     if f.status == "error":
         exc = f.exception()
         why = f"{type(exc).__name__}: {exc}".strip()
-        if type(exc).__name__ == "KilledWorker":
+        if isinstance(exc, KilledWorker):
             why = f"the workers running it died too often ({exc})"
         _store_error(results, matrix_id, task, why, stats, on_outcome, note)
         return

@@ -186,7 +186,16 @@ def merge_task(results: str, runs: Iterable[ShippedRun], task_row: Mapping[str, 
                 out.task_recorded = False
                 out.stored.clear()
                 raise _AlreadyDone
-            for run, rid, _path in claimed:
+            for run, rid, path in list(claimed):
+                # Under the write lock: the same run stored meanwhile, under any id
+                # (another coordinator merging the same result), is not stored again.
+                have = store.find_run(db, _fingerprint(run.rows))
+                if have is not None:
+                    claimed.remove((run, rid, path))
+                    _release([(run, rid, path)], [])
+                    del out.stored[run.run_id]
+                    out.skipped[run.run_id] = have
+                    continue
                 store.insert_run_rows(db, _renamed(run.rows, rid, matrix, results))
             if matrix is not None:
                 store.record_task(db, {"matrix": matrix, **_remapped(task_row, out)})

@@ -611,6 +611,14 @@ def run_fingerprint(db: sqlite_utils.Database, run_id: str) -> tuple[Any, ...] |
     return None if r is None else tuple(r)
 
 
+def find_run(db: sqlite_utils.Database, fingerprint: tuple[Any, ...]) -> str | None:
+    """The id of a stored run with this FINGERPRINT, whatever its id, or None."""
+    r = db.conn.execute(f"select id from runs where "
+                        f"{' and '.join(f'{c} is ?' for c in FINGERPRINT)} limit 1",
+                        list(fingerprint)).fetchone()
+    return None if r is None else r[0]
+
+
 @contextmanager
 def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
     """One transaction that holds SQLite's write lock from its first statement (BEGIN

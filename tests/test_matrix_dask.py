@@ -307,6 +307,13 @@ def test_a_different_run_with_a_stored_id_gets_a_fresh_one(tmp_path: Path,
     assert db.execute("select count(*) from ops where run = ?",
                       [f"{first.run_id}-2"]).fetchone()[0] == n > 0
     assert (results / f"{first.run_id}-2" / "kek").is_file()
+    # The same run again under another id (as if a second coordinator raced this one
+    # past the check by id): the check under the write lock finds it by what it is.
+    again = type(first)(f"{first.run_id}-x", first.rows, first.archive, first.outcome)
+    m = merge_task(str(results), [again], {"task": "c"}, None)
+    assert m.skipped == {f"{first.run_id}-x": first.run_id} and not m.stored
+    assert not (results / f"{first.run_id}-x").exists()
+    assert db.execute("select count(*) from runs").fetchone()[0] == 2
 
 
 def test_a_failed_merge_stores_nothing(tmp_path: Path, shipped: TaskResult,
