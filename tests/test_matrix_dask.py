@@ -396,3 +396,39 @@ def test_trend_rates_medians_and_flakes(tmp_path: Path) -> None:
     assert page.count('class="pt" data-build="no-barrier"') == 6  # two plots, 3 matrices
     assert '<b>no-barrier</b> seed 2 at <span class="runid">aaa</span>' in page
     assert 'href="/run/mx-1-no-barrier-2/"' in page
+
+
+# ------------------------------------------------------------------ tasks and flags
+
+
+def test_tasks_are_named_and_ordered_like_the_table() -> None:
+    spec = MatrixSpec(builds=["fixed", "no-barrier"], seeds=2, first_seed=5,
+                      modes=["swarm", "churn"], sim_seeds=3, sim_batch=2)
+    tasks = spec.tasks()
+    assert [t.key for t in tasks[:6]] == [
+        "run/fixed/-/swarm/5", "run/fixed/-/swarm/6", "sim/fixed/-/swarm/5-6",
+        "sim/fixed/-/swarm/7-7", "run/fixed/-/churn/5", "run/fixed/-/churn/6"]
+    assert len(tasks) == 2 * 2 * (2 + 2) and len({t.key for t in tasks}) == len(tasks)
+    assert [spec.label(t) for t in tasks[:5]] == [
+        "fixed [swarm]", "fixed [swarm]", "fixed [swarm] (sim)", "fixed [swarm] (sim)",
+        "fixed [churn]"]
+    cfg = tasks[-1].config(spec.base, "R")
+    assert (cfg.bugs, cfg.scenario, cfg.seed, cfg.results) == (["no-barrier"], "churn", 7, "R")
+    assert Task.from_dict(tasks[-1].to_dict()) == tasks[-1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--resume", "latest", "--seeds", "3"], "drop --seeds"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --engine dask"),
+    (["--seeds", "0"], "nothing to run"),
+    (["--resume", "mx-none"], "no matrix 'mx-none'"),
+    (["--scenario", "swarm,nope"], "expected a comma list of swarm"),
+])
+def test_matrix_flags_that_cannot_work_are_one_line_errors(tmp_path: Path, args: list[str],
+                                                           needle: str) -> None:
+    store.check_writable(str(tmp_path))
+    start_matrix(str(tmp_path), MatrixSpec(builds=["fixed"], seeds=1), "local")
+    r = subprocess.run(CLI + ["matrix", "--results", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
