@@ -304,9 +304,25 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
                         workers=workers, results=results, shrink=shrink))
 
 
+SCENARIOS = ("swarm", "generative", "sequence", "churn")
+
+
+def _scenarios(_ctx: Any, _param: Any, value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in SCENARIOS]
+    if bad or not modes:
+        raise click.BadParameter(f"expected a comma list of {', '.join(SCENARIOS)}")
+    return modes
+
+
+# The flags that define a matrix; `--resume` takes them from the recorded matrix.
+MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "nodes",
+                "nemesis", "scenario", "profile", "sim_seeds", "sim_batch")
+
+
 @main.command()
-@click.option("--seeds", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="Seeds per build (1..K).")
+@click.option("--seeds", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="Seeds per build (1..K) of real runs.")
 @click.option("--first-seed", type=int, default=1, show_default=True)
 @click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
@@ -314,18 +330,37 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
 @click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
 @click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
 @click.option("--nemesis", default="all", show_default=True)
-@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
-              default="swarm", show_default=True, help="How each run's plan is made.")
+@click.option("--scenario", default="swarm", show_default=True, callback=_scenarios,
+              help="How each run's plan is made (swarm, generative, sequence, churn); a "
+                   "comma list makes each one a nemesis mode of the matrix.")
+@click.option("--profile", help="A comma list of run profiles, each a mode of the matrix "
+                                "(for a cutover whose runs have profiles).")
+@click.option("--sim-seeds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also simulate this many seeds per build and mode (`cutover sim`).")
+@click.option("--sim-batch", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Simulated seeds per task.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local",
+              show_default=True, help="local: one run at a time here; dask: tasks on a Dask "
+                                      "cluster (--scheduler, or --workers local processes).")
+@click.option("--scheduler", help="With --engine dask: the scheduler, tcp://HOST:PORT "
+                                  "(default: a local cluster of --workers processes).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --engine dask and no --scheduler: local worker processes.")
+@click.option("--resume", "resume", metavar="MATRIX",
+              help="Finish a recorded matrix (an id, a prefix, or latest): run only its "
+                   "tasks that never finished, then print its whole table.")
 @click.option("--results", default="results", show_default=True)
 @click.option("--junit", "junit", help="Write a JUnit XML summary here.")
 @click.option("--summarize", is_flag=True,
               help="Run nothing: print the table (and --junit) from the runs stored in "
                    "--results, with their stored verdicts (e.g. after `cutover check`).")
 def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
-           nodes: int, nemesis: str, scenario: str, results: str, junit: str | None,
-           summarize: bool) -> None:
+           nodes: int, nemesis: str, scenario: list[str], profile: str | None,
+           sim_seeds: int, sim_batch: int, engine: str, scheduler: str | None, workers: int,
+           resume: str | None, results: str, junit: str | None, summarize: bool) -> None:
     """Detection table: every bug switch over K seeds, and the fixed build."""
     from . import matrix as mx
+    from . import store
     from .junit import write_junit
     from .run import RunError
 
@@ -338,26 +373,96 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
         if junit:
             write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
         return
+    if scheduler and engine != "dask":
+        fail("--scheduler needs --engine dask")
     try:
-        names = mx.builds(bug_spec, fixed=not no_fixed)
-    except ValueError as e:
+        if resume:
+            ctx = click.get_current_context()
+            given = [p for p in MATRIX_FLAGS if ctx.get_parameter_source(p)
+                     == click.core.ParameterSource.COMMANDLINE]
+            if given:
+                fail(f"--resume runs the matrix as it was recorded; drop "
+                     f"--{given[0].replace('_', '-')}")
+            mid, spec, todo, rev = mx.pending(results, resume)
+            here = mx.project_revision()
+            if rev and here and rev != here:
+                click.echo(f"warning: matrix {mid} was started at revision {rev[:12]}; this "
+                           f"tree is at {here[:12]}", err=True)
+        else:
+            names = mx.builds(bug_spec, fixed=not no_fixed)
+            if profile and "profile" not in mx.RunConfig.__dataclass_fields__:
+                fail("--profile: the runs of this cutover have no profiles")
+            if not seeds and not sim_seeds:
+                fail("nothing to run: give --seeds or --sim-seeds")
+            spec = mx.MatrixSpec(builds=names, seeds=seeds, first_seed=first_seed,
+                                 modes=scenario, sim_seeds=sim_seeds, sim_batch=sim_batch,
+                                 profiles=[p.strip() for p in profile.split(",") if p.strip()]
+                                 if profile else None,
+                                 base=mx.base_config(nodes=nodes, time_limit=time_limit,
+                                                     nemesis=nemesis))
+            todo = spec.tasks()
+            for t in {(t.kind, t.profile, t.mode): t for t in todo}.values():
+                t.config(spec.base, results).validate()
+            mid = mx.start_matrix(results, spec, engine)
+    except (ValueError, RunError, store.StoreError) as e:
         _user_error(e)
+    total = len(spec.tasks())
+    click.echo(f"matrix {mid}: {len(todo)} of {total} tasks to run ({engine})", err=True)
 
-    def progress(build: str, seed: int, o: Any) -> None:
-        click.echo(f"  {build:<28} seed {seed:<4} {o.verdict:<8} {o.seconds:5.1f}s  "
-                   f"{o.summary[:150]}", err=True)
+    def progress(task: Any, o: Any) -> None:
+        click.echo(f"  {spec.label(task):<28} seed {o.seed:<4} {o.verdict:<8} "
+                   f"{o.seconds:5.1f}s  {o.summary[:150]}", err=True)
 
+    hint = f"resume with: cutover matrix --resume {mid} --results {results}"
     try:
-        rows = mx.run_matrix(names, seeds, first_seed, time_limit, nodes, nemesis, results,
-                             on_outcome=progress, scenario=scenario)
-    except RunError as e:
+        if not todo:
+            pass
+        elif engine == "local":
+            try:
+                mx.run_local(results, mid, spec, todo, on_outcome=progress)
+            except mx.MatrixAborted as e:
+                fail(f"{e}; {hint}", EXIT_ABORTED)
+        else:
+            from .dask_engine import DaskEngineError, run_dask
+
+            try:
+                stats = run_dask(results, mid, spec, todo, scheduler=scheduler,
+                                 workers=workers, on_outcome=progress,
+                                 on_note=lambda m: click.echo(f"  {m}", err=True))
+            except DaskEngineError as e:
+                _user_error(e)
+            click.echo(stats.line(), err=True)
+            click.echo(stats.parts(), err=True)
+            if stats.aborted:
+                fail(f"aborted: {stats.tasks} tasks finished and stored; {hint}", EXIT_ABORTED)
+        mx.finish_if_complete(results, mid)
+        rows = mx.matrix_rows(results, mid)
+    except (RunError, store.StoreError) as e:
         _user_error(e)
-    except mx.MatrixAborted as e:
-        fail(str(e), EXIT_ABORTED)
     click.echo(mx.table(rows, seeds))
     if junit:
         write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
     sys.exit(mx.exit_code(rows))
+
+
+@main.command()
+@click.option("--builds", help="A comma list of builds (table rows) to show (default: all).")
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N matrices.")
+@results_option
+def trend(builds: str | None, last: int | None, results: str) -> None:
+    """Per build, the detection rate and median time to violation of each recorded
+    matrix, oldest first; then the flakes: one build, seed and revision, two verdicts."""
+    from . import store
+    from .trend import trend_data, trend_lines
+
+    names = [b.strip() for b in builds.split(",") if b.strip()] if builds else None
+    try:
+        with store.opened(results) as db:
+            data = trend_data(db, builds=names, last=last)
+    except store.StoreError as e:
+        _user_error(e)
+    for ln in trend_lines(data):
+        click.echo(ln)
 
 
 # ---------------------------------------------------------------------------- bench

@@ -1,12 +1,25 @@
 """The detection benchmark (`cutover matrix`): the fixed build and each bug switch over
 K seeds with every nemesis; how often each switch was caught, how far into the run the
 first violation happened, which checker caught it, and how many protocol-state coverage
-points the build's runs reached together."""
+points the build's runs reached together.
+
+A matrix is recorded (`matrices`, `matrix_tasks`): its config, the project's git
+revision, and each task as it finishes, so an interrupted matrix can be finished
+(`--resume`) and nights compared (`cutover trend`). Its tasks (`orchestrator.tasks`)
+run here one at a time (the local engine, below) or on a Dask cluster
+(`orchestrator.dask_engine`); either way the table is read back from what was stored.
+"""
 from __future__ import annotations
 
+import datetime as dt
 import statistics
+import subprocess
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from checker import suite
 from checker.coverage import POINTS
@@ -14,7 +27,9 @@ from nemesis.plan import DEFAULT_SCENARIO
 from node.server import ALL_BUGS
 
 from . import store
+from .errors import EXIT_HARNESS
 from .run import RunConfig, RunOutcome, execute
+from .tasks import AXES, Task, make_tasks, run_sim_batch
 
 Rows = list[tuple[str, list[RunOutcome]]]
 
@@ -43,31 +58,253 @@ def run_matrix(build_names: list[str], seeds: int, first_seed: int, time_limit: 
                nodes: int, nemesis: str, results: str,
                on_outcome: Callable[[str, int, RunOutcome], None] | None = None,
                scenario: str = DEFAULT_SCENARIO) -> Rows:
-    """Every build over seeds first_seed.. (one `cutover run` each); (build, outcomes)
-    in order. Raises `run.RunError` (a harness failure) or `MatrixAborted`."""
-    rows: Rows = []
-    for build in build_names:
-        outcomes = []
-        for seed in range(first_seed, first_seed + seeds):
-            cfg = RunConfig(nodes=nodes, time_limit=time_limit, nemesis=nemesis,
-                            bugs=[] if build == "fixed" else [build], seed=seed,
-                            results=results, scenario=scenario)
-            o = execute(cfg, out=None, progress=None)
+    """Every build over seeds first_seed.. (one `cutover run` each), recorded as a new
+    matrix; (build, outcomes) in order. Raises `run.RunError` (a harness failure) or
+    `MatrixAborted`."""
+    spec = MatrixSpec(builds=build_names, seeds=seeds, first_seed=first_seed,
+                      modes=[scenario], base=base_config(nodes=nodes, time_limit=time_limit,
+                                                         nemesis=nemesis))
+    mid = start_matrix(results, spec, "local")
+
+    def progress(task: Task, o: RunOutcome) -> None:
+        if on_outcome is not None:
+            on_outcome(task.build, o.seed or 0, o)
+
+    run_local(results, mid, spec, spec.tasks(), on_outcome=progress)
+    return matrix_rows(results, mid)
+
+
+# ------------------------------------------------------------------ a matrix's record
+
+
+def base_config(**kw: Any) -> dict[str, Any]:
+    """The part of a RunConfig every task of a matrix shares (the axes are the task's)."""
+    return {k: v for k, v in asdict(RunConfig(**kw)).items() if k not in AXES}
+
+
+@dataclass
+class MatrixSpec:
+    """A matrix's config: what `matrices.config` stores and its tasks are made from."""
+
+    builds: list[str]
+    seeds: int
+    first_seed: int = 1
+    modes: list[str] = field(default_factory=lambda: [DEFAULT_SCENARIO])
+    profiles: list[str] | None = None
+    sim_seeds: int = 0
+    sim_batch: int = 25
+    base: dict[str, Any] = field(default_factory=base_config)
+
+    def tasks(self) -> list[Task]:
+        return make_tasks(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MatrixSpec:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def label(self, task: Task) -> str:
+        return task.label(len(self.modes), len(self.profiles or [None]))
+
+
+def project_revision() -> str | None:
+    """The git commit of the source tree this cutover runs from (`+dirty` when tracked
+    files differ from it), or None outside a git checkout: a flake is only a flake
+    between runs of the same code."""
+    root = str(Path(__file__).resolve().parents[1])
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def start_matrix(results: str, spec: MatrixSpec, engine: str) -> str:
+    """Record a new matrix; its id."""
+    store.check_writable(results)
+    db = store.open_db(results, create=True)
+    try:
+        base = "mx-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        return store.create_matrix(db, base, project_revision(),
+                                   {**spec.to_dict(), "engine": engine}, _now())
+    finally:
+        db.conn.close()
+
+
+def pending(results: str, ref: str) -> tuple[str, MatrixSpec, list[Task], str | None]:
+    """A recorded matrix (`ref`: id, prefix or `latest`): its id, config, the tasks
+    without a `done` record (an error is run again), and its revision."""
+    with store.opened(results) as db:
+        row = store.resolve_matrix(db, ref)
+        done = {k for k, t in store.matrix_tasks(db, row["id"]).items()
+                if t["status"] == "done"}
+    spec = MatrixSpec.from_dict(row["config"])
+    return row["id"], spec, [t for t in spec.tasks() if t.key not in done], row["revision"]
+
+
+def finish_if_complete(results: str, matrix_id: str) -> bool:
+    """Mark the matrix finished once every task has a record; whether it is."""
+    db = store.open_db(results, create=True)
+    try:
+        row = store.resolve_matrix(db, matrix_id)
+        spec = MatrixSpec.from_dict(row["config"])
+        have = store.matrix_tasks(db, matrix_id)
+        if all(t.key in have for t in spec.tasks()):
+            store.finish_matrix(db, matrix_id, _now())
+            return True
+        return False
+    finally:
+        db.conn.close()
+
+
+def task_row(task: Task, status: str, runs: list[str], detail: Mapping[str, Any],
+             worker: str = "local", seconds: float = 0.0) -> dict[str, Any]:
+    """A `matrix_tasks` row, less its matrix."""
+    return {"task": task.key, "kind": task.kind, "build": task.build,
+            "seed": task.seed if task.kind == "run" else (task.seeds or (None,))[0],
+            "status": status, "runs": runs, "detail": dict(detail), "worker": worker,
+            "seconds": round(seconds, 3), "finished": _now()}
+
+
+def sim_outcomes(seeds: list[Mapping[str, Any]]) -> list[RunOutcome]:
+    """A sim batch's seeds as outcomes of the table (a valid seed stores no run)."""
+    out = []
+    for d in seeds:
+        v = d.get("verdict") or "unknown"
+        first = (d.get("failing") or "?", d.get("sentence") or "", d.get("t_ns")) \
+            if v in ("invalid", "unknown") and d.get("failing") else None
+        summary = (f"SIMULATED {v.upper()}: {d.get('failing') or ''}: {d.get('sentence')}"
+                   if first else d.get("error") or f"SIMULATED {v.upper()} (seed {d.get('seed')})")
+        out.append(RunOutcome(d.get("run") or "", "", v, suite.EXIT_CODES.get(v, EXIT_HARNESS),
+                              summary, {}, first,
+                              d.get("seed"), 0.0,
+                              {p: {"count": 1, "first_ns": None} for p in d.get("coverage")
+                               or []}))
+    return out
+
+
+def harness_error(task: Task, why: str) -> RunOutcome:
+    """A task that produced no verdict: an error in the table and the JUnit file."""
+    return RunOutcome("-", "", "error", EXIT_HARNESS, f"HARNESS ERROR: {why}",
+                      seed=task.seed if task.kind == "run" else (task.seeds or (None,))[0])
+
+
+# ------------------------------------------------------------------ the local engine
+
+
+def run_local(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
+              on_outcome: Callable[[Task, RunOutcome], None] | None = None) -> None:
+    """The tasks one at a time in this process, straight into `results` (no scratch
+    directory, no merge: nothing here needs Dask). Raises `MatrixAborted` on Ctrl-C or
+    SIGTERM (the aborted run stays stored, the task stays pending) and `run.RunError`."""
+    for task in tasks:
+        if task.kind == "run":
+            o = execute(task.config(spec.base, results), out=None, progress=None)
             if o.verdict == "aborted":
-                raise MatrixAborted(f"aborted during {build} seed {seed} (run {o.run_id})")
-            outcomes.append(o)
-            if on_outcome is not None:
-                on_outcome(build, seed, o)
-        rows.append((build, outcomes))
-    return rows
+                _record(results, matrix_id, None, [o.run_id])
+                raise MatrixAborted(f"aborted during {spec.label(task)} seed {task.seed} "
+                                    f"(run {o.run_id})")
+            status = "error" if o.verdict == "error" else "done"
+            detail = {"error": o.summary} if status == "error" else {}
+            _record(results, matrix_id, task_row(task, status, [o.run_id], detail,
+                                                 seconds=o.seconds), [o.run_id])
+            outs = [o]
+        else:
+            t0 = time.monotonic()
+            seeds, stored = run_sim_batch(task, spec.base, results)
+            _record(results, matrix_id,
+                    task_row(task, "done", stored, {"seeds": seeds},
+                             seconds=time.monotonic() - t0), stored)
+            outs = sim_outcomes(seeds)
+        if on_outcome is not None:
+            for o in outs:
+                on_outcome(task, o)
+
+
+def _record(results: str, matrix_id: str, row: Mapping[str, Any] | None,
+            runs: list[str]) -> None:
+    """Tag the task's runs with the matrix and record the task, in one transaction."""
+    db = store.open_db(results, create=True)
+    try:
+        with store.write_transaction(db):
+            for rid in runs:
+                store.tag_run(db, rid, matrix_id)
+            if row is not None:
+                store.record_task(db, {"matrix": matrix_id, **row})
+    finally:
+        db.conn.close()
+
+
+def matrix_rows(results: str, matrix_id: str) -> Rows:
+    """The detection table's rows of a recorded matrix, from what is stored: per row
+    (build, and mode/profile when they vary), the outcomes of its finished tasks in
+    seed order."""
+    with store.opened(results) as db:
+        return rows_of(db, store.resolve_matrix(db, matrix_id))
+
+
+def rows_of(db: Any, row: Mapping[str, Any]) -> Rows:
+    """`matrix_rows` of a `matrices` row, on an open database."""
+    spec = MatrixSpec.from_dict(row["config"])
+    done = store.matrix_tasks(db, row["id"])
+    runs = store.runs_by_id(db, [r for t in done.values() for r in t["runs"]])
+    by: dict[str, list[RunOutcome]] = {}
+    for task in spec.tasks():
+        label = spec.label(task)
+        rec = done.get(task.key)
+        if rec is None:
+            continue
+        outs = by.setdefault(label, [])
+        if task.kind == "sim" and rec["status"] == "done":
+            outs += sim_outcomes(rec["detail"].get("seeds") or [])
+        elif rec["runs"] and rec["runs"][0] in runs:
+            outs.append(stored_outcome(db, runs[rec["runs"][0]]))
+        else:
+            outs.append(harness_error(task, rec["detail"].get("error") or "no run stored"))
+    return [(label, sorted(os_, key=lambda o: o.seed or 0)) for label, os_ in by.items()]
+
+
+def stored_outcome(db: Any, r: Mapping[str, Any]) -> RunOutcome:
+    """A stored run as the table's outcome (verdicts as stored, e.g. after `check`)."""
+    checks = {k: v["detail"] or {"valid": v["valid"]}
+              for k, v in store.checks(db, r["id"]).items()}
+    first = suite.first_violation(checks) if r["verdict"] == "invalid" else None
+    return RunOutcome(r["id"], "", r["verdict"] or "unknown", r["exit_code"] or 0,
+                      r["summary"] or "", checks, first, r["seed"],
+                      float(r["duration_s"] or 0.0), store.coverage_of(db, r["id"]))
+
+
+def is_fixed(label: str) -> bool:
+    """Whether a table row is the fixed build (its label may name a mode or profile)."""
+    return label.split(" ")[0] == "fixed"
 
 
 def exit_code(rows: Rows) -> int:
-    """Like a checker: 1 when the fixed build failed or a switch escaped every seed."""
-    fixed_bad = any(o.verdict != "valid" for b, os_ in rows if b == "fixed" for o in os_)
-    never = any(b != "fixed" and not any(o.verdict == "invalid" for o in os_)
-                for b, os_ in rows)
-    return 1 if fixed_bad or never else 0
+    """Like a checker: 1 when the fixed build failed or a switch escaped every seed it
+    was judged on; else 3 when a task produced no verdict (a harness error is never
+    read as a verdict); else 0."""
+    def judged(os_: list[RunOutcome]) -> list[RunOutcome]:
+        return [o for o in os_ if o.verdict not in ("error", "aborted")]
+
+    fixed_bad = any(o.verdict != "valid" for b, os_ in rows if is_fixed(b) for o in judged(os_))
+    never = any(not is_fixed(b) and judged(os_)
+                and not any(o.verdict == "invalid" for o in os_) for b, os_ in rows)
+    if fixed_bad or never:
+        return 1
+    return EXIT_HARNESS if any(len(judged(os_)) < len(os_) for _b, os_ in rows) else 0
 
 
 def table(rows: Rows, seeds: int) -> str:
@@ -82,7 +319,7 @@ def table(rows: Rows, seeds: int) -> str:
         med = f"{statistics.median(times):.1f}" if times else "-"
         by = Counter(_caught_by(o) for o in bad)
         caught = ", ".join(f"{k} ({n})" for k, n in by.most_common()) or "-"
-        if build == "fixed":
+        if is_fixed(build):
             col = f"{len(outcomes) - len(bad) - len(errs)}/{len(outcomes)} valid"
         else:
             col = f"{len(bad)}/{len(outcomes)}"
@@ -111,12 +348,6 @@ def stored_rows(results: str) -> Rows:
         for r in sorted(store.runs(db), key=lambda r: (r["bugs"] or "", r["seed"] or 0)):
             if r["status"] not in ("done", "error"):
                 continue
-            checks = {k: v["detail"] or {"valid": v["valid"]}
-                      for k, v in store.checks(db, r["id"]).items()}
-            first = suite.first_violation(checks) if r["verdict"] == "invalid" else None
-            o = RunOutcome(r["id"], "", r["verdict"] or "unknown", r["exit_code"] or 0,
-                           r["summary"] or "", checks, first, r["seed"],
-                           float(r["duration_s"] or 0.0), store.coverage_of(db, r["id"]))
-            by.setdefault(r["bugs"] or "fixed", []).append(o)
+            by.setdefault(r["bugs"] or "fixed", []).append(stored_outcome(db, r))
     names = (["fixed"] if "fixed" in by else []) + sorted(b for b in by if b != "fixed")
     return [(b, by[b]) for b in names]

@@ -15,6 +15,13 @@ which node event logs share):
 * `checks`      one verdict per checker, with its detail JSON.
 * `coverage`    the protocol states a run reached (`checker/coverage.py`): point, count,
                 first time.
+* `matrices`    one row per `cutover matrix`: id, the project's git revision (when there is
+                one), its config JSON, started, finished (NULL while it runs or after it
+                was interrupted: `--resume` finishes it). `runs.matrix` names a run's matrix.
+* `matrix_tasks` one row per finished task of a matrix (a run, or a `cutover sim` batch):
+                status done | error, the run ids it stored, a detail JSON (a sim batch's
+                per-seed verdicts, a harness error's reason). `--resume` runs what has no
+                `done` row; a task is recorded once.
 
 A run is recorded while it goes: a writer thread batches rows and commits every
 `flush_every` seconds in WAL mode, so a crash of the orchestrator keeps what was recorded
@@ -58,16 +65,29 @@ def _create(db: sqlite_utils.Database) -> None:
         db["meta"].insert_all([{"key": "app", "value": APP},
                                {"key": "schema_version", "value": str(SCHEMA_VERSION)}])
     tables = set(db.table_names())
+    if "matrices" not in tables:
+        db["matrices"].create({"id": str, "revision": str, "config": str, "started": str,
+                               "finished": str}, pk="id")
     if "runs" not in tables:
         db["runs"].create({
             "id": str, "started": str, "finished": str, "duration_s": float, "t0_ns": int,
             "seed": int, "workload": str, "nemesis": str, "bugs": str,
             "config": str, "status": str, "verdict": str, "exit_code": int,
-            "summary": str, "run_dir": str, "source": str,
-        }, pk="id")
-    elif "source" not in db["runs"].columns_dict:
-        # A results database from before `cutover sim`: real runs have no source.
-        db.execute("ALTER TABLE runs ADD COLUMN source TEXT")
+            "summary": str, "run_dir": str, "source": str, "matrix": str,
+        }, pk="id", foreign_keys=[("matrix", "matrices", "id")])
+    else:
+        if "source" not in db["runs"].columns_dict:
+            # A results database from before `cutover sim`: real runs have no source.
+            db.execute("ALTER TABLE runs ADD COLUMN source TEXT")
+        if "matrix" not in db["runs"].columns_dict:
+            # From before matrices were recorded: no run belongs to one.
+            db.execute("ALTER TABLE runs ADD COLUMN matrix TEXT REFERENCES matrices(id)")
+    if "matrix_tasks" not in tables:
+        db["matrix_tasks"].create({
+            "matrix": str, "task": str, "kind": str, "build": str, "seed": int,
+            "status": str, "runs": str, "detail": str, "worker": str, "seconds": float,
+            "finished": str,
+        }, pk=("matrix", "task"), foreign_keys=[("matrix", "matrices", "id")])
     if "ops" not in tables:
         db["ops"].create({
             "run": str, "idx": int, "time_ns": int, "process": str, "type": str,
@@ -451,3 +471,176 @@ def log_entries_between(db: sqlite_utils.Database, run_id: str, node: str, lo: i
     return list(db.query("select node, idx, term, opcode, wrapped, key_id from log_entries "
                          "where run = ? and node = ? and idx between ? and ? "
                          "order by idx, term limit ?", [run_id, node, lo, hi, limit]))
+
+
+# ------------------------------------------------------------------------ matrices
+
+
+def create_matrix(db: sqlite_utils.Database, base_id: str, revision: str | None,
+                  config: Mapping[str, Any], started: str) -> str:
+    """A new `matrices` row; its id is `base_id`, or `base_id-K` when two matrices start
+    in the same second (the primary key decides, so two coordinators never share one)."""
+    mid, k = base_id, 1
+    while True:
+        try:
+            with db.conn:
+                db.conn.execute("insert into matrices (id, revision, config, started) "
+                                "values (?, ?, ?, ?)", [mid, revision, _j(config), started])
+            return mid
+        except sqlite3.IntegrityError:
+            k += 1
+            mid = f"{base_id}-{k}"
+
+
+def finish_matrix(db: sqlite_utils.Database, matrix_id: str, finished: str) -> None:
+    with db.conn:
+        db.conn.execute("update matrices set finished = ? where id = ?", [finished, matrix_id])
+
+
+def _matrix_row(r: dict[str, Any]) -> dict[str, Any]:
+    try:
+        cfg = json.loads(r.get("config") or "{}")
+    except ValueError:
+        cfg = {}
+    return {**r, "config": cfg if isinstance(cfg, dict) else {}}
+
+
+def matrices(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every recorded matrix, oldest first, `config` decoded ([] for a database from
+    before matrices were recorded)."""
+    if "matrices" not in db.table_names():
+        return []
+    return [_matrix_row(r) for r in db.query("select * from matrices order by started, id")]
+
+
+def resolve_matrix(db: sqlite_utils.Database, ref: str) -> dict[str, Any]:
+    """`latest`, a full matrix id, or a unique prefix of one."""
+    rows = matrices(db)
+    if not rows:
+        raise StoreError("there are no matrices in this results database")
+    if ref == "latest":
+        return rows[-1]
+    hits = [r for r in rows if r["id"] == ref] or [r for r in rows if r["id"].startswith(ref)]
+    if not hits:
+        raise StoreError(f"no matrix {ref!r} in this results database (see `cutover trend`)")
+    if len(hits) > 1:
+        raise StoreError(f"matrix id prefix {ref!r} is ambiguous: "
+                         f"{', '.join(r['id'] for r in hits[:5])}")
+    return hits[0]
+
+
+def matrix_tasks(db: sqlite_utils.Database, matrix_id: str) -> dict[str, dict[str, Any]]:
+    """The finished tasks of a matrix by task key, `runs` and `detail` decoded."""
+    if "matrix_tasks" not in db.table_names():
+        return {}
+    out = {}
+    for r in db.query("select * from matrix_tasks where matrix = ?", [matrix_id]):
+        r["runs"] = json.loads(r["runs"]) if r["runs"] else []
+        r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
+        out[r["task"]] = r
+    return out
+
+
+def runs_by_id(db: sqlite_utils.Database, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    ids = list(ids)
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for r in db.query(f"select * from runs where id in ({','.join('?' * len(chunk))})",
+                          chunk):
+            out[r["id"]] = r
+    return out
+
+
+def record_task(db: sqlite_utils.Database, row: Mapping[str, Any]) -> bool:
+    """Record a finished task (`row` holds the `matrix_tasks` columns; `runs` and `detail`
+    may be a list and a dict). A task already `done` is never overwritten: False then.
+    Call it inside a transaction to make it one with the task's runs."""
+    r = {**row, "runs": _j(list(row.get("runs") or [])), "detail": _j(row.get("detail") or {})}
+    cols = ["matrix", "task", "kind", "build", "seed", "status", "runs", "detail", "worker",
+            "seconds", "finished"]
+    cur = db.conn.execute(
+        f"insert into matrix_tasks ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+        f"on conflict (matrix, task) do update set "
+        f"{', '.join(f'{c} = excluded.{c}' for c in cols[2:])} "
+        f"where matrix_tasks.status != 'done'", [r.get(c) for c in cols])
+    return cur.rowcount > 0
+
+
+def task_done(db: sqlite_utils.Database, matrix_id: str, task: str) -> bool:
+    return db.conn.execute("select 1 from matrix_tasks where matrix = ? and task = ? and "
+                           "status = 'done'", [matrix_id, task]).fetchone() is not None
+
+
+def tag_run(db: sqlite_utils.Database, run_id: str, matrix_id: str) -> None:
+    """Say which matrix a run (stored by `cutover run`'s own writer) belongs to."""
+    db.conn.execute("update runs set matrix = ? where id = ?", [matrix_id, run_id])
+
+
+# Rows of one run, table by table: (column names, rows as tuples). What a Dask worker
+# ships back from its scratch database, and what the coordinator inserts.
+RunRows = dict[str, tuple[list[str], list[tuple[Any, ...]]]]
+
+
+def run_tables(db: sqlite_utils.Database) -> list[str]:
+    """The tables that hold a run's rows: `runs` and every table with a `run` column
+    (so a table added later travels with the run without a change here)."""
+    return ["runs"] + sorted(t for t in db.table_names()
+                             if t != "runs" and "run" in db[t].columns_dict)
+
+
+def run_rows(db: sqlite_utils.Database, run_id: str) -> RunRows:
+    out: RunRows = {}
+    for t in run_tables(db):
+        cur = db.conn.execute(f"select * from [{t}] where {'id' if t == 'runs' else 'run'} = ?",
+                              [run_id])
+        out[t] = ([d[0] for d in cur.description], [tuple(r) for r in cur.fetchall()])
+    return out
+
+
+# What makes two stored runs the same run: a run id can come back twice (a result
+# merged again), and two different runs can share one (two workers starting the same
+# seed in the same second); these columns tell the cases apart.
+FINGERPRINT = ("started", "t0_ns", "seed", "bugs", "summary")
+
+
+def run_fingerprint(db: sqlite_utils.Database, run_id: str) -> tuple[Any, ...] | None:
+    """FINGERPRINT of the stored run `run_id`, or None when there is no such run."""
+    r = db.conn.execute(f"select {', '.join(FINGERPRINT)} from runs where id = ?",
+                        [run_id]).fetchone()
+    return None if r is None else tuple(r)
+
+
+def find_run(db: sqlite_utils.Database, fingerprint: tuple[Any, ...]) -> str | None:
+    """The id of a stored run with this FINGERPRINT, whatever its id, or None."""
+    r = db.conn.execute(f"select id from runs where "
+                        f"{' and '.join(f'{c} is ?' for c in FINGERPRINT)} limit 1",
+                        list(fingerprint)).fetchone()
+    return None if r is None else r[0]
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """One transaction that holds SQLite's write lock from its first statement (BEGIN
+    IMMEDIATE): what it checks stays true until it commits."""
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def insert_run_rows(db: sqlite_utils.Database, rows: RunRows) -> None:
+    """Insert one run's rows as they are (no replace: a clash is an error, never an
+    overwrite); call it inside `write_transaction`."""
+    for t, (cols, data) in rows.items():
+        if not data:
+            continue
+        sql = (f"insert into [{t}] ({', '.join(f'[{c}]' for c in cols)}) "
+               f"values ({', '.join('?' * len(cols))})")
+        db.conn.executemany(sql, data)

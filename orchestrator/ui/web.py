@@ -8,6 +8,7 @@ Routes:
                                long history gets links to its other pages
 ``/run/<id>/files/<path>``     a browser of the run directory
 ``/run/<id>/download.zip``     the run directory plus `history.jsonl`, as one zip
+``/trend``                     the recorded matrices over time, and their flakes
 
 The KEK never leaves the machine this way: the `kek` file is neither listed, nor served,
 nor zipped, whatever path (or symlink) leads to it, and no page prints key material
@@ -41,6 +42,7 @@ from ..export import history_text
 from .data import DEFAULT_MAX_OPS, report_data
 from .render import CSP, page, verdict_class
 from .report import render_report
+from .trend import trend_page
 
 SECRET_NAMES = frozenset({"kek"})
 TEXT_SUFFIXES = (".json", ".jsonl", ".log", ".txt", ".md", ".edn", ".html", ".csv")
@@ -165,6 +167,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path == "/":
                 return self._send(200, index_page(self.results))
+            if path == "/trend":
+                return self._send(200, trend_page(self.results))
             if path == "/favicon.ico":
                 return self._send(204, b"", "image/x-icon")
             parts = path.split("/", 3)
