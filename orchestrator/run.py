@@ -31,7 +31,7 @@ from node.keystore import generate_dek, write_kek
 from node.server import ALL_BUGS
 from workloads import MODEL_OF, make_workload
 
-from . import store
+from . import owner, store
 from .client import Client, ClientTimeout
 from .cluster import Cluster, ClusterError
 from .corrupt import corrupt_and_replay
@@ -222,6 +222,7 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
         print(f"seed {cfg.seed}", file=out, flush=True)
     run_id = new_run_id(cfg.results, cfg.seed)
     run_dir = os.path.join(cfg.results, run_id)
+    owner.write(run_dir)  # before the row says `running`: a later command can tell if we die
     families = parse_families(cfg.nemesis)
     plan = make_plan(cfg.seed, families, time_limit=cfg.time_limit,
                      interval=cfg.nemesis_interval, cutover_at=cfg.cutover_at,
