@@ -80,6 +80,24 @@ class NodeOptions:
     durability_journal: bool = False
 
 
+# Test-only: `CUTOVER_TEST_RAISE_AT=n2:40` makes node n2 raise (an unhandled exception,
+# so the process dies with a traceback) once it has applied index 40, in its first life
+# only (a process started on an empty data dir), so the heal's restart of it comes up.
+# It stands for a defect on a rare path; the harness must notice the dead node
+# (`checker.crashes`). Nothing sets it outside the tests.
+TEST_RAISE_ENV = "CUTOVER_TEST_RAISE_AT"
+
+
+def raise_at_hook(opts: NodeOptions) -> int | None:
+    """The applied index at which this node process must raise, or None."""
+    spec = os.environ.get(TEST_RAISE_ENV, "")
+    node, _, index = spec.partition(":")
+    if node != opts.node_id or not index.isdigit() or os.path.exists(opts.data_dir) \
+            and os.listdir(opts.data_dir):
+        return None
+    return int(index)
+
+
 def die_with_parent() -> None:
     """No orphans: the kernel kills us when the process that started us dies."""
     try:
@@ -101,6 +119,8 @@ class Node(Replica):
         if unknown:
             raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(known)}")
         self.bugs = frozenset(opts.bugs)
+        # Test-only (see `raise_at_hook`): read before the data dir fills up.
+        self._raise_at = raise_at_hook(opts)
         REAL.makedirs(opts.data_dir)
         self.disk = (Disk(os.path.join(opts.data_dir, JOURNAL_NAME))
                      if opts.durability_journal else REAL)
@@ -294,6 +314,9 @@ class Node(Replica):
         if len(early) < len(rd.messages):
             self._send_batch([m for m in rd.messages if not may_send_early(m)])
         self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
+        if self._raise_at is not None and self.applied >= self._raise_at:
+            raise RuntimeError(f"test hook {TEST_RAISE_ENV}: node {self.id} applied "
+                               f"{self.applied} >= {self._raise_at}")
         now = time.monotonic()
         if rd.committed_entries and now - self._last_progress_event > 1.0:
             self._last_progress_event = now

@@ -518,7 +518,7 @@ def node_dirs(run_dir: str) -> dict[str, str]:
     return {n: os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))}
 
 
-def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
+def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.RowSink | None,
                  excused: list[tuple[str, int]] | None = None) -> dict[str, dict[str, Any]]:
     """Every checker on a stored run (history from the DB, invariants from the node
     files); stores `checks` and `log_entries` through `rec` when given."""
@@ -539,7 +539,7 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
     dirs = node_dirs(run_dir)
     kek_path = os.path.join(run_dir, "kek")
     if not dirs or not os.path.exists(kek_path):
-        results["cutover"] = {"valid": "unknown",
+        results["cutover"] = {"valid": "unknown", "incomplete": True,
                               "error": f"the run's node data dirs or KEK are missing under "
                                        f"{run_dir}"}
         rep = None
@@ -551,6 +551,7 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, kek_path, tokens, t0_ns=t0_ns,
                                                          excused=excused)
+    results["crashes"] = suite.check_crashes(os.path.join(run_dir, "nodes"), t0_ns)
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)
