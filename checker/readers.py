@@ -13,7 +13,9 @@ read as a stream (lines, or EDN in blocks), one line or token is at most
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -36,6 +38,8 @@ def read_history(path: str, fmt: str, model: str | None = None) -> list[Op]:
                                        f"{', '.join(FORMATS)}")
     model = model or DEFAULT_MODEL[fmt]
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open forever
+            raise HistoryError(path, None, "not a regular file")
         with open(path, "rb") as fh:
             if fmt == "porcupine-etcd":
                 return parse_etcd(path, _text_lines(path, fh))

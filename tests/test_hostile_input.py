@@ -147,6 +147,12 @@ def test_a_map_used_as_a_map_key_is_a_value(tmp_path: Path) -> None:
     one_error_line(lin("--format", "jepsen-edn", top), f"{top}:1:", "operation map")
 
 
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.edn")
+    os.mkfifo(path)
+    one_error_line(lin("--format", "jepsen-edn", path, timeout=20), path, "regular file")
+
+
 def test_etcd_integer_over_4300_digits(tmp_path: Path) -> None:
     path = write_file(tmp_path, "h.log", "INFO  jepsen.util - 0\t:invoke\t:write\t"
                       + "7" * 5000 + "\n")
