@@ -290,7 +290,7 @@ def test_a_50mb_history_is_checked_in_bounded_memory(big: Path, fmt: str) -> Non
     """One register of a quarter of a million ops (the default model of EDN and etcd
     puts every op in one partition): a verdict, or `unknown` at the memory bound."""
     path = _write_big(big / f"history.{fmt}", _history_line(fmt))
-    p, rss = lin_rss("--format", fmt, "--timeout", "10", path)
+    p, rss = lin_rss("--format", fmt, "--timeout", "5", path)
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert p.returncode in (0, 2), (p.returncode, p.stdout[-500:], p.stderr[-500:])
     assert rss <= RSS_BOUND_MB
