@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,12 +223,12 @@ def test_an_unknown_f_is_refused_naming_the_line(tmp_path: Path, fmt: str, model
 
 # ------------------------------------------------------------------- memory (5)
 
-def _write_big(path: Path, line_of: object, size: int = BIG) -> str:
+def _write_big(path: Path, line_of: Callable[[int], str], size: int = BIG) -> str:
     """Lines from `line_of(i)` until the file holds `size` bytes."""
     with open(path, "w") as fh:
         n, i = 0, 0
         while n < size:
-            chunk = "".join(line_of(j) for j in range(i, i + 1000))  # type: ignore[operator]
+            chunk = "".join(line_of(j) for j in range(i, i + 1000))
             fh.write(chunk)
             n += len(chunk)
             i += 1000
@@ -261,7 +262,7 @@ def test_a_50mb_jsonl_line_is_refused_in_bounded_memory(big: Path) -> None:
     assert rss <= RSS_BOUND_MB
 
 
-def _history_line(fmt: str):  # noqa: ANN202 - a line maker
+def _history_line(fmt: str) -> Callable[[int], str]:
     """Two events (a write and its ok) per call, as our export writes them (plain
     formatting: generating 50 MB must not take longer than reading it)."""
     def edn(i: int) -> str:

@@ -21,7 +21,7 @@ from checker import suite
 from checker.crashes import check_crashes
 from nemesis import grudges
 from node.events import EventKind, read_events
-from node.keystore import generate_dek, write_kek
+from node.keystore import Kek, generate_dek, write_kek
 from node.sidecar import load as load_sidecar
 from orchestrator.client import Client, ClientTimeout
 from orchestrator.cluster import Cluster
@@ -45,7 +45,7 @@ def test_a_run_without_a_cutover_is_valid(tmp_path, nemesis: str, seed: int) -> 
     assert all((n.get("sidecar") or {}).get("cutover") == 0 for n in cut["nodes"].values())
 
 
-def _bootstrap(cl: Cluster, kek) -> None:  # noqa: ANN001 - a Kek
+def _bootstrap(cl: Cluster, kek: Kek) -> None:
     wrapped = kek.wrap_dek(generate_dek())
     with Client(cl.endpoints(), timeout=2.0) as c:
         def done() -> bool:
