@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import sqlite3
 import threading
 import time
@@ -98,18 +99,36 @@ def _create_if_fresh(conn: sqlite3.Connection) -> None:
     then create it): never half a schema, never "table already exists"."""
     if _table_names(conn):
         return
-    conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        if not _table_names(conn):
-            for sql in TABLES.values():
-                conn.execute(sql)
-            conn.executemany("insert into meta (key, value) values (?, ?)",
-                             [("app", APP), ("schema_version", str(SCHEMA_VERSION))])
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    # Persistent: readers never block the writer. Switching needs the file to itself,
+    # and SQLite answers "locked" at once (no busy wait) while another creator holds it.
+    _while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+
+    def create() -> None:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            if not _table_names(conn):
+                for sql in TABLES.values():
+                    conn.execute(sql)
+                conn.executemany("insert into meta (key, value) values (?, ?)",
+                                 [("app", APP), ("schema_version", str(SCHEMA_VERSION))])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    _while_locked(create)
+
+
+def _while_locked(step: Any, patience: float = 30.0) -> Any:
+    """`step()`, tried again while another process holds the database (bounded)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + 0.05 * random.random())
 
 
 def _check_schema(conn: sqlite3.Connection, path: str) -> None:
