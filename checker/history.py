@@ -54,14 +54,31 @@ class Op:
         return self.ret is None
 
 
+# The one NaN of every history. Jepsen compares values as values, so a NaN written and
+# then read back is the same value; Python's `nan == nan` is False, but containers and
+# dicts compare by identity first, so one shared NaN object makes states, keys and reads
+# agree. `same` is the comparison the models use for bare values.
+NAN: float = float("nan")
+
+
 def freeze(v: Any) -> Any:
-    """A hashable equivalent of a value (lists become tuples, maps sorted item tuples):
-    keys partition the history and states are merged by hash, so both must hash."""
+    """A hashable equivalent of a value (lists become tuples, maps sorted item tuples,
+    every NaN the one `NAN`): keys partition the history and states are merged by hash,
+    so both must hash. Readers bound the nesting (`checker.edn.MAX_DEPTH`), so the
+    recursion here is shallow."""
     if isinstance(v, list | tuple):
         return tuple(freeze(x) for x in v)
     if isinstance(v, dict):
         return tuple(sorted(((freeze(k), freeze(x)) for k, x in v.items()), key=repr))
+    if v.__class__ is float and v != v:
+        return NAN
     return v
+
+
+def same(a: Any, b: Any) -> bool:
+    """Value equality as Jepsen means it: `==`, except that NaN equals NaN (readers
+    hand out the one `NAN`, so identity settles it, inside collections too)."""
+    return a is b or a == b
 
 
 def process_sort_key(p: Any) -> tuple[int, Any]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import resource
 import time
 from bisect import bisect_left
 from collections.abc import Generator, Iterator
@@ -124,6 +125,20 @@ class _Abort(Exception):
     pass
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (its peak where /proc is missing).
+    The search's memory grows with the depth of its path (a frame per linearized op),
+    so a bound on configurations alone does not bound memory; this does."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE / 1e6
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 DEFAULT_MAX_CONFIGS = 3_000_000
 _REACH_LIMIT = 20_000
 _SLICE = 256  # configurations a search explores before it yields to the scheduler
@@ -140,8 +155,9 @@ class _Retro:
 
 
 def search_partition(model: Model, ops: list[Op], order: str = "call",
-                     max_configs: int = DEFAULT_MAX_CONFIGS) -> Generator[None, None,
-                                                                        PartitionResult]:
+                     max_configs: int = DEFAULT_MAX_CONFIGS,
+                     max_rss_mb: float | None = None) -> Generator[None, None,
+                                                                   PartitionResult]:
     """The search for one partition as a generator: it yields every few hundred
     configurations, so a scheduler can interleave partitions and strategies, stop
     when one partition is invalid, and enforce a deadline; it returns the result.
@@ -349,6 +365,9 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
                     if configs > max_configs:
                         raise _Abort(f"explored more than {max_configs} configurations "
                                      "(memory bound)")
+                    if max_rss_mb is not None and rss_mb() > max_rss_mb:
+                        raise _Abort(f"the process holds more than {max_rss_mb:g} MB "
+                                     "(memory bound)")
                     yield
                 erase2 = erase
                 if chain.__class__ is _Retro:
@@ -484,16 +503,17 @@ def _interrupt(gens: list[Generator], reason: str) -> PartitionResult:
 _IN_PROCESS_BUDGET = 0.015  # seconds of in-process work before forking helpers pays off
 
 
-def _searches(model: Model, parts: list[list[Op]],
-              max_configs: int) -> list[tuple[int, dict[str, Generator]]]:
+def _searches(model: Model, parts: list[list[Op]], max_configs: int,
+              max_rss_mb: float | None = None) -> list[tuple[int, dict[str, Generator]]]:
     per_search = max(1, max_configs // 2)
-    return [(k, {o: search_partition(model, ops, o, per_search) for o in ORDER_WEIGHTS})
+    return [(k, {o: search_partition(model, ops, o, per_search, max_rss_mb)
+                 for o in ORDER_WEIGHTS})
             for k, ops in enumerate(parts)]
 
 
 def check(model: Model, ops: list[Op], timeout: float | None = None,
           max_configs: int = DEFAULT_MAX_CONFIGS, workers: int | None = None,
-          stop_early: bool = True) -> CheckResult:
+          stop_early: bool = True, max_rss_mb: float | None = None) -> CheckResult:
     """Is `ops` linearizable with respect to `model`? One call, like Porcupine's.
 
     The model splits the history into independent partitions, each checked alone; the
@@ -501,6 +521,8 @@ def check(model: Model, ops: list[Op], timeout: float | None = None,
     ends the check and partitions not finished by then are `unknown` with a reason.
     Work that is not done after a short in-process try is split over `workers` forked
     processes (default: one per CPU, at most 2), which carry on the same searches.
+    `max_rss_mb` bounds each process's memory: a search that would grow past it gives
+    up with `unknown` (as a timeout does).
     """
     t0 = time.perf_counter()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -514,8 +536,8 @@ def check(model: Model, ops: list[Op], timeout: float | None = None,
         results[k] = r
 
     until = time.monotonic() + _IN_PROCESS_BUDGET if can_fork else None
-    left = _round_robin(_searches(model, parts, max_configs), deadline, stop_early, until,
-                        store)
+    left = _round_robin(_searches(model, parts, max_configs, max_rss_mb), deadline,
+                        stop_early, until, store)
     if left:
         for k, r in _split(parts, left, workers, deadline, stop_early).items():
             results[k] = r

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Protocol
 
-from .history import UNKNOWN, Op, freeze
+from .history import UNKNOWN, Op, freeze, same
 
 
 class Model(Protocol):
@@ -70,17 +70,17 @@ class CasRegister:
     def step(self, state: Any, op: Op) -> tuple[bool, Any]:
         f = op.f
         if f == "read":
-            return (op.output is UNKNOWN or op.output == state), state
+            return (op.output is UNKNOWN or same(op.output, state)), state
         if f == "write":
             return True, op.value
         if f == "cas" and self.allow_cas:
             a, b = op.value
             out = op.output
             if out is UNKNOWN:
-                return True, (b if state == a else state)
+                return True, (b if same(state, a) else state)
             if out:
-                return state == a, b
-            return state != a, state
+                return same(state, a), b
+            return not same(state, a), state
         return False, state
 
     def partition(self, ops: list[Op]) -> list[list[Op]]:
@@ -126,7 +126,7 @@ class KV:
         f = op.f
         if f == "get":
             cur = "" if state is None else state
-            return (op.output is UNKNOWN or op.output == cur), state
+            return (op.output is UNKNOWN or same(op.output, cur)), state
         if f == "put":
             return True, op.value
         if f == "append":
@@ -156,6 +156,12 @@ class KV:
 
 
 MODELS: dict[str, type] = {"register": Register, "cas-register": CasRegister, "kv": KV}
+# The operations (`f`) each model judges; readers refuse any other, naming the line.
+FUNCTIONS: dict[str, frozenset[str]] = {
+    "register": frozenset({"read", "write"}),
+    "cas-register": frozenset({"read", "write", "cas"}),
+    "kv": frozenset({"read", "write", "cas", "get", "put", "append"}),
+}
 
 
 def get_model(name: str) -> Model:

@@ -17,6 +17,7 @@ from typing import Any
 
 from node.events import EventKind, read_events
 
+from .crashes import check_crashes as check_crashes  # a checker of the suite
 from .explain import explain_partition
 from .history import HistoryError, Op
 from .invariants import CutoverReport, check_cutover
@@ -140,7 +141,10 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     damaged on purpose (a halt exactly there is the correct, loud reaction)."""
     try:
         rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused))
-    except (OSError, ValueError) as e:
+    except OSError as e:  # a file that cannot be read: the inputs are incomplete
+        return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}",
+                "incomplete": True}, None
+    except ValueError as e:  # files that do not parse: judged, as evidence
         return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}"}, None
     d = rep.to_dict(include_rows=False)
     out: dict[str, Any] = {**d, "valid": "valid" if rep.valid else "invalid"}

@@ -22,6 +22,7 @@ import html
 import json
 import math
 import os
+import secrets
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,12 +76,13 @@ def write_html(path: str, model: Model, result: CheckResult, title: str = "",
 
 
 def render_html(model: Model, result: CheckResult, title: str = "",
-                annotations: list[dict] | None = None) -> str:
+                annotations: list[dict] | None = None, nonce: str | None = None) -> str:
     """The whole page as a string (see the module docstring for what it shows).
 
     `annotations` are bands over the lanes, e.g. nemesis faults from a run report:
     dicts with `start` / `end` event positions (`end` None: until the end), `label`,
-    `kind` (bands of one kind share a color) and optionally that `color`.
+    `kind` (bands of one kind share a color) and optionally that `color`. `nonce` is
+    the page's CSP nonce (`csp`); a page embedding this one passes its own.
     """
     page = _Page(model, annotations or [])
     parts = sorted(result.partitions, key=lambda p: -p.verdict.rank)  # worst first
@@ -102,7 +104,8 @@ def render_html(model: Model, result: CheckResult, title: str = "",
         body.append(_rest_table(page, rest))
     if not parts:
         body.append('<p class="note">The history has no operations to check.</p>')
-    return _document(title, "\n".join(body), {"ops": page.data, "states": page.states})
+    return _document(title, "\n".join(body), {"ops": page.data, "states": page.states},
+                     nonce or new_nonce())
 
 
 # --------------------------------------------------------------------------------------
@@ -210,8 +213,8 @@ def _header(page: _Page, result: CheckResult, title: str) -> str:
         for a in page.annotations:
             kind = str(a.get("kind", "fault"))
             end = a.get("end")
-            rows.append(f'<tr><td><span class="sw" style="background:{page.color(kind)}">'
-                        f'</span>{esc(kind)}</td><td>{esc(a.get("label", ""))}</td>'
+            rows.append(f'<tr><td>{swatch(page.color(kind))}{esc(kind)}</td>'
+                        f'<td>{esc(a.get("label", ""))}</td>'
                         f'<td>{esc(a.get("start", 0))}</td>'
                         f'<td>{"end" if end is None else esc(end)}</td></tr>')
         out.append('<details class="annots"><summary>annotations '
@@ -609,7 +612,7 @@ def _json_blob(data: dict[str, Any]) -> str:
 
 
 
-_DEFS = ('<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>'
+_DEFS = ('<svg class="defs" width="0" height="0" aria-hidden="true"><defs>'
          '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" '
          'patternTransform="rotate(45)"><rect width="6" height="6" fill="none"/>'
          '<line x1="0" y1="0" x2="0" y2="6" stroke="#444" stroke-width="2" '
@@ -622,13 +625,39 @@ def asset(name: str) -> str:
     return (resources.files("checker") / "assets" / name).read_text(encoding="utf-8")
 
 
-def _document(title: str, body: str, data: dict[str, Any]) -> str:
+def new_nonce() -> str:
+    """A fresh nonce for one page: only elements carrying it may run or style."""
+    return secrets.token_urlsafe(18)
+
+
+def csp(nonce: str) -> str:
+    """The Content-Security-Policy of every page of the project (this view, the run
+    report, the pages of `cutover serve`): nothing is fetched, and only the page's own
+    `<script>` and `<style>` elements, which carry `nonce`, run. No 'unsafe-inline': a
+    value that slipped past the escaping still could not execute. A report embeds this
+    view in a sandboxed `srcdoc` frame, which inherits the report's policy, so the
+    report hands the view its own nonce."""
+    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "img-src data:; frame-src 'self' about: data:; base-uri 'none'; "
+            "form-action 'none'")
+
+
+def swatch(color: str, cls: str = "sw") -> str:
+    """A color sample as SVG (a fill attribute, not an inline style: the CSP allows no
+    style attribute)."""
+    return (f'<svg class="{esc(cls)}" viewBox="0 0 1 1" preserveAspectRatio="none" '
+            f'aria-hidden="true"><rect width="1" height="1" fill="{esc(color)}"/></svg>')
+
+
+def _document(title: str, body: str, data: dict[str, Any], nonce: str) -> str:
     head_title = f"{title} - linearizability" if title else "linearizability check"
+    n = esc(nonce)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{esc(csp(nonce))}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(head_title)}</title><style>{asset('visualize.css')}</style>"
-            "</head><body>\n"
+            f'<title>{esc(head_title)}</title><style nonce="{n}">{asset("visualize.css")}'
+            "</style></head><body>\n"
             f"{_DEFS}\n{body}\n"
             '<div id="tip" hidden></div>\n'
             f'<script type="application/json" id="opdata">{_json_blob(data)}</script>\n'
-            f"<script>{asset('visualize.js')}</script>\n</body></html>\n")
+            f'<script nonce="{n}">{asset("visualize.js")}</script>\n</body></html>\n')

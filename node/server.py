@@ -41,6 +41,24 @@ def die_with_parent() -> None:
         pass  # not Linux: the getppid() watch in the loop still applies
 
 
+# Test-only: `CUTOVER_TEST_RAISE_AT=n2:40` makes node n2 raise (an unhandled exception,
+# so the process dies with a traceback) once it has applied index 40, in its first life
+# only (a process started on an empty data dir), so the heal's restart of it comes up.
+# It stands for a defect on a rare path; the harness must notice the dead node
+# (`checker.crashes`). Nothing sets it outside the tests.
+TEST_RAISE_ENV = "CUTOVER_TEST_RAISE_AT"
+
+
+def raise_at_hook(opts: NodeOptions) -> int | None:
+    """The applied index at which this node process must raise, or None."""
+    spec = os.environ.get(TEST_RAISE_ENV, "")
+    node, _, index = spec.partition(":")
+    if node != opts.node_id or not index.isdigit() or os.path.exists(opts.data_dir) \
+            and os.listdir(opts.data_dir):
+        return None
+    return int(index)
+
+
 class Node:
     """One replica process: a `NodeHost` (the node's logic) on real files, real time,
     ZeroMQ sockets and one poll loop."""
@@ -48,6 +66,7 @@ class Node:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.id = opts.node_id
+        self._raise_at = raise_at_hook(opts)  # read before the data dir fills up
         REAL.makedirs(opts.data_dir)
         disk = (Disk(os.path.join(opts.data_dir, JOURNAL_NAME))
                 if opts.durability_journal else REAL)
@@ -110,6 +129,9 @@ class Node:
                 if now - next_tick > 10 * tick:  # we were stopped (SIGSTOP): do not burst
                     next_tick = now + tick
             host.process()
+            if self._raise_at is not None and host.applied >= self._raise_at:
+                raise RuntimeError(f"test hook {TEST_RAISE_ENV}: node {self.id} applied "
+                                   f"{host.applied} >= {self._raise_at}")
             if now >= next_parent_check:
                 next_parent_check = now + 0.5
                 if os.getppid() != parent:

@@ -74,8 +74,11 @@ def main() -> None:
 @click.option("--all-partitions", is_flag=True,
               help="Check every partition to the end instead of stopping at the first "
                    "violation.")
+@click.option("--max-memory", type=click.FloatRange(min=50), default=400.0,
+              show_default=True,
+              help="MB of memory (RSS) a check may hold before its verdict is `unknown`.")
 def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
-        html_out: str | None, tsv: bool, all_partitions: bool) -> None:
+        html_out: str | None, tsv: bool, all_partitions: bool, max_memory: float) -> None:
     """Check histories for linearizability (Porcupine's algorithm, with extras)."""
     from checker import DEFAULT_MODEL, HistoryError, Verdict, check, get_model, read_history
     from checker.explain import explain
@@ -95,7 +98,8 @@ def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
             continue
         m = get_model(model_name)
         t0 = time.perf_counter()
-        result = check(m, ops, timeout=timeout, stop_early=not all_partitions)
+        result = check(m, ops, timeout=timeout, stop_early=not all_partitions,
+                       max_rss_mb=max_memory)
         secs = time.perf_counter() - t0
         worst.append(result.verdict)
         if tsv:

@@ -4,9 +4,16 @@ Nodes are started with stdlib `multiprocessing` (spawn context: forking a proces
 holds ZeroMQ state is undefined behaviour). Every node dies with this process (the node
 sets PR_SET_PDEATHSIG and watches its parent), and `close()` kills whatever is left, so
 a run never leaves a node behind, even on Ctrl-C.
+
+This is also the one place that knows which exits were planned: `kill` (the nemesis),
+`stop_all` and `close` (the end of a run). Any other exit of a node process, and any
+start that does not come up, is written to `ROOT/exits.jsonl` as it is noticed
+(`checker.crashes` owns the format and judges it): a node that dies on its own is
+evidence, even when the heal restarts it and everything else comes out valid.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
@@ -19,6 +26,8 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from checker.crashes import EXITS_FILE
+from checker.crashes import record as exit_record
 from node.server import NodeOptions, run_node
 
 from .client import Client, ClientTimeout
@@ -91,6 +100,15 @@ class Cluster:
         self._spawn_lock = threading.Lock()
         self._spawner: threading.Thread | None = None
         os.makedirs(root, exist_ok=True)
+        self.exits_path = os.path.join(root, EXITS_FILE)
+        with open(self.exits_path, "a"):
+            pass  # present from the start: an empty record says "no node died on its own"
+        self.exits: list[dict[str, Any]] = []
+        self._planned: set[int] = set()  # pids whose exit the harness asked for
+        self._reaped: set[int] = set()  # pids whose exit has been looked at
+        self._exit_lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
         self.nodes: dict[str, NodeHandle] = {}
         for nid in self.ids:
             self.nodes[nid] = NodeHandle(
@@ -143,7 +161,7 @@ class Cluster:
         for nid in self.ids:
             for attempt in range(3):
                 try:
-                    self.wait_up(nid, wait)
+                    self.wait_up(nid, wait, record=False)
                     break
                 except ClusterError:
                     # `free_port` can race with another process taking the port before
@@ -151,13 +169,18 @@ class Cluster:
                     if attempt == 2 or "Address already in use" not in _tail(
                             self.nodes[nid].log_path, 2000):
                         raise
+                    self._forget(self.nodes[nid])  # the harness's race, not the node's
                     self.nodes[nid].endpoint = f"tcp://127.0.0.1:{free_port()}"
                     self.start_node(nid, wait=None)
+        self._monitor = threading.Thread(target=self._watch_exits, daemon=True,
+                                         name="cluster-exits")
+        self._monitor.start()
 
     def start_node(self, nid: str, wait: float | None = 20.0) -> None:
         h = self.nodes[nid]
         if h.alive:
             return
+        self._reap(h)  # a node that died on its own since the last look: say so first
         assert self.switchboard is not None
         opts = NodeOptions(node_id=nid, data_dir=h.data_dir, listen=h.endpoint,
                            switchboard=self.switchboard.bind, peers=list(self.ids),
@@ -177,13 +200,17 @@ class Cluster:
         if wait is not None:
             self.wait_up(nid, wait)
 
-    def wait_up(self, nid: str, timeout: float = 20.0) -> dict[str, Any]:
-        """Status of `nid` once it answers; a clear error naming its log if it never does."""
+    def wait_up(self, nid: str, timeout: float = 20.0, *,
+                record: bool = True) -> dict[str, Any]:
+        """Status of `nid` once it answers; a clear error naming its log if it never does
+        (recorded as a failed start unless `record` is False)."""
         h = self.nodes[nid]
         deadline = time.monotonic() + timeout
         with Client({nid: h.endpoint}, timeout=0.5) as c:
             while True:
                 if h.process is not None and not h.process.is_alive():
+                    if record:
+                        self._reap(h)
                     raise ClusterError(f"node {nid} exited with code {h.process.exitcode} "
                                        f"while starting; see {h.log_path}: "
                                        f"{_tail(h.log_path)}")
@@ -194,6 +221,9 @@ class Cluster:
                 except ClientTimeout:
                     pass
                 if time.monotonic() > deadline:
+                    if record:
+                        self._record("failed-start", h, reason=f"no answer within "
+                                                              f"{timeout:.0f} s")
                     raise ClusterError(f"node {nid} did not come up within {timeout:.0f} s; "
                                        f"see {h.log_path}")
 
@@ -205,7 +235,9 @@ class Cluster:
         them (with `torn`, a random part of the unsynced bytes survives). Returns what the
         power loss undid (None without `power`)."""
         h = self.nodes[nid]
+        self._reap(h)  # it may have died on its own before the nemesis came for it
         if h.process is not None and h.process.is_alive():
+            self._plan_exit(h)
             os.kill(h.process.pid, signal.SIGKILL)
             h.process.join(5)
         h.paused = False
@@ -237,8 +269,12 @@ class Cluster:
         """SIGTERM every live node (a paused one is resumed first) so each logs its final
         digest (`stop` event, which I4 compares); SIGKILL whatever is still up after
         `grace` seconds."""
+        self._stop_watching()
+        for h in self.nodes.values():
+            self._reap(h)
         live = [h for h in self.nodes.values() if h.alive]
         for h in live:
+            self._plan_exit(h)
             try:
                 if h.paused:
                     os.kill(h.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
@@ -253,7 +289,9 @@ class Cluster:
 
     def close(self) -> None:
         """Kill everything this cluster started; safe to call twice."""
+        self._stop_watching()
         for h in self.nodes.values():
+            self._plan_exit(h)
             if h.process is not None and h.process.is_alive():
                 try:
                     os.kill(h.process.pid, signal.SIGKILL)
@@ -274,6 +312,54 @@ class Cluster:
 
     def __enter__(self) -> Cluster:
         return self
+
+    # ------------------------------------------------------------- exits
+
+    def _plan_exit(self, h: NodeHandle) -> None:
+        """The harness is about to end this process: its exit is not evidence."""
+        if h.process is not None and h.process.pid is not None:
+            with self._exit_lock:
+                self._planned.add(h.process.pid)
+
+    def _forget(self, h: NodeHandle) -> None:
+        if h.process is not None and h.process.pid is not None:
+            with self._exit_lock:
+                self._reaped.add(h.process.pid)
+
+    def _reap(self, h: NodeHandle) -> None:
+        """Look at `h`'s process once it has exited: unless the harness asked for it,
+        record the exit with its code and the end of its log."""
+        p = h.process
+        if p is None or p.pid is None or p.is_alive():
+            return
+        with self._exit_lock:
+            if p.pid in self._reaped:
+                return
+            self._reaped.add(p.pid)
+            planned = p.pid in self._planned
+        if not planned:
+            self._record("exit", h, code=p.exitcode, pid=p.pid)
+
+    def _record(self, kind: str, h: NodeHandle, **fields: Any) -> None:
+        line = exit_record(kind, h.id, time.monotonic_ns(), start=h.starts,
+                           log=_tail_lines(h.log_path), **fields)
+        with self._exit_lock:
+            self.exits.append(json.loads(line))
+            with open(self.exits_path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+
+    def _watch_exits(self) -> None:
+        while not self._monitor_stop.wait(0.1):
+            for h in list(self.nodes.values()):
+                try:
+                    self._reap(h)
+                except Exception:  # noqa: BLE001 - the watch must outlive one bad look
+                    continue
+
+    def _stop_watching(self) -> None:
+        self._monitor_stop.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(2)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -321,6 +407,18 @@ class Cluster:
                 return nid
             time.sleep(0.02)
         raise ClusterError(f"no leader within {timeout:.0f} s")
+
+
+def _tail_lines(path: str, lines: int = 20, size: int = 4096) -> list[str]:
+    """The last `lines` lines of a node's log (its traceback, when it died of one)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
 
 
 def _tail(path: str, n: int = 300) -> str:

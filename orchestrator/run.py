@@ -39,7 +39,7 @@ from node.keystore import generate_dek, write_kek
 from node.server import ALL_BUGS
 from workloads import MODEL_OF, make_workload
 
-from . import store
+from . import owner, store
 from .client import Client, ClientTimeout
 from .cluster import Cluster, ClusterError
 from .corrupt import corrupt_and_replay
@@ -271,6 +271,7 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
     families = plan.families if cfg.plan_file else parse_families(cfg.nemesis)
     run_id = new_run_id(cfg.results, cfg.seed)
     run_dir = os.path.join(cfg.results, run_id)
+    owner.write(run_dir)  # before the row says `running`: a later command can tell if we die
     config_doc = {**asdict(cfg), "plan": plan.to_dict()}
     with open(os.path.join(run_dir, "config.json"), "w") as fh:
         json.dump(config_doc, fh, indent=2)
@@ -571,7 +572,7 @@ def node_dirs(run_dir: str) -> dict[str, str]:
     return {n: os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))}
 
 
-def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
+def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.RowSink | None,
                  excused: list[tuple[str, int]] | None = None,
                  lin_timeout: float | None = None) -> dict[str, dict[str, Any]]:
     """Every checker on a stored run (history from the DB, invariants from the node
@@ -593,7 +594,7 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
     dirs = node_dirs(run_dir)
     kek_path = os.path.join(run_dir, "kek")
     if not dirs or not os.path.exists(kek_path):
-        results["cutover"] = {"valid": "unknown",
+        results["cutover"] = {"valid": "unknown", "incomplete": True,
                               "error": f"the run's node data dirs or KEK are missing under "
                                        f"{run_dir}"}
         rep = None
@@ -605,6 +606,7 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, kek_path, tokens, t0_ns=t0_ns,
                                                          excused=excused)
+    results["crashes"] = suite.check_crashes(os.path.join(run_dir, "nodes"), t0_ns)
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)

@@ -32,22 +32,37 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+from . import owner
+
+SCHEMA_VERSION = 2
 DB_NAME = "cutover.db"
 APP = "cutover"
 
 
 class StoreError(RuntimeError):
     """A results database or directory that cannot be used; the message says why."""
+
+
+class NoSuchRun(StoreError):
+    """No run has that id or prefix."""
+
+
+class AmbiguousRun(StoreError):
+    """More than one run starts with that prefix."""
+
+
+class UnsafeRunDir(StoreError):
+    """A run's `run_dir` (from the database) leads outside the results directory."""
 
 
 def db_path(results: str) -> str:
@@ -58,82 +73,153 @@ def _j(v: Any) -> str | None:
     return None if v is None else json.dumps(v, separators=(",", ":"), default=str)
 
 
-def _create(db: sqlite_utils.Database) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    if "meta" not in db.table_names():
-        db["meta"].create({"key": str, "value": str}, pk="key")
-        db["meta"].insert_all([{"key": "app", "value": APP},
-                               {"key": "schema_version", "value": str(SCHEMA_VERSION)}])
-    tables = set(db.table_names())
-    if "matrices" not in tables:
-        db["matrices"].create({"id": str, "revision": str, "config": str, "started": str,
-                               "finished": str}, pk="id")
-    if "runs" not in tables:
-        db["runs"].create({
-            "id": str, "started": str, "finished": str, "duration_s": float, "t0_ns": int,
-            "seed": int, "workload": str, "nemesis": str, "bugs": str,
-            "config": str, "status": str, "verdict": str, "exit_code": int,
-            "summary": str, "run_dir": str, "source": str, "matrix": str,
-        }, pk="id", foreign_keys=[("matrix", "matrices", "id")])
-    else:
-        if "source" not in db["runs"].columns_dict:
-            # A results database from before `cutover sim`: real runs have no source.
-            db.execute("ALTER TABLE runs ADD COLUMN source TEXT")
-        if "matrix" not in db["runs"].columns_dict:
-            # From before matrices were recorded: no run belongs to one.
-            db.execute("ALTER TABLE runs ADD COLUMN matrix TEXT REFERENCES matrices(id)")
-    if "matrix_tasks" not in tables:
-        db["matrix_tasks"].create({
-            "matrix": str, "task": str, "kind": str, "build": str, "seed": int,
-            "status": str, "runs": str, "detail": str, "worker": str, "seconds": float,
-            "finished": str,
-        }, pk=("matrix", "task"), foreign_keys=[("matrix", "matrices", "id")])
-    if "ops" not in tables:
-        db["ops"].create({
-            "run": str, "idx": int, "time_ns": int, "process": str, "type": str,
-            "f": str, "key": str, "value": str, "error": str, "node": str,
-        }, pk=("run", "idx"))
-    if "nemesis" not in tables:
-        db["nemesis"].create({
-            "run": str, "idx": int, "time_ns": int, "f": str, "fault": str,
-            "targets": str, "detail": str,
-        }, pk=("run", "idx"))
-    if "node_events" not in tables:
-        db["node_events"].create({
-            "run": str, "node": str, "seq": int, "time_ns": int, "kind": str,
-            "detail": str,
-        }, pk=("run", "node", "seq"))
-    if "log_entries" not in tables:
-        db["log_entries"].create({
-            "run": str, "node": str, "idx": int, "term": int, "opcode": int,
-            "wrapped": int, "key_id": int,
-        }, pk=("run", "node", "idx", "term"))
-    if "checks" not in tables:
-        db["checks"].create({"run": str, "checker": str, "valid": str, "detail": str},
-                            pk=("run", "checker"))
-    if "coverage" not in tables:
-        db["coverage"].create({"run": str, "point": str, "count": int, "first_time_ns": int},
-                              pk=("run", "point"))
+# Every table of a fresh database, created together in one transaction. Opening never
+# creates a table an existing database lacks: there, a missing table is damage (a
+# dropped `ops` would turn a run's history into an empty one), so it is an error. A
+# table added in a later version comes with a SCHEMA_VERSION bump and a migration step
+# for older databases, never with "create it if it is missing".
+TABLES: dict[str, str] = {
+    "meta": "CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT)",
+    "matrices": """CREATE TABLE [matrices] ([id] TEXT PRIMARY KEY, [revision] TEXT,
+        [config] TEXT, [started] TEXT, [finished] TEXT)""",
+    "runs": """CREATE TABLE [runs] ([id] TEXT PRIMARY KEY, [started] TEXT, [finished] TEXT,
+        [duration_s] FLOAT, [t0_ns] INTEGER, [seed] INTEGER, [workload] TEXT,
+        [nemesis] TEXT, [bugs] TEXT, [config] TEXT, [status] TEXT, [verdict] TEXT,
+        [exit_code] INTEGER, [summary] TEXT, [run_dir] TEXT, [source] TEXT,
+        [matrix] TEXT REFERENCES [matrices]([id]))""",
+    "matrix_tasks": """CREATE TABLE [matrix_tasks] ([matrix] TEXT REFERENCES [matrices]([id]),
+        [task] TEXT, [kind] TEXT, [build] TEXT, [seed] INTEGER, [status] TEXT, [runs] TEXT,
+        [detail] TEXT, [worker] TEXT, [seconds] FLOAT, [finished] TEXT,
+        PRIMARY KEY ([matrix], [task]))""",
+    "ops": """CREATE TABLE [ops] ([run] TEXT, [idx] INTEGER, [time_ns] INTEGER,
+        [process] TEXT, [type] TEXT, [f] TEXT, [key] TEXT, [value] TEXT, [error] TEXT,
+        [node] TEXT, PRIMARY KEY ([run], [idx]))""",
+    "nemesis": """CREATE TABLE [nemesis] ([run] TEXT, [idx] INTEGER, [time_ns] INTEGER,
+        [f] TEXT, [fault] TEXT, [targets] TEXT, [detail] TEXT, PRIMARY KEY ([run], [idx]))""",
+    "node_events": """CREATE TABLE [node_events] ([run] TEXT, [node] TEXT, [seq] INTEGER,
+        [time_ns] INTEGER, [kind] TEXT, [detail] TEXT, PRIMARY KEY ([run], [node], [seq]))""",
+    "log_entries": """CREATE TABLE [log_entries] ([run] TEXT, [node] TEXT, [idx] INTEGER,
+        [term] INTEGER, [opcode] INTEGER, [wrapped] INTEGER, [key_id] INTEGER,
+        PRIMARY KEY ([run], [node], [idx], [term]))""",
+    "checks": """CREATE TABLE [checks] ([run] TEXT, [checker] TEXT, [valid] TEXT,
+        [detail] TEXT, PRIMARY KEY ([run], [checker]))""",
+    "coverage": """CREATE TABLE [coverage] ([run] TEXT, [point] TEXT, [count] INTEGER,
+        [first_time_ns] INTEGER, PRIMARY KEY ([run], [point]))""",
+}
+# What version 2 added to version 1 (coverage, simulated runs, recorded matrices): the
+# migration creates these tables and columns where an older database lacks them.
+V2_TABLES = ("matrices", "matrix_tasks", "coverage")
+V2_RUN_COLUMNS = {"source": "TEXT", "matrix": "TEXT REFERENCES matrices(id)"}
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+
+
+def _create_if_fresh(conn: sqlite3.Connection) -> None:
+    """The schema, in a database that has no table at all; one exclusive transaction, so
+    N processes creating the same fresh database at once all see it whole (or empty,
+    then create it): never half a schema, never "table already exists"."""
+    if _table_names(conn):
+        return
+    # Persistent: readers never block the writer. Switching needs the file to itself,
+    # and SQLite answers "locked" at once (no busy wait) while another creator holds it.
+    _while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+
+    def create() -> None:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            if not _table_names(conn):
+                for sql in TABLES.values():
+                    conn.execute(sql)
+                conn.executemany("insert into meta (key, value) values (?, ?)",
+                                 [("app", APP), ("schema_version", str(SCHEMA_VERSION))])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    _while_locked(create)
+
+
+def _while_locked(step: Any, patience: float = 30.0) -> Any:
+    """`step()`, tried again while another process holds the database (bounded)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + 0.05 * random.random())
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Ours, of a version this build reads, with every table: else a StoreError."""
+    tables = _table_names(conn)
+    if "meta" not in tables:
+        raise StoreError(f"{path} is not a cutover results database (no meta table)")
+    meta = dict(conn.execute("select key, value from meta").fetchall())
+    if meta.get("app") != APP:
+        raise StoreError(f"{path} is not a cutover results database")
+    version = meta.get("schema_version")
+    if isinstance(version, str) and version.isdigit() and len(version) < 10:
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{path} is damaged: its schema_version is {str(version)[:40]!r}, "
+                         f"not a number")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema {version}; this cutover reads up to "
+                         f"{SCHEMA_VERSION}")
+    if version < 2:
+        missing = [t for t in TABLES if t not in tables and t not in V2_TABLES]
+        if missing:
+            raise StoreError(f"{path} is damaged: it has no {', '.join(missing)} table "
+                             f"(nothing was changed; restore it from a copy)")
+        _migrate_v1(conn, path)
+        tables = _table_names(conn)
+    missing = [t for t in TABLES if t not in tables]
+    if missing:
+        raise StoreError(f"{path} is damaged: it has no {', '.join(missing)} table "
+                         f"(nothing was changed; restore it from a copy)")
+
+
+def _migrate_v1(conn: sqlite3.Connection, path: str) -> None:
+    """Version 1 to 2, in one exclusive transaction (concurrent openers: one migrates,
+    the others find it done)."""
+    def step() -> None:
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            meta = dict(conn.execute("select key, value from meta").fetchall())
+            if str(meta.get("schema_version")) == "1":
+                tables = _table_names(conn)
+                for t in V2_TABLES:
+                    if t not in tables:
+                        conn.execute(TABLES[t])
+                cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+                for col, decl in V2_RUN_COLUMNS.items():
+                    if col not in cols:
+                        conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+                conn.execute("update meta set value = ? where key = 'schema_version'",
+                             [str(SCHEMA_VERSION)])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    try:
+        _while_locked(step)
+    except sqlite3.OperationalError as e:
+        raise StoreError(f"{path} has schema 1 and cannot be upgraded here ({e}); open it "
+                         f"once where it is writable") from None
 
 
 def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
-    """See `_open_db`; a writer racing another one that is creating the schema (two
-    matrices started together) waits for it instead of failing."""
-    for attempt in range(50):
-        try:
-            return _open_db(results, create=create)
-        except StoreError as e:
-            if not create or "locked" not in str(e) or attempt == 49:
-                raise
-            time.sleep(0.1)
-    raise AssertionError("unreachable")
-
-
-def _open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
     """The results database of `results`, checked to be ours (StoreError otherwise).
 
-    `create` makes the directory and the schema when missing (writers); readers get a
-    clear error for a missing, foreign or corrupt database instead of an empty one.
+    `create` makes the directory and, in a fresh database, the schema (writers);
+    readers get a clear error for a missing, foreign, damaged or corrupt database
+    instead of an empty one. Runs whose orchestrator died are marked `crashed`.
     """
     path = db_path(results)
     if not create and not os.path.exists(path):
@@ -146,26 +232,53 @@ def _open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
             raise StoreError(f"cannot create results dir {results}: {e.strerror}") from None
         if not os.access(results, os.W_OK | os.X_OK):
             raise StoreError(f"results dir {results} is not writable")
+    elif not os.path.isfile(path):
+        raise StoreError(f"{path} is not a file")
+    conn = None
     try:
         conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        db = sqlite_utils.Database(conn)
-        tables = set(db.table_names())
-        if create and not tables:
-            _create(db)
-            tables = set(db.table_names())
-        if "meta" not in tables:
-            raise StoreError(f"{path} is not a cutover results database (no meta table)")
-        meta = {r["key"]: r["value"] for r in db["meta"].rows}
-        if meta.get("app") != APP:
-            raise StoreError(f"{path} is not a cutover results database")
-        if int(meta.get("schema_version", "0")) > SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema {meta['schema_version']}; this cutover "
-                             f"reads up to {SCHEMA_VERSION}")
         if create:
-            _create(db)
+            _create_if_fresh(conn)
+        _check_schema(conn, path)
+        db = sqlite_utils.Database(conn)
+        mark_crashed(db, results)
         return db
     except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
         raise StoreError(f"{path} is not a readable SQLite database ({e})") from None
+    except StoreError:
+        if conn is not None:
+            conn.close()
+        raise
+
+
+def mark_crashed(db: sqlite_utils.Database, results: str) -> list[str]:
+    """Mark `crashed` every run still `running` whose orchestrator is gone (its pid and
+    start time, `orchestrator.owner`); returns their ids. A database that cannot be
+    written now (read-only, busy) keeps them as they are: the next command tries again."""
+    gone = []
+    for rid, rdir in db.conn.execute("select id, run_dir from runs where status = 'running'"):
+        try:
+            rd = run_dir_of(results, {"id": rid, "run_dir": rdir})
+        except StoreError:
+            continue
+        who = owner.read(rd)
+        if who is not None and owner.is_gone(who):
+            gone.append((rid, who))
+    done = []
+    for rid, who in gone:
+        summary = (f"CRASHED: its orchestrator (pid {who.get('pid')}) died before the run "
+                   f"finished; the history up to then is stored (run {rid})")
+        try:
+            with db.conn:
+                db.conn.execute("update runs set status = 'crashed', verdict = 'crashed', "
+                                "summary = ? where id = ? and status = 'running'",
+                                [summary, rid])
+            done.append(rid)
+        except sqlite3.OperationalError:
+            break
+    return done
 
 
 @contextmanager
@@ -183,8 +296,19 @@ def opened(results: str) -> Iterator[sqlite_utils.Database]:
 
 
 def run_dir_of(results: str, row: Mapping[str, Any]) -> str:
-    """Where a run's files are (`RESULTS/<run-id>/` unless its row says otherwise)."""
-    return os.path.join(results, row.get("run_dir") or row["id"])
+    """Where a run's files are (`RESULTS/<run-id>/` unless its row says otherwise),
+    confined to the results directory: a `run_dir` edited to `../../etc` (or a symlink
+    leading out) is a StoreError, never a directory served or read."""
+    rel = row.get("run_dir") or row["id"]
+    if not isinstance(rel, str) or "\0" in rel:
+        raise UnsafeRunDir(f"run {row['id']}: its run_dir {str(rel)[:80]!r} is not a path")
+    path = os.path.join(results, rel)
+    root = os.path.realpath(results)
+    real = os.path.realpath(path)
+    if real == root or not real.startswith(root + os.sep):
+        raise UnsafeRunDir(f"run {row['id']}: its run_dir {rel[:80]!r} is outside the "
+                           f"results directory")
+    return path
 
 
 def run_config(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,6 +330,59 @@ def check_writable(results: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise StoreError(f"results dir {results} is not writable: {e.strerror}") from None
+
+
+class RowSink(Protocol):
+    """Where checkers' rows go: a `Recorder` (a run, as it goes) or a `Pending` (a
+    re-check, stored all at once or not at all)."""
+
+    def rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+
+class Pending:
+    """Rows held back: `cutover check` stores them only once every checker has run on
+    complete inputs (`replace_checks`), in one transaction."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+
+    def rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        self.tables.setdefault(table, []).extend(rows)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Nothing to do: held until `replace_checks`."""
+
+
+def replace_checks(results: str, run_id: str, pending: Pending,
+                   run_fields: Mapping[str, Any]) -> None:
+    """A re-check's outcome, in one transaction: the run's `checks` and `log_entries`
+    replaced by `pending`'s (rows of checkers that no longer exist go too), and its
+    `runs` row updated with `run_fields`. Either all of it is stored or none."""
+    allowed = {"checks": ("checker", "valid", "detail"),
+               "log_entries": ("node", "idx", "term", "opcode", "wrapped", "key_id")}
+    db = open_db(results)
+    try:
+        with db.conn:
+            for table, cols in allowed.items():
+                db.conn.execute(f"delete from {table} where run = ?", [run_id])
+                rows = pending.tables.get(table, [])
+                db.conn.executemany(
+                    f"insert or replace into {table} (run, {', '.join(cols)}) "
+                    f"values (?{', ?' * len(cols)})",
+                    [[run_id, *(r.get(c) for c in cols)] for r in rows])
+            sets = [k for k in run_fields if k in _RUN_FIELDS]
+            db.conn.execute(f"update runs set {', '.join(f'{k} = ?' for k in sets)} "
+                            f"where id = ?", [*(run_fields[k] for k in sets), run_id])
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{db_path(results)}: storing the verdicts failed ({e}); "
+                         f"nothing was changed") from None
+    finally:
+        db.conn.close()
+
+
+_RUN_FIELDS = ("verdict", "exit_code", "summary", "status", "finished", "duration_s")
 
 
 class Recorder:
@@ -329,17 +506,17 @@ def resolve_run(db: sqlite_utils.Database, ref: str) -> dict[str, Any]:
     if ref == "latest":
         rows = runs(db)
         if not rows:
-            raise StoreError("there are no runs in this results database yet")
+            raise NoSuchRun("there are no runs in this results database yet")
         return rows[0]
     rows = list(db.query("select * from runs where id = ?", [ref]))
     if not rows:
         rows = list(db.query("select * from runs where id like ? escape '\\'",
                              [ref.replace("%", r"\%").replace("_", r"\_") + "%"]))
     if not rows:
-        raise StoreError(f"no run {ref!r} in this results database (see `cutover list`)")
+        raise NoSuchRun(f"no run {ref!r} in this results database (see `cutover list`)")
     if len(rows) > 1:
-        raise StoreError(f"run id prefix {ref!r} is ambiguous: "
-                         f"{', '.join(r['id'] for r in rows[:5])}")
+        raise AmbiguousRun(f"run id prefix {ref!r} is ambiguous: "
+                           f"{', '.join(r['id'] for r in rows[:5])}")
     return rows[0]
 
 
@@ -388,6 +565,14 @@ def coverage_by_run(db: sqlite_utils.Database) -> dict[str, set[str]]:
 def coverage_rows(cov: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"point": p, "count": int(v["count"]), "first_time_ns": v.get("first_ns")}
             for p, v in sorted(cov.items())]
+
+
+def completion_counts(db: sqlite_utils.Database, run_id: str) -> dict[str, int]:
+    """Completions of the run's clients by type (ok / fail / info): what the `stats`
+    checker counts, as one query."""
+    return dict(db.conn.execute(
+        "select type, count(*) from ops where run = ? and process != 'nemesis' "
+        "and type != 'invoke' group by type", [run_id]).fetchall())
 
 
 def fault_windows(rows: list[dict[str, Any]]) -> list[tuple[int, int | None, str, Any]]:

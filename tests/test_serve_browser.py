@@ -135,16 +135,19 @@ def browser() -> Iterator[WebDriver]:
 def site(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
     results = str(tmp_path_factory.mktemp("served"))
     runs = synthetic_results(results)
-    # Runs without a pass/fail verdict: one unknown, one aborted (grey).
+    # Runs without a pass/fail verdict: one unknown, one aborted and one whose
+    # orchestrator died (both grey).
     db = store.open_db(results)
     with db.conn:
         for rid, verdict, started in (("20260101T000004-s4", "unknown", "04"),
-                                      ("20260101T000005-s5", "aborted", "05")):
+                                      ("20260101T000005-s5", "aborted", "05"),
+                                      ("20260101T000006-s6", "crashed", "06")):
+            status = {"unknown": "done"}.get(verdict, verdict)
             db.conn.execute("insert into runs (id, started, seed, workload, nemesis, config, "
                             "status, verdict, exit_code, run_dir) values (?,?,?,?,?,?,?,?,?,?)",
                             [rid, f"2026-01-01T00:00:{started}.000+00:00", 4, "kv", "none",
-                             "{}", "done" if verdict == "unknown" else "aborted", verdict,
-                             2 if verdict == "unknown" else 130, rid])
+                             "{}", status, verdict,
+                             {"unknown": 2, "aborted": 130}.get(verdict), rid])
             runs[verdict] = {"id": rid, "verdict": verdict}
     db.conn.close()
     with serving(results) as url:
@@ -237,3 +240,33 @@ def test_i1_report_and_file_browser(browser: WebDriver, site) -> None:
                        ".map(a => a.textContent);")
     assert "config.json" in names and "nodes/" in names and "kek" not in names
     assert _errors(browser) == []
+
+
+def test_the_counterexample_script_runs_under_the_reports_nonce(browser: WebDriver,
+                                                                site) -> None:
+    """The counterexample frame inherits the report's CSP (no 'unsafe-inline'): its
+    script carries the report's nonce, so hovering an op still shows the tooltip."""
+    base, runs = site
+    browser.get(f"{base}/run/{runs['stale']['id']}/")
+    frame = browser.s("/element", {"using": "css selector", "value": "iframe.counterexample"})
+    browser.s("/frame", {"id": frame})
+    tip = browser.js("""const g = document.querySelector('[data-i]');
+        g.dispatchEvent(new MouseEvent('mouseover', {bubbles: true, clientX: 50, clientY: 50}));
+        const t = document.getElementById('tip');
+        return {hidden: t.hidden, text: t.textContent};""")
+    browser.s("/frame", {"id": None})
+    assert tip["hidden"] is False and tip["text"].strip(), tip
+    assert _errors(browser) == []
+
+
+def test_a_script_without_the_nonce_does_not_run(browser: WebDriver, site) -> None:
+    """What an injection would add (a <script> of its own) is refused by the policy."""
+    base, runs = site
+    for path in ("/", f"/run/{runs['leak']['id']}/", f"/run/{runs['leak']['id']}/files/"):
+        browser.get(base + path)
+        ran = browser.js("""const s = document.createElement('script');
+            s.textContent = 'window.injected = 1;';
+            document.body.appendChild(s);
+            return window.injected === 1;""")
+        assert ran is False, path
+        assert any("Content Security Policy" in m for m in _errors(browser)), path

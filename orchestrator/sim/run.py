@@ -22,6 +22,8 @@ from typing import Any
 
 from checker import suite
 from checker.coverage import coverage
+from checker.crashes import EXITS_FILE
+from checker.crashes import record as exit_record
 from nemesis.plan import Plan
 from nemesis.primitives import Step, When, event_matches
 from node.wal import WalError, damage_entry
@@ -494,6 +496,17 @@ class SimRun:
                         rec.setdefault("wall", ev["t"] / 1e9)
                         fh.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
             dirs[n] = str(d)
+        # The exit record a real cluster keeps (`checker.crashes`): a simulated node that
+        # died of an exception, or would not start, is the same evidence.
+        with open(root / "nodes" / EXITS_FILE, "w", encoding="utf-8") as fh:
+            for ev in cl.events:
+                if ev["kind"] == "crash":
+                    fh.write(exit_record("exit", ev["node"], ev["t"], code=1,
+                                         log=[str(ev.get("error"))]))
+                elif ev["kind"] == "start-failed":
+                    fh.write(exit_record("failed-start", ev["node"], ev["t"],
+                                         reason=str(ev.get("error")),
+                                         log=[str(ev.get("error"))]))
         kek = root / "kek"
         fd = os.open(kek, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -522,7 +535,7 @@ class SimRun:
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
         results["availability"] = suite.availability(ops, fault_windows(self.nemesis), end_ns)
-        results["crashes"] = _crashes(self.cl.events)
+        results["crashes"] = suite.check_crashes(str(root / "nodes"), t0_ns)
         verdict = suite.worst(r["valid"] for r in results.values())
         cov = coverage([{"node": e["node"], "kind": e["kind"], "time_ns": e["time_ns"],
                          "detail": {k: v for k, v in e.items()
@@ -538,20 +551,6 @@ class SimRun:
             log_entries=[] if rep is None else [
                 {"node": r.node, "idx": r.index, "term": r.term, "opcode": r.opcode,
                  "wrapped": int(r.wrapped), "key_id": r.key_id} for r in rep.rows])
-
-
-def _crashes(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """A node process that died on its own, or would not start, is evidence (Jepsen's
-    unhandled-exceptions check): nothing but the nemesis may stop a node."""
-    bad = [{"node": e["node"], "kind": e["kind"], "error": e.get("error"),
-            "time_ns": e["time_ns"]} for e in events if e["kind"] in ("crash", "start-failed")]
-    out: dict[str, Any] = {"valid": "invalid" if bad else "valid", "crashes": bad}
-    if bad:
-        b = bad[0]
-        what = "died" if b["kind"] == "crash" else "would not start"
-        out["first_violation"] = f"node {b['node']} {what}: {b['error']}"
-        out["first_violation_ns"] = b["time_ns"]
-    return out
 
 
 def _asdict(c: RunConfig) -> dict[str, Any]:

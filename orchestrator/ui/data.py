@@ -12,6 +12,7 @@ not a search), and the time of an I1 violation is the one the checker stored
 from __future__ import annotations
 
 import json
+import math
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ from checker.history import HistoryError, Op
 from checker.linearizability import CheckResult
 from checker.models import get_model
 from checker.suite import counterexample, first_violation, ops_from_rows
-from checker.visualize import render_html
+from checker.visualize import new_nonce, render_html
 from node.events import EventKind
 from node.payload import OPCODE_NAMES
 from workloads import MODEL_OF
@@ -183,7 +184,7 @@ def _time_to_position(ops: list[Op]) -> Callable[[int | None], int | None]:
 
 def lin_sections(db: sqlite_utils.Database, run_id: str, model_name: str,
                  lin: Mapping[str, Any], faults: list[dict[str, Any]],
-                 palette: dict[str, str]) -> list[dict[str, Any]]:
+                 palette: dict[str, str], nonce: str | None = None) -> list[dict[str, Any]]:
     """For every key the stored check found not linearizable: its explanation and, for
     an invalid one, the counterexample page, drawn from the linearization the checker
     stored (the history is read again, the search is not run again)."""
@@ -212,7 +213,7 @@ def lin_sections(db: sqlite_utils.Database, run_id: str, model_name: str,
             continue
         res = CheckResult(part.verdict, [part], model.name, float(lin.get("seconds") or 0.0))
         item["html"] = render_html(model, res, title=f"key {k['key']}",
-                                   annotations=annotations)
+                                   annotations=annotations, nonce=nonce)
     return items
 
 
@@ -279,6 +280,9 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
     times = [o["start_ns"] for o in ops] + [o["end_ns"] for o in ops if o["end_ns"]]
     times += [r["time_ns"] for r in nem if r["time_ns"] is not None]
     end_ns = max(times, default=1_000_000_000)
+    for name, v in (("--from", from_s), ("--to", to_s)):
+        if v is not None and not math.isfinite(v):
+            raise ReviewError(f"{name} {v} is not a number of seconds")
     lo = 0 if from_s is None else int(round(from_s * 1e9))
     hi = end_ns if to_s is None else int(round(to_s * 1e9))
     if lo < 0 or hi <= lo:
@@ -304,7 +308,9 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
     palette: dict[str, str] = {}  # one color per fault, in every drawing of this page
     for f in windows:
         fault_color(str(f["fault"]), palette)
+    nonce = new_nonce()  # the page's, and its embedded counterexamples' (same policy)
     return {
+        "nonce": nonce,
         "run": dict(row), "config": cfg, "checks": checks,
         "first": first_violation(checks) if checks else None,
         "window": {"from_ns": a, "to_ns": b, "total_ops": len(sel), "shown_ops": len(drawn),
@@ -315,7 +321,7 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
         "events": [e for e in events if e["time_ns"] is not None and a <= e["time_ns"] <= b],
         "nodes": node_table(db, run_id, checks),
         "lin": lin_sections(db, run_id, model, checks.get("linearizability") or {}, windows,
-                            palette),
+                            palette, nonce),
         "i1": i1_section(db, run_id, cut, nem, windows, events) if cut else None,
         "coverage": store.coverage_of(db, run_id),
         "links": dict(links or {}),

@@ -2,8 +2,9 @@
 
 Templates live in `orchestrator/ui/templates/`, CSS in `orchestrator/ui/static/`
 (package data, so an installed cutover finds them). Pages inline their CSS: a report
-is one file that opens offline, and a Content-Security-Policy forbids every fetch, so
-the served pages keep that promise too.
+is one file that opens offline, and a Content-Security-Policy forbids every fetch and
+every script or style that does not carry the page's nonce, so the served pages keep
+that promise too.
 
 Autoescaping is on, and every value goes through `checker.visualize.esc` (the one
 escape of the project's pages, also used by the SVG helpers): a value that is
@@ -18,14 +19,12 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from checker.visualize import esc
+from checker.visualize import csp, esc, new_nonce, swatch
 
 from .svg import secs, targets_text
 from .text import check_line
 
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-       "img-src data:; frame-src 'self' about: data:")
-VERDICT_CLASSES = ("valid", "invalid", "unknown", "aborted", "error", "running")
+VERDICT_CLASSES = ("valid", "invalid", "unknown", "aborted", "error", "running", "crashed")
 
 
 def verdict_class(verdict: str | None, status: str | None = None) -> str:
@@ -51,13 +50,17 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("orchestrator.ui", "templates"),
                              autoescape=True, finalize=_finalize, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
-    env.globals.update(asset=asset, csp=Markup(CSP), verdict_class=verdict_class,
-                       check_line=check_line)
+    env.globals.update(asset=asset, verdict_class=verdict_class, check_line=check_line,
+                       swatch=lambda color, cls="sw": Markup(swatch(color, cls)))
     env.filters.update(secs=secs, targets=targets_text,
                        dash=lambda v: "-" if v is None else v)
     return env
 
 
-def page(template: str, **context: Any) -> str:
-    """Render one template of `orchestrator/ui/templates/`."""
-    return environment().get_template(template).render(**context)
+def page(template: str, *, nonce: str | None = None, **context: Any) -> str:
+    """Render one template of `orchestrator/ui/templates/`. `nonce` is the page's CSP
+    nonce (`checker.visualize.csp`; a server sends the same one in its header); a fresh
+    one by default."""
+    nonce = nonce or new_nonce()
+    return environment().get_template(template).render(csp=Markup(csp(nonce)), nonce=nonce,
+                                                       **context)

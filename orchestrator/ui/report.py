@@ -74,7 +74,7 @@ def render_report(data: Mapping[str, Any]) -> str:
     run = data["run"]
     verdict = verdict_class(run.get("verdict"), run.get("status"))
     checks = data.get("checks") or {}
-    return page("report.html",
+    return page("report.html", nonce=data.get("nonce"),
                 title=f"cutover run {run.get('id')}: {verdict}",
                 run=run, verdict=verdict, links=data.get("links") or {},
                 first=_first(data.get("first")),

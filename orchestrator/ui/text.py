@@ -34,6 +34,9 @@ def check_line(name: str, d: Mapping[str, Any]) -> str:
         return "no quiet seconds" if share is None else f"{share:.0%} ok outside faults"
     if name == "cutover":
         return f"C = {d.get('cutover')}"
+    if name == "crashes":
+        return (f"{d.get('exits', 0)} unplanned node exits, {d.get('failed_starts', 0)} "
+                f"failed starts")
     return ""
 
 

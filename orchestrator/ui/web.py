@@ -22,12 +22,15 @@ and the database is only read, so the server can run next to `cutover run`.
 from __future__ import annotations
 
 import contextlib
+import math
 import mimetypes
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
+import time
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
@@ -36,33 +39,64 @@ from typing import Any
 
 import sqlite_utils
 
+from checker.visualize import csp, new_nonce
+
 from .. import store
 from ..errors import ReviewError
 from ..export import history_text
 from .data import DEFAULT_MAX_OPS, report_data
-from .render import CSP, page, verdict_class
+from .render import page, verdict_class
 from .report import render_report
 from .trend import trend_page
 
 SECRET_NAMES = frozenset({"kek"})
 TEXT_SUFFIXES = (".json", ".jsonl", ".log", ".txt", ".md", ".edn", ".html", ".csv")
 
+Identity = tuple[int, int]  # (device, inode): what a file is, whatever its name or path
 
-def is_secret(run_dir: str, path: str) -> bool:
+
+def kek_identities(results: str, run_dirs: list[str] | tuple[str, ...] = ()) -> set[Identity]:
+    """(device, inode) of every run's KEK: `RESULTS/*/kek` and the `kek` of each run dir
+    given (those the database names). A hard link or symlink to any of them, under any
+    name, in any run, is the key itself."""
+    paths = [os.path.join(d, "kek") for d in run_dirs]
+    try:
+        paths += [os.path.join(results, n, "kek") for n in os.listdir(results)]
+    except OSError:
+        pass
+    out: set[Identity] = set()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def is_secret(run_dir: str, path: str, keks: set[Identity] | None = None) -> bool:
     """A file that holds key material: by name anywhere in the run dir, or the very
-    file the run's KEK is (a symlink or hard link to it under another name)."""
+    file of a KEK (this run's, or any of `keks`) under another name or link."""
     if os.path.basename(path) in SECRET_NAMES:
         return True
-    kek = os.path.join(run_dir, "kek")
     try:
-        return os.path.exists(kek) and os.path.samefile(path, kek)
-    except OSError:
+        st = os.stat(path)
+    except (OSError, ValueError):
         return False
+    ids = set(keks or ())
+    try:
+        own = os.stat(os.path.join(run_dir, "kek"))
+        ids.add((own.st_dev, own.st_ino))
+    except OSError:
+        pass
+    return (st.st_dev, st.st_ino) in ids
 
 
 def safe_path(run_dir: str, rel: str) -> str | None:
     """The real path of `rel` inside `run_dir`, or None when it leaves the directory,
     does not exist or is secret."""
+    if "\0" in rel:
+        return None
     root = os.path.realpath(run_dir)
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if any(p == ".." or p in SECRET_NAMES for p in parts):
@@ -75,11 +109,50 @@ def safe_path(run_dir: str, rel: str) -> str | None:
     return full
 
 
-def zip_run(run_dir: str, history: str | None, out: Any) -> int:
-    """Zip the run dir (minus secrets and symlinks leaving it) into the file object
-    `out`; returns the number of files written."""
+def open_served(path: str, keks: set[Identity]) -> tuple[int, os.stat_result] | None:
+    """An open descriptor on `path` when it may be served, else None. Opened without
+    blocking (a FIFO would hang the request forever) and without following a last
+    symlink, then checked on the descriptor itself, so what is checked is what is sent:
+    a regular file, with one link (a hard link could be a key under another name), that
+    is no run's KEK."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
+                and (st.st_dev, st.st_ino) not in keks:
+            return fd, st
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _listable(full: str, keks: set[Identity]) -> tuple[bool, int] | None:
+    """(is a directory, size) of a directory entry shown in a listing, or None when it
+    is not shown: a secret, a link to a KEK, anything but a regular file with one link
+    or a directory."""
+    try:
+        st = os.stat(full)
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return True, 0
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (st.st_dev, st.st_ino) in keks:
+        return None
+    return False, st.st_size
+
+
+def zip_run(run_dir: str, history: str | None, out: Any,
+            keks: set[Identity] | None = None) -> int:
+    """Zip the run dir into the file object `out`: its regular files that may be served
+    (`open_served`; symlinks are skipped), plus `history.jsonl`; returns the number of
+    files written."""
     root = os.path.realpath(run_dir)
     base = os.path.basename(root)
+    keks = set(keks or ()) | kek_identities(os.path.dirname(root), (root,))
     n = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -87,11 +160,19 @@ def zip_run(run_dir: str, history: str | None, out: Any) -> int:
                                  and not os.path.islink(os.path.join(dirpath, d)))
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
-                real = os.path.realpath(full)
-                if (is_secret(run_dir, full) or not real.startswith(root + os.sep)
-                        or not os.path.isfile(real)):
+                if name in SECRET_NAMES or os.path.islink(full):
                     continue
-                z.write(real, os.path.join(base, os.path.relpath(full, root)))
+                got = open_served(full, keks)
+                if got is None:
+                    continue
+                fd, st = got
+                with os.fdopen(fd, "rb") as src:
+                    when = time.localtime(max(st.st_mtime, 315532800))[:6]  # zip: >= 1980
+                    info = zipfile.ZipInfo(os.path.join(base, os.path.relpath(full, root)),
+                                           date_time=when)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    with z.open(info, "w") as dst:
+                        shutil.copyfileobj(src, dst)
                 n += 1
         if history is not None:
             z.writestr(os.path.join(base, "history.jsonl"), history)
@@ -103,7 +184,7 @@ def _duration(s: Any) -> str:
     return "" if s is None else f"{float(s):.1f}s"
 
 
-def index_page(results: str) -> str:
+def index_page(results: str, nonce: str | None = None) -> str:
     """`/`: every run, newest first, its verdict cell colored."""
     with store.opened(results) as db:
         rows = store.runs(db)
@@ -113,32 +194,37 @@ def index_page(results: str) -> str:
              "duration": _duration(r.get("duration_s")), "workload": r.get("workload"),
              "nemesis": r.get("nemesis"), "bugs": r.get("bugs") or "-", "seed": r.get("seed"),
              "summary": r.get("summary") or ""} for r in rows]
-    return page("index.html", title="cutover results", runs=runs)
+    return page("index.html", nonce=nonce, title="cutover results", runs=runs)
 
 
-def files_page(run_id: str, run_dir: str, rel: str, full: str) -> str:
-    """`/run/<id>/files/<rel>`: a directory of the run (never its secrets)."""
+def files_page(run_id: str, run_dir: str, rel: str, full: str,
+               keks: set[Identity] | None = None, nonce: str | None = None) -> str:
+    """`/run/<id>/files/<rel>`: a directory of the run (never its secrets, nor anything
+    that may not be served: see `open_served`)."""
     q = urllib.parse.quote(run_id)
+    root = os.path.realpath(run_dir)
+    keks = set(keks or ())
     up = None
     if rel:
         up = f"/run/{q}/files/" + urllib.parse.quote("/".join(rel.rstrip("/").split("/")[:-1]))
     files = []
     for name in sorted(os.listdir(full)):
         p = os.path.join(full, name)
-        if is_secret(run_dir, p):
+        real = os.path.realpath(p)
+        if name in SECRET_NAMES or is_secret(run_dir, p, keks) \
+                or (real != root and not real.startswith(root + os.sep)):
+            continue
+        shown = _listable(real, keks)
+        if shown is None:
             continue
         href = f"/run/{q}/files/" + urllib.parse.quote(
             (rel.rstrip("/") + "/" if rel else "") + name)
-        if os.path.isdir(p):
+        if shown[0]:
             files.append({"name": name, "href": href + "/", "dir": True})
-            continue
-        try:
-            size = os.path.getsize(p)
-        except OSError:
-            continue
-        files.append({"name": name, "href": href, "dir": False, "size": size})
-    return page("files.html", title=f"{run_id} files", run_id=run_id, run_href=f"/run/{q}/",
-                rel=rel, up=up, files=files)
+        else:
+            files.append({"name": name, "href": href, "dir": False, "size": shown[1]})
+    return page("files.html", nonce=nonce, title=f"{run_id} files", run_id=run_id,
+                run_href=f"/run/{q}/", rel=rel, up=up, files=files)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -160,23 +246,33 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def do_GET(self, head: bool = False) -> None:  # noqa: N802 - stdlib name
-        url = urllib.parse.urlsplit(self.path)
-        path = urllib.parse.unquote(url.path)
-        query = urllib.parse.parse_qs(url.query)
         self._head = head
+        self._nonce = new_nonce()
         try:
+            url = urllib.parse.urlsplit(self.path)
+            path = urllib.parse.unquote(url.path, errors="strict")
+            query = urllib.parse.parse_qs(url.query, errors="strict")
+        except ValueError:
+            return self._error(400, "the request's URL is not valid")
+        try:
+            if "\0" in path or any("\0" in v for vs in query.values() for v in vs):
+                return self._error(400, "a NUL byte in the request")
             if path == "/":
-                return self._send(200, index_page(self.results))
+                return self._send(200, index_page(self.results, self._nonce))
             if path == "/trend":
-                return self._send(200, trend_page(self.results))
+                return self._send(200, trend_page(self.results, self._nonce))
             if path == "/favicon.ico":
                 return self._send(204, b"", "image/x-icon")
             parts = path.split("/", 3)
             if len(parts) >= 3 and parts[1] == "run" and parts[2]:
                 return self._run(parts[2], parts[3] if len(parts) > 3 else "", query)
             return self._error(404, f"no page {path}")
-        except (ReviewError, store.StoreError) as e:
-            return self._error(404 if "no run" in str(e) else 500, str(e))
+        except store.AmbiguousRun as e:
+            return self._error(400, str(e))
+        except (store.NoSuchRun, store.UnsafeRunDir, ReviewError) as e:
+            return self._error(404, str(e))
+        except store.StoreError as e:
+            return self._error(500, str(e))
         except sqlite3.DatabaseError as e:
             return self._error(500, str(e))
         except (BrokenPipeError, ConnectionResetError):
@@ -188,20 +284,29 @@ class Handler(BaseHTTPRequestHandler):
     def _run(self, ref: str, rest: str, query: dict[str, list[str]]) -> None:
         with store.opened(self.results) as db:
             row = store.resolve_run(db, ref)
-            run_dir = store.run_dir_of(self.results, row)
             if rest in ("", "report", "report.html"):
                 return self._report(db, row, query)
+            run_dir = store.run_dir_of(self.results, row)
+            others = []
+            for r in store.runs(db):
+                try:
+                    others.append(store.run_dir_of(self.results, r))
+                except store.StoreError:
+                    continue
+            keks = kek_identities(self.results, others)
             if rest == "download.zip":
                 history = history_text(db, row, "jsonl")
-                return self._zip(row, run_dir, history)
+                return self._zip(row, run_dir, history, keks)
         if rest == "files" or rest.startswith("files/"):
             rel = rest[len("files/"):] if rest.startswith("files/") else ""
             full = safe_path(run_dir, rel)
-            if full is None:
+            if full is not None and os.path.isdir(full):
+                return self._send(200, files_page(row["id"], run_dir, rel, full, keks,
+                                                  self._nonce))
+            got = None if full is None else open_served(full, keks)
+            if got is None:
                 return self._error(404, f"no file {rel!r} in run {row['id']}")
-            if os.path.isdir(full):
-                return self._send(200, files_page(row["id"], run_dir, rel, full))
-            return self._file(full)
+            return self._file(full, *got)
         return self._error(404, f"no page {rest!r} for run {row['id']}")
 
     def _report(self, db: sqlite_utils.Database, row: dict[str, Any],
@@ -211,11 +316,23 @@ class Handler(BaseHTTPRequestHandler):
             if v in (None, ""):
                 return None
             try:
-                return float(v)
+                x = float(v)
             except ValueError:
-                raise ReviewError(f"?{name}= expects a number of seconds") from None
+                x = math.nan
+            if not math.isfinite(x):
+                raise ReviewError(f"?{name}= expects a number of seconds, not {v[:40]!r}")
+            return x
 
-        max_ops = int(num("max_ops") or DEFAULT_MAX_OPS)
+        try:
+            raw = query.get("max_ops", [""])[0]
+            max_ops = int(raw) if raw else DEFAULT_MAX_OPS
+            if not 1 <= max_ops <= 10_000_000:
+                raise ValueError
+            from_s, to_s = num("from"), num("to")
+        except ValueError:
+            return self._error(400, "?max_ops= expects a whole number of ops, at least 1")
+        except ReviewError as e:
+            return self._error(400, str(e))
         q = urllib.parse.quote(row["id"])
 
         def page_ref(a: int, b: int) -> dict[str, str]:
@@ -226,37 +343,34 @@ class Handler(BaseHTTPRequestHandler):
                  "download zip": f"/run/{q}/download.zip",
                  "whole run": f"/run/{q}/"}
         try:
-            text = render_report(report_data(db, row, from_s=num("from"), to_s=num("to"),
-                                             max_ops=max_ops, page_ref=page_ref, links=links))
+            data = report_data(db, row, from_s=from_s, to_s=to_s, max_ops=max_ops,
+                               page_ref=page_ref, links=links)
+            text = render_report(data)
         except ReviewError as e:
             return self._error(400, str(e))
-        return self._send(200, text)
+        return self._send(200, text, nonce=data["nonce"])
 
-    def _file(self, full: str) -> None:
+    def _file(self, full: str, fd: int, st: os.stat_result) -> None:
         ctype = mimetypes.guess_type(full)[0] or "application/octet-stream"
         if full.endswith(TEXT_SUFFIXES):
             ctype = "text/plain; charset=utf-8"
-        try:
-            size = os.path.getsize(full)
-            fh = open(full, "rb")  # noqa: SIM115 - closed below after streaming
-        except OSError as e:
-            return self._error(404, f"cannot read {os.path.basename(full)}: {e.strerror}")
-        with fh:
+        with os.fdopen(fd, "rb") as fh:
             self.send_response(200)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Length", str(st.st_size))
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Security-Policy", "default-src 'none'")
             self.end_headers()
             if not self._head:
-                shutil.copyfileobj(fh, self.wfile)
+                shutil.copyfileobj(_Limited(fh, st.st_size), self.wfile)
         return None
 
-    def _zip(self, row: dict[str, Any], run_dir: str, history: str) -> None:
+    def _zip(self, row: dict[str, Any], run_dir: str, history: str,
+             keks: set[Identity]) -> None:
         if not os.path.isdir(run_dir):
             return self._error(404, f"run {row['id']}: its directory is missing")
         with tempfile.SpooledTemporaryFile(max_size=32 << 20) as tmp:
-            zip_run(run_dir, history, tmp)
+            zip_run(run_dir, history, tmp, keks)
             size = tmp.tell()
             tmp.seek(0)
             self.send_response(200)
@@ -269,21 +383,41 @@ class Handler(BaseHTTPRequestHandler):
                 shutil.copyfileobj(tmp, self.wfile)
         return None
 
-    def _send(self, code: int, body: str | bytes, ctype: str = "text/html; charset=utf-8") -> None:
-        data = body.encode("utf-8") if isinstance(body, str) else body
+    def _send(self, code: int, body: str | bytes, ctype: str = "text/html; charset=utf-8",
+              nonce: str | None = None) -> None:
+        """One response; an HTML page carries the policy of its nonce (the page's own
+        meta tag says the same)."""
+        data = body.encode("utf-8", "backslashreplace") if isinstance(body, str) else body
         self.send_response(code)
         if code != 204:
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
         if ctype.startswith("text/html"):
-            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("Content-Security-Policy", csp(nonce or self._nonce))
         self.end_headers()
         if not self._head and code != 204:
             self.wfile.write(data)
 
     def _error(self, code: int, message: str) -> None:
-        self._send(code, page("error.html", title=f"error {code}", code=code, message=message))
+        self._send(code, page("error.html", nonce=self._nonce, title=f"error {code}",
+                              code=code, message=message))
+
+
+class _Limited:
+    """At most `size` bytes of a file: what the Content-Length promised, even if the
+    file grew since."""
+
+    def __init__(self, fh: Any, size: int) -> None:
+        self.fh = fh
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.fh.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
 
 
 class ResultsServer(ThreadingHTTPServer):
@@ -318,5 +452,5 @@ def serving(results: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         httpd.server_close()
 
 
-__all__ = ["Handler", "ResultsServer", "index_page", "files_page", "is_secret", "make_server",
-           "safe_path", "serving", "zip_run"]
+__all__ = ["Handler", "ResultsServer", "index_page", "files_page", "is_secret", "kek_identities",
+           "make_server", "open_served", "safe_path", "serving", "zip_run"]

@@ -1,0 +1,108 @@
+"""The `crashes` checker: a node that dies on its own is evidence.
+
+Jepsen fails a test whose nodes logged an unhandled exception; here the equivalent is a
+node process that exits without being asked to (the nemesis's SIGKILL and the final
+stop are the only planned ways out), or that does not come up when it is started. The
+heal at the end restarts dead nodes, so without this record such a run could come out
+valid. A halt (I3) is not a crash: a halted node stays up, by design.
+
+The record is `exits.jsonl` in the cluster's directory (`RUN/nodes/`), one JSON object
+per line, written by `orchestrator.cluster.Cluster` while the run goes (so a re-check
+reads the same evidence):
+
+* ``{"kind": "exit", "node", "t", "code", "pid", "start", "log"}``: the process `pid` of
+  the node's `start`-th start exited with `code` (negative: killed by that signal)
+  without the harness asking; `log` is the last lines of its log (a traceback, usually);
+* ``{"kind": "failed-start", "node", "t", "start", "reason", "log"}``: a start that never
+  answered.
+
+`t` is the orchestrator's monotonic clock in ns (the clock the history's times are
+relative to). This module owns the format: the writer's `record` and the reader.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+EXITS_FILE = "exits.jsonl"
+KINDS = ("exit", "failed-start")
+_LISTED = 50
+
+
+class ExitsError(ValueError):
+    """The exit record is missing or cannot be read: the run's evidence is incomplete."""
+
+
+def record(kind: str, node: str, t_ns: int, **fields: Any) -> str:
+    """One line of `exits.jsonl`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown exit record kind {kind!r}")
+    return json.dumps({"kind": kind, "node": node, "t": t_ns, **fields},
+                      separators=(",", ":"), default=str) + "\n"
+
+
+def read_exits(cluster_dir: str) -> list[dict[str, Any]]:
+    """Every record of `cluster_dir/exits.jsonl`; ExitsError when it is missing or is
+    not ours (a torn last line, from a crash mid-write, is ignored)."""
+    path = os.path.join(cluster_dir, EXITS_FILE)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise ExitsError(f"its node exit record {path} is missing") from None
+    except OSError as e:
+        raise ExitsError(f"its node exit record {path} cannot be read: {e.strerror}") from None
+    out = []
+    lines = raw.split(b"\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if n == len(lines):
+                continue  # torn tail
+            raise ExitsError(f"{path}:{n} is not a JSON object") from None
+        if not isinstance(rec, dict) or rec.get("kind") not in KINDS \
+                or not isinstance(rec.get("node"), str):
+            raise ExitsError(f"{path}:{n} is not an exit record")
+        out.append(rec)
+    return out
+
+
+def describe(rec: Mapping[str, Any]) -> str:
+    """One sentence for a record: who, what, and the last line of its log."""
+    log = rec.get("log") or []
+    last = next((ln for ln in reversed(log) if str(ln).strip()), "") if isinstance(log, list) \
+        else str(log)
+    tail = f": {str(last).strip()[:300]}" if last else ""
+    if rec.get("kind") == "failed-start":
+        return f"node {rec['node']} did not start ({rec.get('reason') or 'no answer'}){tail}"
+    code = rec.get("code")
+    how = (f"killed by signal {-code}" if isinstance(code, int) and code < 0
+           else f"exited with code {code}")
+    return f"node {rec['node']} {how} without being asked to{tail}"
+
+
+def check_crashes(cluster_dir: str, t0_ns: int = 0) -> dict[str, Any]:
+    """Valid when no node exited on its own and every start came up; `unknown` (with
+    `incomplete`) when the record is missing: a run without it cannot be judged."""
+    try:
+        recs = read_exits(cluster_dir)
+    except ExitsError as e:
+        return {"valid": "unknown", "error": str(e), "incomplete": True}
+    recs.sort(key=lambda r: r["t"] if isinstance(r.get("t"), int) else 0)
+    out: dict[str, Any] = {
+        "valid": "invalid" if recs else "valid",
+        "exits": sum(1 for r in recs if r["kind"] == "exit"),
+        "failed_starts": sum(1 for r in recs if r["kind"] == "failed-start"),
+        "records": recs[:_LISTED],
+    }
+    if recs:
+        first = recs[0]
+        out["first_violation"] = describe(first)
+        t = first.get("t")
+        out["first_violation_ns"] = t - t0_ns if isinstance(t, int) and t0_ns else None
+    return out
