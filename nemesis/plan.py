@@ -146,7 +146,7 @@ def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
     else:
         b.generative()
         b.operator()
-        if scenario == "swarm" and rng.random() < 0.25:
+        if scenario == "swarm" and rng.random() < 0.5:
             b.sequence(enable_timeout)
     b.enable_at_cutover(retry_same=scenario != "sequence")
     b.corrupt()

@@ -17,6 +17,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from node.disk import write_atomic
+
 PathLike = str | os.PathLike[str]
 
 
@@ -133,18 +135,20 @@ class SimDisk:
         except KeyError:
             raise FileNotFoundError(2, "No such file (simulated)", p) from None
 
+    def create_truncate(self, path: PathLike, mode: int = 0o644) -> SimFile:
+        p = _p(path)
+        self._dir_of(p)
+        inode = self.names.get(p)
+        if inode is None:
+            inode = self.names[p] = _Inode()
+        else:
+            del inode.data[:]
+            inode.durable = 0
+        return SimFile(self, p, inode)
+
     def write_atomic(self, path: PathLike, data: bytes, *, temp_suffix: str = ".tmp",
                      mode: int = 0o644) -> None:
-        p = _p(path)
-        tmp = p + temp_suffix
-        self._dir_of(p)
-        inode = self.names[tmp] = _Inode()
-        inode.data += data
-        inode.durable = len(inode.data)
-        self.bytes_written += len(data)
-        self.syncs += 1
-        self.rename(tmp, p)
-        self.sync_dir(os.path.dirname(p))
+        write_atomic(self, path, data, temp_suffix=temp_suffix, mode=mode)
 
     def link_new(self, path: PathLike, data: bytes, *, mode: int = 0o600) -> bool:
         p = _p(path)

@@ -85,15 +85,14 @@ defect("wal-no-fdatasync", "wal: sync() writes the buffered records out but forg
         self._dirty.clear()"""))
 defect("atomic-write-no-fsync", "disk: write_atomic renames the temp file over the target without fsyncing the temp file's data first.",
  "only a power loss right after a sidecar or snapshot write: the file is durable as empty; the node refuses to start (crashes) or loses its cutover state.",
- ("node/disk.py", """            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._note(sync=self._rel(tmp), size=len(data))""", """            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)"""))
+ ("node/disk.py", """    try:
+        f.write(data)
+        f.sync()
+    finally:
+        f.close()""", """    try:
+        f.write(data)
+    finally:
+        f.close()"""))
 defect("step-down-fails-pending", "replica: a leader that steps down answers its pending writes `not-leader` (a definite failure), although they may still commit under the next leader.",
  "a leader deposed with writes in flight that the new leader commits: a `fail` op whose value is then read (linearizability).",
  ("node/replica.py", """        if role[0] is not Role.LEADER:
