@@ -66,6 +66,87 @@ def test_the_simulated_disk_loses_what_a_power_failure_would() -> None:
     assert lost["truncated"] == {"/sim/n1/wal/1.wal": 5}
 
 
+def test_a_crash_during_a_turns_fsyncs_loses_what_waited_for_them() -> None:
+    """A power loss while a node's turn is still in its fsyncs: the syncs that had not
+    finished made nothing durable, and the replies that waited for them were never
+    sent. A sync finished before the crash keeps its bytes."""
+    d = SimDisk()
+    d.makedirs("/sim/n1/wal")
+    f = d.create("/sim/n1/wal/1.wal")
+    d.sync_dir("/sim/n1/wal")
+    d.begin_turn()
+    f.write(b"first")
+    f.sync()
+    assert d.turn_syncs == 1
+    f.write(b"-second")
+    f.sync()
+    d.write_atomic("/sim/n1/sidecar.json", b"v1")  # a third sync, then the directory's
+    log = d.end_turn()
+    assert [k for k, *_ in log] == [1, 2, 3, 3]
+    d.undo(log, completed=1)  # the crash came while the second sync ran
+    d.crash(power=True)
+    assert d.read_bytes("/sim/n1/wal/1.wal") == b"first"
+    assert not d.exists("/sim/n1/sidecar.json")
+
+
+def test_a_kill_inside_a_turn_cuts_its_late_outputs() -> None:
+    """The cluster side of the same rule: a follower killed before its turn's fsyncs
+    end never sends what it made after them (its acks of the entries it was syncing)."""
+    from orchestrator.sim.cluster import SimCluster, SimSettings
+
+    seed = 3
+    print(f"seed={seed}")
+    cl = SimCluster(seed, SimSettings(nodes=3))
+    cl.run_until(3_000_000)
+    lead = cl.leader()
+    assert lead is not None
+    f = next(n for n in cl.ids if n != lead)
+    node = cl.nodes[f]
+    made: list[tuple[int, int]] = []  # (turn, syncs waited for) of each output of f
+    delivered: list[tuple[int, int]] = []
+    out_delay, deliver = cl._out_delay, cl._deliver
+
+    def spy_out(n):  # type: ignore[no-untyped-def]
+        r = out_delay(n)
+        if n is node:
+            made.append((r[1], r[2]))
+        return r
+
+    in_flight: dict[int, tuple[int, int]] = {}
+    take = cl._input
+
+    def spy_deliver(link, batch, turn=0, k=0):  # type: ignore[no-untyped-def]
+        if link[0] == f:
+            in_flight[id(batch)] = (turn, k)
+        deliver(link, batch, turn, k)
+        in_flight.pop(id(batch), None)
+
+    def spy_input(nid, kind, item):  # type: ignore[no-untyped-def]
+        if kind == "msgs" and id(item) in in_flight:  # it reached the other node
+            delivered.append(in_flight[id(item)])
+        take(nid, kind, item)
+
+    cl._out_delay, cl._deliver, cl._input = (  # type: ignore[method-assign]
+        spy_out, spy_deliver, spy_input)
+    for i in range(40):
+        cl.request(lead, {"op": "write", "key": "k", "value": i}, lambda r: None, 1_000_000)
+    cl.run_until(cl.now + 50_000, stop=lambda: node.busy_until > cl.now
+                 and any(t == node.turn and k > 0 for t, k in made))
+    turn = node.turn
+    late = [(t, k) for t, k in made if t == turn and k > 0]
+    assert late, "the follower made no output after a sync"
+    cl.kill(f, power=True)
+    assert node.cut.get(turn) == 0, node.cut
+    cl.run_until(cl.now + 1_000_000)
+    assert [(t, k) for t, k in delivered if t == turn and k > 0] == []
+    # Restarted, its later turns' acks (made after their syncs) do arrive.
+    cl.start(f)
+    for i in range(40):
+        cl.request(lead, {"op": "write", "key": "k", "value": i}, lambda r: None, 1_000_000)
+    cl.run_until(cl.now + 2_000_000)
+    assert any(t > turn and k > 0 for t, k in delivered)
+
+
 def test_a_short_batch_of_the_fixed_build_finds_nothing() -> None:
     """`make test`'s simulation batch: a few hundred short schedules of the fixed build,
     every nemesis, through every checker (workers: 2)."""

@@ -107,6 +107,12 @@ class SimNode:
     busy_until: int = 0  # the loop is still in its last turn (fsync included)
     failed_starts: int = 0
     ticks: int = 0
+    # The last loop turn: when it began, its number, its durability changes. A crash
+    # before its fsyncs finished cuts it short (`cut`: turn -> syncs that completed).
+    turn: int = 0
+    turn_t0: int = 0
+    turn_log: list[Any] = field(default_factory=list)
+    cut: dict[int, int] = field(default_factory=dict)
 
     @property
     def up(self) -> bool:
@@ -319,6 +325,9 @@ class SimCluster:
             return
         syncs = node.disk.syncs
         inbox, node.inbox = node.inbox, []
+        node.turn += 1
+        node.turn_t0 = self.now
+        node.disk.begin_turn()
         try:
             for kind, item in inbox:
                 if kind == "msgs":
@@ -336,9 +345,11 @@ class SimCluster:
             # An exception the node does not handle ends its process (a traceback in its
             # log, exit code 1): the simulated process dies the same way, and it is
             # evidence (the `crashes` checker), never a harness error.
+            node.turn_log = node.disk.end_turn()
             self.add_event(nid, "crash", {"error": f"{type(e).__name__}: {e}"})
             self.kill(nid)
             return
+        node.turn_log = node.disk.end_turn()
         node.busy_until = self.now + self.s.process_us + \
             self.s.fsync_us * (node.disk.syncs - syncs)
         if node.inbox or node.ticks_due:
@@ -347,6 +358,7 @@ class SimCluster:
     def kill(self, nid: str, *, power: bool = False,
              torn: random.Random | None = None) -> dict[str, Any]:
         node = self.nodes[nid]
+        alive = node.host is not None
         node.host = None
         node.paused = False
         node.held = []
@@ -354,7 +366,28 @@ class SimCluster:
         node.ticks_due = 0
         node.process_at = None
         node.incarnation += 1
+        if alive and self.now < node.busy_until and node.turn_log:
+            # Killed while its last turn's fsyncs ran: what waited for the syncs that had
+            # not finished was never sent, and (power) never became durable.
+            done = max(0, (self.now - node.turn_t0 - self.s.process_us) // self.s.fsync_us)
+            total = max(k for k, *_ in node.turn_log)
+            if done < total:
+                node.cut[node.turn] = done
+                if power:
+                    node.disk.undo(node.turn_log, done)
+        node.turn_log = []
         return node.disk.crash(power=power, rng=torn)
+
+    def _out_delay(self, node: SimNode) -> tuple[int, int, int]:
+        """(delay, turn, syncs) of an output made now: it leaves once the syncs the turn
+        made before it have finished (the node writes, fsyncs, then answers)."""
+        k = node.disk.turn_syncs
+        return ((self.s.process_us + k * self.s.fsync_us) if k else 0), node.turn, k
+
+    def _cut_off(self, src: str, turn: int, k: int) -> bool:
+        """The output waited for a sync its node never finished: it was never sent."""
+        done = self.nodes[src].cut.get(turn)
+        return done is not None and k > done
 
     def start(self, nid: str) -> None:
         node = self.nodes[nid]
@@ -396,6 +429,7 @@ class SimCluster:
         for m in msgs:
             by_dst.setdefault(m.dst, []).append(m)
         net, rng = self.net, self.rng
+        wait, turn, k = self._out_delay(self.nodes[src])
         for dst, batch in by_dst.items():
             link = (src, dst)
             self.stats["messages"] += 1
@@ -413,9 +447,13 @@ class SimCluster:
                 us = rng.randint(*self.s.latency_us)
                 if ms or jitter:
                     us += max(0, int((ms + rng.uniform(-jitter, jitter)) * 1000))
-                self.after(us, self._deliver, link, batch)
+                self.after(wait + us, self._deliver, link, batch, turn, k)
 
-    def _deliver(self, link: tuple[str, str], batch: list[Message]) -> None:
+    def _deliver(self, link: tuple[str, str], batch: list[Message], turn: int = 0,
+                 k: int = 0) -> None:
+        if k and self._cut_off(link[0], turn, k):
+            self.stats["dropped"] += 1
+            return
         if link in self.net.blocked:  # the switchboard checks again on release
             self.stats["dropped"] += 1
             return
@@ -472,7 +510,16 @@ class SimCluster:
         if got is None:
             return
         lat = self.rng.randint(*self.s.client_latency_us)
-        self.after(lat, got, rep)
+        wait, turn, k = self._out_delay(self.nodes[nid])
+        if k:
+            self.after(wait + lat, self._reply_sent, nid, turn, k, got, rep)
+        else:
+            self.after(lat, got, rep)
+
+    def _reply_sent(self, nid: str, turn: int, k: int, got: Callable[[Any], None],
+                    rep: dict[str, Any]) -> None:
+        if not self._cut_off(nid, turn, k):
+            got(rep)
 
     # ------------------------------------------------------------------ queries
 

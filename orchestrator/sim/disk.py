@@ -51,7 +51,11 @@ class SimFile:
         self._inode.data += data
 
     def sync(self) -> None:
-        self._disk.syncs += 1
+        d = self._disk
+        d.syncs += 1
+        if d._turn is not None:
+            d._turn_k += 1
+            d._turn.append((d._turn_k, "file", self._inode, self._inode.durable))
         self._inode.durable = len(self._inode.data)
 
     def close(self) -> None:
@@ -74,6 +78,11 @@ class SimDisk:
         self.synced: dict[str, dict[str, _Inode]] = {}  # dir -> {name: inode} at last fsync
         self.bytes_written = 0
         self.syncs = 0
+        # One loop turn of the node, for a crash that strikes while its fsyncs are still
+        # running: the durability changes of the turn, each with the number of the file
+        # sync it waits for (`begin_turn`, `end_turn`, `undo`).
+        self._turn: list[tuple[int, str, Any, Any]] | None = None
+        self._turn_k = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -183,7 +192,39 @@ class SimDisk:
 
     def sync_dir(self, path: PathLike) -> None:
         d = _p(path)
+        if self._turn is not None:
+            self._turn.append((self._turn_k, "dir", d, self.synced.get(d)))
         self.synced[d] = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
+
+    # ------------------------------------------------------------------ turns
+
+    def begin_turn(self) -> None:
+        self._turn = []
+        self._turn_k = 0
+
+    @property
+    def turn_syncs(self) -> int:
+        """File syncs so far in this turn: an output made now waits for that many."""
+        return self._turn_k if self._turn is not None else 0
+
+    def end_turn(self) -> list[tuple[int, str, Any, Any]]:
+        """The turn's durability changes (for `undo`, should it be cut short)."""
+        log, self._turn, self._turn_k = self._turn or [], None, 0
+        return log
+
+    def undo(self, log: list[tuple[int, str, Any, Any]], completed: int) -> None:
+        """The process died while the turn's syncs ran: only the first `completed` file
+        syncs (and what waited for no more) happened; the rest never made anything
+        durable. Followed by `crash(power=True)`, which drops what is not durable."""
+        for k, kind, key, old in reversed(log):
+            if k <= completed:
+                continue
+            if kind == "file":
+                key.durable = min(key.durable, old)
+            elif old is None:
+                self.synced.pop(key, None)
+            else:
+                self.synced[key] = old
 
     def lock(self, path: PathLike) -> Any:
         return _Lock()
