@@ -259,26 +259,48 @@ class _Builder:
     def generative(self) -> None:
         r = self.rng
         pool = [a for a in _ROLES if self.allowed(a)]
-        enabled = [a for a in pool if r.random() < 0.55] or (
-            [r.choice(pool)] if pool else [])
-        weights = {a: r.choice((1, 2, 4)) for a in enabled}
-        density = r.choice(["quiet", "sparse", "moderate", "moderate", "dense"])
+        # Swarm testing, per phase: a run is cut into one to three stretches (before,
+        # around and after the cutover, when there is one), and each draws its own
+        # subset of the primitives, their weights and a density. One run then explores
+        # several swarm configurations, and some stretches are quiet while others are
+        # dense.
+        bounds = [0.0, self.time_limit - 1.0]
+        if self.cutover_at is not None and r.random() < 0.7:
+            cuts = sorted({round(max(0.5, self.cutover_at - r.uniform(0.5, 3.0)), 3),
+                           round(min(self.time_limit - 1.5, self.cutover_at
+                                     + r.uniform(3.0, 10.0)), 3)})
+            bounds = [0.0, *[c for c in cuts if 0.0 < c < self.time_limit - 1.0],
+                      self.time_limit - 1.0]
         # Some bugs need the cutover to go through undisturbed (then fail later).
         calm = self.cutover_at is not None and r.random() < 0.15
-        self.features.update(actions=sorted(enabled), density=density, calm_cutover=calm)
         window = (self.cutover_at - 2.0, self.cutover_at + 8.0) if calm else None
+        union: set[str] = set()
+        phases = []
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            enabled = [a for a in pool if r.random() < 0.55] or (
+                [r.choice(pool)] if pool else [])
+            weights = {a: r.choice((1, 2, 4)) for a in enabled}
+            density = r.choice(["quiet", "sparse", "moderate", "moderate", "dense"])
+            phases.append((lo, hi, enabled, weights, density))
+            union.update(enabled)
+        enabled = sorted(union)
+        self.features.update(actions=enabled, density=[p[4] for p in phases],
+                             calm_cutover=calm)
         if not enabled:
             return
+        weights = {a: max(p[3].get(a, 0) for p in phases) for a in enabled}
 
         def pick() -> str:
             return r.choices(enabled, weights=[weights[a] for a in enabled])[0]
 
-        gap = {"quiet": 0.0, "sparse": 1.2, "moderate": 0.5, "dense": 0.2}[density]
-        if gap:
+        for lo, hi, en, ws, density in phases:
+            gap = {"quiet": 0.0, "sparse": 1.2, "moderate": 0.5, "dense": 0.2}[density]
+            if not gap or not en:
+                continue
             mean = gap * self.interval
-            t = r.uniform(0.3, mean + 0.3)
-            while t < self.time_limit - 1.0:
-                a = pick()
+            t = lo + r.uniform(0.3, mean + 0.3)
+            while t < hi:
+                a = r.choices(en, weights=[ws[x] for x in en])[0]
                 d = self.duration(t)
                 if window is None or t + d < window[0] or t > window[1]:
                     self.add(a, Target(r.choice(_ROLES[a])), When("time", at=round(t, 3)),

@@ -157,6 +157,7 @@ class SimCluster:
         self._replies: dict[Any, Callable[[Any], None]] = {}  # request token -> its waiter
         self._tokens = itertools.count(1)
         self.stats: dict[str, int] = {"messages": 0, "dropped": 0, "events": 0}
+        self._in_turn: str | None = None  # the node whose loop turn is running
         self.t0_us = 0
         for n in self.ids:
             self._boot(n)
@@ -233,6 +234,21 @@ class SimCluster:
             self.after(0, self._resume, proc, None)
 
     def add_event(self, node: str, kind: str, detail: dict[str, Any]) -> None:
+        n = self.nodes.get(node)
+        if n is not None and self._in_turn == node and n.disk.turn_syncs:
+            # Written to the event log after a sync of its turn: it exists once that
+            # sync is done, and never if the process dies first (as an output).
+            wait, turn, k = self._out_delay(n)
+            self.after(wait, self._publish_late, node, kind, detail, turn, k)
+            return
+        self._publish(node, kind, detail)
+
+    def _publish_late(self, node: str, kind: str, detail: dict[str, Any], turn: int,
+                      k: int) -> None:
+        if not self._cut_off(node, turn, k):
+            self._publish(node, kind, detail)
+
+    def _publish(self, node: str, kind: str, detail: dict[str, Any]) -> None:
         ev = {"t": self.now * 1000, "time_ns": self.rel_ns(), "node": node, "kind": kind,
               **detail, "_i": len(self.events)}
         self.events.append(ev)
@@ -328,6 +344,7 @@ class SimCluster:
         node.turn += 1
         node.turn_t0 = self.now
         node.disk.begin_turn()
+        self._in_turn = nid
         try:
             for kind, item in inbox:
                 if kind == "msgs":
@@ -345,11 +362,16 @@ class SimCluster:
             # An exception the node does not handle ends its process (a traceback in its
             # log, exit code 1): the simulated process dies the same way, and it is
             # evidence (the `crashes` checker), never a harness error.
-            node.turn_log = node.disk.end_turn()
+            # It died at the exception, after everything before it (its syncs included)
+            # had happened: nothing of the turn is cut.
+            node.disk.end_turn()
+            node.turn_log = []
+            self._in_turn = None
             self.add_event(nid, "crash", {"error": f"{type(e).__name__}: {e}"})
             self.kill(nid)
             return
         node.turn_log = node.disk.end_turn()
+        self._in_turn = None
         node.busy_until = self.now + self.s.process_us + \
             self.s.fsync_us * (node.disk.syncs - syncs)
         if node.inbox or node.ticks_due:
@@ -367,14 +389,14 @@ class SimCluster:
         node.process_at = None
         node.incarnation += 1
         if alive and self.now < node.busy_until and node.turn_log:
-            # Killed while its last turn's fsyncs ran: what waited for the syncs that had
-            # not finished was never sent, and (power) never became durable.
+            # Killed while its last turn's fsyncs ran: the process never got past the
+            # sync it was in, so nothing it did after that happened (writes, outputs,
+            # events), and that sync made nothing durable.
             done = max(0, (self.now - node.turn_t0 - self.s.process_us) // self.s.fsync_us)
-            total = max(k for k, *_ in node.turn_log)
+            total = sum(1 for _k, kind, *_ in node.turn_log if kind == "sync")
             if done < total:
                 node.cut[node.turn] = done
-                if power:
-                    node.disk.undo(node.turn_log, done)
+                node.disk.undo(node.turn_log, done)
         node.turn_log = []
         return node.disk.crash(power=power, rng=torn)
 

@@ -22,6 +22,9 @@ from node.disk import write_atomic
 PathLike = str | os.PathLike[str]
 
 
+_MISSING = object()  # a directory never synced before (for `undo`)
+
+
 def _p(path: PathLike) -> str:
     return os.path.normpath(os.fspath(path))
 
@@ -47,7 +50,9 @@ class SimFile:
         return len(self._inode.data)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._disk.bytes_written += len(data)
+        d = self._disk
+        d.bytes_written += len(data)
+        d._log("write", self._inode, len(self._inode.data))
         self._inode.data += data
 
     def sync(self) -> None:
@@ -55,7 +60,7 @@ class SimFile:
         d.syncs += 1
         if d._turn is not None:
             d._turn_k += 1
-            d._turn.append((d._turn_k, "file", self._inode, self._inode.durable))
+            d._turn.append((d._turn_k, "sync", self._inode, self._inode.durable))
         self._inode.durable = len(self._inode.data)
 
     def close(self) -> None:
@@ -126,6 +131,7 @@ class SimDisk:
         if d not in self.synced:
             # The first time a directory is touched: what it holds now is durable (it was
             # created durably, with whatever was there).
+            self._log("dir", d, _MISSING)
             self.synced[d] = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
         return d
 
@@ -134,6 +140,7 @@ class SimDisk:
         self._dir_of(p)
         if p in self.names:
             raise FileExistsError(17, "File exists (simulated)", p)
+        self._log("name", p, None)
         inode = self.names[p] = _Inode()
         return SimFile(self, p, inode)
 
@@ -149,8 +156,10 @@ class SimDisk:
         self._dir_of(p)
         inode = self.names.get(p)
         if inode is None:
+            self._log("name", p, None)
             inode = self.names[p] = _Inode()
         else:
+            self._log("data", inode, (bytes(inode.data), inode.durable))
             del inode.data[:]
             inode.durable = 0
         return SimFile(self, p, inode)
@@ -170,30 +179,34 @@ class SimDisk:
         s, d = _p(src), _p(dst)
         self._dir_of(s)
         self._dir_of(d)
+        self._log("name", d, self.names.get(d))
+        self._log("name", s, self.names[s])
         self.names[d] = self.names.pop(s)
 
     def unlink(self, path: PathLike) -> None:
         p = _p(path)
         self._dir_of(p)
         try:
+            self._log("name", p, self.names[p])
             del self.names[p]
         except KeyError:
             raise FileNotFoundError(2, "No such file (simulated)", p) from None
 
     def truncate(self, path: PathLike, size: int) -> None:
         inode = self.names[_p(path)]
+        self._log("data", inode, (bytes(inode.data), inode.durable))
         del inode.data[size:]
         inode.durable = len(inode.data)
 
     def overwrite(self, path: PathLike, offset: int, data: bytes) -> None:
         inode = self.names[_p(path)]
+        self._log("data", inode, (bytes(inode.data), inode.durable))
         inode.data[offset:offset + len(data)] = data
         inode.durable = max(inode.durable, offset + len(data))
 
     def sync_dir(self, path: PathLike) -> None:
         d = _p(path)
-        if self._turn is not None:
-            self._turn.append((self._turn_k, "dir", d, self.synced.get(d)))
+        self._log("dir", d, self.synced.get(d, _MISSING))
         self.synced[d] = {n: i for n, i in self.names.items() if os.path.dirname(n) == d}
 
     # ------------------------------------------------------------------ turns
@@ -208,23 +221,41 @@ class SimDisk:
         return self._turn_k if self._turn is not None else 0
 
     def end_turn(self) -> list[tuple[int, str, Any, Any]]:
-        """The turn's durability changes (for `undo`, should it be cut short)."""
+        """The turn's disk changes in order (for `undo`, should it be cut short)."""
         log, self._turn, self._turn_k = self._turn or [], None, 0
         return log
 
+    def _log(self, kind: str, key: Any, old: Any) -> None:
+        if self._turn is not None:
+            self._turn.append((self._turn_k, kind, key, old))
+
     def undo(self, log: list[tuple[int, str, Any, Any]], completed: int) -> None:
-        """The process died while the turn's syncs ran: only the first `completed` file
-        syncs (and what waited for no more) happened; the rest never made anything
-        durable. Followed by `crash(power=True)`, which drops what is not durable."""
-        for k, kind, key, old in reversed(log):
-            if k <= completed:
+        """The process died while the turn's `completed + 1`-th file sync ran: that sync
+        and every later one made nothing durable, and nothing the turn did after it
+        ever happened (its writes, renames, unlinks). Then `crash` applies the rest: a
+        SIGKILL keeps what was written before (the page cache), a power loss drops
+        what was not durable."""
+        for tag, kind, key, old in reversed(log):
+            if tag <= completed:
                 continue
-            if kind == "file":
+            if kind == "sync":
                 key.durable = min(key.durable, old)
-            elif old is None:
-                self.synced.pop(key, None)
-            else:
-                self.synced[key] = old
+            elif kind == "write":
+                del key.data[old:]
+                key.durable = min(key.durable, old)
+            elif kind == "data":
+                key.data[:] = old[0]
+                key.durable = old[1]
+            elif kind == "name":
+                if old is None:
+                    self.names.pop(key, None)
+                else:
+                    self.names[key] = old
+            elif kind == "dir":
+                if old is _MISSING:
+                    self.synced.pop(key, None)
+                else:
+                    self.synced[key] = old
 
     def lock(self, path: PathLike) -> Any:
         return _Lock()
