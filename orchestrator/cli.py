@@ -542,6 +542,32 @@ def bench_sim(seeds: int, switches: str, cap: float) -> None:
     simcli.bench(seeds, names, cap)
 
 
+@bench.command("coverage")
+@click.option("--seeds", type=click.IntRange(min=5), default=40, show_default=True)
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--time-limit", type=click.FloatRange(min=5), default=30.0, show_default=True)
+@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
+              default="swarm", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+def bench_coverage(seeds: int, first_seed: int, time_limit: float, scenario: str,
+                   workers: int) -> None:
+    """Protocol-state coverage of a scenario over simulated seeds of the fixed build (the
+    same plans real runs play): what `cutover coverage` prints for stored runs, how a
+    scenario is compared with another. Nothing is stored."""
+    from .run import RunConfig
+    from .sim.batch import run_batch
+    from .ui.text import coverage_lines
+
+    cfg = RunConfig(seed=first_seed, time_limit=time_limit, rate=100.0, scenario=scenario)
+    b = run_batch(cfg, seeds=list(range(first_seed, first_seed + seeds)), workers=workers,
+                  keep=False)
+    bad = [r for r in b.results if r.verdict != "valid"]
+    for r in bad:
+        click.echo(f"seed {r.seed}: {r.verdict}: {r.failing or r.error}: {r.sentence[:200]}")
+    for ln in coverage_lines({str(r.seed): set(r.coverage) for r in b.results}):
+        click.echo(ln)
+
+
 @bench.command("edn")
 @click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)

@@ -138,5 +138,37 @@ def coverage_lines(by_run: Mapping[str, set[str]]) -> list[str]:
         out.append(f"never reached ({len(never)}):")
         out += [f"  {p}: {POINTS[p]}" for p in sorted(never)]
     reached = sum(1 for p in POINTS if counts[p])
+    out.append("")
+    out += _coverage_spread(by_run, counts)
     out.append(f"coverage: {reached}/{len(POINTS)} points reached in {n} runs")
+    return out
+
+
+def _coverage_spread(by_run: Mapping[str, set[str]], counts: Mapping[str, int]) -> list[str]:
+    """How the points spread over runs: per run, by a quarter of the runs, and by any 5
+    runs together (every 5 of them when that is few enough, else 2000 seeded draws): a
+    nightly run is a handful of seeds, so what a handful reaches is what matters."""
+    import itertools
+    import math
+    import random
+
+    sets = [pts & set(POINTS) for pts in by_run.values()]
+    n, m = len(sets), len(POINTS)
+    if not n:
+        return []
+    quarter = math.ceil(n / 4)
+    out = [f"per run: {sum(map(len, sets)) / n:.1f} of {m} points on average; "
+           f"{sum(1 for c in counts.values() if c >= quarter)}/{m} points reached by at "
+           f"least a quarter of the runs ({quarter} of {n})"]
+    if n >= 5:
+        if math.comb(n, 5) <= 20_000:
+            groups = list(itertools.combinations(sets, 5))
+            how = f"all {len(groups)} choices"
+        else:
+            rng = random.Random(0)
+            groups = [tuple(rng.sample(sets, 5)) for _ in range(2000)]
+            how = "2000 random choices"
+        u = [len(set().union(*g)) for g in groups]
+        out.append(f"any 5 runs together: min {min(u)}, mean {sum(u) / len(u):.1f} of {m} "
+                   f"points ({how})")
     return out
