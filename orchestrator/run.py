@@ -45,6 +45,7 @@ from .cluster import Cluster, ClusterError
 from .corrupt import corrupt_and_replay
 from .errors import EXIT_ABORTED, EXIT_HARNESS
 from .nemesis_exec import Nemesis, RealWorld
+from .switchboard import SwitchboardError
 from .watch import EventWatch
 
 
@@ -291,7 +292,7 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
         outcome = runner.go()
     except Aborted as e:
         outcome = runner.abort(f"aborted by {e}")
-    except (ClusterError, RunError, store.StoreError, OSError) as e:
+    except (ClusterError, RunError, store.StoreError, OSError, SwitchboardError) as e:
         outcome = runner.abort(f"harness failure: {e}", verdict="error")
     finally:
         for s, h in old.items():
