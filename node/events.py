@@ -46,6 +46,13 @@ class EventKind(StrEnum):
     PARENT_GONE = "parent-gone"
     APPLY_WAIT_TIMEOUT = "apply-wait-timeout"
     LOG_TRUNCATED = "log-truncated"
+    # elastickv profile: an entry consumed with an error response (applied index moves on)
+    APPLY_ERROR = "apply-error"
+    # the process ends on its own: `exit` after a halt (the elastickv profile's design),
+    # `crash` of an exception nobody handled, `start-failed` when it refuses to start
+    EXIT = "exit"
+    CRASH = "crash"
+    START_FAILED = "start-failed"
 
 
 class EventLog:
