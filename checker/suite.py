@@ -260,6 +260,45 @@ def availability(rows: Iterable[Mapping[str, Any]],
             "seconds": series}
 
 
+def crashes(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A node process that died on its own, or would not start, is evidence (Jepsen's
+    unhandled-exceptions check): nothing but the nemesis may stop a node.
+
+    One exit is by design, not a crash: the elastickv profile's process ends itself
+    after a halt (its engine fails and the process exits; a restart replays the entry
+    and halts again). Such an `exit` (reason `halt`, after a `halt` event of the same
+    node) is listed under `halt_exits` and does not count: I3 already fails on the halt
+    itself, and counting its exit would make the verdict name the symptom instead of
+    the cause. An `exit` with no halt before it counts. The fixed profile's halted node
+    stays up and writes no `exit`, so nothing changes for it.
+
+    `events` are dicts with `node`, `kind`, `time_ns` and the event's fields, flat or
+    under `detail` (the results database's rows)."""
+    bad: list[dict[str, Any]] = []
+    exits: list[dict[str, Any]] = []
+    halted: set[str] = set()
+    for e in events:
+        d = e.get("detail") if isinstance(e.get("detail"), Mapping) else e
+        kind, node = e.get("kind"), e.get("node")
+        if kind == EventKind.HALT:
+            halted.add(node)
+        elif kind == EventKind.EXIT and d.get("reason") == "halt" and node in halted:
+            exits.append({"node": node, "index": d.get("index"), "time_ns": e.get("time_ns")})
+        elif kind in (EventKind.CRASH, EventKind.START_FAILED, EventKind.EXIT):
+            bad.append({"node": node, "kind": kind,
+                        "error": d.get("error") or d.get("reason"),
+                        "time_ns": e.get("time_ns")})
+    out: dict[str, Any] = {"valid": "invalid" if bad else "valid", "crashes": bad,
+                           "halt_exits": exits}
+    if bad:
+        b = bad[0]
+        what = {"crash": "died", "start-failed": "would not start"}.get(str(b["kind"]),
+                                                                         "exited")
+        out["first_violation"] = f"node {b['node']} {what}: {b['error']}"
+        out["first_violation_ns"] = b["time_ns"]
+    return out
+
+
 def worst(verdicts: Iterable[str]) -> str:
     """The run's verdict: the worst of its checkers' (Jepsen's `compose`)."""
     return max(verdicts, key=Verdict.rank_of, default="valid")

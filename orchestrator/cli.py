@@ -45,6 +45,11 @@ def _user_error(e: Exception) -> NoReturn:
 
 results_option = click.option("--results", default="results", show_default=True,
                               help=RESULTS_HELP)
+profile_option = click.option(
+    "--profile", type=click.Choice(["fixed", "elastickv"]), default="fixed",
+    show_default=True,
+    help="What the nodes behave as: the fixed protocol, or elastickv as it stands "
+         "(its halts exit the process, snapshots without keys, ...; docs/protocol.md).")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,6 +166,7 @@ def _cutover_at(value: str) -> float | None:
               help="Seconds into the run to request EnableRaftEnvelope, or none "
                    "(default: a third of --time-limit).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
+@profile_option
 @click.option("--snapshot-every", type=click.IntRange(min=1),
               help="Entries between a node's automatic snapshots (default: drawn from the "
                    "seed, from a few dozen to a few thousand).")
@@ -180,9 +186,10 @@ def _cutover_at(value: str) -> float | None:
                    "or a run's config.json) instead of making one from the seed.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
         keys: int, nemesis: str, scenario: str, nemesis_interval: float,
-        cutover_at: str | None, bugs: tuple[str, ...], snapshot_every: int | None,
-        max_msg_bytes: int | None, max_inflight: int | None, seed: int | None,
-        results: str, junit: str | None, replay: str | None, plan_file: str | None) -> None:
+        cutover_at: str | None, bugs: tuple[str, ...], profile: str,
+        snapshot_every: int | None, max_msg_bytes: int | None, max_inflight: int | None,
+        seed: int | None, results: str, junit: str | None, replay: str | None,
+        plan_file: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .junit import write_junit
     from .run import RunConfig, RunError, execute, replay_config
@@ -199,7 +206,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         nemesis=nemesis, scenario=scenario,
                         nemesis_interval=nemesis_interval,
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                        bugs=list(bugs), snapshot_every=snapshot_every,
+                        bugs=list(bugs), profile=profile, snapshot_every=snapshot_every,
                         max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
                         results=results, plan_file=plan_file)
     try:
@@ -208,7 +215,8 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         _user_error(e)
     if junit:
         try:
-            write_junit(junit, "cutover run", [(",".join(cfg.bugs) or "fixed", outcome)])
+            write_junit(junit, "cutover run",
+                        [(",".join(cfg.bugs) or cfg.profile, outcome)])
         except OSError as e:
             fail(f"cannot write {junit}: {e.strerror}")
     sys.exit(outcome.exit_code)
@@ -229,6 +237,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
               default="swarm", show_default=True)
 @click.option("--cutover-at", default=None, help="Seconds, or none (default: a third).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back.")
+@profile_option
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--results", default="results", show_default=True)
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
@@ -237,7 +246,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
               help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
 def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
         rate: float, nemesis: str, scenario: str, cutover_at: str | None,
-        bugs: tuple[str, ...], workers: int, results: str, shrink: bool,
+        bugs: tuple[str, ...], profile: str, workers: int, results: str, shrink: bool,
         replay_file: str | None) -> None:
     """The node's own code in a deterministic simulation: many seeds, failing ones
     stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did."""
@@ -251,7 +260,7 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
     cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
                     scenario=scenario,
                     cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                    bugs=list(bugs), results=results, seed=first_seed)
+                    bugs=list(bugs), profile=profile, results=results, seed=first_seed)
     try:
         cfg.validate()
     except RunError as e:
@@ -267,7 +276,8 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
 @click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
               help="all, none (the fixed build only), or a comma list of switch names.")
-@click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
+@click.option("--no-fixed", is_flag=True, help="Skip the build without switches.")
+@profile_option
 @click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
 @click.option("--nemesis", default="all", show_default=True)
 @click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
@@ -278,9 +288,10 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
               help="Run nothing: print the table (and --junit) from the runs stored in "
                    "--results, with their stored verdicts (e.g. after `cutover check`).")
 def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
-           nodes: int, nemesis: str, scenario: str, results: str, junit: str | None,
-           summarize: bool) -> None:
-    """Detection table: every bug switch over K seeds, and the fixed build."""
+           profile: str, nodes: int, nemesis: str, scenario: str, results: str,
+           junit: str | None, summarize: bool) -> None:
+    """Detection table: every bug switch over K seeds, and the build without switches
+    (the fixed build; with --profile elastickv, elastickv as it stands)."""
     from . import matrix as mx
     from .junit import write_junit
     from .run import RunError
@@ -305,7 +316,7 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
 
     try:
         rows = mx.run_matrix(names, seeds, first_seed, time_limit, nodes, nemesis, results,
-                             on_outcome=progress, scenario=scenario)
+                             on_outcome=progress, scenario=scenario, profile=profile)
     except RunError as e:
         _user_error(e)
     except mx.MatrixAborted as e:

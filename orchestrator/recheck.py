@@ -52,7 +52,8 @@ def recheck(results: str, ref: str) -> tuple[dict[str, dict[str, Any]], int, str
                 raise ReviewError(f"run {row['id']}: its KEK file cannot be used: {e}") from None
         verdict = suite.worst(r["valid"] for r in res.values())
         code = suite.EXIT_CODES[verdict]
-        summary = verdict_line(verdict, suite.first_violation(res), row.get("seed"), bugs)
+        summary = verdict_line(verdict, suite.first_violation(res), row.get("seed"), bugs,
+                               store.run_config(row).get("profile") or "fixed")
         rec.run_row(verdict=verdict, exit_code=code, summary=summary)
         rec.flush()
     finally:

@@ -231,7 +231,7 @@ def test_clean_cutover_passes_every_invariant(lab: Lab) -> None:
     scan = i1.summary["byte_scan"]
     assert scan["tokens_after_cutover"] == 4 and scan["wal_records_scanned"] >= 18
     assert scan["hits"] == 0
-    assert report["I5"].nodes["n3"] == {"wrapped_records": 5}  # replicas are no repeat
+    assert report["I5"].nodes["n3"] == {"wrapped_records": 5, "sealed_images": 0}  # replicas are no repeat
     assert i6.summary["installed"]["1"]["by"] == "bootstrap entry 3"
     assert i2.summary["marker_verified"] is True
     assert i2.summary["marker_verified_on"] == ["n2", "n3"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.events import EventKind
-from node.host import NodeHost, NodeOptions
+from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
 from orchestrator.faults import Net
@@ -84,6 +84,7 @@ class SimSettings:
     max_inflight: int = 64
     enable_timeout_ticks: int = 80
     bugs: tuple[str, ...] = ()
+    profile: str = "fixed"
     latency_us: tuple[int, int] = (150, 700)  # a message through the switchboard
     client_latency_us: tuple[int, int] = (80, 300)
     process_us: int = 100  # one turn of a node's loop (Python, the Ready's encoding)
@@ -226,8 +227,8 @@ class SimCluster:
         for proc in self._flag_waiters.pop(name, []):
             self.after(0, self._resume, proc, None)
 
-    def add_event(self, node: str, kind: str, detail: dict[str, Any]) -> None:
-        ev = {"t": self.now * 1000, "time_ns": self.rel_ns(), "node": node, "kind": kind,
+    def add_event(self, node: str, kind: EventKind | str, detail: dict[str, Any]) -> None:
+        ev = {"t": self.now * 1000, "time_ns": self.rel_ns(), "node": node, "kind": str(kind),
               **detail, "_i": len(self.events)}
         self.events.append(ev)
         for fn in self.listeners:
@@ -252,7 +253,7 @@ class SimCluster:
         s = self.s
         return NodeOptions(node_id=nid, data_dir=f"/sim/{nid}", listen=f"sim://{nid}",
                            switchboard="sim://switchboard", peers=list(self.ids),
-                           bugs=list(s.bugs), tick_ms=s.tick_ms,
+                           bugs=list(s.bugs), profile=s.profile, tick_ms=s.tick_ms,
                            election_ticks=s.election_ticks, heartbeat_ticks=s.heartbeat_ticks,
                            snapshot_every=s.snapshot_every,
                            enable_timeout_ticks=s.enable_timeout_ticks,
@@ -275,7 +276,7 @@ class SimCluster:
                 start_info={"pid": inc})
         except Exception as e:  # noqa: BLE001 - a node that refuses to start (or dies trying)
             node.failed_starts += 1
-            self.add_event(nid, "start-failed", {"error": f"{type(e).__name__}: {e}"})
+            self.add_event(nid, EventKind.START_FAILED, {"error": f"{type(e).__name__}: {e}"})
             return
         node.paused = False
         node.held = []
@@ -332,11 +333,20 @@ class SimCluster:
                     host.expire()
             node.ticks_due = 0
             host.process()
+        except NodeExit as e:
+            # The elastickv profile's halt: the process ends itself, as designed (its
+            # `halt` event is I3's evidence; the `crashes` checker does not count this).
+            # A restart replays the entry and halts again. Like any process exit, the
+            # page cache survives: nothing written is lost.
+            self.add_event(nid, EventKind.EXIT, {"reason": "halt", "index": e.index,
+                                                 "term": e.term, "code": 4})
+            self.kill(nid)
+            return
         except Exception as e:  # noqa: BLE001 - what a node process would die of
             # An exception the node does not handle ends its process (a traceback in its
             # log, exit code 1): the simulated process dies the same way, and it is
             # evidence (the `crashes` checker), never a harness error.
-            self.add_event(nid, "crash", {"error": f"{type(e).__name__}: {e}"})
+            self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
             self.kill(nid)
             return
         node.busy_until = self.now + self.s.process_us + \

@@ -140,7 +140,8 @@ class SimRun:
             snapshot_every=int(c.snapshot_every or 5000),
             max_msg_bytes=int(c.max_msg_bytes or 64 * 1024),
             max_inflight=int(c.max_inflight or 64),
-            enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs))
+            enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs),
+            profile=c.profile)
         self.cl = SimCluster(c.seed, self.settings)
         self.t0_us = 0
         self.ops: list[dict[str, Any]] = []
@@ -522,7 +523,7 @@ class SimRun:
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
         results["availability"] = suite.availability(ops, fault_windows(self.nemesis), end_ns)
-        results["crashes"] = _crashes(self.cl.events)
+        results["crashes"] = suite.crashes(self.cl.events)
         verdict = suite.worst(r["valid"] for r in results.values())
         cov = coverage([{"node": e["node"], "kind": e["kind"], "time_ns": e["time_ns"],
                          "detail": {k: v for k, v in e.items()
@@ -538,20 +539,6 @@ class SimRun:
             log_entries=[] if rep is None else [
                 {"node": r.node, "idx": r.index, "term": r.term, "opcode": r.opcode,
                  "wrapped": int(r.wrapped), "key_id": r.key_id} for r in rep.rows])
-
-
-def _crashes(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """A node process that died on its own, or would not start, is evidence (Jepsen's
-    unhandled-exceptions check): nothing but the nemesis may stop a node."""
-    bad = [{"node": e["node"], "kind": e["kind"], "error": e.get("error"),
-            "time_ns": e["time_ns"]} for e in events if e["kind"] in ("crash", "start-failed")]
-    out: dict[str, Any] = {"valid": "invalid" if bad else "valid", "crashes": bad}
-    if bad:
-        b = bad[0]
-        what = "died" if b["kind"] == "crash" else "would not start"
-        out["first_violation"] = f"node {b['node']} {what}: {b['error']}"
-        out["first_violation_ns"] = b["time_ns"]
-    return out
 
 
 def _asdict(c: RunConfig) -> dict[str, Any]:
