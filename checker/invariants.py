@@ -192,7 +192,7 @@ class CutoverReport:
         return self.results[name]
 
     def first_violation(self) -> tuple[str, dict[str, Any]] | None:
-        """(invariant, violation) of the first failing invariant, in I1..I6 order."""
+        """(invariant, violation) of the first failing invariant, in I1..I7 order."""
         for name, r in self.results.items():
             if r.first_violation is not None:
                 return name, r.first_violation
@@ -447,7 +447,7 @@ def check_cutover(
     scan_snapshot_data: bool = True,
     excused: Iterable[tuple[str, int]] = (),
 ) -> CutoverReport:
-    """Check I1-I6 on the data dirs `node_dirs` (node name -> dir); read-only.
+    """Check I1-I7 on the data dirs `node_dirs` (node name -> dir); read-only.
 
     `plaintext_tokens` are (token, monotonic time_ns at which the workload wrote it);
     tokens written after the cutover must not appear in cleartext above C.
@@ -503,7 +503,7 @@ class NodeState:
 
 
 def check_cutover_state(states: Mapping[str, NodeState], kek: Kek) -> CutoverReport:
-    """I1-I6 on in-memory node states, e.g. from the deterministic simulator. Without
+    """I1-I7 on in-memory node states, e.g. from the deterministic simulator. Without
     files there is no byte scan: I1 is its structural half only."""
     nodes = []
     for name, st in sorted(states.items()):

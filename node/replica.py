@@ -97,6 +97,7 @@ class Replica:
         self.enable: tuple[EnableFlow, Any, Any] | None = None
         self._last_role: tuple[Any, int, Any] = (None, -1, None)
         self._last_lease = 0.0
+        self._next_lease_tick = 0.0  # elastickv: the renewal timer's next tick
 
     # ------------------------------------------------------------- driving
 
@@ -368,19 +369,30 @@ class Replica:
                                  self.clock() + self.proposal_timeout, admin)
 
     def _maybe_lease(self, now: float) -> None:
-        # elastickv's HLC renewal asks only "am I the leader" (kv/sharded_coordinator.go
-        # renewHLCLeases 2377-2407, engine.go handleProposal 1939-1962): a new leader
-        # proposes its lease before it applied its log, a marker in it included (R1).
-        if (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval
-                and not self.halted and (self.ekv or self._can_serve(None, None))):
-            self._last_lease = now
-            payload = pl.lease_payload(self.id, self.raft.term)
-            if self.cut is not None:
-                try:
-                    payload = self.cut.user_proposal(payload, self.cut.barrier)
-                except Busy:
-                    return  # no lease while the barrier is up
-            self._propose(payload, None, None)
+        if self.ekv:
+            # elastickv's HLC renewal: a timer every second since the process started
+            # (kv/sharded_coordinator.go RunHLCLeaseRenewal 2310-2336) that asks only "am
+            # I the leader" (renewHLCLeases 2377-2407, engine.go handleProposal
+            # 1939-1962). A new leader's first lease goes out at the next tick, applied
+            # log or not, a committed marker in it included (R1).
+            if self._next_lease_tick == 0.0:
+                self._next_lease_tick = now + self.lease_interval
+            if now < self._next_lease_tick:
+                return
+            self._next_lease_tick = now + self.lease_interval
+            if self.raft.role is not Role.LEADER or self.halted:
+                return
+        elif not (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval
+                  and not self.halted and self._can_serve(None, None)):
+            return
+        self._last_lease = now
+        payload = pl.lease_payload(self.id, self.raft.term)
+        if self.cut is not None:
+            try:
+                payload = self.cut.user_proposal(payload, self.cut.barrier)
+            except Busy:
+                return  # no lease while the barrier is up
+        self._propose(payload, None, None)
 
     def _expire(self, now: float) -> None:
         """Forget requests nobody will answer (the client has long recorded `info`)."""

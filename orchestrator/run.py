@@ -613,7 +613,8 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.Recorder | None,
                    if r["type"] == "invoke" and r["f"] == "cas"
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, kek_path, tokens, t0_ns=t0_ns,
-                                                         excused=excused)
+                                                         excused=excused,
+                                                         profile=config.get("profile") or "fixed")
     results["crashes"] = suite.crashes(store.node_events(db, run_id))
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)

@@ -1,5 +1,5 @@
 """One simulated run: the same `RunConfig` and nemesis plan as `cutover run`, played on a
-`SimCluster` in simulated time, then judged by the same checkers (linearizability, I1-I6
+`SimCluster` in simulated time, then judged by the same checkers (linearizability, I1-I7
 with the byte scan over the simulated disks, stats, availability) and the same
 coverage points.
 
@@ -60,7 +60,7 @@ class SimOutcome:
     cpu_seconds: float
     run_dir: str
     stats: dict[str, int] = field(default_factory=dict)
-    log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I6 scan
+    log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I7 scan
 
     @property
     def failing(self) -> str | None:
@@ -519,7 +519,8 @@ class SimRun:
                    if r["type"] == "invoke" and r["f"] == "cas"
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, str(root / "kek"), tokens,
-                                                          t0_ns=t0_ns, excused=excused)
+                                                          t0_ns=t0_ns, excused=excused,
+                                                          profile=c.profile)
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
         results["availability"] = suite.availability(ops, fault_windows(self.nemesis), end_ns)
