@@ -1093,6 +1093,23 @@ def _check_i5(nodes: list[_Node]) -> InvariantResult:
             seen(kid, nonce, ident, {"node": n.name, "index": idx, "term": ev.get("term"),
                                      "what": "snapshot image"})
         col.result.nodes[n.name] = {"wrapped_records": wrapped, "sealed_images": images}
+    for n in nodes:
+        # The epoch is what keeps one node's processes apart: two starts with the same
+        # one while cut over restart the nonce space where it was, and the first seal
+        # of the second process repeats the first seal of the first (the envelopes
+        # themselves may be compacted away by the time anyone looks).
+        starts: dict[int, list[Any]] = defaultdict(list)
+        for ev in n.events:
+            ep = ev.get("nonce_epoch")
+            if ev.get("kind") == EventKind.START and isinstance(ep, int) and ep \
+                    and ev.get("cutover"):
+                starts[ep].append(ev.get("t"))
+        for ep, ts in sorted(starts.items()):
+            if len(ts) > 1:
+                col.add(n.name, None, None, None,
+                        f"{n.name} started {len(ts)} times with nonce epoch {ep} while cut "
+                        f"over: every nonce the first of them sealed can repeat",
+                        nonce_epoch=ep, t=ts[1])
     for (kid, nonce), where in uses.items():
         if len(where) < 2:
             continue
@@ -1169,11 +1186,14 @@ def _check_i7(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
     for i, n in enumerate(sorted(x.name for x in nodes)):
         by_num[i + 1] = n  # the node's default: its place among the sorted peers
     rotations: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
+    epochs: Counter[tuple[str, int]] = Counter()
     for n in nodes:
         for ev in n.events:
             num = ev.get("nonce_node")
             if isinstance(num, int) and ev.get("kind") == EventKind.START:
                 by_num[num] = n.name
+                if isinstance(ev.get("nonce_epoch"), int):
+                    epochs[(n.name, ev["nonce_epoch"])] += 1
             if ev.get("kind") != EventKind.ENCRYPTION_APPLIED \
                     or not str(ev.get("what", "")).startswith("rotate"):
                 continue
@@ -1181,6 +1201,11 @@ def _check_i7(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
                                  ev.get("nonce_counter"), ev.get("index"))
             if all(isinstance(v, int) for v in (dek, ep, ctr, idx)):
                 rotations[n.name].append((ep, ctr, dek, idx))
+    # An epoch two processes of a node started with orders nothing (I5 reports it when
+    # the node was cut over; elastickv's pre-cutover processes all have epoch 0).
+    ambiguous = {k for k, c in epochs.items() if c > 1}
+    for name in rotations:
+        rotations[name] = [r for r in rotations[name] if (name, r[0]) not in ambiguous]
 
     def point(k: int) -> int | None:
         got = keys.installed.get(k)
@@ -1192,7 +1217,7 @@ def _check_i7(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
             continue
         num, ep, ctr = split_nonce(d.nonce)
         node = by_num.get(num)
-        if node is None or not rotations.get(node):
+        if node is None or not rotations.get(node) or (node, ep) in ambiguous:
             continue
         used = point(d.key_id)
         if used is None:

@@ -616,3 +616,23 @@ def test_i2_a_node_that_applied_past_c_with_a_sidecar_that_says_zero(lab: Lab) -
     v = report["I2"].first_violation
     assert v["node"] == "n3" and v["applied"] == 12 and "C=0" in v["reason"], v
 
+
+
+def test_i5_a_node_started_twice_with_one_epoch_while_cut_over(lab: Lab) -> None:
+    """The epoch keeps a node's processes apart; two starts with the same one (the epoch
+    bump not saved) restart its nonces where they were, even once the envelopes of the
+    first are compacted away. Epoch 0 repeats (elastickv's processes before the cutover
+    seal nothing) and starts before the cutover are not a finding."""
+    start = {"kind": EventKind.START, "nonce_node": 2, "nonce_counter": 1, "applied": 0}
+    lab.extra_events["n2"] += [{**start, "nonce_epoch": 0, "cutover": 0},
+                               {**start, "nonce_epoch": 0, "cutover": 0},
+                               {**start, "nonce_epoch": 3, "cutover": 0},
+                               {**start, "nonce_epoch": 3, "cutover": C}]
+    assert lab.check()["I5"].valid
+    lab.built, lab.root = None, lab.root / "again"  # a fresh cluster on disk
+    lab.nonces = {1: NonceSource(1, 1), 2: NonceSource(2, 1)}
+    lab.extra_events["n2"].append({**start, "nonce_epoch": 3, "cutover": C})
+    report = lab.check()
+    assert only_failing(report) == {"I5"}
+    v = report["I5"].first_violation
+    assert v["node"] == "n2" and v["nonce_epoch"] == 3 and "started 2 times" in v["reason"]
