@@ -306,7 +306,7 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
             write_junit(junit, "cutover matrix", [(b, o) for b, os_ in rows for o in os_])
         return
     try:
-        names = mx.builds(bug_spec, fixed=not no_fixed)
+        names = mx.builds(bug_spec, fixed=not no_fixed, profile=profile)
     except ValueError as e:
         _user_error(e)
 
