@@ -41,7 +41,9 @@ CUTOVER_BUGS = {
     "no-barrier": "no quiescence barrier: user proposals go on during EnableRaftEnvelope",
     "raw-admin-proposer": "rotate-DEK is proposed raw (cleartext) after the cutover",
     "no-apply-installer": "only the leader's EnableRaftEnvelope handler installs the wrap",
-    "stale-check-first": "the marker applier checks 'stale' before 'already active'",
+    "stale-check-first": "the marker applier checks 'stale' before 'already active' (as "
+                         "reported: a restarted node whose snapshot is older than C gets "
+                         "its wrap from the replayed marker alone)",
     "no-startup-wrap": "the wrap is not initialised from the sidecar at start-up",
     "barrier-release-on-timeout": "the barrier is lowered when the marker's apply wait "
                                   "times out",
