@@ -64,13 +64,22 @@ class SimOutcome:
 
     @property
     def failing(self) -> str | None:
-        """What failed first: a checker name, or `cutover I<n>` for an invariant."""
+        """What failed first: a checker name, or `cutover I<n>` for an invariant; for a
+        cleartext entry above C (I1) also which kind of entry, `cutover I1 (lease)`:
+        a lease, a second marker and a user write above C are different hazards (R1,
+        R2, ...), and the shrinker keeps a candidate only if it fails the same way."""
         if self.first is None or self.verdict != "invalid":
             return None
         name = self.first[0]
         if name == "cutover":
-            inv = (self.checks.get("cutover") or {}).get("failing")
-            return f"cutover {inv}" if inv else name
+            c = self.checks.get("cutover") or {}
+            inv = c.get("failing")
+            if not inv:
+                return name
+            v = ((c.get("invariants") or {}).get(inv) or {}).get("first_violation") or {}
+            kind = v.get("opcode_name") if inv == "I1" and v.get("half") == "structural" \
+                else None
+            return f"cutover {inv}" + (f" ({kind})" if kind else "")
         return name
 
 
