@@ -1,4 +1,4 @@
-"""The offline checker of the cutover invariants I1-I6 (protocol §7).
+"""The offline checker of the cutover invariants I1-I7 (protocol §7, docs/invariants.md).
 
 Pure analysis of what the nodes left on disk: it reads each node's WAL, snapshots,
 ``sidecar.json`` and ``events.jsonl`` and never writes into a data dir. Every byte format
@@ -60,6 +60,7 @@ failure, not a verdict); unreadable WALs, snapshots or sidecars are listed in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -71,7 +72,14 @@ from typing import Any, NamedTuple
 from node import payload as pl
 from node.cutover import as_int as _as_int
 from node.cutover import decode_encryption_state
-from node.envelope import MAX_KEY_ID, UnwrapError, is_wrapped_shape, parse_header, unwrap
+from node.envelope import (
+    MAX_KEY_ID,
+    UnwrapError,
+    is_wrapped_shape,
+    parse_header,
+    split_nonce,
+    unwrap,
+)
 from node.events import EventKind, read_events
 from node.keystore import DekUnwrapError, Kek, Keystore, KeystoreError, load_kek
 from node.kv import snapshot_enc, snapshot_kv
@@ -106,6 +114,7 @@ INVARIANTS = {
     "I4": "convergence",
     "I5": "nonce uniqueness",
     "I6": "keys precede use",
+    "I7": "rotation takes effect",
 }
 MIN_TOKEN_LEN = 6
 _PATTERN_PREFIX = 256  # a match of a token's first 256 bytes counts as a match
@@ -183,7 +192,7 @@ class CutoverReport:
         return self.results[name]
 
     def first_violation(self) -> tuple[str, dict[str, Any]] | None:
-        """(invariant, violation) of the first failing invariant, in I1..I6 order."""
+        """(invariant, violation) of the first failing invariant, in I1..I7 order."""
         for name, r in self.results.items():
             if r.first_violation is not None:
                 return name, r.first_violation
@@ -438,7 +447,7 @@ def check_cutover(
     scan_snapshot_data: bool = True,
     excused: Iterable[tuple[str, int]] = (),
 ) -> CutoverReport:
-    """Check I1-I6 on the data dirs `node_dirs` (node name -> dir); read-only.
+    """Check I1-I7 on the data dirs `node_dirs` (node name -> dir); read-only.
 
     `plaintext_tokens` are (token, monotonic time_ns at which the workload wrote it);
     tokens written after the cutover must not appear in cleartext above C.
@@ -494,7 +503,7 @@ class NodeState:
 
 
 def check_cutover_state(states: Mapping[str, NodeState], kek: Kek) -> CutoverReport:
-    """I1-I6 on in-memory node states, e.g. from the deterministic simulator. Without
+    """I1-I7 on in-memory node states, e.g. from the deterministic simulator. Without
     files there is no byte scan: I1 is its structural half only."""
     nodes = []
     for name, st in sorted(states.items()):
@@ -598,11 +607,12 @@ def _analyze(nodes: list[_Node], kek: Kek, plaintext_tokens: Iterable[tuple[byte
         "I1": _check_i1(nodes, decoded, cut, cut_time, plaintext_tokens, scan_snapshot_data,
                         _committed_entries(nodes),
                         rows, notes),
-        "I2": _check_i2(nodes, decoded, side_c, cut),
+        "I2": _check_i2(nodes, decoded, side_c, cut, _applied_seen(nodes)),
         "I3": _check_i3(nodes),
         "I4": _check_i4(nodes, decoded, keys, notes),
         "I5": _check_i5(nodes),
         "I6": _check_i6(decoded, holders, keys, install_errors, ignored),
+        "I7": _check_i7(nodes, decoded, keys),
     }
     rows.sort(key=lambda r: (r.node, r.index))
     if cut and not results["I2"].summary["marker_verified_on"]:
@@ -852,9 +862,31 @@ def _scan_node(n: _Node, decoded: dict[tuple[int, int, int, bytes], _Decoded], c
 # --------------------------------------------------------------------------- I2
 
 
+def _applied_seen(nodes: list[_Node]) -> dict[str, int]:
+    """The highest index each node reported having applied: an `applied` field of any
+    event (progress, stop, role, start, snapshot-taken), or a snapshot it installed."""
+    out: dict[str, int] = {}
+    for n in nodes:
+        best = 0
+        for ev in n.events:
+            a = ev.get("applied")
+            if ev.get("kind") == EventKind.SNAPSHOT_INSTALLED:
+                a = ev.get("index")
+            if isinstance(a, int) and not isinstance(a, bool):
+                best = max(best, a)
+        out[n.name] = best
+    return out
+
+
 def _check_i2(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
-              side_c: dict[str, int], cut: int) -> InvariantResult:
+              side_c: dict[str, int], cut: int,
+              applied: dict[str, int] | None = None) -> InvariantResult:
+    """I2. Besides the sidecars agreeing and C being a marker: a node that applied past
+    C while its sidecar says C = 0 never learned the cutover (R3: it caught up by an
+    InstallSnapshot that carried no encryption state), so entries above C reached its
+    state machine unopened; elastickv answers them with an error response and moves on."""
     col = _Collector("I2")
+    applied = applied or {}
     markers: set[int] = set()
     for k, d in decoded.items():
         if _is_marker(d.cleartext):
@@ -867,6 +899,13 @@ def _check_i2(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
             col.add(n.name, c, None, None,
                     f"sidecar says C={c}, the cluster's C is {cut} "
                     f"(sidecars: {dict(sorted(side_c.items()))})")
+        a = applied.get(n.name, 0)
+        det["applied_seen"] = a
+        if cut and n.sidecar is not None and not c and a > cut:
+            col.add(n.name, cut, None, None,
+                    f"applied up to {a}, past the cluster's C={cut}, but its sidecar says "
+                    f"C=0: it never learned the cutover, so the entries above C reached "
+                    f"its state machine unopened", applied=a)
         if cut and cut in n.log:
             e: Entry = n.log[cut].value  # type: ignore[assignment]
             d = decoded[_entry_key(e)]
@@ -996,11 +1035,24 @@ def _open_image(snap: SnapshotFile, keys: _Keys) -> tuple[bytes | None, str | No
 
 
 def _check_i5(nodes: list[_Node]) -> InvariantResult:
+    """I5. A (key id, nonce) pair must seal one ciphertext only. Sealed things are WAL
+    entries (every record on disk, truncated or rewritten ones too), snapshot images in
+    the files, and the sealed images of every incarnation that `snapshot-taken` events
+    describe (key id, nonce and a digest survive the file's pruning). Two copies of the
+    same bytes (a replica's copy of an entry, a snapshot installed by InstallSnapshot)
+    are one ciphertext, not a reuse: ciphertexts are compared, not places."""
     col = _Collector("I5")
-    uses: dict[tuple[int, bytes], dict[tuple[int, int, bytes], str]] = defaultdict(dict)
+    # (key id, nonce) -> ciphertext digest -> where it was first seen
+    uses: dict[tuple[int, bytes], dict[bytes, dict[str, Any]]] = defaultdict(dict)
     done: set[tuple[int, int, bytes]] = set()
+
+    def seen(kid: int, nonce: bytes, ident: bytes, where: dict[str, Any]) -> None:
+        first = uses[(kid, nonce)].setdefault(ident, where)
+        if (where["index"], where["node"]) < (first["index"], first["node"]):
+            uses[(kid, nonce)][ident] = where
+
     for n in nodes:
-        wrapped = 0
+        wrapped = images = 0
         for rec in n.records:
             e: Entry = rec.value  # type: ignore[assignment]
             ident = (e.index, e.term, e.data)
@@ -1013,17 +1065,63 @@ def _check_i5(nodes: list[_Node]) -> InvariantResult:
             done.add(ident)
             wrapped += 1
             assert d.key_id is not None and d.nonce is not None
-            uses[(d.key_id, d.nonce)].setdefault(ident, n.name)
-        col.result.nodes[n.name] = {"wrapped_records": wrapped}
+            seen(d.key_id, d.nonce, hashlib.sha256(d.payload).digest()[:16],
+                 {"node": n.name, "index": e.index, "term": e.term, "what": "entry"})
+        for snap in n.snapshots:
+            try:
+                image = snapshot_kv(snap.data)
+            except (ValueError, TypeError):
+                continue
+            head = parse_header(image) if image else None
+            if head is None:
+                continue
+            images += 1
+            seen(head[0], head[1], hashlib.sha256(image).digest()[:16],
+                 {"node": n.name, "index": snap.header.index, "term": snap.header.term,
+                  "what": "snapshot image"})
+        for ev in n.events:
+            if ev.get("kind") != EventKind.SNAPSHOT_TAKEN or "image_nonce" not in ev:
+                continue
+            try:
+                kid = int(ev["image_key_id"])
+                nonce = bytes.fromhex(str(ev["image_nonce"]))
+                ident = bytes.fromhex(str(ev["image_sha"]))[:16]
+            except (KeyError, TypeError, ValueError):
+                continue
+            idx = ev.get("index") if isinstance(ev.get("index"), int) else 0
+            images += 1
+            seen(kid, nonce, ident, {"node": n.name, "index": idx, "term": ev.get("term"),
+                                     "what": "snapshot image"})
+        col.result.nodes[n.name] = {"wrapped_records": wrapped, "sealed_images": images}
+    for n in nodes:
+        # The epoch is what keeps one node's processes apart: two starts with the same
+        # one while cut over restart the nonce space where it was, and the first seal
+        # of the second process repeats the first seal of the first (the envelopes
+        # themselves may be compacted away by the time anyone looks).
+        starts: dict[int, list[Any]] = defaultdict(list)
+        for ev in n.events:
+            ep = ev.get("nonce_epoch")
+            if ev.get("kind") == EventKind.START and isinstance(ep, int) and ep \
+                    and ev.get("cutover"):
+                starts[ep].append(ev.get("t"))
+        for ep, ts in sorted(starts.items()):
+            if len(ts) > 1:
+                col.add(n.name, None, None, None,
+                        f"{n.name} started {len(ts)} times with nonce epoch {ep} while cut "
+                        f"over: every nonce the first of them sealed can repeat",
+                        nonce_epoch=ep, t=ts[1])
     for (kid, nonce), where in uses.items():
         if len(where) < 2:
             continue
-        ordered = sorted(where.items(), key=lambda kv: kv[0][:2])
-        (i0, t0, _), _n0 = ordered[0]
-        for (i, t, _), node in ordered[1:]:
-            col.add(node, i, t, None,
-                    f"key id {kid} nonce {nonce.hex()} already used by entry {i0} (term {t0})",
-                    key_id=kid, nonce=nonce.hex(), first_use_index=i0)
+        ordered = sorted(where.values(), key=lambda w: (w["index"], w["node"]))
+        w0 = ordered[0]
+        for w in ordered[1:]:
+            col.add(w["node"], w["index"], w["term"], None,
+                    f"key id {kid} nonce {nonce.hex()} seals two ciphertexts: this "
+                    f"{w['what']} and the {w0['what']} at {w0['index']} "
+                    f"(term {w0['term']}, {w0['node']})",
+                    key_id=kid, nonce=nonce.hex(), first_use_index=w0["index"],
+                    sealed=w["what"])
     col.result.summary = {"distinct_pairs": len(uses)}
     return col.finish()
 
@@ -1064,4 +1162,78 @@ def _check_i6(decoded: dict[tuple[int, int, int, bytes], _Decoded],
         "malformed_install_entries": install_errors,
         "ignored_bootstraps": ignored,
     }
+    return col.finish()
+
+
+# --------------------------------------------------------------------------- I7
+
+
+def _check_i7(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _Decoded],
+              keys: _Keys) -> InvariantResult:
+    """I7. Once a node applied a rotation to DEK d, every entry it seals afterwards is
+    sealed under d or a newer key (one installed at a later index).
+
+    Who sealed an envelope, and when, is in its nonce: node number, the process's epoch
+    and a counter that only grows. A node's `encryption-applied` event of a rotation
+    carries the nonce position it had then (`nonce_node`, `nonce_epoch`,
+    `nonce_counter`), so its envelopes with a later position were sealed after it
+    applied the rotation. Epochs grow across a node's starts, so a later process counts
+    as later. A rotation that does not re-key the proposer, or a replayed older rotation
+    that re-activates an older key (elastickv), shows here; a rotation's own entry,
+    sealed before it applied, does not."""
+    col = _Collector("I7")
+    by_num: dict[int, str] = {}
+    for i, n in enumerate(sorted(x.name for x in nodes)):
+        by_num[i + 1] = n  # the node's default: its place among the sorted peers
+    rotations: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
+    epochs: Counter[tuple[str, int]] = Counter()
+    for n in nodes:
+        for ev in n.events:
+            num = ev.get("nonce_node")
+            if isinstance(num, int) and ev.get("kind") == EventKind.START:
+                by_num[num] = n.name
+                if isinstance(ev.get("nonce_epoch"), int):
+                    epochs[(n.name, ev["nonce_epoch"])] += 1
+            if ev.get("kind") != EventKind.ENCRYPTION_APPLIED \
+                    or not str(ev.get("what", "")).startswith("rotate"):
+                continue
+            dek, ep, ctr, idx = (ev.get("dek"), ev.get("nonce_epoch"),
+                                 ev.get("nonce_counter"), ev.get("index"))
+            if all(isinstance(v, int) for v in (dek, ep, ctr, idx)):
+                rotations[n.name].append((ep, ctr, dek, idx))
+    # An epoch two processes of a node started with orders nothing (I5 reports it when
+    # the node was cut over; elastickv's pre-cutover processes all have epoch 0).
+    ambiguous = {k for k, c in epochs.items() if c > 1}
+    for name in rotations:
+        rotations[name] = [r for r in rotations[name] if (name, r[0]) not in ambiguous]
+
+    def point(k: int) -> int | None:
+        got = keys.installed.get(k)
+        return got[0] if got else None
+
+    checked = 0
+    for k, d in sorted(decoded.items(), key=lambda kv: kv[0][:2]):
+        if d.status != "wrapped" or d.nonce is None or d.key_id is None:
+            continue
+        num, ep, ctr = split_nonce(d.nonce)
+        node = by_num.get(num)
+        if node is None or not rotations.get(node) or (node, ep) in ambiguous:
+            continue
+        used = point(d.key_id)
+        if used is None:
+            continue  # an unknown key is I6's finding
+        checked += 1
+        before = [(point(dek), dek, idx) for rep, rctr, dek, idx in rotations[node]
+                  if (ep, ctr) >= (rep, rctr) and point(dek) is not None]
+        if not before:
+            continue
+        floor_point, floor_dek, floor_idx = max(before)
+        if d.key_id != floor_dek and used < floor_point:  # type: ignore[operator]
+            col.add(node, k[0], k[1], d.opcode,
+                    f"{node} sealed this entry under key {d.key_id} after it had applied "
+                    f"the rotation to key {floor_dek} (entry {floor_idx}): the rotation "
+                    f"did not take effect", key_id=d.key_id, rotated_to=floor_dek,
+                    rotation_index=floor_idx)
+    col.result.summary = {"entries_checked": checked,
+                          "rotations_seen": {n: len(r) for n, r in sorted(rotations.items())}}
     return col.finish()

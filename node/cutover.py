@@ -11,6 +11,11 @@ hook reads; `wrap` = the DEK id the proposer seals with (None = cleartext).
 
 Each bug switch of §8 that lives in this logic is one `if` naming it, so the fixed
 build is the code with every such branch off.
+
+Two profiles (`PROFILES`): `fixed` is the protocol with every fix this lab made;
+`elastickv` reproduces elastickv as it stands at d9a031d (docs/protocol.md, "The
+elastickv profile", cites the file and function of each difference). Each difference
+is one `if self.ekv` here or in `node/replica.py`.
 """
 from __future__ import annotations
 
@@ -36,7 +41,9 @@ CUTOVER_BUGS = {
     "no-barrier": "no quiescence barrier: user proposals go on during EnableRaftEnvelope",
     "raw-admin-proposer": "rotate-DEK is proposed raw (cleartext) after the cutover",
     "no-apply-installer": "only the leader's EnableRaftEnvelope handler installs the wrap",
-    "stale-check-first": "the marker applier checks 'stale' before 'already active'",
+    "stale-check-first": "the marker applier checks 'stale' before 'already active' (as "
+                         "reported: a restarted node whose snapshot is older than C gets "
+                         "its wrap from the replayed marker alone)",
     "no-startup-wrap": "the wrap is not initialised from the sidecar at start-up",
     "barrier-release-on-timeout": "the barrier is lowered when the marker's apply wait "
                                   "times out",
@@ -45,6 +52,14 @@ CUTOVER_BUGS = {
     "duplicate-marker": "EnableRaftEnvelope's pre-check does not wait for applied >= commit",
     "snapshot-install-no-cutover": "a snapshot installed at run time ignores the "
                                    "encryption state it carries",
+}
+
+
+PROFILES = {
+    "fixed": "the protocol with every fix this lab made (docs/protocol.md)",
+    "elastickv": "elastickv as it stands at d9a031d: its halts and silent skips, snapshots "
+                 "without keys, installs, EnableRaftEnvelope retry, lease timing, rotation "
+                 "replay and start-up (docs/protocol.md, 'The elastickv profile')",
 }
 
 
@@ -105,7 +120,7 @@ class MemoryStore:
         self._sc = copy.deepcopy(sidecar)
 
     def bump_epoch(self) -> int:
-        self._sc.local_epoch = self._sc.local_epoch % 0xFFFF + 1
+        self._sc.local_epoch = sidecar_file.next_epoch(self._sc.local_epoch)
         return self._sc.local_epoch
 
 
@@ -117,7 +132,7 @@ class Applied:
     index: int
     cutover: int
     active: int
-    dek: int = 0  # a marker's: the DEK id its proposer saw
+    dek: int = 0  # a marker's: the DEK id its proposer saw; a rotation's: the id it installs
 
 
 class Cutover:
@@ -125,25 +140,50 @@ class Cutover:
 
     def __init__(self, node_num: int, store: CutoverStore, kek: Kek,
                  bugs: frozenset[str] = frozenset(),
-                 on_event: Callable[..., None] | None = None) -> None:
+                 on_event: Callable[..., None] | None = None, *,
+                 profile: str = "fixed", snapshot_cutover: int = 0,
+                 snapshot_index: int = 0) -> None:
+        """The start-up of §5 and §6, in this order: the divergence guard on the newest
+        snapshot's header (`snapshot_cutover`; a refusal raises `Halt`), then the epoch
+        bump, then the keystore and the installer from the sidecar. The guard comes
+        before the bump so a refused start burns no epoch (elastickv's order too:
+        main.go run 453-498 checks the header before any epoch bump)."""
         unknown = set(bugs) - set(CUTOVER_BUGS)
         if unknown:
             raise ValueError(f"unknown cutover bug switch(es): {sorted(unknown)}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
         self.bugs = frozenset(bugs)
+        self.profile = profile
+        self.ekv = profile == "elastickv"
         self.store = store
         self._event = on_event or (lambda kind, **kw: None)
-        epoch = store.bump_epoch()  # before any seal: nonces never repeat across restarts
-        self.nonces = NonceSource(node_num, epoch)
+        self.restored_cutover = 0  # elastickv: Restore's restoredCutover (kv/fsm.go 579)
+        self._latched_cutover = 0  # elastickv: the snapshot header's no-downgrade latch
+        self.check_startup_snapshot(snapshot_cutover)
         sc = store.load()
+        c = sc.raft_envelope_cutover_index
+        if self.ekv and not c:
+            # prepareRaftNonceEpoch: no raft epoch bump while C = 0; this process's raft
+            # nonces (if it cuts over) use epoch 0.
+            epoch = 0
+        else:
+            epoch = store.bump_epoch()  # before any seal: nonces never repeat across starts
+        self.nonces = NonceSource(node_num, epoch, zero_epoch=self.ekv)
         self.keys = Keystore(kek)
         self.keys.import_wrapped(sc.keys)
         self.cell = 0
         self.wrap: int | None = None
         self.barrier = False  # only a restart clears a barrier left up by a failure
         # §5 start-up: an active cutover is installed before anything is served.
-        if sc.raft_envelope_cutover_index:
-            self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
-                          wrap="no-startup-wrap" not in self.bugs, why="start-up")
+        if c:
+            wrap = "no-startup-wrap" not in self.bugs
+            if "stale-check-first" in self.bugs and snapshot_index < c:
+                # The build the defect was reported against (elastickv PR944 round 1,
+                # before 6E-2e-3 wired the start-up install): a restarted node whose
+                # snapshot is older than C got its wrap from the marker's replay alone.
+                wrap = False
+            self._install(c, sc.active_raft_dek, wrap=wrap, why="start-up")
 
     # ------------------------------------------------------------------ state
 
@@ -156,6 +196,14 @@ class Cutover:
         return {"cutover": sc.raft_envelope_cutover_index, "cell": self.cell,
                 "wrap_key_id": self.wrap, "active_dek": sc.active_raft_dek,
                 "key_ids": sorted(sc.keys)}
+
+    def nonce_position(self) -> dict[str, int]:
+        """Where this process's nonces stand (public: every envelope carries its nonce).
+        An event that carries it lets the checker tell which of this node's envelopes
+        were sealed after that event (I7)."""
+        n = self.nonces
+        return {"nonce_node": n.node_num, "nonce_epoch": n.local_epoch,
+                "nonce_counter": n.next_counter}
 
     def _install(self, cutover: int, key_id: int, wrap: bool = True, why: str = "") -> None:
         """The installer (§4): idempotent; sets the hook's cell and the proposer's key."""
@@ -178,7 +226,7 @@ class Cutover:
         if not above:
             return data
         try:
-            return unwrap(self.keys.get, data)
+            return unwrap(self.keys.get, data, check_flag=not self.ekv)
         except UnwrapError as e:
             if "silent-unwrap-skip" in self.bugs:
                 return None
@@ -225,19 +273,21 @@ class Cutover:
 
     def _rotate(self, index: int, key_id: int, wrapped: bytes) -> Applied:
         sc = self.store.load()
-        if index <= sc.raft_applied_index:
+        if index <= sc.raft_applied_index and not self.ekv:
             # A replay from a snapshot older than this entry: the key is already in the
             # sidecar, and re-activating it would move the active key backwards.
+            # (elastickv has no such check: applier.go applyRotateDEK 954-984 makes every
+            # replayed rotation active again, an older one until the later one replays.)
             self.keys.install_wrapped(key_id, wrapped, "raft", index)
             return Applied("rotate-replay", index, sc.raft_envelope_cutover_index,
-                           sc.active_raft_dek)
+                           sc.active_raft_dek, key_id)
         self._add_key(sc, index, key_id, wrapped, "raft")
         sc.active_raft_dek = key_id
-        sc.raft_applied_index = index
+        sc.raft_applied_index = max(sc.raft_applied_index, index)
         self.store.save(sc)  # the sidecar write precedes the installer
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, key_id, why="rotate")
-        return Applied("rotate", index, sc.raft_envelope_cutover_index, key_id)
+        return Applied("rotate", index, sc.raft_envelope_cutover_index, key_id, key_id)
 
     def _marker(self, index: int, dek: int) -> Applied:
         """The applier of §4: already-active, then stale, then fresh, in that order."""
@@ -254,11 +304,10 @@ class Cutover:
                 return Applied("marker-already-active", index, cutover, sc.active_raft_dek,
                                dek)
             if check == "stale" and dek != sc.active_raft_dek:
-                # A rotation raced the marker: not a cutover. As far as this marker
-                # knows nothing is installed (the fixed order only gets here with C=0).
+                # A rotation raced the marker: not a cutover, nothing to install (the
+                # fixed order only gets here with C = 0).
                 sc.raft_applied_index = max(sc.raft_applied_index, index)
                 self.store.save(sc)
-                self.wrap = None
                 return Applied("marker-stale", index, cutover, sc.active_raft_dek, dek)
         sc.raft_envelope_cutover_index = index
         sc.raft_applied_index = max(sc.raft_applied_index, index)
@@ -307,7 +356,15 @@ class Cutover:
     # --------------------------------------------------------------- snapshots
 
     def snapshot_fields(self, snapshot_index: int) -> tuple[int, bytes]:
-        """(header cutover, encryption blob) for a snapshot taken at `snapshot_index`."""
+        """(header cutover, encryption blob) for a snapshot taken at `snapshot_index`.
+
+        elastickv (kv/fsm.go Snapshot 537-556, kv/snapshot.go observe 79-92): the header
+        carries the cell at snapshot time, latched once non-zero (so a restarted node's
+        snapshot below C says C), and no encryption state at all."""
+        if self.ekv:
+            if self.cell:
+                self._latched_cutover = self.cell
+            return self._latched_cutover, b""
         sc = self.store.load()
         c = sc.raft_envelope_cutover_index
         header_cutover = c if c and snapshot_index >= c else 0
@@ -320,6 +377,8 @@ class Cutover:
     def seal_image(self, snapshot_index: int, image: bytes) -> bytes:
         """The state-machine image of a snapshot above C is wrapped like an entry above C
         would be: after the cutover no user value rests on disk in cleartext (I1)."""
+        if self.ekv:  # the image is the raw store, never raft-wrapped (kv/fsm.go Snapshot)
+            return image
         sc = self.store.load()
         c = sc.raft_envelope_cutover_index
         dek = self.keys.get(sc.active_raft_dek) if sc.active_raft_dek else None
@@ -332,7 +391,7 @@ class Cutover:
         if not is_wrapped_shape(image):
             return image
         try:
-            return unwrap(self.keys.get, image)
+            return unwrap(self.keys.get, image, check_flag=not self.ekv)
         except UnwrapError as e:
             raise Halt(0, f"snapshot image does not unwrap ({e.code}): {e.reason}") from None
 
@@ -345,7 +404,14 @@ class Cutover:
                           f"sidecar says C={c}")
 
     def adopt_snapshot(self, header_cutover: int, blob: bytes, snapshot_index: int) -> None:
-        """Runtime InstallSnapshot (§6): adopt the encryption state it carries."""
+        """Runtime InstallSnapshot (§6): adopt the encryption state it carries.
+
+        elastickv (engine.go applyReadySnapshotLocked 2523-2552, kv/fsm.go Restore
+        558-586): only `restoredCutover` is set, which nothing reads until the next
+        start-up's guard; sidecar, keystore, cell and wrap stay as they were."""
+        if self.ekv:
+            self.restored_cutover = header_cutover
+            return
         if "snapshot-install-no-cutover" in self.bugs or not blob:
             return
         enc = decode_encryption_state(blob)
@@ -480,11 +546,14 @@ class EnableFlow:
                     self.phase = "done"
                     return EnableResult("failed", 0, "log not applied in time")
                 return None
-            if cut.barrier:
+            if cut.barrier and not cut.ekv:
                 # An earlier attempt on this node timed out with its marker still able to
                 # commit (step 5 keeps the barrier up). "applied >= commit" says nothing
                 # about that uncommitted marker: a second one now would land above C.
                 # Found by the harness (`cutover run`, seed 1): only a restart clears it.
+                # (elastickv: EnableRaftEnvelope ignores the latch its own failure set,
+                # and Begin is idempotent: adapter/encryption_admin.go EnableRaftEnvelope
+                # 1324-1385, runRaftEnvelopeCutoverBarrier 1484-1495; R2.)
                 self.phase = "done"
                 return EnableResult("failed", 0, "an earlier marker may still commit; the "
                                                  "barrier stays up until this node restarts")

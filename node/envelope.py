@@ -41,6 +41,7 @@ __all__ = [
     "is_wrapped_shape",
     "make_nonce",
     "parse_header",
+    "split_nonce",
     "unwrap",
     "wrap",
 ]
@@ -124,11 +125,14 @@ def is_wrapped_shape(data: bytes) -> bool:
     return parse_header(data) is not None
 
 
-def unwrap(lookup: Callable[[int], bytes | None], data: bytes) -> bytes:
+def unwrap(lookup: Callable[[int], bytes | None], data: bytes, *,
+           check_flag: bool = True) -> bytes:
     """The plaintext of an envelope, or UnwrapError with the precise reason.
 
     `lookup` maps a key id to its DEK (``Keystore.get``): the key is selected by the
-    header, so entries wrapped under a rotated-out key still open.
+    header, so entries wrapped under a rotated-out key still open. `check_flag=False`
+    is elastickv's reader (``internal/encryption/envelope.go`` DecodeEnvelope): the flag
+    byte is outside the AAD and not checked, so an envelope with a flipped flag opens.
     """
     if len(data) < OVERHEAD:
         raise UnwrapError(
@@ -137,7 +141,7 @@ def unwrap(lookup: Callable[[int], bytes | None], data: bytes) -> bytes:
     version, flag, key_id = _HEAD.unpack_from(data)
     if version != VERSION:
         raise UnwrapError("bad-version", f"bad envelope version 0x{version:02x}")
-    if flag != FLAG:
+    if flag != FLAG and check_flag:
         raise UnwrapError("bad-flag", f"bad envelope flag 0x{flag:02x}", key_id)
     dek = lookup(key_id) if key_id != 0 else None
     if dek is None:
@@ -158,6 +162,15 @@ def make_nonce(node_num: int, local_epoch: int, counter: int) -> bytes:
     return _NONCE.pack(node_num, local_epoch, counter)
 
 
+def split_nonce(nonce: bytes) -> tuple[int, int, int]:
+    """(node_num, local_epoch, counter) of a nonce: who sealed it, in which process,
+    in which order (the checker's I7 orders a node's envelopes by it)."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
+    node, epoch, counter = _NONCE.unpack(nonce)
+    return node, epoch, counter
+
+
 class NonceSource:
     """Nonces that never repeat for one node: ``node_id | local_epoch | counter``.
 
@@ -169,10 +182,14 @@ class NonceSource:
 
     __slots__ = ("_counter", "_lock", "local_epoch", "node_num")
 
-    def __init__(self, node_num: int, local_epoch: int, *, start: int = 1) -> None:
+    def __init__(self, node_num: int, local_epoch: int, *, start: int = 1,
+                 zero_epoch: bool = False) -> None:
         if not 0 <= node_num <= 0xFFFF:
             raise ValueError(f"node number must fit u16, got {node_num}")
-        if not 1 <= local_epoch <= 0xFFFF:
+        # `zero_epoch`: the elastickv profile's raft nonce epoch is 0 in a process that
+        # started before the cutover (main_encryption_write_wiring.go
+        # prepareRaftNonceEpoch: no bump while C = 0).
+        if not (0 if zero_epoch else 1) <= local_epoch <= 0xFFFF:
             raise ValueError(
                 f"local epoch must be in 1..65535 (0 = epoch never bumped), got {local_epoch}"
             )
@@ -193,6 +210,11 @@ class NonceSource:
                 )
             self._counter = c + 1
         return _NONCE.pack(self.node_num, self.local_epoch, c)
+
+    @property
+    def next_counter(self) -> int:
+        """The counter the next nonce gets (public: the nonce is in every envelope)."""
+        return self._counter
 
     def __repr__(self) -> str:
         return (

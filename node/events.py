@@ -14,6 +14,10 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 EVENTS_FILE = "events.jsonl"
+# The exit code of a node process that ended itself after a halt (the elastickv profile):
+# here, beside the `exit` event that goes with it, so the checkers need not import the
+# node's server to tell a designed exit from a crash.
+EXIT_HALTED = 4
 
 
 class EventKind(StrEnum):
@@ -46,6 +50,13 @@ class EventKind(StrEnum):
     PARENT_GONE = "parent-gone"
     APPLY_WAIT_TIMEOUT = "apply-wait-timeout"
     LOG_TRUNCATED = "log-truncated"
+    # elastickv profile: an entry consumed with an error response (applied index moves on)
+    APPLY_ERROR = "apply-error"
+    # the process ends on its own: `exit` after a halt (the elastickv profile's design),
+    # `crash` of an exception nobody handled, `start-failed` when it refuses to start
+    EXIT = "exit"
+    CRASH = "crash"
+    START_FAILED = "start-failed"
 
 
 class EventLog:

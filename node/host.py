@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.cutover import CUTOVER_BUGS, Cutover, FileStore, Halt
+from node.cutover import CUTOVER_BUGS, PROFILES, Cutover, FileStore, Halt
 from node.disk import Disk
 from node.events import EventKind
 from node.keystore import Kek
 from node.kv import KV, snapshot_enc, snapshot_kv
 from node.raft import Config, Message, RaftNode, Ready, may_send_early
-from node.replica import Replica
+from node.replica import NodeExit, Replica
+from node.sidecar import SidecarError
 from node.storage import Storage, StorageError
 from node.types import Snapshot
 
@@ -38,6 +39,9 @@ NODE_BUGS = {
 # validation, the detection matrix's builds, the node's own refusal of unknown names).
 ALL_BUGS = {**NODE_BUGS, **CUTOVER_BUGS}
 
+__all__ = ["ALL_BUGS", "NODE_BUGS", "PROFILES", "EventSink", "NodeExit", "NodeHost",
+           "NodeOptions"]
+
 
 @dataclass
 class NodeOptions:
@@ -49,6 +53,8 @@ class NodeOptions:
     switchboard: str
     peers: list[str]
     bugs: list[str] = field(default_factory=list)
+    # "fixed" or "elastickv" (node/cutover.py PROFILES): which system the node behaves as
+    profile: str = "fixed"
     tick_ms: float = 25.0
     election_ticks: int = 10
     heartbeat_ticks: int = 3
@@ -87,6 +93,8 @@ class NodeHost(Replica):
         unknown = sorted(set(opts.bugs) - set(ALL_BUGS))
         if unknown:
             raise ValueError(f"unknown bug switch(es) {unknown}; known: {sorted(ALL_BUGS)}")
+        if opts.profile not in PROFILES:
+            raise ValueError(f"unknown profile {opts.profile!r}; known: {sorted(PROFILES)}")
         self.bugs = frozenset(opts.bugs)
         self.disk = disk
         self.clock = clock
@@ -101,15 +109,16 @@ class NodeHost(Replica):
         self.cut: Cutover | None = None
         if kek is not None:
             node_num = sorted(opts.peers).index(opts.node_id) + 1
-            self.cut = Cutover(node_num, FileStore(opts.data_dir, disk), kek,
-                               frozenset(self.bugs & set(CUTOVER_BUGS)),
-                               on_event=self.log.emit)
             header = self.storage.snapshot_header
-            if header is not None:
-                try:  # the start-up divergence guard (§6)
-                    self.cut.check_startup_snapshot(header.cutover)
-                except Halt as h:
-                    raise StorageError(h.reason) from None
+            try:  # the start-up divergence guard (§6), then the epoch bump
+                self.cut = Cutover(node_num, FileStore(opts.data_dir, disk), kek,
+                                   frozenset(self.bugs & set(CUTOVER_BUGS)),
+                                   on_event=self.log.emit, profile=opts.profile,
+                                   snapshot_cutover=header.cutover if header else 0,
+                                   snapshot_index=header.index if header else 0)
+            except (Halt, SidecarError) as h:
+                self.storage.close()
+                raise StorageError(h.reason if isinstance(h, Halt) else str(h)) from None
         snap = self.storage.snapshot
         if snap is not None:
             image = snapshot_kv(snap.data)
@@ -117,6 +126,7 @@ class NodeHost(Replica):
                 try:
                     image = self.cut.open_image(image)
                 except Halt as h:
+                    self.storage.close()
                     raise StorageError(h.reason) from None
             self.kv.restore(image)
         cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks,
@@ -128,11 +138,14 @@ class NodeHost(Replica):
         Replica.__init__(self, lease_interval=opts.lease_interval,
                          proposal_timeout=opts.proposal_timeout,
                          enable_timeout_ticks=opts.enable_timeout_ticks,
-                         snapshot_every=opts.snapshot_every, rng=rng, clock=clock)
+                         snapshot_every=opts.snapshot_every, rng=rng, clock=clock,
+                         profile=opts.profile)
         self._last_progress_event = float("-inf")
-        self.log.emit(EventKind.START, **(start_info or {}), bugs=sorted(self.bugs),
+        # No build facts (bugs, profile) in the evidence: the checkers judge what the
+        # node did, not what it was told to be. The nonce position is evidence (I5, I7).
+        self.log.emit(EventKind.START, **(start_info or {}),
                       cutover=self.cut.sidecar.raft_envelope_cutover_index if self.cut else 0,
-                      **self._positions())
+                      **(self.cut.nonce_position() if self.cut else {}), **self._positions())
 
     # ------------------------------------------------------------------ inputs
 
@@ -157,6 +170,15 @@ class NodeHost(Replica):
 
     def expire(self) -> None:
         self._expire(self.clock())
+
+    def abandon(self) -> None:
+        """The process ends on its own (`NodeExit`): no `stop` event, no final digest,
+        the files as they are (a process exit loses nothing that was written)."""
+        try:
+            self.storage.close()
+        except StorageError:
+            pass
+        self.disk.close()
 
     def close(self) -> None:
         """A clean stop: the final digest (I4's evidence), then the storage."""

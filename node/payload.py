@@ -24,6 +24,11 @@ OP_USER = 0x00  # read/write/cas on the KV map, msgpack
 OP_LEASE = 0x02  # leader lease / heartbeat entry
 OP_BOOTSTRAP = 0x04  # first raft DEK
 OP_ROTATION = 0x05  # sub-tag in payload[1]
+# elastickv reserves 0x03-0x07 for encryption entries; its FSM halts on any of them it
+# cannot apply (kv/fsm.go applyReservedOpcode). 0x03 (writer registration) and 0x06/0x07
+# have no entry in this model.
+OP_ENCRYPTION_MIN = 0x03
+OP_ENCRYPTION_MAX = 0x07
 SUB_ROTATE_DEK = 0x01
 SUB_ENABLE_ENVELOPE = 0x05
 

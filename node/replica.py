@@ -9,6 +9,7 @@ its in-memory network, so a bug found in simulation is a bug in this code.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 import time
@@ -18,10 +19,42 @@ from typing import Any
 
 from node import payload as pl
 from node.cutover import Busy, Cutover, EnableFlow, Halt
+from node.envelope import parse_header
 from node.events import EventKind
 from node.kv import KV, snapshot_data, snapshot_enc, snapshot_kv
 from node.raft import NotLeader, RaftNode, ReadState, Role
 from node.types import EntryKind, Snapshot
+
+
+def sealed_image_facts(data: bytes) -> dict[str, Any]:
+    """Key id, nonce and a digest of a sealed snapshot image, all public (they are in
+    the file): the event keeps them after the file is pruned, so I5 sees the images of
+    every incarnation, and tells a copy (same bytes) from a reuse (other bytes)."""
+    image = snapshot_kv(data)
+    head = parse_header(image) if image else None
+    if head is None:
+        return {}
+    return {"image_key_id": head[0], "image_nonce": head[1].hex(),
+            "image_sha": hashlib.sha256(image).hexdigest()[:32]}
+
+
+class NodeExit(Exception):
+    """The node process must end now: the elastickv profile's answer to a halt (its
+    engine fails and the process exits: main.go startRaftEngineLifecycleWatchers
+    640-672). The host turns it into an `exit` event and the end of the process; a
+    restart replays the same entry and halts again."""
+
+    def __init__(self, index: int, term: int, reason: str) -> None:
+        super().__init__(f"apply halted at entry {index} (term {term}): {reason}")
+        self.index = index
+        self.term = term
+        self.reason = reason
+
+
+class ApplyError(Exception):
+    """elastickv answers this payload with an error response and advances the applied
+    index (engine.go applyNormalCommitted: a non-halting Apply error): the entry is
+    consumed without effect, silently as far as the cluster can tell."""
 
 
 class Replica:
@@ -44,8 +77,10 @@ class Replica:
     def __init__(self, *, lease_interval: float = 1.0, proposal_timeout: float = 30.0,
                  enable_timeout_ticks: int = 200, rng: random.Random | None = None,
                  snapshot_every: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 profile: str = "fixed") -> None:
         self.clock = clock  # the host's: real monotonic time, or simulated time
+        self.ekv = profile == "elastickv"  # see node/cutover.py PROFILES
         self.lease_interval = lease_interval
         self.snapshot_every = snapshot_every
         self.proposal_timeout = proposal_timeout
@@ -62,6 +97,7 @@ class Replica:
         self.enable: tuple[EnableFlow, Any, Any] | None = None
         self._last_role: tuple[Any, int, Any] = (None, -1, None)
         self._last_lease = 0.0
+        self._next_lease_tick = 0.0  # elastickv: the renewal timer's next tick
 
     # ------------------------------------------------------------- driving
 
@@ -163,7 +199,7 @@ class Replica:
         snap = self.raft.compact(index, data)
         self.persist_snapshot(snap, cutover, enc)
         self.log.emit(EventKind.SNAPSHOT_TAKEN, index=index, term=snap.meta.term, cutover=cutover,
-                      applied=index, digest=self.kv.digest())
+                      applied=index, digest=self.kv.digest(), **sealed_image_facts(data))
         return index
 
     def after_advance(self) -> None:
@@ -333,16 +369,30 @@ class Replica:
                                  self.clock() + self.proposal_timeout, admin)
 
     def _maybe_lease(self, now: float) -> None:
-        if (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval
-                and not self.halted and self._can_serve(None, None)):
-            self._last_lease = now
-            payload = pl.lease_payload(self.id, self.raft.term)
-            if self.cut is not None:
-                try:
-                    payload = self.cut.user_proposal(payload, self.cut.barrier)
-                except Busy:
-                    return  # no lease while the barrier is up
-            self._propose(payload, None, None)
+        if self.ekv:
+            # elastickv's HLC renewal: a timer every second since the process started
+            # (kv/sharded_coordinator.go RunHLCLeaseRenewal 2310-2336) that asks only "am
+            # I the leader" (renewHLCLeases 2377-2407, engine.go handleProposal
+            # 1939-1962). A new leader's first lease goes out at the next tick, applied
+            # log or not, a committed marker in it included (R1).
+            if self._next_lease_tick == 0.0:
+                self._next_lease_tick = now + self.lease_interval
+            if now < self._next_lease_tick:
+                return
+            self._next_lease_tick = now + self.lease_interval
+            if self.raft.role is not Role.LEADER or self.halted:
+                return
+        elif not (self.raft.role is Role.LEADER and now - self._last_lease >= self.lease_interval
+                  and not self.halted and self._can_serve(None, None)):
+            return
+        self._last_lease = now
+        payload = pl.lease_payload(self.id, self.raft.term)
+        if self.cut is not None:
+            try:
+                payload = self.cut.user_proposal(payload, self.cut.barrier)
+            except Busy:
+                return  # no lease while the barrier is up
+        self._propose(payload, None, None)
 
     def _expire(self, now: float) -> None:
         """Forget requests nobody will answer (the client has long recorded `info`)."""
@@ -365,7 +415,17 @@ class Replica:
             self.applied = e.index
             return
         try:
-            pid, body = pl.decode_proposal(e.data)
+            try:
+                pid, body = pl.decode_proposal(e.data)
+            except pl.PayloadError as err:
+                if not self.ekv:
+                    raise
+                # elastickv skips data that is not a proposal envelope before the
+                # cutover test, above C too (engine.go applyNormalEntry 2882-2889).
+                self.log.emit(EventKind.APPLY_ERROR, index=e.index, term=e.term,
+                              reason=f"skipped: {err}")
+                self.applied = e.index
+                return
             if self.cut is not None:
                 opened = self.cut.open_entry(e.index, body)  # the strict hook (§3)
                 if opened is None:  # only with silent-unwrap-skip
@@ -373,24 +433,22 @@ class Replica:
                     self.applied = e.index
                     return
                 body = opened
-            op = pl.opcode(body)
-            if op == pl.OP_USER:
-                ok, value = self.kv.apply(pl.decode_body(body))
-            elif op == pl.OP_LEASE:
-                ok, value = True, None
-            elif op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
-                applied = self.cut.apply(e.index, body)
-                self.log.emit(EventKind.ENCRYPTION_APPLIED, what=applied.kind, index=e.index,
-                              term=e.term, cutover=applied.cutover, active=applied.active,
-                              **({"dek": applied.dek} if applied.dek else {}))
-                ok, value = True, {"cutover": applied.cutover, "active": applied.active}
-            else:
-                raise pl.PayloadError(f"unknown opcode 0x{op:02x}")
+            ok, value = self._apply_payload(e, body)
         except pl.PayloadError as err:
             self._halt(e.index, e.term, str(err))
             return
         except Halt as h:
             self._halt(e.index, e.term, h.reason)
+            return
+        except ApplyError as err:
+            # elastickv: an error response, and the applied index moves on.
+            self.log.emit(EventKind.APPLY_ERROR, index=e.index, term=e.term, reason=str(err))
+            self.applied = e.index
+            w = self.pending.pop(pid, None)
+            if w is not None:
+                if w[4]:
+                    self.admin_busy = False
+                self._fail(w[0], w[1], "apply-error", f"entry {e.index}: {err}")
             return
         self.applied = e.index
         w = self.pending.pop(pid, None)
@@ -414,10 +472,48 @@ class Replica:
                 self._fail(ident, rid, "dropped",
                            f"entry {index} was replaced after a leader change")
 
+    def _apply_payload(self, e: Any, body: bytes) -> tuple[bool, Any]:
+        """The cleartext payload through the state machine: (ok, value) for the proposer.
+        PayloadError / Halt halt apply; ApplyError (elastickv only) is an error response.
+
+        elastickv's FSM (kv/fsm.go Apply 308-318, applyReservedOpcode 355, applyHLCLease
+        374, decodeRaftRequests 395; kv/fsm_encryption.go applyEncryption 78-141) halts
+        only on the encryption band 0x03-0x07; anything else it cannot decode, a
+        wrapped envelope read as opcode 0x01 (a batch) included, is an error response."""
+        op = pl.opcode(body)
+        if op == pl.OP_USER:
+            try:
+                cmd = pl.decode_body(body)
+            except pl.PayloadError as err:
+                if self.ekv:
+                    raise ApplyError(f"user command does not decode: {err}") from None
+                raise
+            return self.kv.apply(cmd)
+        if op == pl.OP_LEASE:
+            if self.ekv:
+                try:
+                    pl.decode_body(body)
+                except pl.PayloadError as err:
+                    raise ApplyError(f"malformed lease: {err}") from None
+            return True, None
+        if op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
+            applied = self.cut.apply(e.index, body)
+            pos = self.cut.nonce_position() if applied.kind.startswith("rotate") else {}
+            self.log.emit(EventKind.ENCRYPTION_APPLIED, what=applied.kind, index=e.index,
+                          term=e.term, cutover=applied.cutover, active=applied.active,
+                          **({"dek": applied.dek} if applied.dek else {}), **pos)
+            return True, {"cutover": applied.cutover, "active": applied.active}
+        if self.ekv and not pl.OP_ENCRYPTION_MIN <= op <= pl.OP_ENCRYPTION_MAX:
+            raise ApplyError(f"opcode 0x{op:02x} does not decode")
+        raise pl.PayloadError(f"unknown opcode 0x{op:02x}")
+
     def _halt(self, index: int, term: int, reason: str) -> None:
-        """Fail closed: never skip an entry that cannot be applied."""
+        """Fail closed: never skip an entry that cannot be applied. The fixed profile
+        stays up and refuses writes; elastickv's process exits (`NodeExit`)."""
         self.halted = f"entry {index} (term {term}): {reason}"
         self.log.emit(EventKind.HALT, index=index, term=term, reason=reason)
+        if self.ekv:
+            raise NodeExit(index, term, reason)
 
     def _answer_reads(self) -> None:
         while self.reads_ready and self.reads_ready[0][0] <= self.applied:

@@ -21,13 +21,14 @@ import msgpack
 import zmq
 
 from node.disk import JOURNAL_NAME, REAL, Disk
-from node.events import EventKind, EventLog
-from node.host import ALL_BUGS, NODE_BUGS, NodeHost, NodeOptions
+from node.events import EXIT_HALTED, EventKind, EventLog
+from node.host import ALL_BUGS, NODE_BUGS, PROFILES, NodeExit, NodeHost, NodeOptions
 from node.keystore import KeystoreError, load_kek
 from node.raft import Message, from_wire, to_wire
 from node.storage import StorageError
 
-__all__ = ["ALL_BUGS", "NODE_BUGS", "Node", "NodeOptions", "main", "parse_args", "run_node"]
+__all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PROFILES", "Node", "NodeOptions", "main",
+           "parse_args", "run_node"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -86,12 +87,15 @@ class Node:
                 clock=time.monotonic, send=self._send_batch, deliver=self._deliver,
                 rng=random.Random(opts.seed if opts.seed is not None else os.urandom(8)),
                 start_info={"pid": os.getpid(), "listen": opts.listen})
-        except BaseException:
+        except BaseException as e:
+            if not isinstance(e, zmq.ZMQError):  # a port taken is the harness's problem
+                self.log.emit(EventKind.START_FAILED, error=f"{type(e).__name__}: {e}")
             self.client.close(0)
             self.peer.close(0)
             self.ctx.term()
             self.log.close()
             raise
+        self.exit: NodeExit | None = None
         self.peer.connect(opts.switchboard)
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
@@ -99,7 +103,24 @@ class Node:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        """Serve until SIGTERM or until the parent dies."""
+        """Serve until SIGTERM, until the parent dies, or until the node ends itself
+        (`NodeExit`, the elastickv profile's halt: `self.exit` says why)."""
+        try:
+            self._loop()
+        except NodeExit as e:
+            self.exit = e
+            self.log.emit(EventKind.EXIT, reason="halt", index=e.index, term=e.term,
+                          code=EXIT_HALTED)
+            self.host.abandon()
+            self._close_io()
+            return
+        except Exception as e:
+            # What it dies of is evidence (the `crashes` checker), then the traceback.
+            self.log.emit(EventKind.CRASH, error=f"{type(e).__name__}: {e}")
+            raise
+        self.close()
+
+    def _loop(self) -> None:
         host = self.host
         parent = os.getppid()
         poller = zmq.Poller()
@@ -138,10 +159,12 @@ class Node:
                     self.log.emit(EventKind.PARENT_GONE)
                     break
                 host.expire()
-        self.close()
 
     def close(self) -> None:
         self.host.close()
+        self._close_io()
+
+    def _close_io(self) -> None:
         self.log.close()
         self.peer.close(0)
         self.client.close(0)
@@ -212,7 +235,9 @@ def parse_args(argv: list[str]) -> NodeOptions:
     ap.add_argument("--switchboard", required=True)
     ap.add_argument("--peers", required=True, help="comma-separated node ids, self included")
     ap.add_argument("--bug", action="append", default=[], dest="bugs",
-                    help=f"put a known defect back: {', '.join(sorted(NODE_BUGS))}")
+                    help=f"put a known defect back: {', '.join(sorted(ALL_BUGS))}")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="fixed",
+                    help="behave as the fixed protocol or as elastickv as it stands")
     ap.add_argument("--tick-ms", type=float, default=25.0)
     ap.add_argument("--election-ticks", type=int, default=10)
     ap.add_argument("--snapshot-every", type=int, default=20_000)
@@ -229,6 +254,7 @@ def parse_args(argv: list[str]) -> NodeOptions:
         ap.error(f"--peers must include this node's id {a.node_id!r}")
     return NodeOptions(node_id=a.node_id, data_dir=a.data_dir, listen=a.listen,
                        switchboard=a.switchboard, peers=peers, bugs=a.bugs,
+                       profile=a.profile,
                        tick_ms=a.tick_ms, election_ticks=a.election_ticks,
                        snapshot_every=a.snapshot_every, seed=a.seed, kek_path=a.kek_path,
                        max_msg_bytes=a.max_msg_bytes, max_inflight=a.max_inflight,
@@ -236,7 +262,8 @@ def parse_args(argv: list[str]) -> NodeOptions:
 
 
 def run_node(opts: NodeOptions) -> int:
-    """Run a node to completion; returns a process exit code (2: refused to start)."""
+    """Run a node to completion; returns a process exit code (2: refused to start,
+    `EXIT_HALTED`: it ended itself after a halt, the elastickv profile)."""
     die_with_parent()
     try:
         node = Node(opts)
@@ -261,6 +288,9 @@ def run_node(opts: NodeOptions) -> int:
                         os.path.join(prof_dir, f"{opts.node_id}.prof"))
     else:
         node.run()
+    if node.exit is not None:
+        print(f"node {opts.node_id}: exiting: {node.exit}", file=sys.stderr)
+        return EXIT_HALTED
     return 0
 
 

@@ -36,6 +36,7 @@ from node.keystore import WrappedKey
 
 __all__ = [
     "FORMAT",
+    "EpochExhaustedError",
     "SIDECAR_NAME",
     "Sidecar",
     "SidecarError",
@@ -83,13 +84,22 @@ def sidecar_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / SIDECAR_NAME
 
 
-def next_epoch(epoch: int) -> int:
-    """The epoch after `epoch`: +1, wrapping 65535 -> 1 (0 is reserved for "never started").
+class EpochExhaustedError(ValueError):
+    """Every 16-bit epoch has been used: a new one would repeat a nonce prefix."""
 
-    After 65535 start-ups the epochs repeat, and with them the nonce prefixes a DEK has
-    already used: rotate the raft DEK well before a node restarts that often.
+
+def next_epoch(epoch: int) -> int:
+    """The epoch after `epoch`: +1 (0 is reserved for "never started").
+
+    It never wraps: after 65535 start-ups every epoch, and with it every nonce prefix
+    a DEK may have used, is spent, so the next start is refused (`EpochExhaustedError`)
+    rather than repeat one. elastickv refuses the same way (`ErrLocalEpochExhausted`);
+    the model used to wrap to 1 and would have repeated nonces after 65,535 starts.
     """
-    return epoch + 1 if epoch < 0xFFFF else 1
+    if epoch >= 0xFFFF:
+        raise EpochExhaustedError(f"local_epoch {epoch} is the last one: a further start "
+                                  f"would repeat nonces")
+    return epoch + 1
 
 
 def _is_int(v: Any) -> bool:
@@ -247,9 +257,13 @@ def bump_epoch(data_dir: str | os.PathLike[str], disk: Disk = REAL) -> int:
     """Advance and persist `local_epoch` (see `next_epoch`); call once at every start-up.
 
     The new epoch is durable before it is returned, so no nonce built from it can be
-    handed out by a process whose epoch a crash would then forget.
+    handed out by a process whose epoch a crash would then forget. A node whose epochs
+    are spent gets a `SidecarError` naming the file (it must not start).
     """
     s = load(data_dir, disk)
-    s.local_epoch = next_epoch(s.local_epoch)
+    try:
+        s.local_epoch = next_epoch(s.local_epoch)
+    except EpochExhaustedError as e:
+        raise SidecarError(sidecar_path(data_dir), str(e)) from None
     save(data_dir, s, disk)
     return s.local_epoch

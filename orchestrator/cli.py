@@ -49,6 +49,11 @@ def _user_error(e: Exception) -> NoReturn:
 
 results_option = click.option("--results", default="results", show_default=True,
                               help=RESULTS_HELP)
+profile_option = click.option(
+    "--profile", type=click.Choice(["fixed", "elastickv"]), default="fixed",
+    show_default=True,
+    help="What the nodes behave as: the fixed protocol, or elastickv as it stands "
+         "(its halts exit the process, snapshots without keys, ...; docs/protocol.md).")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,6 +212,7 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
               help="Seconds into the run to request EnableRaftEnvelope, or none "
                    "(default: a third of --time-limit).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
+@profile_option
 @click.option("--snapshot-every", type=click.IntRange(min=1),
               help="Entries between a node's automatic snapshots (default: drawn from the "
                    "seed, from a few dozen to a few thousand).")
@@ -226,9 +232,10 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
                    "or a run's config.json) instead of making one from the seed.")
 def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, workload: str,
         keys: int, nemesis: str, scenario: str, nemesis_interval: float,
-        cutover_at: str | None, bugs: tuple[str, ...], snapshot_every: int | None,
-        max_msg_bytes: int | None, max_inflight: int | None, seed: int | None,
-        results: str, junit: str | None, replay: str | None, plan_file: str | None) -> None:
+        cutover_at: str | None, bugs: tuple[str, ...], profile: str,
+        snapshot_every: int | None, max_msg_bytes: int | None, max_inflight: int | None,
+        seed: int | None, results: str, junit: str | None, replay: str | None,
+        plan_file: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
     from .junit import write_junit
     from .run import RunConfig, RunError, execute, replay_config
@@ -245,7 +252,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
                         nemesis=nemesis, scenario=scenario,
                         nemesis_interval=nemesis_interval,
                         cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                        bugs=list(bugs), snapshot_every=snapshot_every,
+                        bugs=list(bugs), profile=profile, snapshot_every=snapshot_every,
                         max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
                         results=results, plan_file=plan_file)
         if plan_file:
@@ -256,7 +263,8 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         _user_error(e)
     if junit:
         try:
-            write_junit(junit, "cutover run", [(",".join(cfg.bugs) or "fixed", outcome)])
+            write_junit(junit, "cutover run",
+                        [(",".join(cfg.bugs) or cfg.profile, outcome)])
         except OSError as e:
             fail(f"cannot write {junit}: {e.strerror}")
     sys.exit(outcome.exit_code)
@@ -277,6 +285,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
               default="swarm", show_default=True)
 @click.option("--cutover-at", default=None, help="Seconds, or none (default: a third).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back.")
+@profile_option
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--results", default="results", show_default=True)
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
@@ -285,7 +294,7 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
               help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
 def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
         rate: float, nemesis: str, scenario: str, cutover_at: str | None,
-        bugs: tuple[str, ...], workers: int, results: str, shrink: bool,
+        bugs: tuple[str, ...], profile: str, workers: int, results: str, shrink: bool,
         replay_file: str | None) -> None:
     """The node's own code in a deterministic simulation: many seeds, failing ones
     stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did."""
@@ -299,7 +308,7 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
     cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
                     scenario=scenario,
                     cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                    bugs=list(bugs), results=results, seed=first_seed)
+                    bugs=list(bugs), profile=profile, results=results, seed=first_seed)
     try:
         cfg.validate()
     except RunError as e:
@@ -331,14 +340,15 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
 @click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
               help="all, none (the fixed build only), or a comma list of switch names.")
-@click.option("--no-fixed", is_flag=True, help="Skip the fixed build.")
+@click.option("--no-fixed", is_flag=True, help="Skip the build without switches.")
 @click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
 @click.option("--nemesis", default="all", show_default=True)
 @click.option("--scenario", default="swarm", show_default=True, callback=_scenarios,
               help="How each run's plan is made (swarm, generative, sequence, churn); a "
                    "comma list makes each one a nemesis mode of the matrix.")
-@click.option("--profile", help="A comma list of run profiles, each a mode of the matrix "
-                                "(for a cutover whose runs have profiles).")
+@click.option("--profile", help="fixed (default) or elastickv (elastickv as it stands: "
+                                "docs/findings.md), or a comma list of both, each a mode of "
+                                "the matrix. The build without switches is named after it.")
 @click.option("--sim-seeds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also simulate this many seeds per build and mode (`cutover sim`).")
 @click.option("--sim-batch", type=click.IntRange(min=1), default=25, show_default=True,
@@ -362,7 +372,8 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
            nodes: int, nemesis: str, scenario: list[str], profile: str | None,
            sim_seeds: int, sim_batch: int, engine: str, scheduler: str | None, workers: int,
            resume: str | None, results: str, junit: str | None, summarize: bool) -> None:
-    """Detection table: every bug switch over K seeds, and the fixed build."""
+    """Detection table: every bug switch over K seeds, and the build without switches
+    (the fixed build; with --profile elastickv, elastickv as it stands)."""
     from . import matrix as mx
     from . import store
     from .junit import write_junit
@@ -393,15 +404,14 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
                 click.echo(f"warning: matrix {mid} was started at revision {rev[:12]}; this "
                            f"tree is at {here[:12]}", err=True)
         else:
-            names = mx.builds(bug_spec, fixed=not no_fixed)
-            if profile and "profile" not in mx.RunConfig.__dataclass_fields__:
-                fail("--profile: the runs of this cutover have no profiles")
+            profiles = mx.profiles(profile)
+            names = mx.builds(bug_spec, fixed=not no_fixed,
+                              profile=profiles[0] if len(profiles) == 1 else "fixed")
             if not seeds and not sim_seeds:
                 fail("nothing to run: give --seeds or --sim-seeds")
             spec = mx.MatrixSpec(builds=names, seeds=seeds, first_seed=first_seed,
                                  modes=scenario, sim_seeds=sim_seeds, sim_batch=sim_batch,
-                                 profiles=[p.strip() for p in profile.split(",") if p.strip()]
-                                 if profile else None,
+                                 profiles=profiles if profile else None,
                                  base=mx.base_config(nodes=nodes, time_limit=time_limit,
                                                      nemesis=nemesis))
             todo = spec.tasks()

@@ -76,7 +76,7 @@ class Cluster:
     """N nodes plus the switchboard, under one root directory."""
 
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
-                 seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
+                 profile: str = "fixed", seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
                  snapshot_every: int = 20_000, node_ids: list[str] | None = None,
                  kek_path: str | None = None, enable_timeout_ticks: int = 200,
                  max_msg_bytes: int = 64 * 1024, max_inflight: int = 64,
@@ -84,6 +84,7 @@ class Cluster:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]
         self.bugs = list(bugs)
+        self.profile = profile
         self.seed = seed
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
@@ -184,7 +185,7 @@ class Cluster:
         assert self.switchboard is not None
         opts = NodeOptions(node_id=nid, data_dir=h.data_dir, listen=h.endpoint,
                            switchboard=self.switchboard.bind, peers=list(self.ids),
-                           bugs=list(self.bugs), tick_ms=self.tick_ms,
+                           bugs=list(self.bugs), profile=self.profile, tick_ms=self.tick_ms,
                            election_ticks=self.election_ticks,
                            snapshot_every=self.snapshot_every, kek_path=self.kek_path,
                            enable_timeout_ticks=self.enable_timeout_ticks,
@@ -288,9 +289,11 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        """Kill everything this cluster started; safe to call twice."""
+        """Kill everything this cluster started; safe to call twice. An exit that
+        happened before (the watch looks every 100 ms) is still recorded."""
         self._stop_watching()
         for h in self.nodes.values():
+            self._reap(h)
             self._plan_exit(h)
             if h.process is not None and h.process.is_alive():
                 try:

@@ -520,10 +520,12 @@ def operator_enable(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect,
     node = nodes[0] if nodes else None
     deadline = ctx.time_limit - 0.5
     tries = 0
+    reflex: set[str] = set()  # nodes asked once more right after they answered `failed`
+    again = False
     while ctx.world.now() < deadline and (main or tries < 3):
         if main and ctx.cutover:
             break  # learned from the nodes' events: some marker applied fresh
-        if node is None or node in ctx.stuck:
+        if node is None or (node in ctx.stuck and not again):
             node = yield from _next_leader(ctx, set(ctx.stuck))
             if node is None:
                 yield from _restart_stuck(ctx, rng)
@@ -553,7 +555,14 @@ def operator_enable(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect,
             break
         yield Sleep(rng.choice([0.0, 0.05, 0.2, 0.5, 1.0]))
         yield from _restart_stuck(ctx, rng)
-        if not (retry_same and rng.random() < 0.5) or node in ctx.stuck:
+        # The same node again, or the next leader. A node that just answered `failed`
+        # gets one more try as an operator's reflex (the CLI run again) before it counts
+        # as stuck: harmless where a stuck barrier refuses it, R2 where it does not.
+        again = retry_same and rng.random() < 0.5 and (node not in ctx.stuck
+                                                        or node not in reflex)
+        if again and node in ctx.stuck:
+            reflex.add(node)
+        if not again:
             node = None  # the next leader, not this one
     if main:
         ctx.cutover_settled = True

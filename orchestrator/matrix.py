@@ -1,7 +1,9 @@
 """The detection benchmark (`cutover matrix`): the fixed build and each bug switch over
 K seeds with every nemesis; how often each switch was caught, how far into the run the
-first violation happened, which checker caught it, and how many protocol-state coverage
-points the build's runs reached together.
+first violation happened, whether the invariant it is expected to violate (`EXPECTED`)
+caught it or another one did, and how many protocol-state coverage points the build's
+runs reached together. `--profile elastickv` runs every build as elastickv behaves, and
+names the row without a switch `elastickv`.
 
 A matrix is recorded (`matrices`, `matrix_tasks`): its config, the project's git
 revision, and each task as it finishes, so an interrupted matrix can be finished
@@ -24,7 +26,7 @@ from typing import Any
 from checker import suite
 from checker.coverage import POINTS
 from nemesis.plan import DEFAULT_SCENARIO
-from node.server import ALL_BUGS
+from node.server import ALL_BUGS, PROFILES
 
 from . import store
 from .errors import EXIT_HARNESS
@@ -34,13 +36,47 @@ from .tasks import AXES, Task, make_tasks, run_sim_batch
 Rows = list[tuple[str, list[RunOutcome]]]
 
 
+# What each switch is expected to violate: an invariant of the cutover checker ("I1"..)
+# or a checker ("linearizability"). A run caught by something else is shown apart (a
+# switch caught only by a side effect says little about the invariant it targets).
+# The elastickv profile with no switch is expected to fail by any of them (its open
+# hazards: docs/findings.md), hence None.
+EXPECTED: dict[str, str | None] = {
+    "nonstrict-dispatch": "I3",  # the cleartext marker is "unwrapped": every replica halts
+    "silent-unwrap-skip": "I4",  # a skipped entry: the replica diverges silently
+    "no-barrier": "I1",
+    "raw-admin-proposer": "I1",
+    "no-apply-installer": "I1",
+    "stale-check-first": "I1",
+    "no-startup-wrap": "I1",
+    "barrier-release-on-timeout": "I1",
+    "leader-unapplied-marker": "I1",
+    "duplicate-marker": "I1",  # a second raw marker above C
+    "snapshot-install-no-cutover": "I2",  # applied past C with a sidecar that says C = 0
+    "stale-read": "linearizability",
+    "commit-old-term": "linearizability",  # an acknowledged write lost
+    "elastickv": None,
+}
+
+
 class MatrixAborted(RuntimeError):
     """A run of the matrix was aborted (Ctrl-C, SIGTERM): the matrix stops there."""
 
 
-def builds(bug_spec: str, fixed: bool = True) -> list[str]:
-    """The builds to run: "fixed" (unless not `fixed`) and the switches of `bug_spec`
-    ("all" or a comma list); ValueError names an unknown switch."""
+def profiles(spec: str | None) -> list[str]:
+    """The profiles of `--profile` (a comma list; none given: the fixed one);
+    ValueError names an unknown one."""
+    out = [p.strip() for p in (spec or "").split(",") if p.strip()] or ["fixed"]
+    bad = [p for p in out if p not in PROFILES]
+    if bad:
+        raise ValueError(f"unknown profile {bad[0]!r}; valid: {', '.join(PROFILES)}")
+    return list(dict.fromkeys(out))
+
+
+def builds(bug_spec: str, fixed: bool = True, profile: str = "fixed") -> list[str]:
+    """The builds to run: the profile with no switch ("fixed" or "elastickv"; unless not
+    `fixed`) and the switches of `bug_spec` ("all" or a comma list); ValueError names
+    an unknown switch."""
     known = sorted(ALL_BUGS)
     if bug_spec == "all":
         bugs = known
@@ -51,19 +87,19 @@ def builds(bug_spec: str, fixed: bool = True) -> list[str]:
         bad = [b for b in bugs if b not in known]
         if bad:
             raise ValueError(f"unknown bug switch {bad[0]!r}; valid names: {', '.join(known)}")
-    return (["fixed"] if fixed else []) + bugs
+    return ([profile] if fixed else []) + bugs
 
 
 def run_matrix(build_names: list[str], seeds: int, first_seed: int, time_limit: float,
                nodes: int, nemesis: str, results: str,
                on_outcome: Callable[[str, int, RunOutcome], None] | None = None,
-               scenario: str = DEFAULT_SCENARIO) -> Rows:
-    """Every build over seeds first_seed.. (one `cutover run` each), recorded as a new
-    matrix; (build, outcomes) in order. Raises `run.RunError` (a harness failure) or
-    `MatrixAborted`."""
+               scenario: str = DEFAULT_SCENARIO, profile: str = "fixed") -> Rows:
+    """Every build over seeds first_seed.. (one `cutover run` each, every node in
+    `profile`), recorded as a new matrix; (build, outcomes) in order. Raises
+    `run.RunError` (a harness failure) or `MatrixAborted`."""
     spec = MatrixSpec(builds=build_names, seeds=seeds, first_seed=first_seed,
-                      modes=[scenario], base=base_config(nodes=nodes, time_limit=time_limit,
-                                                         nemesis=nemesis))
+                      modes=[scenario], profiles=None if profile == "fixed" else [profile],
+                      base=base_config(nodes=nodes, time_limit=time_limit, nemesis=nemesis))
     mid = start_matrix(results, spec, "local")
 
     def progress(task: Task, o: RunOutcome) -> None:
@@ -293,7 +329,7 @@ def is_fixed(label: str) -> bool:
 
 
 def exit_code(rows: Rows) -> int:
-    """Like a checker: 1 when the fixed build failed or a switch escaped every seed it
+    """Like a checker: 1 when the fixed build failed or a switch (or elastickv as it stands) escaped every seed it
     was judged on; else 3 when a task produced no verdict (a harness error is never
     read as a verdict); else 0."""
     def judged(os_: list[RunOutcome]) -> list[RunOutcome]:
@@ -307,18 +343,51 @@ def exit_code(rows: Rows) -> int:
     return EXIT_HARNESS if any(len(judged(os_)) < len(os_) for _b, os_ in rows) else 0
 
 
+def violated(o: RunOutcome) -> set[str]:
+    """What a run violated: each failing invariant of the cutover checker ("I1", ...)
+    and each other failing checker by name."""
+    out: set[str] = set()
+    for name, r in o.checks.items():
+        if r.get("valid") != "invalid":
+            continue
+        if name == "cutover":
+            invs = r.get("invariants") or {}
+            out |= {k for k, v in invs.items() if isinstance(v, dict) and not v.get("valid")}
+            if not invs and r.get("failing"):
+                out.add(str(r["failing"]))
+        else:
+            out.add(name)
+    return out
+
+
+def caught_column(build: str, bad: list[RunOutcome]) -> str:
+    """Who caught the build's invalid runs: the expected invariant's count first, then
+    the runs it missed, by what failed first there ("other: cutover I3 (1)")."""
+    expected = EXPECTED.get(build)
+    if expected is None:
+        by = Counter(_caught_by(o) for o in bad)
+        return ", ".join(f"{k} ({n})" for k, n in by.most_common()) or "-"
+    hit = [o for o in bad if expected in violated(o)]
+    other = Counter(_caught_by(o) for o in bad if o not in hit)
+    parts = [f"{expected} ({len(hit)})"] if hit else []
+    if other:
+        parts.append("other: " + ", ".join(f"{k} ({n})" for k, n in other.most_common()))
+    return ", ".join(parts) or "-"
+
+
 def table(rows: Rows, seeds: int) -> str:
     """The detection table: per build, how often caught, the median time into the run
-    of the first violation, and by which checker."""
-    head = (f"{'build':<28} {'detected':>11} {'median s':>9} {'coverage':>8}  caught by",)
-    lines = [head[0], "-" * 80]
+    of the first violation, the invariant it is expected to violate, and what caught
+    it: that invariant, or (shown apart) another."""
+    head = (f"{'build':<28} {'detected':>11} {'median s':>9} {'coverage':>8}  "
+            f"{'expects':<16} caught by",)
+    lines = [head[0], "-" * 96]
     for build, outcomes in rows:
         bad = [o for o in outcomes if o.verdict == "invalid"]
         errs = [o for o in outcomes if o.verdict in ("error", "unknown")]
         times = [o.first[2] / 1e9 for o in bad if o.first and isinstance(o.first[2], int | float)]
         med = f"{statistics.median(times):.1f}" if times else "-"
-        by = Counter(_caught_by(o) for o in bad)
-        caught = ", ".join(f"{k} ({n})" for k, n in by.most_common()) or "-"
+        caught = caught_column(build.split(" ")[0], bad)
         if is_fixed(build):
             col = f"{len(outcomes) - len(bad) - len(errs)}/{len(outcomes)} valid"
         else:
@@ -327,7 +396,8 @@ def table(rows: Rows, seeds: int) -> str:
             caught += f"; {len(errs)} unknown/error"
         reached = set().union(*(o.coverage for o in outcomes)) & set(POINTS)
         cov = f"{len(reached)}/{len(POINTS)}"
-        lines.append(f"{build:<28} {col:>11} {med:>9} {cov:>8}  {caught}")
+        expects = "-" if is_fixed(build) else (EXPECTED.get(build.split(" ")[0]) or "any")
+        lines.append(f"{build:<28} {col:>11} {med:>9} {cov:>8}  {expects:<16} {caught}")
     return "\n".join(lines)
 
 
@@ -348,6 +418,7 @@ def stored_rows(results: str) -> Rows:
         for r in sorted(store.runs(db), key=lambda r: (r["bugs"] or "", r["seed"] or 0)):
             if r["status"] not in ("done", "error"):
                 continue
-            by.setdefault(r["bugs"] or "fixed", []).append(stored_outcome(db, r))
+            profile = store.run_config(r).get("profile") or "fixed"
+            by.setdefault(r["bugs"] or profile, []).append(stored_outcome(db, r))
     names = (["fixed"] if "fixed" in by else []) + sorted(b for b in by if b != "fixed")
     return [(b, by[b]) for b in names]

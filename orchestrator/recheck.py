@@ -195,7 +195,8 @@ def recheck(results: str, ref: str) -> tuple[dict[str, dict[str, Any]], int, str
     bugs = store.run_config(row).get("bugs") or []
     verdict = suite.worst(r["valid"] for r in res.values())
     code = suite.EXIT_CODES[verdict]
-    summary = verdict_line(verdict, suite.first_violation(res), row.get("seed"), bugs)
+    summary = verdict_line(verdict, suite.first_violation(res), row.get("seed"), bugs,
+                           store.run_config(row).get("profile") or "fixed")
     store.replace_checks(results, row["id"], pending,
                          {"verdict": verdict, "exit_code": code, "summary": summary})
     return res, code, summary

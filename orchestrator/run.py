@@ -34,9 +34,9 @@ from nemesis.plan import (
     make_plan,
     parse_families,
 )
-from node.events import read_events
+from node.events import EventKind, read_events
 from node.keystore import generate_dek, write_kek
-from node.server import ALL_BUGS
+from node.server import ALL_BUGS, PROFILES
 from workloads import MODEL_OF, make_workload
 
 from . import owner, store
@@ -71,6 +71,9 @@ class RunConfig:
     nemesis_interval: float = 5.0
     cutover_at: float | None = -1.0  # -1: a third of the way in; None: no cutover
     bugs: list[str] = field(default_factory=list)
+    # Which system the nodes behave as: "fixed" (the protocol with this lab's fixes) or
+    # "elastickv" (elastickv as it stands; node/cutover.py PROFILES, docs/protocol.md).
+    profile: str = "fixed"
     seed: int | None = None
     results: str = "results"
     quiet_period: float = 2.0
@@ -149,6 +152,9 @@ class RunConfig:
             if b not in ALL_BUGS:
                 raise RunError(f"unknown bug switch {b!r}; valid names: "
                                f"{', '.join(sorted(ALL_BUGS))}")
+        if self.profile not in PROFILES:
+            raise RunError(f"unknown profile {self.profile!r}; expected one of "
+                           f"{', '.join(sorted(PROFILES))}")
         if self.nodes < 1:
             raise RunError("--nodes must be at least 1")
         if self.time_limit <= 0 or self.rate <= 0:
@@ -333,7 +339,8 @@ class _Runner:
         kek_path = os.path.join(self.run_dir, "kek")
         kek = write_kek(kek_path)
         self.cluster = cl = Cluster(os.path.join(self.run_dir, "nodes"), cfg.nodes,
-                                    bugs=cfg.bugs, seed=cfg.seed or 0, tick_ms=cfg.tick_ms,
+                                    bugs=cfg.bugs, profile=cfg.profile,
+                                    seed=cfg.seed or 0, tick_ms=cfg.tick_ms,
                                     election_ticks=cfg.election_ticks,
                                     snapshot_every=cfg.snapshot_every, kek_path=kek_path,
                                     enable_timeout_ticks=cfg.enable_timeout_ticks,
@@ -503,7 +510,7 @@ class _Runner:
         verdict = suite.worst(r["valid"] for r in results.values())
         first = suite.first_violation(results)
         code = suite.EXIT_CODES[verdict]
-        summary = verdict_line(verdict, first, self.cfg.seed, self.cfg.bugs)
+        summary = verdict_line(verdict, first, self.cfg.seed, self.cfg.bugs, self.cfg.profile)
         self.rec.run_row(status="done", verdict=verdict, exit_code=code, summary=summary,
                          finished=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                          duration_s=round(time.monotonic() - self.t_start, 3))
@@ -538,10 +545,12 @@ class _Runner:
 
 
 def verdict_line(verdict: str, first: tuple[str, str, Any] | None, seed: int | None,
-                 bugs: list[str]) -> str:
+                 bugs: list[str], profile: str = "fixed") -> str:
     """The run's one-line summary (printed last, stored in `runs.summary`); `cutover
-    check` writes it again from the stored seed and bugs."""
+    check` writes it again from the stored seed, bugs and profile."""
     with_bugs = f" with --bug {','.join(bugs)}" if bugs else ""
+    if profile != "fixed":
+        with_bugs += f" --profile {profile}"
     if verdict == "valid":
         return f"VALID: every checker passed (seed {seed}{with_bugs})"
     if first is None:
@@ -606,8 +615,11 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.RowSink | None,
                    if r["type"] == "invoke" and r["f"] == "cas"
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, kek_path, tokens, t0_ns=t0_ns,
-                                                         excused=excused)
-    results["crashes"] = suite.check_crashes(os.path.join(run_dir, "nodes"), t0_ns)
+                                                         excused=excused,
+                                                         profile=config.get("profile") or "fixed")
+    results["crashes"] = suite.check_crashes(os.path.join(run_dir, "nodes"), t0_ns,
+                                             halted={e["node"] for e in store.node_events(
+                                                 db, run_id, kinds=[EventKind.HALT])})
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from node.cutover import PROFILES
+
 from . import store
 from .run import RunConfig, execute
 from .sim.batch import run_seed, store_run
@@ -48,7 +50,7 @@ class Task:
     a `run` task has `seed`."""
 
     kind: str  # run | sim
-    build: str  # "fixed" or a bug switch
+    build: str  # a bug switch, or a profile's name ("fixed", "elastickv"): no switch
     mode: str  # the nemesis scenario (swarm, generative, sequence, churn)
     profile: str | None = None  # RunConfig.profile, when the matrix varies it
     seed: int | None = None
@@ -62,9 +64,12 @@ class Task:
 
     def label(self, modes: int = 1, profiles: int = 1) -> str:
         """The row of the detection table: the build, then what else varies."""
-        out = self.build
-        if profiles > 1 or self.profile is not None:
-            out += f" [{self.profile or 'default'}]"
+        if self.build in PROFILES:  # the build without a switch: named after its profile
+            out = self.profile or self.build
+        else:
+            out = self.build
+            if profiles > 1 or self.profile is not None:
+                out += f" [{self.profile or 'default'}]"
         if modes > 1:
             out += f" [{self.mode}]"
         return out + (" (sim)" if self.kind == "sim" else "")
@@ -73,7 +78,7 @@ class Task:
         """The RunConfig of this task: the base config with the task's axes set.
         `RunError` when the base (or a profile) is not a config this build runs."""
         d: dict[str, Any] = {k: v for k, v in base.items() if k not in AXES}
-        d.update(bugs=[] if self.build == "fixed" else [self.build], scenario=self.mode,
+        d.update(bugs=[] if self.build in PROFILES else [self.build], scenario=self.mode,
                  seed=self.seed if self.kind == "run" else (self.seeds or (1, 1))[0],
                  results=results)
         if self.profile is not None:

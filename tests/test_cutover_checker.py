@@ -1,4 +1,4 @@
-"""The offline cutover checker (invariants I1-I6) on synthetic node dirs.
+"""The offline cutover checker (invariants I1-I7) on synthetic node dirs.
 
 The dirs are written with the real writers (Storage/WAL, SnapshotStore via compaction,
 the sidecar, the event log, the KEK file, envelope.wrap with NonceSource, the payload
@@ -25,7 +25,7 @@ from node.cutover import Cutover, MemoryStore
 from node.envelope import NonceSource, make_nonce, wrap
 from node.events import EventKind, EventLog
 from node.keystore import WrappedKey, generate_dek, write_kek
-from node.kv import KV, snapshot_data
+from node.kv import KV, snapshot_data, snapshot_kv
 from node.sidecar import Sidecar
 from node.sidecar import save as save_sidecar
 from node.storage import Storage
@@ -94,6 +94,7 @@ class Lab:
         self.digests: dict[str, list[tuple[int, str | None]]] = {
             n: [(12, None), (7 + i, None)] for i, n in enumerate(NODES)}
         self.halts: dict[str, list[dict]] = {n: [] for n in NODES}
+        self.extra_events: dict[str, list[dict]] = {n: [] for n in NODES}
         self.cutover_events = True
         self.built: dict[str, str] | None = None
 
@@ -153,6 +154,8 @@ class Lab:
                         cutover=C, active=1)
             for h in self.halts[n]:
                 ev.emit("halt", **h)
+            for x in self.extra_events[n]:
+                ev.emit(**x)
             reported = [(a, self.true_digest(a) if d is None else d) for a, d in self.digests[n]]
             for applied, digest in reported:
                 ev.emit(EventKind.PROGRESS, applied=applied, digest=digest)
@@ -231,7 +234,7 @@ def test_clean_cutover_passes_every_invariant(lab: Lab) -> None:
     scan = i1.summary["byte_scan"]
     assert scan["tokens_after_cutover"] == 4 and scan["wal_records_scanned"] >= 18
     assert scan["hits"] == 0
-    assert report["I5"].nodes["n3"] == {"wrapped_records": 5}  # replicas are no repeat
+    assert report["I5"].nodes["n3"] == {"wrapped_records": 5, "sealed_images": 0}  # replicas are no repeat
     assert i6.summary["installed"]["1"]["by"] == "bootstrap entry 3"
     assert i2.summary["marker_verified"] is True
     assert i2.summary["marker_verified_on"] == ["n2", "n3"]
@@ -521,3 +524,115 @@ def test_excused_damage_hides_exactly_the_damaged_entry() -> None:
     assert rep.results["I3"].valid and rep.results["I3"].summary["excused"]
     assert [v["index"] for v in rep.results["I5"].violations] == [22]
     assert rep.results["I5"].violation_count == 1 and not rep.valid
+
+
+# --------------------------------------------------------------------------- issue 12
+
+
+def _sealed_snapshot(lab: Lab, nonce: bytes) -> Snapshot:
+    """n1's snapshot at 10 with its image sealed under key 2 with `nonce` (a node seals
+    an image above C like an entry)."""
+    kv = KV()
+    for k, v in lab.snapshot_values.items():
+        kv.apply({"op": "write", "key": k, "value": v.decode()})
+    image = wrap(lab.deks[2], 2, nonce, kv.snapshot())
+    return Snapshot(SnapshotMeta(10, 1), snapshot_data(image, C, lab.snap_blob()))
+
+
+def test_i5_sees_a_snapshot_image_sealed_with_an_entrys_nonce(lab: Lab) -> None:
+    """Issue 12: the epoch bump not saved, a restarted node sealed its snapshot image and
+    its first entry with one (DEK, nonce) pair; I5 used to scan entries only."""
+    reused = make_nonce(2, 1, 1)  # what n2's first seal (entry 12) uses
+    lab.snapshot_at = 10
+    lab.snapshot_values = {"a": POST[0], "b": POST[1]}
+    lab.snapshot = lambda: _sealed_snapshot(lab, reused)  # type: ignore[method-assign]
+    report = lab.check(scan_snapshot_data=False)
+    assert "I5" in only_failing(report)
+    v = report["I5"].first_violation
+    assert v["nonce"] == reused.hex() and {v["index"], v["first_use_index"]} == {10, 12}, v
+
+
+def test_i5_a_copied_snapshot_is_no_reuse_but_an_event_of_another_image_is(lab: Lab) -> None:
+    """The same sealed bytes in two places (a snapshot and the event that describes it:
+    what InstallSnapshot's copy amounts to) are one ciphertext. A `snapshot-taken` event
+    of an image that is no longer on disk, under the same pair but other bytes, is a
+    reuse across incarnations."""
+    import hashlib
+
+    nonce = make_nonce(1, 1, 900)
+    lab.snapshot_at = 10
+    lab.snapshot_values = {"a": POST[0], "b": POST[1]}
+    snap = _sealed_snapshot(lab, nonce)
+    lab.snapshot = lambda: snap  # type: ignore[method-assign]
+    image = snapshot_kv(snap.data)
+    same = {"kind": EventKind.SNAPSHOT_TAKEN, "index": 10, "term": 1, "image_key_id": 2,
+            "image_nonce": nonce.hex(), "image_sha": hashlib.sha256(image).hexdigest()[:32]}
+    lab.extra_events["n1"].append(same)
+    lab.extra_events["n2"].append(same)
+    assert lab.check(scan_snapshot_data=False)["I5"].valid
+    lab.built, lab.root = None, lab.root / "again"  # a fresh cluster on disk
+    lab.nonces = {1: NonceSource(1, 1), 2: NonceSource(2, 1)}
+    lab.extra_events["n3"].append({**same, "index": 8, "image_sha": "00" * 16})
+    report = lab.check(scan_snapshot_data=False)
+    assert only_failing(report) == {"I5"}
+    assert report["I5"].violation_count == 1
+    assert report["I5"].nodes["n1"]["sealed_images"] == 2
+
+
+def _rotation_event(counter: int) -> dict:
+    return {"kind": EventKind.ENCRYPTION_APPLIED, "what": "rotate", "index": 9, "term": 1,
+            "cutover": C, "active": 2, "dek": 2, "nonce_node": 1, "nonce_epoch": 1,
+            "nonce_counter": counter}
+
+
+def test_i7_an_entry_sealed_with_the_old_key_after_the_rotation_applied(lab: Lab) -> None:
+    """n1 seals entries 7, 8, 9 (counters 1-3), applies the rotation to key 2 (its next
+    counter is 4), then seals entry 10 under key 1: the rotation did not take effect."""
+    lab.extra_events["n1"].append(_rotation_event(4))
+    assert lab.check()["I7"].valid  # entry 10 under key 2: fine
+    assert lab.check()["I7"].summary["entries_checked"] >= 4
+    lab.built, lab.root = None, lab.root / "again"  # a fresh cluster on disk
+    lab.nonces = {1: NonceSource(1, 1), 2: NonceSource(2, 1)}
+    lab.specs[9] = dataclasses.replace(lab.specs[9], key=1)  # entry 10
+    report = lab.check()
+    assert only_failing(report) == {"I7"}
+    v = report["I7"].first_violation
+    assert (v["node"], v["index"], v["key_id"], v["rotated_to"]) == ("n1", 10, 1, 2), v
+
+
+def test_i7_entries_sealed_before_the_rotation_applied_are_fine(lab: Lab) -> None:
+    """The rotate entry itself, and anything else sealed before the node applied it
+    (a lower nonce counter), may use the old key."""
+    lab.specs[9] = dataclasses.replace(lab.specs[9], key=1)  # entry 10
+    lab.extra_events["n1"].append(_rotation_event(5))  # applied after sealing entry 10
+    assert lab.check()["I7"].valid
+
+
+def test_i2_a_node_that_applied_past_c_with_a_sidecar_that_says_zero(lab: Lab) -> None:
+    """R3's symptom: n3 applied up to 12 but its sidecar never learned C."""
+    lab.sidecars["n3"] = dataclasses.replace(lab.sidecars["n3"], raft_envelope_cutover_index=0)
+    report = lab.check()
+    assert only_failing(report) == {"I2"}
+    v = report["I2"].first_violation
+    assert v["node"] == "n3" and v["applied"] == 12 and "C=0" in v["reason"], v
+
+
+
+def test_i5_a_node_started_twice_with_one_epoch_while_cut_over(lab: Lab) -> None:
+    """The epoch keeps a node's processes apart; two starts with the same one (the epoch
+    bump not saved) restart its nonces where they were, even once the envelopes of the
+    first are compacted away. Epoch 0 repeats (elastickv's processes before the cutover
+    seal nothing) and starts before the cutover are not a finding."""
+    start = {"kind": EventKind.START, "nonce_node": 2, "nonce_counter": 1, "applied": 0}
+    lab.extra_events["n2"] += [{**start, "nonce_epoch": 0, "cutover": 0},
+                               {**start, "nonce_epoch": 0, "cutover": 0},
+                               {**start, "nonce_epoch": 3, "cutover": 0},
+                               {**start, "nonce_epoch": 3, "cutover": C}]
+    assert lab.check()["I5"].valid
+    lab.built, lab.root = None, lab.root / "again"  # a fresh cluster on disk
+    lab.nonces = {1: NonceSource(1, 1), 2: NonceSource(2, 1)}
+    lab.extra_events["n2"].append({**start, "nonce_epoch": 3, "cutover": C})
+    report = lab.check()
+    assert only_failing(report) == {"I5"}
+    v = report["I5"].first_violation
+    assert v["node"] == "n2" and v["nonce_epoch"] == 3 and "started 2 times" in v["reason"]

@@ -62,16 +62,24 @@ def test_replayed_marker_after_rotation_stays_installed(kek: Kek) -> None:
     assert a.kind == "marker-already-active" and (c2.cell, c2.wrap) == (10, 2)
 
 
-def test_stale_check_first_bug_uninstalls_on_replay(kek: Kek) -> None:
+def test_stale_check_first_bug_never_installs_on_replay(kek: Kek) -> None:
+    """The switch as reported (elastickv PR944): a restarted node whose snapshot is older
+    than C got its wrap from the replayed marker alone, and the replayed marker, taken as
+    stale under a newer DEK, installs nothing. The stale branch itself clears nothing
+    (it used to, a line elastickv never had). With a snapshot that covers C there is no
+    replay, and the start-up install keys the wrap as in the fixed build."""
     store = MemoryStore()
     c = boot(kek, store, bugs=["stale-check-first"])
     bootstrap(c, kek, 3)
     c.apply(10, pl.marker_payload(1))
     c.apply(12, pl.rotate_payload(2, kek.wrap_dek(generate_dek())))
-    c2 = boot(kek, store, bugs=["stale-check-first"])
+    c2 = Cutover(1, store, kek, frozenset(["stale-check-first"]), snapshot_index=5)
+    assert (c2.cell, c2.wrap) == (10, None)
     a = c2.apply(10, pl.marker_payload(1))
     assert a.kind == "marker-stale" and c2.wrap is None  # proposes cleartext above C
     assert c2.seal(b"\x00x") == b"\x00x"
+    c3 = Cutover(1, store, kek, frozenset(["stale-check-first"]), snapshot_index=12)
+    assert (c3.cell, c3.wrap) == (10, 2)
 
 
 def test_strict_hook_at_the_marker_and_the_nonstrict_bug(kek: Kek) -> None:

@@ -284,6 +284,9 @@ def test_run_config_round_trips_for_replay() -> None:
     (["run", "--replay", "no-such-file.json", "--results", "/nonexistent-dir"],
      "cannot replay"),
     (["matrix", "--bugs", "nope"], "unknown bug switch 'nope'"),
+    (["run", "--profile", "etcd"], "'etcd' is not one of"),
+    (["sim", "--seeds", "1", "--profile", "etcd"], "'etcd' is not one of"),
+    (["matrix", "--profile", "etcd"], "'etcd' is not one of"),
 ])
 def test_run_and_matrix_bad_flags(args: list[str], needle: str) -> None:
     p = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
@@ -291,3 +294,31 @@ def test_run_and_matrix_bad_flags(args: list[str], needle: str) -> None:
     assert p.returncode == 3, (p.returncode, p.stderr)
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_matrix_shows_catches_by_another_invariant_apart() -> None:
+    """Each switch names the invariant it is expected to violate; a run caught only by
+    something else is shown as such, and the expected one counts wherever it failed."""
+    from orchestrator.matrix import caught_column, table, violated
+    from orchestrator.run import RunOutcome
+
+    def run(first: str, *invs: str, lin: bool = False) -> RunOutcome:
+        checks = {"cutover": {"valid": "invalid", "failing": first,
+                              "invariants": {k: {"valid": k not in invs}
+                                             for k in ("I1", "I2", "I3", "I4")}},
+                  "linearizability": {"valid": "invalid" if lin else "valid"}}
+        return RunOutcome("r", "", "invalid", 1, "", checks,
+                          ("cutover", "sentence", 1_000_000_000), 1, 1.0, {})
+
+    hit = run("I1", "I1", "I3")
+    late = run("I2", "I2", "I1")  # I1 failed too, though not first
+    miss = run("I3", "I3")
+    assert violated(hit) == {"I1", "I3"}
+    assert violated(run("I3", "I3", lin=True)) == {"I3", "linearizability"}
+    assert caught_column("no-barrier", [hit, late, miss]) == "I1 (2), other: cutover I3 (1)"
+    assert caught_column("no-barrier", [miss]) == "other: cutover I3 (1)"
+    assert caught_column("elastickv", [hit, miss]) == "cutover I1 (1), cutover I3 (1)"
+    lines = table([("no-barrier", [hit, miss]), ("fixed", [])], 2).splitlines()
+    assert "expects" in lines[0]
+    assert "I1 (1), other: cutover I3 (1)" in lines[2] and " I1 " in lines[2]
+

@@ -239,13 +239,18 @@ def test_epoch_on_a_fresh_dir_starts_at_one(tmp_path) -> None:
     assert load(tmp_path) == Sidecar(local_epoch=1)
 
 
-def test_epoch_wraps_to_one_never_zero(tmp_path) -> None:
+def test_epoch_never_wraps_the_last_one_refuses_the_next_start(tmp_path) -> None:
+    """Issue 12: the epoch used to wrap 65535 -> 1, so the 65,536th start repeated the
+    nonce prefixes of the first. Now the bump refuses, the file names itself, and the
+    spent epoch stays on disk (a refused start changes nothing)."""
     assert next_epoch(0) == 1
     assert next_epoch(65534) == 65535
-    assert next_epoch(65535) == 1
+    with pytest.raises(sidecar.EpochExhaustedError):
+        next_epoch(65535)
     save(tmp_path, Sidecar(local_epoch=65535))
-    assert bump_epoch(tmp_path) == 1
-    assert load(tmp_path).local_epoch == 1
+    with pytest.raises(SidecarError, match="last one"):
+        bump_epoch(tmp_path)
+    assert load(tmp_path).local_epoch == 65535
 
 
 def test_bump_epoch_refuses_a_corrupt_sidecar(tmp_path) -> None:

@@ -163,7 +163,8 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
     checks = rec["checks"]
     verdict = rec["verdict"]
     first = tuple(rec["first"]) if rec.get("first") else None
-    summary = "SIMULATED " + verdict_line(verdict, first, seed, cfg.get("bugs") or [])
+    summary = "SIMULATED " + verdict_line(verdict, first, seed, cfg.get("bugs") or [],
+                                          cfg.get("profile") or "fixed")
     r = store.Recorder(results, run_id, 0)
     try:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")

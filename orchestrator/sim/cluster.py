@@ -20,8 +20,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.events import EventKind
-from node.host import NodeHost, NodeOptions
+from node.events import EXIT_HALTED, EventKind
+from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
 from orchestrator.faults import Net
@@ -84,6 +84,7 @@ class SimSettings:
     max_inflight: int = 64
     enable_timeout_ticks: int = 80
     bugs: tuple[str, ...] = ()
+    profile: str = "fixed"
     latency_us: tuple[int, int] = (150, 700)  # a message through the switchboard
     client_latency_us: tuple[int, int] = (80, 300)
     process_us: int = 100  # one turn of a node's loop (Python, the Ready's encoding)
@@ -233,15 +234,15 @@ class SimCluster:
         for proc in self._flag_waiters.pop(name, []):
             self.after(0, self._resume, proc, None)
 
-    def add_event(self, node: str, kind: str, detail: dict[str, Any]) -> None:
+    def add_event(self, node: str, kind: EventKind | str, detail: dict[str, Any]) -> None:
         n = self.nodes.get(node)
         if n is not None and self._in_turn == node and n.disk.turn_syncs:
             # Written to the event log after a sync of its turn: it exists once that
             # sync is done, and never if the process dies first (as an output).
             wait, turn, k = self._out_delay(n)
-            self.after(wait, self._publish_late, node, kind, detail, turn, k)
+            self.after(wait, self._publish_late, node, str(kind), detail, turn, k)
             return
-        self._publish(node, kind, detail)
+        self._publish(node, str(kind), detail)
 
     def _publish_late(self, node: str, kind: str, detail: dict[str, Any], turn: int,
                       k: int) -> None:
@@ -274,7 +275,7 @@ class SimCluster:
         s = self.s
         return NodeOptions(node_id=nid, data_dir=f"/sim/{nid}", listen=f"sim://{nid}",
                            switchboard="sim://switchboard", peers=list(self.ids),
-                           bugs=list(s.bugs), tick_ms=s.tick_ms,
+                           bugs=list(s.bugs), profile=s.profile, tick_ms=s.tick_ms,
                            election_ticks=s.election_ticks, heartbeat_ticks=s.heartbeat_ticks,
                            snapshot_every=s.snapshot_every,
                            enable_timeout_ticks=s.enable_timeout_ticks,
@@ -297,7 +298,7 @@ class SimCluster:
                 start_info={"pid": inc})
         except Exception as e:  # noqa: BLE001 - a node that refuses to start (or dies trying)
             node.failed_starts += 1
-            self.add_event(nid, "start-failed", {"error": f"{type(e).__name__}: {e}"})
+            self.add_event(nid, EventKind.START_FAILED, {"error": f"{type(e).__name__}: {e}"})
             return
         node.paused = False
         node.held = []
@@ -358,6 +359,23 @@ class SimCluster:
                     host.expire()
             node.ticks_due = 0
             host.process()
+        except NodeExit as e:
+            # The elastickv profile's halt: the process ends itself, as designed (its
+            # `halt` event is I3's evidence; the `crashes` checker does not count this).
+            # A restart replays the entry and halts again. Like any process exit, the
+            # page cache survives: nothing written is lost. It exits once its turn's
+            # syncs are done, so its `exit` follows what it wrote after them (its halt).
+            wait, _turn, _k = self._out_delay(node)
+            node.disk.end_turn()
+            node.turn_log = []
+            self._in_turn = None
+            detail = {"reason": "halt", "index": e.index, "term": e.term, "code": EXIT_HALTED}
+            if wait:
+                self.after(wait, self._publish, nid, str(EventKind.EXIT), detail)
+            else:
+                self._publish(nid, str(EventKind.EXIT), detail)
+            self.kill(nid)
+            return
         except Exception as e:  # noqa: BLE001 - what a node process would die of
             # An exception the node does not handle ends its process (a traceback in its
             # log, exit code 1): the simulated process dies the same way, and it is
@@ -367,7 +385,7 @@ class SimCluster:
             node.disk.end_turn()
             node.turn_log = []
             self._in_turn = None
-            self.add_event(nid, "crash", {"error": f"{type(e).__name__}: {e}"})
+            self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
             self.kill(nid)
             return
         node.turn_log = node.disk.end_turn()

@@ -1,5 +1,5 @@
 """One simulated run: the same `RunConfig` and nemesis plan as `cutover run`, played on a
-`SimCluster` in simulated time, then judged by the same checkers (linearizability, I1-I6
+`SimCluster` in simulated time, then judged by the same checkers (linearizability, I1-I7
 with the byte scan over the simulated disks, stats, availability) and the same
 coverage points.
 
@@ -26,6 +26,7 @@ from checker.crashes import EXITS_FILE
 from checker.crashes import record as exit_record
 from nemesis.plan import Plan
 from nemesis.primitives import Step, When, event_matches
+from node.events import EventKind
 from node.wal import WalError, damage_entry
 from orchestrator.faults import HANDLERS, Call, Ctx, Hold, Net, Sleep, Until, choose
 from orchestrator.run import RunConfig
@@ -62,17 +63,26 @@ class SimOutcome:
     cpu_seconds: float
     run_dir: str
     stats: dict[str, int] = field(default_factory=dict)
-    log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I6 scan
+    log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I7 scan
 
     @property
     def failing(self) -> str | None:
-        """What failed first: a checker name, or `cutover I<n>` for an invariant."""
+        """What failed first: a checker name, or `cutover I<n>` for an invariant; for a
+        cleartext entry above C (I1) also which kind of entry, `cutover I1 (lease)`:
+        a lease, a second marker and a user write above C are different hazards (R1,
+        R2, ...), and the shrinker keeps a candidate only if it fails the same way."""
         if self.first is None or self.verdict != "invalid":
             return None
         name = self.first[0]
         if name == "cutover":
-            inv = (self.checks.get("cutover") or {}).get("failing")
-            return f"cutover {inv}" if inv else name
+            c = self.checks.get("cutover") or {}
+            inv = c.get("failing")
+            if not inv:
+                return name
+            v = ((c.get("invariants") or {}).get(inv) or {}).get("first_violation") or {}
+            kind = v.get("opcode_name") if inv == "I1" and v.get("half") == "structural" \
+                else None
+            return f"cutover {inv}" + (f" ({kind})" if kind else "")
         return name
 
 
@@ -128,6 +138,24 @@ class SimWorld:
         return self.cl.new_dek()
 
 
+def write_exits(events: list[dict[str, Any]], path: str) -> None:
+    """The exit record a real cluster keeps (`checker.crashes`), from a simulated
+    cluster's events: a node that died of an exception, ended itself (the elastickv
+    profile's halt), or would not start is the same evidence as a real one."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for ev in events:
+            if ev["kind"] == EventKind.CRASH:
+                fh.write(exit_record("exit", ev["node"], ev["t"], code=1,
+                                     log=[str(ev.get("error"))]))
+            elif ev["kind"] == EventKind.EXIT:
+                fh.write(exit_record("exit", ev["node"], ev["t"], code=ev.get("code"),
+                                     log=[f"exiting: {ev.get('reason')} at index "
+                                          f"{ev.get('index')}"]))
+            elif ev["kind"] == EventKind.START_FAILED:
+                fh.write(exit_record("failed-start", ev["node"], ev["t"],
+                                     reason=str(ev.get("error")), log=[str(ev.get("error"))]))
+
+
 class SimRun:
     """One simulated run (see the module docstring)."""
 
@@ -142,7 +170,8 @@ class SimRun:
             snapshot_every=int(c.snapshot_every or 5000),
             max_msg_bytes=int(c.max_msg_bytes or 64 * 1024),
             max_inflight=int(c.max_inflight or 64),
-            enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs))
+            enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs),
+            profile=c.profile)
         self.cl = SimCluster(c.seed, self.settings)
         self.t0_us = 0
         self.ops: list[dict[str, Any]] = []
@@ -498,15 +527,7 @@ class SimRun:
             dirs[n] = str(d)
         # The exit record a real cluster keeps (`checker.crashes`): a simulated node that
         # died of an exception, or would not start, is the same evidence.
-        with open(root / "nodes" / EXITS_FILE, "w", encoding="utf-8") as fh:
-            for ev in cl.events:
-                if ev["kind"] == "crash":
-                    fh.write(exit_record("exit", ev["node"], ev["t"], code=1,
-                                         log=[str(ev.get("error"))]))
-                elif ev["kind"] == "start-failed":
-                    fh.write(exit_record("failed-start", ev["node"], ev["t"],
-                                         reason=str(ev.get("error")),
-                                         log=[str(ev.get("error"))]))
+        write_exits(cl.events, str(root / "nodes" / EXITS_FILE))
         kek = root / "kek"
         fd = os.open(kek, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -531,11 +552,14 @@ class SimRun:
                    if r["type"] == "invoke" and r["f"] == "cas"
                    and isinstance(r["value"], list) and len(r["value"]) == 2]
         results["cutover"], rep = suite.check_invariants(dirs, str(root / "kek"), tokens,
-                                                          t0_ns=t0_ns, excused=excused)
+                                                          t0_ns=t0_ns, excused=excused,
+                                                          profile=c.profile)
         results["stats"] = suite.stats(ops)
         end_ns = max((r["time_ns"] for r in ops), default=0)
         results["availability"] = suite.availability(ops, fault_windows(self.nemesis), end_ns)
-        results["crashes"] = suite.check_crashes(str(root / "nodes"), t0_ns)
+        results["crashes"] = suite.check_crashes(
+            str(root / "nodes"), t0_ns,
+            halted={str(e["node"]) for e in self.cl.events if e["kind"] == EventKind.HALT})
         verdict = suite.worst(r["valid"] for r in results.values())
         cov = coverage([{"node": e["node"], "kind": e["kind"], "time_ns": e["time_ns"],
                          "detail": {k: v for k, v in e.items()

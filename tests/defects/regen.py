@@ -23,21 +23,19 @@ defect("adopt-snapshot-keeps-active", "cutover: a snapshot installed at run time
 """, ""))
 defect("lease-not-sealed", "replica: the leader's lease entry skips the proposer's sealing (only the barrier is checked).",
  "any leader after the cutover: a cleartext lease above C (I1, I3).",
- ("node/replica.py", """            if self.cut is not None:
-                try:
-                    payload = self.cut.user_proposal(payload, self.cut.barrier)
-                except Busy:
-                    return  # no lease while the barrier is up
-            self._propose(payload, None, None)""", """            if self.cut is not None and self.cut.barrier:
+ ("node/replica.py", """        if self.cut is not None:
+            try:
+                payload = self.cut.user_proposal(payload, self.cut.barrier)
+            except Busy:
                 return  # no lease while the barrier is up
-            self._propose(payload, None, None)"""))
+        self._propose(payload, None, None)""", """        if self.cut is not None and self.cut.barrier:
+            return  # no lease while the barrier is up
+        self._propose(payload, None, None)"""))
 defect("epoch-not-persisted", "sidecar: the start-up epoch bump computes the next epoch but does not save it.",
  "a node restarted after the cutover seals again with the same (DEK, epoch, counter): nonce reuse (I5).",
- ("node/sidecar.py", """    s = load(data_dir, disk)
-    s.local_epoch = next_epoch(s.local_epoch)
+ ("node/sidecar.py", """        raise SidecarError(sidecar_path(data_dir), str(e)) from None
     save(data_dir, s, disk)
-    return s.local_epoch""", """    s = load(data_dir, disk)
-    s.local_epoch = next_epoch(s.local_epoch)
+    return s.local_epoch""", """        raise SidecarError(sidecar_path(data_dir), str(e)) from None
     return s.local_epoch"""))
 defect("install-skips-open-image", "replica: a snapshot installed at run time restores its image as it came, without the cutover's open_image (an image above C is sealed).",
  "a follower that catches up by InstallSnapshot after the cutover: it restores ciphertext (a crash, or a state no replica has: I4).",
