@@ -166,7 +166,8 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
         fail(f"{plan_file} is not JSON: {e.msg} (line {e.lineno})")
     base = doc.get("config") if isinstance(doc, dict) else None
     if not isinstance(base, dict):
-        if isinstance(doc, dict) and isinstance(doc.get("plan"), dict):
+        if isinstance(doc, dict) and isinstance(doc.get("plan"), dict) \
+                and doc.get("format") != "cutover-plan":  # a plan file without a config
             base = {k: v for k, v in doc.items() if k != "plan"}  # a run's config.json
         else:
             return cfg

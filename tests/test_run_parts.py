@@ -286,7 +286,7 @@ def test_run_config_round_trips_for_replay() -> None:
     (["matrix", "--bugs", "nope"], "unknown bug switch 'nope'"),
     (["run", "--profile", "etcd"], "'etcd' is not one of"),
     (["sim", "--seeds", "1", "--profile", "etcd"], "'etcd' is not one of"),
-    (["matrix", "--profile", "etcd"], "'etcd' is not one of"),
+    (["matrix", "--profile", "etcd"], "unknown profile 'etcd'"),
 ])
 def test_run_and_matrix_bad_flags(args: list[str], needle: str) -> None:
     p = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
