@@ -147,6 +147,10 @@ class Nemesis:
         self._milestones: dict[str, threading.Event] = defaultdict(threading.Event)
         self._milestone_pos: dict[str, int] = {}
         self._done: dict[int, threading.Event] = {s.id: threading.Event() for s in plan.steps}
+        # Set once a step's first effect took hold (or once it will never fire): a window
+        # that ends on an event waits for the steps that start on that same event.
+        self._applied: dict[int, threading.Event] = {s.id: threading.Event()
+                                                     for s in plan.steps}
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -228,6 +232,7 @@ class Nemesis:
                     self.world.record("event", "nemesis-error", None, step=step.id,
                                       error=f"{type(e).__name__}: {e}")
             finally:
+                self._applied[step.id].set()
                 self._done[step.id].set()
         return run
 
@@ -247,13 +252,14 @@ class Nemesis:
                               trigger=step.when.describe(), **step.params)
             self.ctx.active[step.id] = f"{step.action} {','.join(nodes) or '-'}"
         try:
-            self._drive(HANDLERS[step.action](self.ctx, step, nodes))
+            self._drive(HANDLERS[step.action](self.ctx, step, nodes), self._applied[step.id])
         finally:
             if windowed:
                 self.ctx.active.pop(step.id, None)
                 self.world.record("stop", step.action, nodes, step=step.id)
 
-    def _drive(self, gen: Generator[Effect, Any, None]) -> None:
+    def _drive(self, gen: Generator[Effect, Any, None],
+               applied: threading.Event | None = None) -> None:
         value: Any = None
         while True:
             try:
@@ -263,6 +269,8 @@ class Nemesis:
             if self.stop.is_set():
                 gen.close()  # the runner heals whatever was left undone
                 return
+            if applied is not None and isinstance(eff, Hold | Sleep | Until):
+                applied.set()  # the fault is in place; it is now held or waited on
             value = self._perform(eff)
 
     def _perform(self, eff: Effect) -> Any:
@@ -282,12 +290,23 @@ class Nemesis:
             s = eff.step
             if s.until is not None:
                 self._wait_for(s.until, since=self.watch.mark())
+                self._hand_over(s.until)
             else:
                 self.stop.wait(s.duration)
             return None
         if isinstance(eff, Call):
             return self.world.call(eff.node, eff.op, eff.timeout, **eff.fields)
         raise TypeError(f"unknown effect {eff!r}")  # pragma: no cover
+
+    def _hand_over(self, when: When, timeout: float = 0.5) -> None:
+        """A window that ends on an event lets the steps that start on that same event
+        take hold first, as they do at one instant in the simulator: a slow link lifted
+        on marker-proposed must not let the marker's acks through before the cut that
+        replaces it (they would, by tens of ms, on real processes)."""
+        end = time.monotonic() + timeout
+        for t in self.plan.steps:
+            if t.when == when and not t.delay and t.action in _WINDOWED:
+                self._applied[t.id].wait(max(0.0, end - time.monotonic()))
 
     def _wait_for(self, when: When, since: int) -> tuple[bool, dict[str, Any] | None]:
         """Block until `when` fires: (True, the triggering event if any), or (False,

@@ -2,6 +2,8 @@
 no sockets. A tiny synchronous driver performs their effects on a fake clock."""
 from __future__ import annotations
 
+import json
+import os
 import random
 from typing import Any
 
@@ -244,3 +246,73 @@ def test_every_action_has_a_handler() -> None:
 
     assert set(ACTIONS) - set(HANDLERS) == {"corrupt-entry"}  # the runner's, after reads
     assert When("event", event="marker-proposed").describe() == "on marker-proposed"
+
+
+def test_a_window_ending_on_an_event_hands_over_to_the_steps_starting_on_it(tmp_path) -> None:
+    """slow-in until marker-proposed, then cut-in from marker-proposed: on real processes
+    the two run in their own threads, and the links into the leader must never be open
+    between them (the marker's acks would slip through). The real driver, a fake world,
+    a real event watch on files."""
+    import threading
+    import time
+
+    from nemesis.plan import Plan
+    from orchestrator.nemesis_exec import Nemesis
+    from orchestrator.watch import EventWatch
+
+    class Timeline(FakeWorld):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = time.monotonic()
+            self.states: list[Net] = []
+            self.lock = threading.Lock()
+
+        def now(self) -> float:
+            return time.monotonic() - self.t0
+
+        def set_net(self, net: Net) -> None:
+            with self.lock:
+                self.states.append(net)
+
+    proposed = When(on="event", event="marker-proposed", node="L")
+    slow = Step(1, "slow-in", Target("leader", bind="L"), When(at=0.0), until=proposed,
+                params={"ms": 200, "jitter": 0})
+    cut = Step(2, "cut-in", Target("bound", ref="L"), proposed, duration=0.3)
+    into_n1 = {(x, "n1") for x in IDS if x != "n1"}
+    for attempt in range(5):  # the old driver lost the race most of the time, not always
+        dirs = {n: str(tmp_path / f"{attempt}-{n}") for n in IDS}
+        for d in dirs.values():
+            os.makedirs(d)
+        world, stop = Timeline(), threading.Event()
+        watch = EventWatch(dirs).start()
+        nem = Nemesis(world, Plan(seed=1, families=("partition", "net"), scenario="swarm",
+                                  steps=(slow, cut)),
+                      watch, seed=1, time_limit=30, stop=stop)  # type: ignore[arg-type]
+        nem.start()
+        try:
+            assert wait_until(lambda w=world: any(s.delay for s in w.states))
+            with open(os.path.join(dirs["n1"], "events.jsonl"), "a") as fh:
+                fh.write(json.dumps({"t": 1, "node": "n1", "kind": "marker-proposed",
+                                     "index": 9}) + "\n")
+            assert wait_until(lambda w=world: any(s.blocked for s in w.states))
+            nem.join(2.0)
+        finally:
+            stop.set()
+            watch.stop()
+        held = [s for s in world.states if into_n1 <= set(s.delay) or into_n1 <= s.blocked]
+        first = world.states.index(held[0])
+        last_cut = max(i for i, s in enumerate(world.states) if into_n1 <= s.blocked)
+        gaps = [s for s in world.states[first:last_cut]
+                if not (into_n1 <= set(s.delay) or into_n1 <= s.blocked)]
+        assert not gaps, (attempt, world.states)
+
+
+def wait_until(pred: Any, timeout: float = 5.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return False
