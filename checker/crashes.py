@@ -102,9 +102,12 @@ def check_crashes(cluster_dir: str, t0_ns: int = 0,
     except ExitsError as e:
         return {"valid": "unknown", "error": str(e), "incomplete": True}
     recs.sort(key=lambda r: r["t"] if isinstance(r.get("t"), int) else 0)
-    designed = [r for r in recs if r["kind"] == "exit" and r.get("code") == EXIT_HALTED
-                and r["node"] in halted]
-    recs = [r for r in recs if not any(r is d for d in designed)]
+    designed: list[dict[str, Any]] = []
+    counted: list[dict[str, Any]] = []
+    for r in recs:
+        by_design = r["kind"] == "exit" and r.get("code") == EXIT_HALTED and r["node"] in halted
+        (designed if by_design else counted).append(r)
+    recs = counted
     out: dict[str, Any] = {
         "halt_exits": designed[:_LISTED],
         "valid": "invalid" if recs else "valid",

@@ -90,26 +90,6 @@ def builds(bug_spec: str, fixed: bool = True, profile: str = "fixed") -> list[st
     return ([profile] if fixed else []) + bugs
 
 
-def run_matrix(build_names: list[str], seeds: int, first_seed: int, time_limit: float,
-               nodes: int, nemesis: str, results: str,
-               on_outcome: Callable[[str, int, RunOutcome], None] | None = None,
-               scenario: str = DEFAULT_SCENARIO, profile: str = "fixed") -> Rows:
-    """Every build over seeds first_seed.. (one `cutover run` each, every node in
-    `profile`), recorded as a new matrix; (build, outcomes) in order. Raises
-    `run.RunError` (a harness failure) or `MatrixAborted`."""
-    spec = MatrixSpec(builds=build_names, seeds=seeds, first_seed=first_seed,
-                      modes=[scenario], profiles=None if profile == "fixed" else [profile],
-                      base=base_config(nodes=nodes, time_limit=time_limit, nemesis=nemesis))
-    mid = start_matrix(results, spec, "local")
-
-    def progress(task: Task, o: RunOutcome) -> None:
-        if on_outcome is not None:
-            on_outcome(task.build, o.seed or 0, o)
-
-    run_local(results, mid, spec, spec.tasks(), on_outcome=progress)
-    return matrix_rows(results, mid)
-
-
 # ------------------------------------------------------------------ a matrix's record
 
 
