@@ -49,6 +49,9 @@ POINTS: dict[str, str] = {
     "rotation-during-marker-flight": "a DEK rotation was proposed while the marker was in "
                                      "flight (proposed, not yet applied anywhere)",
     "rotation-after-cutover": "a DEK rotation applied after the cutover",
+    "rotation-behind-active": "a RotateDEK came after the active key had passed its key "
+                              "(an operator's retry of one that had committed, or a late "
+                              "one): answered already / stale-key, or applied",
     "divergent-suffix-truncated": "a follower's divergent log suffix was truncated",
     "leader-deposed-with-uncommitted": "a leader stepped down with entries it had not "
                                        "committed",
@@ -111,9 +114,12 @@ def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any
     starts: dict[str, list[int]] = defaultdict(list)
     incarnation_above: dict[str, bool] = {}
     leader_times: list[int] = []
+    newest_rotation: dict[str, int] = {}  # per node: the newest key a rotation installed
     for ev in evs:
         d, kind, t, node = _detail(ev), ev.get("kind"), ev.get("time_ns"), ev.get("node")
         what = d.get("what")
+        if kind == "start":
+            newest_rotation.pop(node, None)  # a restart's replays are not new commits
         if kind == "encryption-applied":
             if what == "marker-already-active":
                 cov.hit("marker-replayed", t)
@@ -121,6 +127,12 @@ def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any
                     cov.hit("marker-replayed-newer-dek", t)
             elif what in ("rotate", "rotate-replay") and d.get("cutover"):
                 cov.hit("rotation-after-cutover", t)
+            if what == "rotate-stale" or (
+                    what == "rotate" and isinstance(d.get("dek"), int)
+                    and d["dek"] <= newest_rotation.get(node, 0)):
+                cov.hit("rotation-behind-active", t)
+            if what in ("rotate", "rotate-replay") and isinstance(d.get("dek"), int):
+                newest_rotation[node] = max(newest_rotation.get(node, 0), d["dek"])
         elif kind == "role":
             prev = last_role.get(node)
             if d.get("role") == "leader":
@@ -180,6 +192,9 @@ def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any
             if status == "already-active":
                 cov.hit("enable-already-active", t)
             prev_enable = (node, str(status))
+        elif fault == "rotate" and f == "stop" and d.get("result") in ("already",
+                                                                        "stale-key"):
+            cov.hit("rotation-behind-active", t)
         elif fault == "rotate" and f == "start":
             if (t_proposed is not None and t is not None and t >= t_proposed
                     and (t_first_apply is None or t <= t_first_apply)):

@@ -133,6 +133,7 @@ class Applied:
     cutover: int
     active: int
     dek: int = 0  # a marker's: the DEK id its proposer saw; a rotation's: the id it installs
+    note: str = ""  # why an entry changed nothing (a stale rotation's reason)
 
 
 class Cutover:
@@ -281,6 +282,17 @@ class Cutover:
             self.keys.install_wrapped(key_id, wrapped, "raft", index)
             return Applied("rotate-replay", index, sc.raft_envelope_cutover_index,
                            sc.active_raft_dek, key_id)
+        why = self.stale_rotation(sc, key_id)
+        if why and not self.ekv:
+            # A second entry at a fresh index for a key this node already went past: an
+            # operator's retry of an answer that timed out although its first copy
+            # committed, or a slower rotation committed after a newer one. Every replica
+            # holds the same sidecar at this index, so every replica skips it alike; the
+            # active key only ever moves forward (found by `cutover sim`, seeds 82, 258).
+            sc.raft_applied_index = max(sc.raft_applied_index, index)
+            self.store.save(sc)
+            return Applied("rotate-stale", index, sc.raft_envelope_cutover_index,
+                           sc.active_raft_dek, key_id, note=why)
         self._add_key(sc, index, key_id, wrapped, "raft")
         sc.active_raft_dek = key_id
         sc.raft_applied_index = max(sc.raft_applied_index, index)
@@ -288,6 +300,31 @@ class Cutover:
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, key_id, why="rotate")
         return Applied("rotate", index, sc.raft_envelope_cutover_index, key_id, key_id)
+
+    @staticmethod
+    def stale_rotation(sc: Sidecar, key_id: int) -> str:
+        """Why a rotation to `key_id` would not move the active key forward ("" if it
+        would): its key is already held, or its id is not newer than the active one.
+        Both the apply (the rule) and the admin request (an early answer) ask this."""
+        if key_id in sc.keys:
+            return f"key {key_id} is already held (active key {sc.active_raft_dek})"
+        if key_id <= sc.active_raft_dek:
+            return f"key {key_id} is not newer than the active key {sc.active_raft_dek}"
+        return ""
+
+    def rotation_done(self, key_id: int, wrapped: bytes) -> dict[str, Any] | None:
+        """The admin request's early answer: the reply value if a rotation to `key_id`
+        already took effect here (the same key, active), None if it is worth proposing;
+        Busy("stale-key") if the active key is past it."""
+        sc = self.store.load()
+        why = self.stale_rotation(sc, key_id)
+        if not why:
+            return None
+        held = sc.keys.get(key_id)
+        if sc.active_raft_dek == key_id and held is not None and held.wrapped == wrapped:
+            return {"cutover": sc.raft_envelope_cutover_index, "active": key_id,
+                    "already": True}
+        raise Busy("stale-key", why)
 
     def _marker(self, index: int, dek: int) -> Applied:
         """The applier of §4: already-active, then stale, then fresh, in that order."""

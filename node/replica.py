@@ -305,6 +305,18 @@ class Replica:
                 or not isinstance(wrapped, bytes):
             self._fail(ident, rid, "bad-request", "need key_id (uint32 > 0) and wrapped bytes")
             return
+        if op == "rotate-dek" and not self.ekv:
+            # The early answer to a rotation this node already went past (its apply would
+            # skip it anyway): no second entry for an operator's retry that timed out
+            # although its first copy committed. elastickv has no such check.
+            try:
+                done = self.cut.rotation_done(key_id, wrapped)
+            except Busy as b:
+                self._fail(ident, rid, b.code, str(b))
+                return
+            if done is not None:
+                self._reply(ident, {"id": rid, "ok": True, "value": done})
+                return
         make = pl.bootstrap_payload if op == "bootstrap" else pl.rotate_payload
         try:
             payload = self.cut.admin_proposal(make(key_id, wrapped))
@@ -501,7 +513,8 @@ class Replica:
             pos = self.cut.nonce_position() if applied.kind.startswith("rotate") else {}
             self.log.emit(EventKind.ENCRYPTION_APPLIED, what=applied.kind, index=e.index,
                           term=e.term, cutover=applied.cutover, active=applied.active,
-                          **({"dek": applied.dek} if applied.dek else {}), **pos)
+                          **({"dek": applied.dek} if applied.dek else {}),
+                          **({"note": applied.note} if applied.note else {}), **pos)
             return True, {"cutover": applied.cutover, "active": applied.active}
         if self.ekv and not pl.OP_ENCRYPTION_MIN <= op <= pl.OP_ENCRYPTION_MAX:
             raise ApplyError(f"opcode 0x{op:02x} does not decode")

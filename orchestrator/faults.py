@@ -602,11 +602,13 @@ def operator_rotate(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect,
         rep = yield Call(node, "rotate-dek", ROTATE_TIMEOUT,
                          {"key_id": key_id, "wrapped": wrapped})
         result = "timeout" if rep is None else ("ok" if rep.get("ok") else str(rep.get("code")))
+        if rep is not None and result == "ok" and (rep.get("value") or {}).get("already"):
+            result = "already"  # it had committed: the earlier answer was lost
         ctx.world.record("stop", "rotate", [node], key_id=key_id, result=result, step=step.id)
         if rep is not None and rep.get("ok"):
             index = rep.get("index")
             break
-        if result in ("halted", "not-configured", "bad-request"):
+        if result in ("halted", "not-configured", "bad-request", "stale-key"):
             break  # asking again changes nothing
         yield Sleep(rng.choice([0.0, 0.05, 0.2, 0.5]))
         if rng.random() < 0.5:

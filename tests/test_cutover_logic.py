@@ -179,6 +179,60 @@ def test_rotation_after_cutover_switches_the_key_old_entries_still_open(kek: Kek
     assert c.open_entry(12, old) == b"\x00old" and c.open_entry(13, new) == b"\x00new"
 
 
+def test_a_rotation_the_active_key_went_past_is_a_no_op(kek: Kek) -> None:
+    """Issue 26 (cutover sim seeds 82, 258): rotate to 3, rotate to 4, then a second copy
+    of the rotation to 3 at a fresh index (an operator's retry of a RotateDEK that timed
+    out although it had committed). It changes nothing: the active key, the wrap and the
+    sidecar's keys stay on 4; only the applied index moves. So does a late rotation to a
+    key id below the active one that was never held."""
+    c = boot(kek)
+    bootstrap(c, kek, 3)
+    c.apply(10, pl.marker_payload(1))
+    w3, w4 = kek.wrap_dek(generate_dek()), kek.wrap_dek(generate_dek())
+    assert c.apply(20, pl.rotate_payload(3, w3)).kind == "rotate"
+    assert c.apply(22, pl.rotate_payload(4, w4)).kind == "rotate"
+    keys = dict(c.sidecar.keys)
+    a = c.apply(30, pl.rotate_payload(3, w3))
+    assert a.kind == "rotate-stale" and a.active == 4 and a.dek == 3
+    assert "already held" in a.note
+    assert (c.sidecar.active_raft_dek, c.wrap, c.sidecar.raft_applied_index) == (4, 4, 30)
+    assert c.sidecar.keys == keys
+    assert parse_header(c.seal(b"\x00x"))[0] == 4
+    late = c.apply(31, pl.rotate_payload(2, kek.wrap_dek(generate_dek())))
+    assert late.kind == "rotate-stale" and "not newer" in late.note
+    assert (c.sidecar.active_raft_dek, c.wrap) == (4, 4) and 2 not in c.sidecar.keys
+    # A restart keeps it: the sidecar was never moved back.
+    assert boot(kek, c.store).wrap == 4
+
+
+def test_the_admin_request_answers_a_rotation_already_done(kek: Kek) -> None:
+    """The early answer (no second entry): the same key, active, is done; a key the
+    active one went past is refused definitely; a newer key is worth proposing."""
+    c = boot(kek)
+    bootstrap(c, kek, 3)
+    w2 = kek.wrap_dek(generate_dek())
+    c.apply(5, pl.rotate_payload(2, w2))
+    assert c.rotation_done(2, w2) == {"cutover": 0, "active": 2, "already": True}
+    with pytest.raises(Busy) as e:
+        c.rotation_done(2, kek.wrap_dek(generate_dek()))  # the id, with other bytes
+    assert e.value.code == "stale-key"
+    with pytest.raises(Busy):
+        c.rotation_done(1, b"x")
+    assert c.rotation_done(3, kek.wrap_dek(generate_dek())) is None
+
+
+def test_elastickv_moves_the_active_key_back_on_a_second_copy(kek: Kek) -> None:
+    """elastickv as it stands (applier.go applyRotateDEK 954-984, writeRotationSidecar
+    1391-1392: Active set unconditionally): the second copy re-activates key 3."""
+    c = Cutover(1, MemoryStore(), kek, profile="elastickv")
+    bootstrap(c, kek, 3)
+    w3 = kek.wrap_dek(generate_dek())
+    c.apply(20, pl.rotate_payload(3, w3))
+    c.apply(22, pl.rotate_payload(4, kek.wrap_dek(generate_dek())))
+    assert c.apply(30, pl.rotate_payload(3, w3)).kind == "rotate"
+    assert c.sidecar.active_raft_dek == 3
+
+
 def test_nonces_unique_across_restarts(kek: Kek, tmp_path) -> None:
     store = FileStore(str(tmp_path))
     c = boot(kek, store)

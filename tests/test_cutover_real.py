@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from node.envelope import is_wrapped_shape, parse_header
 from node.keystore import generate_dek, write_kek
 from node.payload import decode_proposal
@@ -152,3 +154,46 @@ def test_raw_admin_proposer_switch_puts_cleartext_above_c(tmp_path) -> None:
                            if i > cutover and e.data
                            and not is_wrapped_shape(decode_proposal(e.data)[1])]
         assert cleartext_above, nid
+
+
+@pytest.mark.parametrize("profile", ["fixed", "elastickv"])
+def test_a_retried_rotation_never_moves_the_active_key_back(tmp_path, profile: str) -> None:
+    """Issue 26 on real processes: RotateDEK to 3, to 4, then the operator's retry of the
+    rotation to 3 (same id, same wrapped bytes). The fixed node answers `stale-key` and
+    every replica keeps key 4; elastickv as it stands proposes the copy and every replica
+    goes back to key 3 (applier.go writeRotationSidecar 1391-1392)."""
+    kek_path = str(tmp_path / "kek")
+    kek = write_kek(kek_path)
+    seed = 26
+    print(f"real cluster, seed {seed}, profile {profile}")
+    cl = Cluster(str(tmp_path / "run"), 3, seed=seed, kek_path=kek_path, profile=profile)
+    try:
+        cl.start()
+        leader = cl.wait_leader()
+        with Client(cl.endpoints(), timeout=2.0) as c:
+            assert c.admin(leader, "bootstrap", key_id=1,
+                           wrapped=kek.wrap_dek(generate_dek()))["ok"]
+            rep = c.admin(leader, "enable-raft-envelope", timeout=10)
+            assert rep["ok"] and rep["value"]["status"] == "ok", rep
+            w3 = kek.wrap_dek(generate_dek())
+            assert c.admin(leader, "rotate-dek", key_id=3, wrapped=w3)["ok"]
+            assert c.admin(leader, "rotate-dek", key_id=4,
+                           wrapped=kek.wrap_dek(generate_dek()))["ok"]
+            again = c.admin(leader, "rotate-dek", key_id=3, wrapped=w3)
+            assert c.invoke("write", "after", "a").type == "ok"
+            # Every replica has applied everything the leader has.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = cl.statuses()
+                if len({s["applied"] for s in st.values() if s}) == 1:
+                    break
+                time.sleep(0.05)
+        active = {n: (s["active_dek"], s["wrap_key_id"]) for n, s in cl.statuses().items()}
+    finally:
+        cl.close()
+    if profile == "fixed":
+        assert not again["ok"] and again["code"] == "stale-key", again
+        assert set(active.values()) == {(4, 4)}, active
+    else:
+        assert again["ok"], again
+        assert set(active.values()) == {(3, 3)}, active

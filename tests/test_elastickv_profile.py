@@ -311,4 +311,5 @@ def test_each_finding_reproduces_on_elastickv_and_not_on_the_fixed_profile(
 def test_the_findings_are_there() -> None:
     assert {p.stem for p in FINDINGS} >= {"r2-second-marker", "r3-install-across-cutover",
                                          "keys-not-in-snapshots",
-                                         "marker-stale-after-snapshot-across-rotation"}
+                                         "marker-stale-after-snapshot-across-rotation",
+                                         "rotation-retry-moves-key-back"}

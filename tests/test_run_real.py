@@ -12,10 +12,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from orchestrator.run import RunConfig, RunError, execute
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _children(pid: int) -> set[int]:
@@ -238,3 +241,30 @@ def test_frequent_automatic_snapshots_and_restarts_stay_convergent(tmp_path) -> 
     db = sqlite3.connect(os.path.join(str(tmp_path), "cutover.db"))
     kinds = [k for (k,) in db.execute("select kind from node_events where run=?", (o.run_id,))]
     assert kinds.count("snapshot-taken") >= 10 and kinds.count("recovery") >= 5
+
+
+def test_a_retried_rotation_is_refused_on_real_processes(tmp_path) -> None:
+    """Issue 26, real processes: docs/findings/rotation-retry-moves-key-back.json on the
+    fixed profile (`cutover run --plan`). The operator's RotateDEK (key 2) times out on an
+    isolated leader although its entry commits under the next leader; key 3 commits;
+    the retry of key 2 must be refused, not move the active key back (on the code before
+    the fix this run is INVALID on I7: 2 of 2 runs)."""
+    src = ROOT / "docs" / "findings" / "rotation-retry-moves-key-back.json"
+    doc = json.loads(src.read_text())
+    doc["config"]["profile"] = "fixed"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc))
+    results = tmp_path / "results"
+    print(f"cutover run --plan {src.name} (profile fixed, seed {doc['config']['seed']})")
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "--plan", str(plan),
+                        "--results", str(results)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "VALID" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    db = sqlite3.connect(str(results / "cutover.db"))
+    stops = [json.loads(d) for (d,) in db.execute(
+        "select detail from nemesis where fault='rotate' and f='stop' order by idx")]
+    results_of = {(s["key_id"], s["result"]) for s in stops}
+    # The schedule did what it is for: key 3 committed, and the retry of key 2 came after.
+    assert (3, "ok") in results_of and (2, "timeout") in results_of, stops
+    assert (2, "stale-key") in results_of, stops
+    assert not _children(os.getpid())

@@ -204,3 +204,33 @@ def test_a_switch_is_found_stored_shrunk_and_replayed(tmp_path: Path, bug: str) 
         assert stored[k] == doc["config"][k], k
     assert [st["action"] for st in stored["plan"]["steps"]] == \
         [st["action"] for st in doc["plan"]["steps"]]
+
+
+def test_a_retried_rotation_behind_a_newer_one_does_not_roll_the_key_back(
+        tmp_path: Path) -> None:
+    """Issue 26: `cutover sim --seeds 300` failed I7 on seed 82. An operator's RotateDEK
+    (key 3) timed out although it had committed; a second rotation (key 4) committed;
+    the operator's retry of key 3 committed after it and made key 3 active again on every
+    replica. The schedule, shrunk on the code before the fix, replays here: the retry is
+    answered `stale-key` and nothing moves back."""
+    from orchestrator.sim.cli import load_plan_file
+
+    path = ROOT / "tests" / "plans" / "rotation-retry-behind-newer.json"
+    cfg, plan, doc = load_plan_file(str(path))
+    print(f"cutover sim --replay {path.relative_to(ROOT)} (seed {cfg.seed})")
+    assert cfg.profile == "fixed" and doc["failing"] == "cutover I7"
+    o = simulate(cfg, tmp_path / "run", plan)
+    assert o.verdict == "valid", (o.failing, o.first)
+    rot = [(n["detail"].get("key_id"), n["detail"].get("result")) for n in o.nemesis
+           if n["fault"] == "rotate" and n["f"] == "stop"]
+    # The schedule still does what it did: a rotation to 3 times out, then 4 commits, then
+    # the retry of 3 is refused, and every replica's last rotation is to the newest key.
+    assert ("stale-key" in {r for k, r in rot if k == 3} or
+            any(e.get("what") == "rotate-stale" for e in o.events)), rot
+    # On every replica the active key only moves forward.
+    seen: dict[str, list[int]] = {}
+    for e in o.events:
+        if e.get("kind") == "encryption-applied" and e.get("what") == "rotate":
+            seen.setdefault(e["node"], []).append(e["active"])
+    assert seen and all(a == sorted(set(a)) for a in seen.values()), seen
+    assert "rotation-behind-active" in o.coverage, sorted(o.coverage)
