@@ -64,15 +64,19 @@ def _above_c_cleartext(sim: CutoverSim, cutover: int) -> list[tuple[str, int]]:
 def test_fault_free_cutover_with_rotations(seed: int) -> None:
     print(f"seed={seed}")
     sim = CutoverSim(seed)
-    lead, cutover = _cut_over(sim, rotate_first=True)
-    assert sim.call(lead, {"op": "rotate-dek", "key_id": 2, "wrapped": sim.new_dek()})["ok"]
+    lead, cutover = _cut_over(sim, rotate_first=True)  # active key 3
+    # A key id below the active one is refused (issue 26: the active key never moves
+    # back); a newer one takes effect.
+    late = sim.call(lead, {"op": "rotate-dek", "key_id": 2, "wrapped": sim.new_dek()})
+    assert not late["ok"] and late["code"] == "stale-key", late
+    assert sim.call(lead, {"op": "rotate-dek", "key_id": 4, "wrapped": sim.new_dek()})["ok"]
     for i in range(5):
         assert sim.call(lead, {"op": "write", "key": f"k{i % 3}", "value": f"post-{i}"})["ok"]
     assert sim.heal_and_converge(), f"seed={seed}"
     assert len(set(sim.digests().values())) == 1, f"seed={seed}: {sim.digests()}"
     assert not sim.halts(), sim.halts()
     assert {sim.host(n).cut.sidecar.raft_envelope_cutover_index for n in sim.ids} == {cutover}
-    assert {sim.host(n).cut.wrap for n in sim.ids} == {2}
+    assert {sim.host(n).cut.wrap for n in sim.ids} == {4}
     assert _above_c_cleartext(sim, cutover) == []
     report = sim.check()
     assert report.valid and report.cutover == cutover, (seed, report.first_violation())
