@@ -735,7 +735,7 @@ def _check_i1(nodes: list[_Node], decoded: dict[tuple[int, int, int, bytes], _De
                         f"wrapped entry does not authenticate under any known DEK "
                         f"({d.error})", half="structural", key_id=d.key_id,
                         known_committed=committed)
-            elif idx <= cut and wrapped:
+            elif wrapped and (not cut or idx <= cut):  # with C = 0 none may be wrapped
                 where = (f"at or below the cutover C={cut}" if cut
                          else "but the cluster never cut over (C=0)")
                 col.add(n.name, idx, e.term, d.opcode if d.inner else "undecryptable",

@@ -329,6 +329,24 @@ def test_wrapped_entry_at_or_below_cutover(lab: Lab) -> None:
     assert report["I1"].violation_count == 2  # n2 and n3
 
 
+def test_a_wrapped_entry_in_a_cluster_that_never_cut_over(lab: Lab) -> None:
+    """Issue 22 (4): with C = 0 every wrapped entry is one too many (a node that seals
+    before any cutover); I1 names it by itself, not only through the halts it causes."""
+    lab.specs[5] = Spec(C, 1, write("c", PRE[0]))  # no marker: the cluster never cut over
+    lab.specs = lab.specs[:7] + [Spec(8, 1, pl.lease_payload("n1", 1))] + [
+        s if s.key is None else dataclasses.replace(s, key=None) for s in lab.specs[8:]]
+    lab.cutover_events = False
+    for n in NODES:
+        lab.sidecars[n] = dataclasses.replace(lab.sidecars[n], raft_envelope_cutover_index=0,
+                                              active_raft_dek=1)
+    report = lab.check()
+    assert report.cutover == 0
+    assert "I1" in only_failing(report)
+    v = report["I1"].first_violation
+    assert (v["node"], v["index"], v["key_id"]) == ("n1", 7, 1), v
+    assert "wrapped entry but the cluster never cut over (C=0)" in v["reason"]
+
+
 def test_undecryptable_entry_above_cutover(lab: Lab) -> None:
     stray = generate_dek()
     spec = Spec(8, 1, pl.lease_payload("n1", 1))
