@@ -32,8 +32,9 @@ class BenchError(RuntimeError):
 
 
 def default_corpus() -> Path:
-    """The corpus ships beside the repository, in `shared/corpus/porcupine`."""
-    return Path(__file__).resolve().parents[2] / "shared" / "corpus" / "porcupine"
+    """Porcupine's corpus, vendored in the repository (tests/data/porcupine): a clone
+    alone benchmarks."""
+    return Path(__file__).resolve().parents[1] / "tests" / "data" / "porcupine"
 
 
 def _timed_check(path: str, fmt: str, model: str) -> tuple[str, float]:

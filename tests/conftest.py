@@ -16,8 +16,8 @@ from typing import TypeVar
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The corpus lives beside the repository, in `shared/` (the same layout in CI).
-CORPUS = REPO.parent / "shared" / "corpus" / "porcupine"
+# Porcupine's test corpus, vendored (tests/data/porcupine/SOURCE.md says from where).
+CORPUS = REPO / "tests" / "data" / "porcupine"
 EXAMPLES = REPO / "examples"
 _SCRIPT = REPO / ".venv" / "bin" / "cutover"
 # The `cutover` command as a user runs it (the venv's script when there is one).
@@ -30,8 +30,8 @@ T = TypeVar("T")
 def corpus() -> Path:
     """The Porcupine corpus directory; a test asking for it fails when it is absent."""
     if not (CORPUS / "verdicts.tsv").is_file():
-        pytest.fail(f"Porcupine corpus not found: expected {CORPUS / 'verdicts.tsv'} (a "
-                    f"`shared/` directory beside the repository)")
+        pytest.fail(f"Porcupine corpus not found: expected {CORPUS / 'verdicts.tsv'} (it "
+                    f"ships with the repository, in tests/data/porcupine)")
     return CORPUS
 
 

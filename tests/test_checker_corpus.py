@@ -1,6 +1,6 @@
 """Porcupine's own test corpus: every file gets the verdict Porcupine expects.
 
-The corpus lives outside the repo, in `shared/` beside it (the same layout in CI). It is
+The corpus is vendored in tests/data/porcupine (its SOURCE.md says from where). It is
 required: a missing corpus is a failure with a message saying where it was looked for.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def _fmt(name: str) -> str:
 
 def test_corpus_is_present() -> None:
     assert VERDICTS.is_file(), (
-        f"Porcupine corpus not found: expected {VERDICTS} (a `shared/` directory beside "
-        f"the repository, holding corpus/porcupine/verdicts.tsv)")
+        f"Porcupine corpus not found: expected {VERDICTS} (it ships with the repository, "
+        f"in tests/data/porcupine)")
     assert len(ENTRIES) >= 50, f"{VERDICTS} lists only {len(ENTRIES)} files"
     for name, _ in ENTRIES:
         assert (CORPUS / name).is_file(), f"{VERDICTS} names {name}, which is missing"
