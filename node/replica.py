@@ -155,6 +155,28 @@ class Replica:
         self.applied = snapshot.meta.index
         self.log.emit(EventKind.SNAPSHOT_INSTALLED, index=snapshot.meta.index,
                       term=snapshot.meta.term, prev_applied=prev_applied, cutover=cutover)
+        # A proposal of ours at or below the snapshot's index may be in its image or may
+        # have lost its slot: the image does not say whose entries it holds. A definite
+        # `dropped` here made a client record `fail` for a write that had taken effect
+        # (`cutover sim`, seed 894).
+        self._drop_pending(snapshot.meta.index, lambda i: False)
+
+    def _drop_pending(self, upto: int, replaced: Callable[[int], bool]) -> None:
+        """Answer every pending proposal at or below `upto`: `dropped`, definite only
+        where `replaced(index)` says another entry certainly holds its slot."""
+        for opid, (ident, rid, index, _, admin) in list(self.pending.items()):
+            if index > upto:
+                continue
+            del self.pending[opid]
+            if admin:
+                self.admin_busy = False
+            if replaced(index):
+                self._fail(ident, rid, "dropped",
+                           f"entry {index} was replaced after a leader change")
+            else:
+                self._fail(ident, rid, "dropped", f"entry {index} was not applied here one "
+                           f"by one (a snapshot covered it): it may or may not have taken "
+                           f"effect", definite=False)
 
     def snapshot_image(self, index: int) -> tuple[bytes, int, bytes]:
         """(snapshot data, header cutover, encryption blob) for a snapshot at `index`."""
@@ -475,14 +497,10 @@ class Replica:
             else:
                 self._fail(ident, rid, "cas-mismatch", f"current value {value!r}",
                            value=value)
-        # Proposals at this index that did not make it: a different entry won the slot.
-        for opid, (ident, rid, index, _, admin) in list(self.pending.items()):
-            if index <= e.index:
-                del self.pending[opid]
-                if admin:
-                    self.admin_busy = False
-                self._fail(ident, rid, "dropped",
-                           f"entry {index} was replaced after a leader change")
+        # Proposals at this index did not make it: a different entry won the slot. One
+        # below it was never applied here one by one (a snapshot skipped over it): its
+        # fate is not known here, so its answer is indeterminate.
+        self._drop_pending(e.index, lambda i: i == e.index)
 
     def _apply_payload(self, e: Any, body: bytes) -> tuple[bool, Any]:
         """The cleartext payload through the state machine: (ok, value) for the proposer.

@@ -563,3 +563,41 @@ def test_automatic_snapshots_hold_exactly_their_index_across_restarts(seed: int)
     assert report["I4"].summary["replay"]["compared"] > 0
     assert any(e["kind"] == "snapshot-taken" for e in sim.events)
     assert sim.linearizable() == "valid"
+
+
+@pytest.mark.parametrize("seed", [894, 3])
+def test_a_proposal_a_snapshot_skipped_over_is_indeterminate_not_failed(seed: int) -> None:
+    """Found by `cutover sim --first-seed 301 --seeds 2000` (seed 894, a linearizability
+    violation on the fixed build): an old leader's write committed under the next leader,
+    which compacted past it; the old leader caught up by InstallSnapshot, never applied
+    the entry one by one, and answered the write `dropped` as a *definite* failure (the
+    slot "was replaced") when the next entry applied. The client recorded `fail` for a
+    write that took effect, and a later read saw it. The snapshot cannot say whose entry
+    held the slot: the answer must be indeterminate."""
+    from node.raft import MsgType
+
+    print(f"seed={seed}")
+    sim = CutoverSim(seed)
+    old = sim.wait_leader()
+    assert sim.call(old, {"op": "write", "key": "k", "value": "v0"})["ok"]
+    # The followers append the write, but their acks never reach the leader: it cannot
+    # commit it, and the client waits.
+    sim.message_filter = lambda m: not (m.dst == old and m.type is MsgType.APP_RESP)
+    w = sim.submit(old, {"op": "write", "key": "k", "value": "v1"})
+    sim.run_ticks(5)
+    sim.message_filter = None
+    sim.isolate(old)
+    others = [n for n in sim.ids if n != old]
+    assert sim.run_until(lambda: sim.serving_leader() in others, 400)
+    new = sim.serving_leader()
+    assert sim.call(new, {"op": "write", "key": "other", "value": "x"})["ok"]
+    assert sim.call(new, {"op": "read", "key": "k"})["value"] == "v1"  # it committed
+    for n in others:
+        sim.compact(n)  # past the write: the old leader can only catch up by snapshot
+    assert sim.call(new, {"op": "write", "key": "other", "value": "y"})["ok"]
+    sim.heal()
+    assert sim.run_until(lambda: sim.reply(w) is not None, 400)
+    assert any(e["kind"] == "snapshot-installed" and e["node"] == old for e in sim.events)
+    rep = sim.reply(w)
+    assert rep["ok"] or not rep.get("definite", True), rep
+    assert sim.linearizable() == "valid"
