@@ -210,6 +210,8 @@ class NodeHost(Replica):
             self._send(early)
         cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
                         else (0, b""))
+        if rd.snapshot is not None:
+            self.adopt_before_persist(rd.snapshot)  # the sidecar first, then the snapshot
         cut = self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
                                       snapshot=rd.snapshot, cutover=cutover, encryption=enc,
                                       sync=rd.must_sync)
