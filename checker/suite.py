@@ -25,7 +25,13 @@ from .linearizability import PartitionResult, Step, Verdict, check
 from .models import Model, get_model
 from .readers import parse_jepsen_maps
 
-ORDER = ("linearizability", "cutover", "crashes", "stats", "availability")
+ORDER = ("linearizability", "cutover", "crashes", "stats", "availability", "vacuity")
+
+# What the nemesis record holds besides faults: the operator's cutover request, the run's
+# milestones and the harness's own housekeeping. Everything else that starts (or, for an
+# instant fault such as a snapshot, happens) is a fault that ran.
+NOT_FAULTS = frozenset({"enable-raft-envelope", "cutover-requested", "cutover-settled",
+                        "cutover-failed", "heal-all", "restart-stuck-barrier"})
 
 
 def ops_from_rows(rows: Iterable[Mapping[str, Any]], model: str) -> list[Op]:
@@ -268,6 +274,45 @@ def availability(rows: Iterable[Mapping[str, Any]],
     ok = share is None or share >= floor
     return {"valid": "valid" if ok else "invalid", "ok_share_outside_faults": share,
             "seconds": series}
+
+
+def vacuity(config: Mapping[str, Any], ops: Iterable[Mapping[str, Any]],
+            nemesis: Iterable[Mapping[str, Any]],
+            events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether the run tested what it was asked to test; `unknown` when it did not.
+
+    A history with no operation is trivially linearizable, and invariants about a cutover
+    hold vacuously when there was none: a VALID from such a run would say "this build
+    holds" about something never tried (Jepsen answers `:unknown` for a history too thin
+    to judge). So a run asked for a cutover (`cutover_at` set) must show one applied
+    fresh on some node; a run asked for faults (a nemesis other than `none`) must show
+    one that ran; and its workload phase must have completed at least one operation."""
+    missing: list[str] = []
+    cut_at = config.get("cutover_at")
+    cut = sum(1 for e in events if e.get("kind") == EventKind.ENCRYPTION_APPLIED
+              and (e.get("what") or (e.get("detail") or {}).get("what")) == "marker-fresh")
+    if cut_at is not None and not cut:
+        missing.append(f"it was asked for a cutover (at {float(cut_at):g} s) and none "
+                       f"happened")
+    families = (config.get("plan") or {}).get("families")
+    if families is None:
+        nem = config.get("nemesis")
+        families = [] if nem in (None, "none", "") else [nem]
+    faults = sum(1 for r in nemesis if r.get("f") in ("start", "event")
+                 and r.get("fault") not in NOT_FAULTS)
+    if families and not faults:
+        missing.append(f"it was asked for faults ({', '.join(map(str, families))}) and "
+                       f"none ran")
+    done = sum(1 for r in ops if r.get("type") == "ok"
+               and not str(r.get("process", "")).startswith(("final-", "nemesis")))
+    if not done:
+        missing.append("its workload phase completed no operation")
+    out: dict[str, Any] = {"valid": "unknown" if missing else "valid", "cutovers": cut,
+                           "faults_ran": faults, "workload_ok": done}
+    if missing:
+        out["first_violation"] = "vacuous: " + "; ".join(missing)
+        out["missing"] = missing
+    return out
 
 
 def worst(verdicts: Iterable[str]) -> str:

@@ -39,6 +39,9 @@ from .primitives import (
     Step,
     Target,
     When,
+    integer,
+    show,
+    text,
 )
 
 SCENARIOS = ("swarm", "generative", "sequence", "churn")
@@ -57,6 +60,16 @@ WINDOW_AFTER = 16.0
 
 class PlanError(ValueError):
     """A nemesis spec that cannot be planned (unknown family or scenario)."""
+
+
+# What a stored plan may hold: `Plan.to_dict`'s keys, the knobs a plan draws (each a
+# node option: a count of entries, bytes or messages), and at most this many steps (a
+# real run starts a thread per step).
+PLAN_KEYS = ("seed", "families", "scenario", "knobs", "features", "steps")
+PLAN_FORMAT = "cutover-plan"  # a plan file's `format` (`cutover sim`'s shrunk plans)
+KNOBS = {"snapshot_every": 10**9, "max_msg_bytes": 1 << 30, "max_inflight": 1 << 20}
+MAX_STEPS = 100_000
+MAX_SEED = 2**63 - 1
 
 
 def parse_families(spec: str) -> tuple[str, ...]:
@@ -100,16 +113,96 @@ class Plan:
                 "steps": [s.to_dict() for s in self.steps]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Plan:
-        """A stored plan (`config.json`'s `plan`, or a plan file); ValueError if malformed."""
+    def from_dict(cls, d: Any) -> Plan:
+        """A stored plan (`config.json`'s `plan`, or a plan file); ValueError with one
+        line naming what is wrong if it is not one. Read in full before anything runs:
+        a field of the wrong type, a number out of range, a step that names a step or a
+        bound target the plan does not have are refused here, not met by a thread of
+        the nemesis in the middle of a run."""
         try:
-            return cls(seed=int(d.get("seed") or 0),
-                       families=tuple(parse_families(",".join(d.get("families") or []))),
-                       scenario=str(d.get("scenario") or DEFAULT_SCENARIO),
-                       steps=tuple(Step.from_dict(s) for s in d.get("steps") or []),
-                       knobs=dict(d.get("knobs") or {}), features=dict(d.get("features") or {}))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return cls._from_dict(d)
+        except ValueError as e:
             raise ValueError(f"not a nemesis plan: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, d: Any) -> Plan:
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {show(d)}")
+        unknown = [k for k in d if k not in PLAN_KEYS]
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(show(k) for k in unknown)}")
+        steps = d.get("steps")
+        if not isinstance(steps, list):
+            raise ValueError("`steps` must be a list of steps" if "steps" in d
+                             else "no `steps`")
+        if len(steps) > MAX_STEPS:
+            raise ValueError(f"{len(steps)} steps; at most {MAX_STEPS}")
+        families = d.get("families") or []
+        if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
+            raise ValueError(f"`families` must be a list of names, got {show(families)}")
+        knobs = d.get("knobs") or {}
+        if not isinstance(knobs, dict):
+            raise ValueError(f"`knobs` must be an object, got {show(knobs)}")
+        for k, v in knobs.items():
+            if k not in KNOBS:
+                raise ValueError(f"unknown knob {show(k)}; known: {', '.join(KNOBS)}")
+            integer(f"knobs.{k}", v, 1, KNOBS[k])
+        features = d.get("features") or {}
+        if not isinstance(features, dict):
+            raise ValueError(f"`features` must be an object, got {show(features)}")
+        out = []
+        for i, sd in enumerate(steps):
+            try:
+                out.append(Step.from_dict(sd))
+            except ValueError as e:
+                sid = sd.get("id") if isinstance(sd, dict) else None
+                raise ValueError(f"step {i + 1}" + (f" (id {show(sid)})" if sid is not None
+                                                    else "") + f": {e}") from None
+        seed = d.get("seed")
+        plan = cls(seed=integer("seed", 0 if seed is None else seed, -MAX_SEED - 1, MAX_SEED),
+                   families=parse_families(",".join(families)),
+                   scenario=check_scenario(text("scenario", d.get("scenario")
+                                                or DEFAULT_SCENARIO)),
+                   steps=tuple(out), knobs=dict(knobs), features=dict(features))
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """ValueError unless the steps make one schedule: ids unique, every `after`
+        trigger naming a step of the plan (and no step waiting on itself, even through
+        others), every bound target and event filter naming a choice some step binds.
+        (An `until` after a step the plan lacks is allowed: the fault is held to the end
+        of the run; the shrinker leaves those.)"""
+        ids: dict[int, Step] = {}
+        for st in self.steps:
+            if st.id in ids:
+                raise ValueError(f"two steps have id {st.id}")
+            ids[st.id] = st
+        bound = {st.target.bind for st in self.steps if st.target.bind}
+        for st in self.steps:
+            if st.when.on == "after" and st.when.step not in ids:
+                raise ValueError(f"step {st.id} runs after step {st.when.step}, which the "
+                                 f"plan does not have")
+            if st.target.role == "bound" and st.target.ref not in bound:
+                raise ValueError(f"step {st.id} targets {show(st.target.ref)}, which no "
+                                 f"step binds")
+            for w in (st.when, st.until):
+                if w is not None and w.node is not None and w.node not in bound:
+                    raise ValueError(f"step {st.id} waits for an event on "
+                                     f"{show(w.node)}, which no step binds")
+        done: set[int] = set()  # a chain of `after` triggers that comes back never starts
+        for st in self.steps:
+            path: set[int] = set()
+            cur = st
+            while cur.id not in done:
+                if cur.id in path:
+                    raise ValueError(f"step {cur.id} waits on itself through `after` "
+                                     f"triggers")
+                path.add(cur.id)
+                if cur.when.on != "after":
+                    break
+                cur = ids[cur.when.step]
+            done |= path
 
     def step(self, action: str) -> Step | None:
         return next((s for s in self.steps if s.action == action), None)
@@ -369,8 +462,8 @@ class _Builder:
             # cut off, so its no-op stays where it is and an older term's entry can win.
             ms = r.choice([20, 40, 80])
             self.add("delay", Target("all"), When("time", at=round(t, 3)),
-                     duration=round(min(end, self.time_limit - 0.5) - t, 3), origin="churn",
-                     ms=ms, jitter=ms / 2)
+                     duration=max(0.0, round(min(end, self.time_limit - 0.5) - t, 3)),
+                     origin="churn", ms=ms, jitter=ms / 2)
         while t < min(end, self.time_limit - 1.0):
             self.add(r.choice(acts), Target("leader"), When("time", at=round(t, 3)),
                      duration=r.choice([0.3, 0.6, 1.0]), origin="churn")
@@ -528,6 +621,6 @@ _LEGACY: list[tuple[str, str, str]] = [
 ]
 
 # Re-exported for callers that build their own plans.
-__all__ = ["DEFAULT_SCENARIO", "FAMILIES", "Plan", "PlanError", "SCENARIOS",
+__all__ = ["DEFAULT_SCENARIO", "FAMILIES", "PLAN_FORMAT", "Plan", "PlanError", "SCENARIOS",
            "SNAPSHOT_EVERY", "Step", "TRIGGER_EVENTS", "Target", "When", "check_scenario",
            "make_plan", "parse_families"]

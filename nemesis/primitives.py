@@ -16,7 +16,9 @@ can run them without knowing where they came from:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # action -> (family, timed). A timed action is undone after its duration (or `until`);
@@ -82,6 +84,100 @@ TRIGGER_EVENTS: dict[str, tuple[str, dict[str, Any]]] = {
 # Milestones of the run itself (emitted by the executor and the runner).
 MILESTONES = ("cutover-requested", "cutover-settled", "cutover-failed")
 
+# The ranges of a step's numbers. A plan may come from a file anyone wrote, and a number
+# out of range does harm far from where it was read: NaN or 1e308 seconds overflow a
+# thread's wait (`Event.wait` raises), Infinity holds a fault for ever, a NaN loss rate
+# drops nothing. So every number is finite and bounded here, where a step is made.
+MAX_SECONDS = 86_400.0  # a day: no run is longer (`RunConfig.validate`)
+MAX_MS = 60_000.0  # a message delayed a minute is cut off already
+MAX_NTH = 1_000_000
+MAX_ID = 1_000_000_000
+MAX_NAME = 200  # characters of a bound name or an origin
+
+
+def show(v: Any) -> str:
+    """A value in an error message, short: a bad field may hold a megabyte of text."""
+    r = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"{str(v)[:12]}..."
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def number(name: str, v: Any, lo: float, hi: float) -> float:
+    """`v` if it is a finite number (an int or a float, not a bool) in [lo, hi];
+    ValueError naming `name` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{name} must be a number, got {show(v)}")
+    if not ((isinstance(v, int) or math.isfinite(v)) and lo <= v <= hi):
+        raise ValueError(f"{name} must be a finite number from {lo:g} to {hi:g}, "
+                         f"got {show(v)}")
+    return float(v)
+
+
+def integer(name: str, v: Any, lo: int, hi: int) -> int:
+    """`v` if it is an int (not a bool) in [lo, hi]; ValueError naming `name` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be a whole number, got {show(v)}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be from {lo} to {hi}, got {show(v)}")
+    return v
+
+
+def text(name: str, v: Any, *, empty: bool = True) -> str:
+    """`v` if it is a short string (non-empty unless `empty`)."""
+    if not isinstance(v, str) or len(v) > MAX_NAME or (not empty and not v):
+        raise ValueError(f"{name} must be {'a' if empty else 'a non-empty'} string of at "
+                         f"most {MAX_NAME} characters, got {show(v)}")
+    return v
+
+
+def _flag(name: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be true or false, got {show(v)}")
+
+
+def _names(name: str, v: Any) -> None:
+    if not isinstance(v, list | tuple) or len(v) > 100:
+        raise ValueError(f"{name} must be a list of names, got {show(v)}")
+    for x in v:
+        text(name, x, empty=False)
+
+
+# A step's `params`, each with its check: the handlers in `orchestrator/faults.py` read
+# them, and the executors record them as keyword arguments (so an unknown name could
+# collide with `step` or `origin` there): a name not listed is refused.
+PARAMS: dict[str, Callable[[str, Any], Any]] = {
+    "p": lambda n, v: number(n, v, 0.0, 1.0),  # loss, duplicate: a probability
+    "ms": lambda n, v: number(n, v, 0.0, MAX_MS),  # net delays
+    "jitter": lambda n, v: number(n, v, 0.0, MAX_MS),
+    "down": lambda n, v: number(n, v, 0.0, MAX_SECONDS),  # restart: seconds down
+    "times": lambda n, v: integer(n, v, 1, 1000),  # restart: bounces
+    "torn": _flag,  # kill-power: tear the last unsynced write
+    "main": _flag,  # enable: the run's own EnableRaftEnvelope
+    "retry_same": _flag,
+    "wait_applied": _flag,  # rotate
+    "pick": lambda n, v: integer(n, v, 0, 2**63 - 1),  # corrupt-entry: which entry
+    "cut_off": _names,  # lead: who else is cut off
+}
+
+
+def check_params(params: Any) -> None:
+    """ValueError unless `params` is an object of known names with values in range."""
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be an object, got {show(params)}")
+    for k, v in params.items():
+        if k not in PARAMS:
+            raise ValueError(f"unknown param {show(k)}; known: {', '.join(sorted(PARAMS))}")
+        PARAMS[k](f"params.{k}", v)
+
+
+def _fields_of(what: str, d: Any, names: set[str]) -> dict[str, Any]:
+    """`d` as keyword arguments of `what`: an object with only the fields it has."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be an object, got {show(d)}")
+    unknown = sorted(str(k) for k in d if k not in names)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {', '.join(show(k) for k in unknown)}")
+    return dict(d)
+
 
 def event_matches(trigger_event: str, ev: dict[str, Any]) -> bool:
     """Whether a node event `ev` is an occurrence of `trigger_event`."""
@@ -101,10 +197,26 @@ class Target:
     avoid: tuple[str, ...] = ()  # names of earlier choices (or "leader") not to pick
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"unknown target role {self.role!r}")
+        if not isinstance(self.role, str) or self.role not in ROLES:
+            raise ValueError(f"unknown target role {show(self.role)}; expected one of "
+                             f"{', '.join(ROLES)}")
+        for name in ("bind", "ref"):
+            if getattr(self, name) is not None:
+                text(f"target.{name}", getattr(self, name), empty=False)
+        if not isinstance(self.avoid, tuple):
+            raise ValueError(f"target.avoid must be a list of names, got {show(self.avoid)}")
+        _names("target.avoid", self.avoid)
         if self.role == "bound" and not self.ref:
             raise ValueError("a bound target needs `ref`")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Target:
+        """A stored target (`{}` or null: the default); ValueError if malformed."""
+        kw = _fields_of("target", d if d is not None else {}, {f.name for f in fields(cls)})
+        if "avoid" in kw:
+            _names("target.avoid", kw["avoid"])
+            kw["avoid"] = tuple(kw["avoid"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -122,13 +234,33 @@ class When:
     step: int = 0
 
     def __post_init__(self) -> None:
-        if self.on not in ("time", "event", "milestone", "after"):
-            raise ValueError(f"unknown trigger {self.on!r}")
+        if not isinstance(self.on, str) or self.on not in ("time", "event", "milestone",
+                                                           "after"):
+            raise ValueError(f"unknown trigger {show(self.on)}; expected time, event, "
+                             f"milestone or after")
+        number("at", self.at, -MAX_SECONDS, MAX_SECONDS)
+        integer("nth", self.nth, 1, MAX_NTH)
+        integer("step", self.step, 0, MAX_ID)
+        for name in ("event", "since", "milestone"):
+            text(name, getattr(self, name))
+        if self.node is not None:
+            text("node", self.node, empty=False)
         if self.on == "event" and self.event not in TRIGGER_EVENTS:
-            raise ValueError(f"unknown trigger event {self.event!r}")
+            raise ValueError(f"unknown trigger event {show(self.event)}")
         for m in (self.milestone, self.since):
             if m and m not in MILESTONES + ("final",):
-                raise ValueError(f"unknown milestone {m!r}")
+                raise ValueError(f"unknown milestone {show(m)}")
+        if self.on == "milestone" and not self.milestone:
+            raise ValueError("a milestone trigger needs `milestone`")
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "when") -> When:
+        """A stored trigger; ValueError (naming `what`) if malformed."""
+        kw = _fields_of(what, d, {f.name for f in fields(cls)})
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
 
     def describe(self) -> str:
         if self.on == "time":
@@ -158,8 +290,16 @@ class Step:
     origin: str = ""  # which generator feature or scenario made it
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"unknown action {self.action!r}")
+        integer("id", self.id, 0, MAX_ID)
+        if not isinstance(self.action, str) or self.action not in ACTIONS:
+            raise ValueError(f"unknown action {show(self.action)}")
+        if not isinstance(self.target, Target) or not isinstance(self.when, When) or not (
+                self.until is None or isinstance(self.until, When)):
+            raise ValueError("a step's target, when and until are a Target and Whens")
+        number("delay", self.delay, 0.0, MAX_SECONDS)
+        number("duration", self.duration, 0.0, MAX_SECONDS)
+        check_params(self.params)
+        text("origin", self.origin)
 
     @property
     def family(self) -> str:
@@ -182,16 +322,24 @@ class Step:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Step:
-        t = d.get("target") or {}
-        w = d.get("when") or {}
-        u = d.get("until")
-        return cls(id=int(d["id"]), action=str(d["action"]),
-                   target=Target(**{**t, "avoid": tuple(t.get("avoid", ()))}),
-                   when=When(**w), delay=float(d.get("delay", 0.0)),
-                   duration=float(d.get("duration", 0.0)),
-                   until=When(**u) if u else None, params=dict(d.get("params") or {}),
-                   origin=str(d.get("origin", "")))
+    def from_dict(cls, d: Any) -> Step:
+        """A stored step (`to_dict`'s shape; `id` and `action` required, null for the
+        rest means the default); ValueError naming the field if it is not one."""
+        kw = _fields_of("step", d, {f.name for f in fields(cls)})
+        for need in ("id", "action"):
+            if need not in kw:
+                raise ValueError(f"a step needs `{need}`")
+        when = kw.get("when")
+        until = kw.get("until")
+        params = kw.get("params")
+        return cls(id=kw["id"], action=kw["action"], target=Target.from_dict(kw.get("target")),
+                   when=When.from_dict({} if when is None else when),
+                   delay=number("delay", _or(kw.get("delay"), 0.0), 0.0, MAX_SECONDS),
+                   duration=number("duration", _or(kw.get("duration"), 0.0), 0.0,
+                                   MAX_SECONDS),
+                   until=None if until is None else When.from_dict(until, "until"),
+                   params={} if params is None else params,
+                   origin=_or(kw.get("origin"), ""))
 
     def describe(self) -> str:
         """One short line: what, to whom, when."""
@@ -206,3 +354,8 @@ class Step:
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items())
                         if k not in ("pick",))
         return f"#{self.id} {self.action} {who} {when}{span}{extra}"
+
+
+def _or(v: Any, default: Any) -> Any:
+    """A stored optional field: null reads as its default."""
+    return default if v is None else v

@@ -27,19 +27,36 @@ from node.keystore import KeystoreError, load_kek
 from node.raft import Message, from_wire, to_wire
 from node.storage import StorageError
 
-__all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PROFILES", "Node", "NodeOptions", "main",
-           "parse_args", "run_node"]
+__all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PARENT_ENV", "PROFILES", "Node",
+           "NodeOptions", "die_with_parent", "main", "parse_args", "run_node"]
 
 _PR_SET_PDEATHSIG = 1
+# `python -m node` started by a harness: the pid of the process it must die with. The
+# harness's own nodes get it as an argument of `run_node` instead.
+PARENT_ENV = "CUTOVER_PARENT_PID"
 
 
-def die_with_parent() -> None:
-    """No orphans: the kernel kills us when the process that started us dies."""
+def die_with_parent(parent_pid: int | None = None) -> int:
+    """No orphans: the kernel kills us when the process that started us dies.
+
+    Call it first in the child, with the pid the parent passed down. The flag only
+    covers a parent that dies *after* it is set, and a parent that died earlier has
+    already handed us to init (or a subreaper): then `getppid()` is no longer
+    `parent_pid` and we exit at once, before binding a port or locking a data dir
+    (a spawn-context child spends most of a second importing before it gets here).
+    Returns the pid the loop keeps watching (`getppid()` when none was passed).
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
-        pass  # not Linux: the getppid() watch in the loop still applies
+        pass  # not Linux: the getppid() check here and in the loop still applies
+    ppid = os.getppid()
+    if parent_pid is None:
+        return ppid
+    if ppid != parent_pid:
+        os._exit(0)  # the parent is gone: nobody is left to tell, nothing to clean
+    return parent_pid
 
 
 # Test-only: `CUTOVER_TEST_RAISE_AT=n2:40` makes node n2 raise (an unhandled exception,
@@ -64,8 +81,10 @@ class Node:
     """One replica process: a `NodeHost` (the node's logic) on real files, real time,
     ZeroMQ sockets and one poll loop."""
 
-    def __init__(self, opts: NodeOptions) -> None:
+    def __init__(self, opts: NodeOptions, parent_pid: int | None = None) -> None:
         self.opts = opts
+        # Read before start-up, not in the loop: by then the parent may be gone already.
+        self.parent_pid = os.getppid() if parent_pid is None else parent_pid
         self.id = opts.node_id
         self._raise_at = raise_at_hook(opts)  # read before the data dir fills up
         REAL.makedirs(opts.data_dir)
@@ -122,7 +141,7 @@ class Node:
 
     def _loop(self) -> None:
         host = self.host
-        parent = os.getppid()
+        parent = self.parent_pid
         poller = zmq.Poller()
         poller.register(self.peer, zmq.POLLIN)
         poller.register(self.client, zmq.POLLIN)
@@ -261,12 +280,13 @@ def parse_args(argv: list[str]) -> NodeOptions:
                        durability_journal=a.durability_journal)
 
 
-def run_node(opts: NodeOptions) -> int:
+def run_node(opts: NodeOptions, parent_pid: int | None = None) -> int:
     """Run a node to completion; returns a process exit code (2: refused to start,
-    `EXIT_HALTED`: it ended itself after a halt, the elastickv profile)."""
-    die_with_parent()
+    `EXIT_HALTED`: it ended itself after a halt, the elastickv profile). `parent_pid`:
+    the process this node must not outlive (see `die_with_parent`)."""
+    parent_pid = die_with_parent(parent_pid)
     try:
-        node = Node(opts)
+        node = Node(opts, parent_pid)
     except (StorageError, KeystoreError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"node {opts.node_id}: refusing to start: {e}", file=sys.stderr)
         return 2
@@ -295,4 +315,8 @@ def run_node(opts: NodeOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(parse_args(sys.argv[1:] if argv is None else argv))
+    """`python -m node`: dies with the pid in `CUTOVER_PARENT_PID` when a harness sets
+    it (checked before anything else), else with whoever started it."""
+    env = os.environ.get(PARENT_ENV, "")
+    parent_pid = die_with_parent(int(env) if env.isdigit() else None)
+    return run_node(parse_args(sys.argv[1:] if argv is None else argv), parent_pid)

@@ -11,7 +11,6 @@ of times. Those in-function imports are the only ones of the orchestrator.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -47,6 +46,19 @@ def _user_error(e: Exception) -> NoReturn:
     fail(str(e))
 
 
+class Finite(click.FloatRange):
+    """A FloatRange that refuses NaN and the infinities too: click lets them through (NaN
+    compares false with every bound), and `--time-limit nan` once ran no workload phase,
+    `--rate nan` lifted the rate limit. A usage error like any other bad value."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if rv != rv or rv in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
 results_option = click.option("--results", default="results", show_default=True,
                               help=RESULTS_HELP)
 profile_option = click.option(
@@ -71,7 +83,7 @@ def main() -> None:
               help="How the history files are written.")
 @click.option("--model", type=click.Choice(["register", "cas-register", "kv"]),
               help="Sequential model (default: per format).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--timeout", type=Finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds per file before the verdict is `unknown`.")
 @click.option("--html", "html_out", help="Write the visualization here (a directory when "
                                          "several files are checked).")
@@ -79,7 +91,7 @@ def main() -> None:
 @click.option("--all-partitions", is_flag=True,
               help="Check every partition to the end instead of stopping at the first "
                    "violation.")
-@click.option("--max-memory", type=click.FloatRange(min=50), default=400.0,
+@click.option("--max-memory", type=Finite(min=50), default=400.0,
               show_default=True,
               help="MB of memory (RSS) a check may hold before its verdict is `unknown`.")
 def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
@@ -155,26 +167,18 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
     run's config.json) replays that config: its nodes, time limit, bugs, seed and cutover
     time belong to the schedule. A flag given on the command line still wins."""
     from .run import RunConfig as _RC
-    from .run import RunError
+    from .run import RunError, read_plan_file
 
-    try:
-        with open(plan_file, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        fail(f"cannot read {plan_file}: {e.strerror}")
-    except json.JSONDecodeError as e:
-        fail(f"{plan_file} is not JSON: {e.msg} (line {e.lineno})")
-    base = doc.get("config") if isinstance(doc, dict) else None
-    if not isinstance(base, dict):
-        if isinstance(doc, dict) and isinstance(doc.get("plan"), dict) \
-                and doc.get("format") != "cutover-plan":  # a plan file without a config
-            base = {k: v for k, v in doc.items() if k != "plan"}  # a run's config.json
-        else:
-            return cfg
+    try:  # the whole file, plan included, is checked here: before any run row exists
+        base, _plan, _doc = read_plan_file(plan_file)
+    except RunError as e:
+        _user_error(e)
+    if base is None:  # a plan without a config: the flags' config plays it
+        return cfg
     ctx = click.get_current_context()
     try:
         merged = _RC.from_dict({k: v for k, v in base.items()
-                                if k not in ("plan", "results", "plan_file")})
+                                if k not in ("results", "plan_file")})
     except RunError as e:
         fail(f"cannot use {plan_file}: {e}")
     flags = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
@@ -191,9 +195,9 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=1), default=40.0, show_default=True,
+@click.option("--time-limit", type=Finite(min=1), default=40.0, show_default=True,
               help="Seconds of workload and faults (plus set-up, a quiet period and checks).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=200.0,
+@click.option("--rate", type=Finite(min=0, min_open=True), default=200.0,
               show_default=True, help="Target client ops per second, all workers together.")
 @click.option("--concurrency", type=click.IntRange(1, 256),
               help="Client workers (default: 2 per node).")
@@ -207,7 +211,7 @@ def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
               default="swarm", show_default=True,
               help="How the plan is made: swarm (generative, the scripted cutover sequence "
                    "on some seeds), generative, sequence (the script), churn (Figure 8).")
-@click.option("--nemesis-interval", type=click.FloatRange(min=0.5), default=5.0,
+@click.option("--nemesis-interval", type=Finite(min=0.5), default=5.0,
               show_default=True, help="Scale of the gaps between timed faults (seconds).")
 @click.option("--cutover-at", default=None,
               help="Seconds into the run to request EnableRaftEnvelope, or none "
@@ -238,6 +242,9 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         seed: int | None, results: str, junit: str | None, replay: str | None,
         plan_file: str | None) -> None:
     """Run one fault-injection test end to end and print its verdict."""
+    from .lifeline import abort_on_signals
+
+    abort_on_signals()  # first: a SIGTERM from here on ends with a line and exit 130
     from .junit import write_junit
     from .run import RunConfig, RunError, execute, replay_config
 
@@ -273,13 +280,13 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 
 @main.command()
 @click.option("--seeds", type=click.IntRange(min=1), help="Simulate seeds first..first+N-1.")
-@click.option("--budget", type=click.FloatRange(min=0, min_open=True),
+@click.option("--budget", type=Finite(min=0, min_open=True),
               help="Simulate seeds until this many seconds of wall time are spent.")
 @click.option("--first-seed", type=int, default=1, show_default=True)
 @click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=1), default=30.0, show_default=True,
+@click.option("--time-limit", type=Finite(min=1), default=30.0, show_default=True,
               help="Simulated seconds of workload and faults per seed.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=100.0,
+@click.option("--rate", type=Finite(min=0, min_open=True), default=100.0,
               show_default=True, help="Client ops per simulated second.")
 @click.option("--nemesis", default="all", show_default=True)
 @click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
@@ -298,7 +305,11 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
         bugs: tuple[str, ...], profile: str, workers: int, results: str, shrink: bool,
         replay_file: str | None) -> None:
     """The node's own code in a deterministic simulation: many seeds, failing ones
-    stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did."""
+    stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did;
+    2: every seed was vacuous (no cutover, fault or operation it was asked for)."""
+    from .lifeline import abort_on_signals
+
+    abort_on_signals()  # first: a SIGTERM ends the pool's workers, a line, exit 130
     from .run import RunConfig, RunError
     from .sim import cli as simcli
 
@@ -338,7 +349,7 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
 @click.option("--seeds", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="Seeds per build (1..K) of real runs.")
 @click.option("--first-seed", type=int, default=1, show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=5), default=60.0, show_default=True)
+@click.option("--time-limit", type=Finite(min=5), default=60.0, show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
               help="all, none (the fixed build only), or a comma list of switch names.")
 @click.option("--no-fixed", is_flag=True, help="Skip the build without switches.")
@@ -375,6 +386,9 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
            resume: str | None, results: str, junit: str | None, summarize: bool) -> None:
     """Detection table: every bug switch over K seeds, and the build without switches
     (the fixed build; with --profile elastickv, elastickv as it stands)."""
+    from .lifeline import abort_on_signals
+
+    abort_on_signals()  # first: a SIGTERM ends with a line (and the resume hint), 130
     from . import matrix as mx
     from . import store
     from .junit import write_junit
@@ -490,8 +504,8 @@ def bench() -> None:
 
 @bench.command("checker")
 @click.option("--corpus", type=click.Path(file_okay=False), default=None,
-              help="Porcupine corpus directory (default: shared/corpus/porcupine beside "
-                   "the repository).")
+              help="Porcupine corpus directory (default: the one vendored in "
+                   "tests/data/porcupine).")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
               help="Median of this many checks per corpus file.")
 @click.option("--ops", type=click.IntRange(min=1), default=100_000, show_default=True)
@@ -514,7 +528,7 @@ def bench_checker(corpus: str | None, repeat: int, ops: int, keys: int, clients:
 @bench.command("cluster")
 @click.option("--nodes", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True)
+@click.option("--seconds", type=Finite(min=1), default=10.0, show_default=True)
 @click.option("--keys", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--kills", type=click.IntRange(min=0), default=10, show_default=True,
               help="Leader kills for the election figure.")
@@ -537,7 +551,7 @@ def bench_cluster(nodes: int, clients: int, seconds: float, keys: int, kills: in
 @click.option("--switches", default="no-barrier,stale-check-first,duplicate-marker,"
               "leader-unapplied-marker", show_default=True,
               help="Switches to time the first violation of (comma list, or none).")
-@click.option("--cap", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--cap", type=Finite(min=1), default=60.0, show_default=True,
               help="CPU seconds per switch before giving up.")
 def bench_sim(seeds: int, switches: str, cap: float) -> None:
     """Simulated seconds per CPU second of the default schedule (last line
@@ -556,7 +570,7 @@ def bench_sim(seeds: int, switches: str, cap: float) -> None:
 @bench.command("coverage")
 @click.option("--seeds", type=click.IntRange(min=5), default=40, show_default=True)
 @click.option("--first-seed", type=int, default=1, show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=5), default=30.0, show_default=True)
+@click.option("--time-limit", type=Finite(min=5), default=30.0, show_default=True)
 @click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
               default="swarm", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
@@ -597,7 +611,7 @@ def bench_edn(ops: int, seed: int) -> None:
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per defect (1..N).")
 @click.option("--first-seed", type=int, default=1, show_default=True)
-@click.option("--time-limit", type=click.FloatRange(min=5), default=30.0, show_default=True)
+@click.option("--time-limit", type=Finite(min=5), default=30.0, show_default=True)
 @click.option("--defects", "defects_dir", type=click.Path(file_okay=False),
               help="Directory of defect patches (default: tests/defects in the repository).")
 @click.option("--only", help="Comma list of defect names to run (default: all).")
@@ -607,7 +621,7 @@ def bench_edn(ops: int, seed: int) -> None:
               default=None, help="Plan scenario of every run (default: run's default).")
 @click.option("--sim", "in_sim", is_flag=True,
               help="In the simulator: `cutover sim --budget` per defect instead of real runs.")
-@click.option("--budget", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--budget", type=Finite(min=1), default=60.0, show_default=True,
               help="With --sim: wall seconds of simulation per defect.")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
                     only: str | None, jobs: int, scenario: str | None, in_sim: bool,
@@ -732,8 +746,8 @@ def check(run: str, results: str) -> None:
 @results_option
 @click.option("-o", "--output", "output", help="Where to write (default "
               "RESULTS/<run-id>/report.html).")
-@click.option("--from", "from_s", type=float, help="Window start, seconds into the run.")
-@click.option("--to", "to_s", type=float, help="Window end, seconds into the run.")
+@click.option("--from", "from_s", type=Finite(), help="Window start, seconds into the run.")
+@click.option("--to", "to_s", type=Finite(), help="Window end, seconds into the run.")
 @click.option("--max-ops", type=click.IntRange(min=1), default=DEFAULT_MAX_OPS,
               show_default=True, help="Ops drawn per page; longer windows are paged.")
 def report(run: str, results: str, output: str | None, from_s: float | None,

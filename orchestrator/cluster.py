@@ -2,8 +2,10 @@
 
 Nodes are started with stdlib `multiprocessing` (spawn context: forking a process that
 holds ZeroMQ state is undefined behaviour). Every node dies with this process (the node
-sets PR_SET_PDEATHSIG and watches its parent), and `close()` kills whatever is left, so
-a run never leaves a node behind, even on Ctrl-C.
+sets PR_SET_PDEATHSIG first thing, then checks that the pid this process passed it is
+still its parent: killed while the node was importing, we would otherwise leave it to
+init; then it watches its parent), and `close()` kills whatever is left, so a run never
+leaves a node behind, even on Ctrl-C or SIGKILL.
 
 This is also the one place that knows which exits were planned: `kill` (the nemesis),
 `stop_all` and `close` (the end of a run). Any other exit of a node process, and any
@@ -28,7 +30,7 @@ from typing import Any
 
 from checker.crashes import EXITS_FILE
 from checker.crashes import record as exit_record
-from node.server import NodeOptions, run_node
+from node.server import NodeOptions, die_with_parent, run_node
 
 from .client import Client, ClientTimeout
 from .switchboard import SwitchboardControl, SwitchboardProcess, spawn_switchboard
@@ -45,13 +47,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_entry(opts: Any, log_path: str) -> None:
-    """Child side: stdout/stderr to the node's log file, then run the node."""
+def _node_entry(opts: Any, log_path: str, parent_pid: int) -> None:
+    """Child side: first the lifeline to the orchestrator (`parent_pid`, read by the
+    parent: a child reading it would get init's once the parent is gone), then
+    stdout/stderr to the node's log file, then run the node."""
+    die_with_parent(parent_pid)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    os._exit(run_node(opts))
+    os._exit(run_node(opts, parent_pid))
 
 
 @dataclass
@@ -192,7 +197,7 @@ class Cluster:
                            seed=(self.seed * 1000 + h.starts * 17 + self.ids.index(nid)),
                            max_msg_bytes=self.max_msg_bytes, max_inflight=self.max_inflight,
                            durability_journal=self.durability_journal)
-        proc = self._mp.Process(target=_node_entry, args=(opts, h.log_path),
+        proc = self._mp.Process(target=_node_entry, args=(opts, h.log_path, os.getpid()),
                                 name=f"node-{nid}", daemon=True)
         self._spawn(proc.start)
         h.process = proc

@@ -29,6 +29,7 @@ from nemesis.plan import DEFAULT_SCENARIO
 from node.server import ALL_BUGS, PROFILES
 
 from . import store
+from .config_check import check_matrix_row, matrix_config, task_records
 from .errors import EXIT_HARNESS
 from .run import RunConfig, RunOutcome, execute
 from .tasks import AXES, Task, make_tasks, run_sim_batch
@@ -112,7 +113,8 @@ class MatrixSpec:
     base: dict[str, Any] = field(default_factory=base_config)
 
     def tasks(self) -> list[Task]:
-        return make_tasks(self.to_dict())
+        # Checked (and the count bounded) before a list is made: `config_check`.
+        return make_tasks(matrix_config(self.to_dict(), "matrix"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +122,7 @@ class MatrixSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MatrixSpec:
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in matrix_config(d).items() if k in names})
 
     def label(self, task: Task) -> str:
         return task.label(len(self.modes), len(self.profiles or [None]))
@@ -165,10 +167,14 @@ def pending(results: str, ref: str) -> tuple[str, MatrixSpec, list[Task], str | 
     without a `done` record (an error is run again), and its revision."""
     with store.opened(results) as db:
         row = store.resolve_matrix(db, ref)
-        done = {k for k, t in store.matrix_tasks(db, row["id"]).items()
-                if t["status"] == "done"}
+        check_matrix_row(row)
+        store.lock_matrix(results, row["id"])  # one resume at a time: held until we exit
+        done = {k for k, t in task_records(db, row["id"]).items() if t["status"] == "done"}
     spec = MatrixSpec.from_dict(row["config"])
-    return row["id"], spec, [t for t in spec.tasks() if t.key not in done], row["revision"]
+    todo = [t for t in spec.tasks() if t.key not in done]
+    for t in {(t.kind, t.profile, t.mode): t for t in todo}.values():
+        t.config(spec.base, results)  # its stored numbers checked now (RunError), not at its turn
+    return row["id"], spec, todo, row["revision"]
 
 
 def finish_if_complete(results: str, matrix_id: str) -> bool:
@@ -177,7 +183,7 @@ def finish_if_complete(results: str, matrix_id: str) -> bool:
     try:
         row = store.resolve_matrix(db, matrix_id)
         spec = MatrixSpec.from_dict(row["config"])
-        have = store.matrix_tasks(db, matrix_id)
+        have = task_records(db, matrix_id)
         if all(t.key in have for t in spec.tasks()):
             store.finish_matrix(db, matrix_id, _now())
             return True
@@ -225,8 +231,29 @@ def run_local(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
               on_outcome: Callable[[Task, RunOutcome], None] | None = None) -> None:
     """The tasks one at a time in this process, straight into `results` (no scratch
     directory, no merge: nothing here needs Dask). Raises `MatrixAborted` on Ctrl-C or
-    SIGTERM (the aborted run stays stored, the task stays pending) and `run.RunError`."""
+    SIGTERM (the aborted run stays stored, the task stays pending) and `run.RunError`.
+
+    A run handles the signal itself (`run.execute`); anywhere else (a sim batch,
+    recording a task, between tasks) it arrives as KeyboardInterrupt (SIGTERM too, by
+    the command's `lifeline.abort_on_signals`) and is the same abort: the caller prints
+    one line with the resume hint, never a traceback or nothing at all."""
+    started: list[Task] = []
+    try:
+        _run_local(results, matrix_id, spec, tasks, on_outcome, started)
+    except KeyboardInterrupt as e:
+        what = "before its first task"
+        if started:
+            t = started[-1]
+            what = f"during {spec.label(t)} " + (
+                f"seed {t.seed}" if t.kind == "run" else f"seeds {t.key.rsplit('/', 1)[1]}")
+        raise MatrixAborted(f"aborted by {e or 'SIGINT'} {what}") from None
+
+
+def _run_local(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
+               on_outcome: Callable[[Task, RunOutcome], None] | None,
+               started: list[Task]) -> None:
     for task in tasks:
+        started.append(task)
         if task.kind == "run":
             o = execute(task.config(spec.base, results), out=None, progress=None)
             if o.verdict == "aborted":
@@ -274,8 +301,9 @@ def matrix_rows(results: str, matrix_id: str) -> Rows:
 
 def rows_of(db: Any, row: Mapping[str, Any]) -> Rows:
     """`matrix_rows` of a `matrices` row, on an open database."""
+    check_matrix_row(row)  # a damaged row is one line (`config_check`), not a traceback
     spec = MatrixSpec.from_dict(row["config"])
-    done = store.matrix_tasks(db, row["id"])
+    done = task_records(db, row["id"])
     runs = store.runs_by_id(db, [r for t in done.values() for r in t["runs"]])
     by: dict[str, list[RunOutcome]] = {}
     for task in spec.tasks():
@@ -298,9 +326,16 @@ def stored_outcome(db: Any, r: Mapping[str, Any]) -> RunOutcome:
     checks = {k: v["detail"] or {"valid": v["valid"]}
               for k, v in store.checks(db, r["id"]).items()}
     first = suite.first_violation(checks) if r["verdict"] == "invalid" else None
-    return RunOutcome(r["id"], "", r["verdict"] or "unknown", r["exit_code"] or 0,
-                      r["summary"] or "", checks, first, r["seed"],
-                      float(r["duration_s"] or 0.0), store.coverage_of(db, r["id"]))
+    # A damaged row is shown as what it is (an unknown outcome), never a traceback.
+    verdict = r["verdict"] if isinstance(r["verdict"], str) else "unknown"
+    code = r["exit_code"] if isinstance(r["exit_code"], int) else 2
+    try:
+        seconds = float(r["duration_s"] or 0.0)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    seed = r["seed"] if isinstance(r["seed"], int) else None
+    return RunOutcome(r["id"], "", verdict, code, str(r["summary"] or ""), checks, first, seed,
+                      seconds, store.coverage_of(db, r["id"]))
 
 
 def is_fixed(label: str) -> bool:

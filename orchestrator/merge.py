@@ -16,6 +16,15 @@ reader never sees half a run, and nothing is stored twice:
 
 A run id is claimed by creating its directory (`os.mkdir`, atomic), as `cutover run`
 claims its own, so a merge never takes the id of a run another process is starting.
+
+What a worker ships is checked before anything is claimed or unpacked
+(`_check_shipped`), and a task that fails a check stores nothing (the engine records
+it as a harness error): each run id is a plain name (no NUL, no `/`, not hidden), no
+two runs of a task share one, their rows name this database's tables and columns, and
+each archive holds regular files and directories only, every one named inside the run
+directory. Links are refused outright rather than judged by where they point: a run
+directory never holds one, and a chain of symlinks longer than PATH_MAX gets past the
+tar `data` filter of the Pythons this runs on (CVE-2025-4517).
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tarfile
@@ -135,13 +145,101 @@ def _with_results(config: str | None, results: str) -> str | None:
     return config
 
 
+_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
+          tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+          tarfile.FIFOTYPE: "named pipe"}
+
+
+def _safe_members(tar: tarfile.TarFile, run_id: str) -> list[tarfile.TarInfo]:
+    """Every member of a shipped run directory, checked before any is extracted: a
+    regular file or a directory, named inside the directory it is unpacked into (with
+    no link among them, the name alone says where it lands). Anything else is a
+    MergeError for the whole archive: a run directory holds nothing else."""
+    out = []
+    for m in tar.getmembers():
+        name = m.name
+        if not (m.isreg() or m.isdir()):
+            raise MergeError(f"run {run_id}: its archive holds {name[:80]!r}, a "
+                             f"{_KINDS.get(m.type, 'special file')}; a run directory holds "
+                             f"regular files and directories only: nothing was stored")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts or "\0" in name \
+                or (m.isreg() and not parts):
+            raise MergeError(f"run {run_id}: its archive holds {name[:80]!r}, a path "
+                             f"outside the run directory: nothing was stored")
+        out.append(m)
+    return out
+
+
+def _inside(dest: str, members: list[tarfile.TarInfo], run_id: str) -> None:
+    """Each member's resolved path stays inside `dest` (the run directory itself only
+    for a directory: `tar.add(run_dir, arcname=".")` ships it as `.`)."""
+    root = os.path.realpath(dest)
+    for m in members:
+        real = os.path.realpath(os.path.join(root, m.name))
+        if not (real.startswith(root + os.sep) or (real == root and m.isdir())):
+            raise MergeError(f"run {run_id}: its archive holds {m.name[:80]!r}, a path "
+                             f"outside the run directory: nothing was stored")
+
+
+def _check_archive(run: ShippedRun) -> None:
+    """The archive of `run` is one `_unpack` accepts (read, not extracted)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(run.archive), mode="r:") as tar:
+            _safe_members(tar, run.run_id)
+    except (tarfile.TarError, OSError, ValueError, TypeError) as e:
+        raise MergeError(f"cannot unpack run {run.run_id}: {e}") from None
+
+
+# A run id is a directory name in the results: one path component, printable, and not
+# hidden (the merge's temporary directories and the matrices' lock files are).
+_PLAIN_ID = re.compile(r"[^/.][^/]{0,199}")
+
+
+def _check_shipped(db: Any, runs: list[ShippedRun], task: Any) -> None:
+    """Refuse (MergeError, nothing stored) a task whose shipped runs cannot be stored as
+    they are: a run id that is not a plain name (a NUL byte, a `/`, `..`), two runs
+    with one id (the task's row would name one of them twice), rows of a table or
+    column this database lacks (their names go into SQL), other than one `runs` row,
+    or an archive `_unpack` would refuse."""
+    ids: set[str] = set()
+    have = {t: set(db[t].columns_dict) for t in store.run_tables(db)}
+    for run in runs:
+        rid = run.run_id
+        if not isinstance(rid, str) or not rid.isprintable() \
+                or _PLAIN_ID.fullmatch(rid) is None:
+            raise MergeError(f"task {task}: a shipped run id {str(rid)[:80]!r} is not a plain "
+                             f"name (a harness error): nothing was stored")
+        if rid in ids:
+            raise MergeError(f"task {task}: two shipped runs have the id {rid} (a harness "
+                             f"error): nothing was stored")
+        ids.add(rid)
+        try:
+            for t, (cols, _data) in run.rows.items():
+                key = "id" if t == "runs" else "run"
+                if t not in have or key not in cols or not set(cols) <= have[t]:
+                    raise MergeError(f"run {rid}: its rows are of a table or column this "
+                                     f"database does not have ({str(t)[:40]!r}): nothing "
+                                     f"was stored")
+            if len(run.rows["runs"][1]) != 1:
+                raise MergeError(f"run {rid}: its rows hold {len(run.rows['runs'][1])} runs "
+                                 f"rows, not one: nothing was stored")
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise MergeError(f"run {rid}: its rows are malformed ({type(e).__name__}): "
+                             f"nothing was stored") from None
+        _check_archive(run)
+
+
 def _unpack(run: ShippedRun, results: str, rid: str) -> str:
     """The run directory in a temporary directory inside `results` (same file system:
-    the final step is a rename)."""
+    the final step is a rename). Every member is checked before the first is
+    extracted (`_safe_members`, `_inside`); the `data` filter stays on as well."""
     tmp = tempfile.mkdtemp(prefix=f".merge-{rid}-", dir=results)
     try:
         with tarfile.open(fileobj=io.BytesIO(run.archive), mode="r:") as tar:
-            tar.extractall(tmp, filter="data")
+            members = _safe_members(tar, run.run_id)
+            _inside(tmp, members, run.run_id)
+            tar.extractall(tmp, members=members, filter="data")
         cfg = os.path.join(tmp, "config.json")
         if os.path.isfile(cfg):
             with open(cfg, encoding="utf-8") as fh:
@@ -151,6 +249,9 @@ def _unpack(run: ShippedRun, results: str, rid: str) -> str:
                 with open(cfg, "w", encoding="utf-8") as fh:
                     json.dump(doc, fh, indent=2, default=str)
         os.chmod(tmp, 0o755)
+    except MergeError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except (OSError, tarfile.TarError, ValueError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise MergeError(f"cannot unpack run {run.run_id}: {e}") from None
@@ -169,6 +270,7 @@ def merge_task(results: str, runs: Iterable[ShippedRun], task_row: Mapping[str, 
     moved: list[tuple[str, str]] = []
     db = store.open_db(results, create=True)
     try:
+        _check_shipped(db, runs, task_row.get("task"))
         if matrix is not None and store.task_done(db, matrix, task_row["task"]):
             out.task_recorded = False
             return out

@@ -26,6 +26,7 @@ import sqlite_utils
 
 from checker import suite
 from checker.crashes import EXITS_FILE
+from node.events import read_events
 from node.keystore import DekUnwrapError, KeystoreError, load_kek
 from node.sidecar import SIDECAR_NAME, SidecarError
 from node.sidecar import load as load_sidecar
@@ -38,6 +39,8 @@ from .errors import ReviewError
 from .run import node_dirs, run_checkers, verdict_line
 
 EVENTS_FILE = "events.jsonl"
+# A run in one of these states never reached its end: its verdict is that state.
+UNFINISHED = ("aborted", "crashed", "error")
 
 
 def _readable(path: str, what: str, run_id: str) -> None:
@@ -124,6 +127,12 @@ def check_artifacts(results: str, row: Mapping[str, Any],
         if who is not None and not owner.is_gone(who):
             raise ReviewError(f"run {rid} is still running (pid {who['pid']}); check it "
                               f"when it has finished")
+    if row.get("status") in UNFINISHED:
+        # Its history stops where the run did: every checker would pass on what never
+        # happened (no final reads, no stop), and its CRASHED/ABORTED line is the truth.
+        raise ReviewError(f"run {rid} is {row['status']}: it did not finish, so its history "
+                          f"and node files are partial and a verdict on them would say "
+                          f"nothing; nothing was stored")
     rd = store.run_dir_of(results, row)
     if not os.path.isdir(rd):
         raise ReviewError(f"run {rid}: its directory {rd} is missing; cannot re-check")
@@ -139,6 +148,7 @@ def check_artifacts(results: str, row: Mapping[str, Any],
                           f"from {os.path.join(rd, 'nodes')}; cannot re-check")
     _readable(os.path.join(rd, "nodes", EXITS_FILE), "the node exit record", rid)
     wrapped = [w for name in sorted(want) for w in _check_node(rid, name, have[name])]
+    _check_events(db, rid, {n: have[n] for n in sorted(want)})
     kek_path = os.path.join(rd, "kek")
     _readable(kek_path, "its KEK file", rid)
     try:
@@ -151,6 +161,35 @@ def check_artifacts(results: str, row: Mapping[str, Any],
                           f"cannot re-check")
     _check_history(db, rid, stored)
     return rd
+
+
+def _check_events(db: sqlite_utils.Database, rid: str, dirs: Mapping[str, str]) -> None:
+    """Each node's event log must still hold every event the run stored from it.
+
+    The checkers read the events from the node files; the run ingested the same files
+    into `node_events` when it ended. A log that lost lines since (a last line dropped, a
+    file emptied or cut mid-line) would check a shorter story: the `stop` or `halt` that
+    made the run invalid can be exactly the line that went. So fewer events than the
+    database holds, other kinds in the same order, or a lost `stop` is a harness error."""
+    stored: dict[str, list[str]] = {}
+    for node, kind in db.conn.execute("select node, kind from node_events where run = ? "
+                                      "order by node, seq", [rid]):
+        stored.setdefault(str(node), []).append(str(kind))
+    for name, d in dirs.items():
+        before = stored.get(name, [])
+        if not before:
+            continue  # a run stored before its events were (or a node that wrote none)
+        now = [str(e.get("kind")) for e in read_events(d)]
+        if len(now) < len(before) or now[:len(before)] != before:
+            if "stop" in before and "stop" not in now:
+                what = "its `stop` event is gone"
+            elif len(now) < len(before):
+                what = f"{len(before) - len(now)} of them are gone"
+            else:
+                what = "they are not the ones stored"
+            raise ReviewError(f"run {rid}: node {name}'s event log holds {len(now)} events "
+                              f"where the run stored {len(before)} ({what}): it is not the "
+                              f"evidence the run was judged on; cannot re-check")
 
 
 def _unwraps(kek: Any, wrapped: bytes) -> bool:
@@ -182,6 +221,7 @@ def recheck(results: str, ref: str) -> tuple[dict[str, dict[str, Any]], int, str
     pending = store.Pending()
     with store.opened(results) as db:
         row = store.resolve_run(db, ref)
+        store.check_writable(results)  # a check stores: say so before a minute of work
         rd = check_artifacts(results, row, db)
         try:
             res = run_checkers(db, row["id"], rd, pending)
@@ -197,6 +237,8 @@ def recheck(results: str, ref: str) -> tuple[dict[str, dict[str, Any]], int, str
     code = suite.EXIT_CODES[verdict]
     summary = verdict_line(verdict, suite.first_violation(res), row.get("seed"), bugs,
                            store.run_config(row).get("profile") or "fixed")
+    if row.get("source") == "sim":  # as `cutover sim` stored it: never taken for a real run
+        summary = "SIMULATED " + summary
     store.replace_checks(results, row["id"], pending,
                          {"verdict": verdict, "exit_code": code, "summary": summary})
     return res, code, summary

@@ -13,10 +13,14 @@ keeps the history so far; the run is then marked `aborted` and no process is lef
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import random
+import resource
+import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -28,12 +32,14 @@ from checker import suite
 from checker.coverage import coverage
 from nemesis.plan import (
     DEFAULT_SCENARIO,
+    PLAN_FORMAT,
     Plan,
     PlanError,
     check_scenario,
     make_plan,
     parse_families,
 )
+from nemesis.primitives import MAX_SECONDS, show
 from node.events import EventKind, read_events
 from node.keystore import generate_dek, write_kek
 from node.server import ALL_BUGS, PROFILES
@@ -55,6 +61,62 @@ class RunError(RuntimeError):
 
 class Aborted(BaseException):
     """SIGINT / SIGTERM during a run."""
+
+
+# The range of every number of a RunConfig: (whole number, lowest, highest, above the
+# lowest only). Every path to a run goes through `RunConfig.validate` (the flags, a plan
+# file's config, a stored config read back for --replay, a matrix's tasks on Dask
+# workers), so a NaN or an Infinity cannot reach a run: NaN compares false with
+# everything, and `--time-limit nan` once ran no workload phase, `--cutover-at nan` made
+# no cutover, `--rate nan` lifted the rate limit, and `time_limit: Infinity` ran forever.
+RANGES: dict[str, tuple[bool, float, float, bool]] = {
+    "nodes": (True, 1, 9, False),
+    "time_limit": (False, 0, MAX_SECONDS, True),
+    "rate": (False, 0, 1e6, True),
+    "concurrency": (True, 1, 256, False),
+    "keys": (True, 1, 10_000, False),
+    "nemesis_interval": (False, 0, MAX_SECONDS, True),
+    "seed": (True, -(2**63), 2**63 - 1, False),
+    "quiet_period": (False, 0, 3600, False),
+    "op_timeout": (False, 0, 3600, True),
+    "tick_ms": (False, 1, 10_000, False),
+    "election_ticks": (True, 1, 10_000, False),  # the node refuses what Raft cannot use
+    "snapshot_every": (True, 1, 10**9, False),
+    "max_msg_bytes": (True, 1, 1 << 30, False),
+    "max_inflight": (True, 1, 1 << 20, False),
+    "enable_timeout_ticks": (True, 1, 10**6, False),
+    "lin_timeout": (False, 0, MAX_SECONDS, True),
+    "finish_within": (False, 0, MAX_SECONDS, False),
+}
+# Fields that may be None (a default drawn or computed later).
+OPTIONAL = ("concurrency", "seed", "snapshot_every", "max_msg_bytes", "max_inflight")
+# The flags of `cutover run`, by field: an error names what the user typed.
+FLAGS = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
+         "nemesis_interval", "cutover_at", "profile", "seed", "snapshot_every",
+         "max_msg_bytes", "max_inflight", "scenario"}
+DEFAULT_CUTOVER = -1.0  # `cutover_at`: a third of the way in (`resolved`)
+
+
+def _name(field_name: str) -> str:
+    return f"--{field_name.replace('_', '-')}" if field_name in FLAGS else field_name
+
+
+def _check_number(field_name: str, v: Any) -> None:
+    """RunError unless `v` is in `RANGES[field_name]` (finite, of the right kind)."""
+    whole, lo, hi, open_lo = RANGES[field_name]
+    if v is None and field_name in OPTIONAL:
+        return
+    kind = "a whole number" if whole else "a number"
+    fmt = (lambda x: str(int(x))) if whole else (lambda x: f"{x:g}")
+    ok = not isinstance(v, bool) and isinstance(v, int if whole else int | float)
+    if ok and not whole and isinstance(v, float):
+        ok = v == v and v not in (float("inf"), float("-inf"))
+    if ok:
+        ok = (lo < v if open_lo else lo <= v) and v <= hi
+    if not ok:
+        raise RunError(f"{_name(field_name)} must be {kind} "
+                       f"{'above' if open_lo else 'from'} {fmt(lo)} "
+                       f"{'and at most' if open_lo else 'to'} {fmt(hi)}, got {show(v)}")
 
 
 @dataclass
@@ -101,9 +163,11 @@ class RunConfig:
         if unknown:
             raise RunError(f"not a run config: unknown field(s) {', '.join(unknown)}")
         try:
-            return cls(**{k: v for k, v in d.items() if k in names})
+            cfg = cls(**{k: v for k, v in d.items() if k in names})
         except TypeError as e:
             raise RunError(f"not a run config: {e}") from None
+        cfg.validate()  # a stored config is read as carefully as the flags
+        return cfg
 
     def resolved(self) -> RunConfig:
         c = RunConfig(**asdict(self))
@@ -120,16 +184,7 @@ class RunConfig:
         of `plan_file` (a plan as `Plan.to_dict` writes it, or a run's config.json)."""
         assert self.seed is not None
         if self.plan_file:
-            try:
-                with open(self.plan_file, encoding="utf-8") as fh:
-                    doc = json.load(fh)
-                if isinstance(doc, dict) and isinstance(doc.get("plan"), dict):
-                    doc = doc["plan"]
-                if not isinstance(doc, dict):
-                    raise ValueError("expected a JSON object")
-                return Plan.from_dict(doc)
-            except (OSError, ValueError) as e:
-                raise RunError(f"cannot use plan {self.plan_file}: {e}") from None
+            return read_plan_file(self.plan_file)[1]
         return make_plan(self.seed, parse_families(self.nemesis), time_limit=self.time_limit,
                          interval=self.nemesis_interval, cutover_at=self.cutover_at,
                          nodes=self.nodes,
@@ -148,35 +203,104 @@ class RunConfig:
         return c
 
     def validate(self) -> None:
-        for b in self.bugs:
-            if b not in ALL_BUGS:
-                raise RunError(f"unknown bug switch {b!r}; valid names: "
-                               f"{', '.join(sorted(ALL_BUGS))}")
-        if self.profile not in PROFILES:
-            raise RunError(f"unknown profile {self.profile!r}; expected one of "
-                           f"{', '.join(sorted(PROFILES))}")
-        if self.nodes < 1:
-            raise RunError("--nodes must be at least 1")
-        if self.time_limit <= 0 or self.rate <= 0:
-            raise RunError("--time-limit and --rate must be positive")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise RunError("--concurrency must be at least 1")
-        if self.workload not in ("kv", "register"):
-            raise RunError(f"unknown workload {self.workload!r}; expected kv or register")
-        if self.keys < 1:
-            raise RunError("--keys must be at least 1")
-        for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
+        """RunError (one line, naming the flag or field) unless every field has its type
+        and every number is finite and in its range (`RANGES`). Every way to a run
+        calls it: `execute`, `cutover sim`, `from_dict` (a stored config, a plan file's,
+        a matrix task's on a Dask worker)."""
+        for name in RANGES:
+            _check_number(name, getattr(self, name))
+        for name, choices in (("workload", ("kv", "register")), ("profile", PROFILES),
+                              ("scenario", None), ("nemesis", None)):
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise RunError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.cutover_at is not None and self.cutover_at >= self.time_limit:
-            raise RunError(f"--cutover-at {self.cutover_at:g} is not before --time-limit "
-                           f"{self.time_limit:g}")
+            if not isinstance(v, str):
+                raise RunError(f"{_name(name)} must be a name, got {show(v)}")
+            if choices is not None and v not in choices:
+                raise RunError(f"unknown {name} {show(v)}; expected one of "
+                               f"{', '.join(sorted(choices))}")
+        if not isinstance(self.bugs, list | tuple):
+            raise RunError(f"bugs must be a list of bug switches, got {show(self.bugs)}")
+        for b in self.bugs:
+            if not isinstance(b, str) or b not in ALL_BUGS:
+                raise RunError(f"unknown bug switch {show(b)}; valid names: "
+                               f"{', '.join(sorted(ALL_BUGS))}")
+        if not isinstance(self.results, str) or not self.results:
+            raise RunError(f"results must be a directory name, got {show(self.results)}")
+        if self.plan_file is not None and (not isinstance(self.plan_file, str)
+                                           or not self.plan_file):
+            raise RunError(f"plan_file must be a file name, got {show(self.plan_file)}")
+        c = self.cutover_at
+        if c is not None and c != DEFAULT_CUTOVER:
+            if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c <= c:
+                raise RunError(f"--cutover-at must be none or a number of seconds from 0 to "
+                               f"below --time-limit {self.time_limit:g}, got {show(c)}")
+            if c >= self.time_limit:  # Infinity included
+                raise RunError(f"--cutover-at {f'{c:g}' if isinstance(c, float) else show(c)} "
+                               f"is not before --time-limit "
+                               f"{self.time_limit:g}")
         try:
             parse_families(self.nemesis)
             check_scenario(self.scenario)
         except PlanError as e:
             raise RunError(str(e)) from None
+
+
+MAX_PLAN_FILE = 16 << 20  # bytes: a shrunk plan is a few KB, a long run's config.json MBs
+
+
+def read_plan_file(path: str) -> tuple[dict[str, Any] | None, Plan, dict[str, Any]]:
+    """A plan file read and checked in full, before any run row or process exists: (the
+    run config it carries, or None; its plan; the whole document). It is `cutover sim`'s
+    plan file (`{"format": "cutover-plan", "plan": {...}, "config": {...}}`, the config
+    optional), a run's config.json (its config, the plan under `plan`), or a bare plan
+    (`Plan.to_dict`). Anything else is a RunError of one line: `{}` once played an empty
+    plan, no fault and no cutover, while `show` said nemesis=all. The config is returned
+    unchecked: `RunConfig.from_dict` checks it when it is used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block us
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise RunError(f"cannot use {path}: not a regular file")
+            raw = fh.read(MAX_PLAN_FILE + 1)
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_PLAN_FILE:
+        raise RunError(f"{path} is over {MAX_PLAN_FILE >> 20} MB: not a plan file")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path} is not UTF-8 text (byte {e.start} is not)") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not JSON: {e.msg} (line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number; nesting 100,000 deep
+        raise RunError(f"{path} is not JSON this reads: {str(e)[:80]}") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"{path} is not a plan file: a JSON {type(doc).__name__}, not an "
+                       f"object")
+    config: Any = None
+    if "format" in doc:
+        if doc["format"] != PLAN_FORMAT:
+            raise RunError(f"{path}: unknown format {show(doc['format'])} (expected "
+                           f"{PLAN_FORMAT})")
+        plan_doc, config = doc.get("plan"), doc.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise RunError(f"{path}: `config` must be an object, got {show(config)}")
+    elif "plan" in doc:  # a run's config.json
+        plan_doc = doc["plan"]
+        config = {k: v for k, v in doc.items() if k != "plan"}
+    elif "steps" in doc:  # a bare plan
+        plan_doc = doc
+    else:
+        raise RunError(f"{path} is not a plan file: no `format`, `plan` or `steps` (a plan "
+                       f"file from `cutover sim`, a run's config.json, or a plan)")
+    if not isinstance(plan_doc, dict):
+        raise RunError(f"{path}: `plan` must be an object, got {show(plan_doc)}")
+    try:
+        plan = Plan.from_dict(plan_doc)
+    except ValueError as e:
+        raise RunError(f"{path}: {e}") from None
+    if config is not None:
+        config = {k: v for k, v in config.items() if k != "plan"}
+    return config, plan, doc
 
 
 @dataclass
@@ -276,17 +400,26 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
     plan = cfg.plan()
     cfg = cfg.with_knobs(plan)
     families = plan.families if cfg.plan_file else parse_families(cfg.nemesis)
-    run_id = new_run_id(cfg.results, cfg.seed)
+    try:
+        run_id = new_run_id(cfg.results, cfg.seed)
+    except OSError as e:
+        raise RunError(f"cannot start the run: {failure_why(e, cfg.results)}") from None
     run_dir = os.path.join(cfg.results, run_id)
-    owner.write(run_dir)  # before the row says `running`: a later command can tell if we die
-    config_doc = {**asdict(cfg), "plan": plan.to_dict()}
-    with open(os.path.join(run_dir, "config.json"), "w") as fh:
-        json.dump(config_doc, fh, indent=2)
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-    rec = store.Recorder(cfg.results, run_id, time.monotonic_ns())
-    rec.run_row(started=started, seed=cfg.seed, workload=cfg.workload,
-                nemesis=",".join(families) or "none", bugs=",".join(cfg.bugs),
-                config=config_doc, status="running", run_dir=run_id)
+    try:
+        owner.write(run_dir)  # before the row says `running`: a later command can tell if we die
+        config_doc = {**asdict(cfg), "plan": plan.to_dict()}
+        with open(os.path.join(run_dir, "config.json"), "w") as fh:
+            json.dump(config_doc, fh, indent=2)
+        reserve = reserve_space(run_dir)
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        rec = store.Recorder(cfg.results, run_id, time.monotonic_ns())
+    except (OSError, store.StoreError) as e:  # no row yet: nothing of the run to keep
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise RunError(f"cannot start the run: {failure_why(e, cfg.results)}") from None
+    first_row = {"started": started, "seed": cfg.seed, "workload": cfg.workload,
+                 "nemesis": ",".join(families) or "none", "bugs": ",".join(cfg.bugs),
+                 "config": config_doc, "run_dir": run_id}
+    rec.run_row(**first_row, status="running")
     runner = _Runner(cfg, plan, run_id, run_dir, rec, progress)
     old: dict[int, Any] = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
@@ -294,22 +427,126 @@ def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
             raise Aborted(signal.Signals(signum).name)
         for s in (signal.SIGINT, signal.SIGTERM):
             old[s] = signal.signal(s, on_signal)
+    beat = owner.Heartbeat(run_dir).start()  # how a reader elsewhere tells we are alive
+    lost: store.StoreError | None = None
     try:
         outcome = runner.go()
     except Aborted as e:
         outcome = runner.abort(f"aborted by {e}")
     except (ClusterError, RunError, store.StoreError, OSError, SwitchboardError) as e:
-        outcome = runner.abort(f"harness failure: {e}", verdict="error")
+        outcome = runner.abort(failure_why(e, cfg.results), verdict="error")
     finally:
+        beat.stop()
         for s, h in old.items():
             signal.signal(s, h)
-        runner.teardown()
+        teardown_fully(runner, cfg.nodes + 3)
+        release_space(reserve)  # the nodes are gone: the room is for the last rows
         try:
+            rec.flush()
+        except store.StoreError as e:  # the writer failed (a full disk): said below
+            lost = e
+        finally:
+            rec.close()
+    if lost is not None:
+        outcome = _record_despite(cfg, run_id, first_row, outcome, lost)
+    if out is not None:
+        print(outcome.summary, file=out, flush=True)
+    return outcome
+
+
+DISK_RESERVE = 1 << 20  # bytes a run sets aside in its directory (`reserve_space`)
+RESERVE_FILE = ".disk-reserve"
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def reserve_space(run_dir: str) -> str:
+    """Set `DISK_RESERVE` bytes aside in the run dir, as a file; its path. A results disk
+    that fills up during a run left the run `running` for ever: not even the row that
+    says how it ended could be written. Deleting this file (`release_space`, once the
+    nodes are stopped) makes the room for it."""
+    path = os.path.join(run_dir, RESERVE_FILE)
+    with open(path, "wb") as fh:
+        fh.write(bytes(DISK_RESERVE))  # written, not sparse: the blocks are taken now
+    return path
+
+
+def release_space(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _size_limited() -> bool:
+    """Whether this process has a file size limit (RLIMIT_FSIZE, `ulimit -f`)."""
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
+def disk_full(e: BaseException | None, results: str) -> bool:
+    """Whether a failure is the results disk being full: ENOSPC (or EDQUOT, EFBIG: a
+    quota, a file size limit) anywhere in the exception's chain, SQLite's "database or
+    disk is full" in its text (the writer thread reports it as a `StoreError`), or less
+    than `DISK_RESERVE` bytes left on the results file system now."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL or "disk is full" in str(e):
+            return True
+        if "disk I/O error" in str(e) and _size_limited():  # SQLite's word for EFBIG
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        st = os.statvfs(results)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_RESERVE
+
+
+def teardown_fully(runner: _Runner, tries: int) -> None:
+    """`runner.teardown()` to its end, even on a full disk: there, recording a node's exit
+    fails (ENOSPC) in the middle of `Cluster.close`, and a teardown cut short leaves the
+    next nodes running. Each try gets further (`close` is safe to call again; a node
+    whose exit could not be recorded is not looked at twice)."""
+    for _ in range(tries):
+        try:
+            runner.teardown()
+            return
+        except OSError:
+            continue
+
+
+def failure_why(e: BaseException, results: str) -> str:
+    """A harness failure in one line, naming the full disk when that is what it is."""
+    if disk_full(e, results):
+        limit = " (or a file reached the size limit, ulimit -f)" if _size_limited() else ""
+        return f"the results disk is full{limit} ({os.path.abspath(results)}): {e}"
+    return f"harness failure: {e}"
+
+
+def _record_despite(cfg: RunConfig, run_id: str, first_row: dict[str, Any],
+                    outcome: RunOutcome, lost: store.StoreError) -> RunOutcome:
+    """The run's writer failed, so part of what it recorded is not stored (the disk
+    filled up, most often): whatever the checkers said, the run is a harness error
+    (aborted stays aborted), and its row must say so rather than stay `running`. The
+    run's own writer holds its first error for ever, so the row goes through a writer
+    of its own, whole (the first row may be what was lost), once the reserve is back."""
+    if outcome.verdict not in ("aborted", "error"):
+        outcome = RunOutcome(outcome.run_id, outcome.run_dir, "error", EXIT_HARNESS,
+                             f"ERROR: {failure_why(lost, cfg.results)} (run {run_id}; "
+                             f"what was written before is stored)", seed=outcome.seed,
+                             seconds=outcome.seconds)
+    try:
+        rec = store.Recorder(cfg.results, run_id, 0)
+        try:
+            rec.run_row(**first_row, status=outcome.verdict, verdict=outcome.verdict,
+                        exit_code=outcome.exit_code, summary=outcome.summary,
+                        finished=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                        duration_s=outcome.seconds)
             rec.flush()
         finally:
             rec.close()
-    if out is not None:
-        print(outcome.summary, file=out, flush=True)
+    except store.StoreError as e:
+        outcome.summary += f"; its row could not be updated either ({e})"
     return outcome
 
 
@@ -623,6 +860,8 @@ def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.RowSink | None,
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)
+    results["vacuity"] = suite.vacuity(config, ops, nem, store.node_events(
+        db, run_id, kinds=[EventKind.ENCRYPTION_APPLIED]))
     if rec is not None:
         # Not a checker (it never changes the verdict): which protocol states the run
         # reached, from the nodes' events, the history and what the nemesis did.

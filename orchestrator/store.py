@@ -26,18 +26,29 @@ which node event logs share):
 A run is recorded while it goes: a writer thread batches rows and commits every
 `flush_every` seconds in WAL mode, so a crash of the orchestrator keeps what was recorded
 up to the last commit, and readers (`cutover list`) never block the writer.
+
+Readers open the database read-only (`opened`): an archived results directory that
+nobody may write (a nightly's, kept read-only) is read where it lies, and a reader can
+never change what it shows. SQLite's WAL mode wants to create `cutover.db-wal` and
+`-shm` beside the file; where the directory forbids that, a database whose write-ahead
+log is empty or gone is read as immutable (all of it is in the main file then).
 """
 from __future__ import annotations
 
+import atexit
+import fcntl
+import hashlib
 import json
 import os
 import queue
 import random
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import sqlite_utils
@@ -154,8 +165,10 @@ def _while_locked(step: Any, patience: float = 30.0) -> Any:
             time.sleep(0.02 + 0.05 * random.random())
 
 
-def _check_schema(conn: sqlite3.Connection, path: str) -> None:
-    """Ours, of a version this build reads, with every table: else a StoreError."""
+def _check_schema(conn: sqlite3.Connection, path: str, readonly: bool = False) -> None:
+    """Ours, of a version this build reads, with every table: else a StoreError. A
+    read-only `conn` (a reader's) migrates an older schema through a writable
+    connection of its own, as the readers did before they opened read-only."""
     tables = _table_names(conn)
     if "meta" not in tables:
         raise StoreError(f"{path} is not a cutover results database (no meta table)")
@@ -176,7 +189,14 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> None:
         if missing:
             raise StoreError(f"{path} is damaged: it has no {', '.join(missing)} table "
                              f"(nothing was changed; restore it from a copy)")
-        _migrate_v1(conn, path)
+        if not readonly:
+            _migrate_v1(conn, path)
+        else:
+            w = sqlite3.connect(path, timeout=30)
+            try:
+                _migrate_v1(w, path)
+            finally:
+                w.close()
         tables = _table_names(conn)
     missing = [t for t in TABLES if t not in tables]
     if missing:
@@ -214,13 +234,55 @@ def _migrate_v1(conn: sqlite3.Connection, path: str) -> None:
                          f"once where it is writable") from None
 
 
-def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
+def _read_only_error(e: sqlite3.Error) -> bool:
+    """SQLite's "attempt to write a readonly database", in any of its forms (a
+    read-only file, directory, connection or mount)."""
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_READONLY
+
+
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    """`path` opened read-only (`mode=ro`): nothing a reader does can change it. In WAL
+    mode even a read-only connection needs `-wal` and `-shm` files beside the database;
+    where they cannot be created (a read-only directory), the database is opened as
+    immutable, which ignores the write-ahead log: only when that log is missing or
+    empty, so that every committed row is in the main file. A log with rows in it that
+    cannot be read here is a StoreError, never a database shown without them."""
+    uri = Path(os.path.abspath(path)).as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    try:
+        conn.execute("select count(*) from sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        code = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code not in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+            raise
+        wal = f"{path}-wal"
+        try:
+            pending = os.stat(wal).st_size > 0
+        except FileNotFoundError:
+            pending = False
+        if pending:
+            raise StoreError(
+                f"{path} cannot be read here: its write-ahead log {os.path.basename(wal)} "
+                f"holds rows not yet in the database, and reading them needs a writable "
+                f"directory ({e}); copy the results dir somewhere writable") from None
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def open_db(results: str, *, create: bool = False,
+            readonly: bool = False) -> sqlite_utils.Database:
     """The results database of `results`, checked to be ours (StoreError otherwise).
 
     `create` makes the directory and, in a fresh database, the schema (writers);
     readers get a clear error for a missing, foreign, damaged or corrupt database
-    instead of an empty one. Runs whose orchestrator died are marked `crashed`.
+    instead of an empty one. `readonly` (what `opened` gives readers) opens it so that
+    nothing can be written through it, and works in a directory nobody may write (see
+    `_connect_readonly`). Runs whose orchestrator died are marked `crashed` (through a
+    connection of its own, where the database can be written).
     """
+    if create and readonly:
+        raise ValueError("open_db: create and readonly exclude each other")
     path = db_path(results)
     if not create and not os.path.exists(path):
         raise StoreError(f"no results database at {path} (run `cutover run` first, "
@@ -236,16 +298,22 @@ def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
         raise StoreError(f"{path} is not a file")
     conn = None
     try:
-        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        if readonly:
+            conn = _connect_readonly(path)
+        else:
+            conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
         if create:
             _create_if_fresh(conn)
-        _check_schema(conn, path)
+        _check_schema(conn, path, readonly)
         db = sqlite_utils.Database(conn)
         mark_crashed(db, results)
         return db
     except sqlite3.DatabaseError as e:
         if conn is not None:
             conn.close()
+        if not readonly and _read_only_error(e):
+            raise StoreError(f"{path} cannot be written here ({e}): this command stores "
+                             f"results; run it where the results dir is writable") from None
         raise StoreError(f"{path} is not a readable SQLite database ({e})") from None
     except StoreError:
         if conn is not None:
@@ -256,7 +324,9 @@ def open_db(results: str, *, create: bool = False) -> sqlite_utils.Database:
 def mark_crashed(db: sqlite_utils.Database, results: str) -> list[str]:
     """Mark `crashed` every run still `running` whose orchestrator is gone (its pid and
     start time, `orchestrator.owner`); returns their ids. A database that cannot be
-    written now (read-only, busy) keeps them as they are: the next command tries again."""
+    written now (read-only, busy) keeps them as they are: the next command tries again.
+    A reader's connection is read-only: the update then goes through a short-lived
+    writable one, so `cutover list` still marks them wherever the directory allows."""
     gone = []
     for rid, rdir in db.conn.execute("select id, run_dir from runs where status = 'running'"):
         try:
@@ -266,18 +336,32 @@ def mark_crashed(db: sqlite_utils.Database, results: str) -> list[str]:
         who = owner.read(rd)
         if who is not None and owner.is_gone(who):
             gone.append((rid, who))
-    done = []
-    for rid, who in gone:
-        summary = (f"CRASHED: its orchestrator (pid {who.get('pid')}) died before the run "
-                   f"finished; the history up to then is stored (run {rid})")
-        try:
-            with db.conn:
-                db.conn.execute("update runs set status = 'crashed', verdict = 'crashed', "
-                                "summary = ? where id = ? and status = 'running'",
-                                [summary, rid])
-            done.append(rid)
-        except sqlite3.OperationalError:
-            break
+    done: list[str] = []
+    conn, spare = db.conn, None
+
+    def mark(c: sqlite3.Connection, rid: str, summary: str) -> None:
+        with c:
+            c.execute("update runs set status = 'crashed', verdict = 'crashed', "
+                      "summary = ? where id = ? and status = 'running'", [summary, rid])
+
+    try:
+        for rid, who in gone:
+            summary = (f"CRASHED: its orchestrator (pid {who.get('pid')}) died before the "
+                       f"run finished; the history up to then is stored (run {rid})")
+            try:
+                try:
+                    mark(conn, rid, summary)
+                except sqlite3.OperationalError as e:
+                    if spare is not None or not _read_only_error(e):
+                        raise
+                    conn = spare = sqlite3.connect(db_path(results), timeout=5)
+                    mark(conn, rid, summary)
+                done.append(rid)
+            except sqlite3.OperationalError:
+                break
+    finally:
+        if spare is not None:
+            spare.close()
     return done
 
 
@@ -285,8 +369,9 @@ def mark_crashed(db: sqlite_utils.Database, results: str) -> list[str]:
 def opened(results: str) -> Iterator[sqlite_utils.Database]:
     """The results database for reading, closed afterwards. Every way it can be
     unusable is a `StoreError`, including a corrupt page that only surfaces in some
-    later query (SQLite reads pages lazily)."""
-    db = open_db(results)
+    later query (SQLite reads pages lazily). Opened read-only: readers work on a
+    results dir nobody may write, and cannot change what they read."""
+    db = open_db(results, readonly=True)
     try:
         yield db
     except sqlite3.DatabaseError as e:
@@ -750,6 +835,103 @@ def record_task(db: sqlite_utils.Database, row: Mapping[str, Any]) -> bool:
         f"{', '.join(f'{c} = excluded.{c}' for c in cols[2:])} "
         f"where matrix_tasks.status != 'done'", [r.get(c) for c in cols])
     return cur.rowcount > 0
+
+
+class MatrixBusy(StoreError):
+    """Another process holds the matrix's lock: it is running the matrix now."""
+
+
+class MatrixLock:
+    """An exclusive `flock` on a matrix's lock file in the results directory, taken by
+    the process that runs the matrix's pending tasks (`lock_matrix`). Without it, two
+    `cutover matrix --resume` of one matrix at once each run every pending task. The
+    kernel drops it when the process ends, however it ends; `release` (or the end of
+    the process) also removes the file."""
+
+    def __init__(self, path: str, fd: int, matrix_id: str) -> None:
+        self.path = path
+        self.fd = fd
+        self.matrix_id = matrix_id
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it, so that nobody locks a file
+        about to vanish: a taker checks it locked the file the path names) and unlock.
+        Only in the process that took it: a forked child exiting must not drop it."""
+        if self.fd < 0 or os.getpid() != self.pid:
+            return
+        _HELD.pop(os.path.realpath(self.path), None)
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+_HELD: dict[str, MatrixLock] = {}  # the lock files this process holds, by real path
+
+
+@atexit.register
+def _release_held() -> None:
+    for lock in list(_HELD.values()):
+        lock.release()
+
+
+def matrix_lock_path(results: str, matrix_id: str) -> str:
+    """`RESULTS/.matrix-<id>.lock`; an id that is not a plain name (from a damaged
+    database) is hashed, so the file stays in the results directory."""
+    name = matrix_id if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}", matrix_id) \
+        else hashlib.sha256(matrix_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return os.path.join(results, f".matrix-{name}.lock")
+
+
+def lock_matrix(results: str, matrix_id: str) -> MatrixLock:
+    """Take `matrix_id`'s lock for this process, at once or not at all: `MatrixBusy`
+    (one line for the user) when another process holds it, a StoreError when the
+    results directory cannot hold a lock file (read-only: resuming writes there
+    anyway). Held until `release()` or the end of the process; taking it again in the
+    same process returns the lock already held."""
+    path = matrix_lock_path(results, matrix_id)
+    held = _HELD.get(os.path.realpath(path))
+    if held is not None:
+        return held
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot lock matrix {matrix_id}: {path}: {e.strerror} (the "
+                             f"results dir must be writable to run a matrix)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:  # what the holder wrote ("pid N"), kept to one printable line
+                who = (os.pread(fd, 200, 0).decode("utf-8", "replace").splitlines()
+                       or [""])[0].strip()[:60]
+            except OSError:
+                who = ""
+            who = who if who.isprintable() else ""
+            os.close(fd)
+            raise MatrixBusy(f"matrix {matrix_id} is being run by another process"
+                             f"{f' ({who})' if who else ''}; wait for it to finish or stop "
+                             f"it, then resume") from None
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot lock matrix {matrix_id}: {path}: {e.strerror}") from None
+        try:  # the file we locked may have been removed by its last holder meanwhile
+            st, mine = os.stat(path, follow_symlinks=False), os.fstat(fd)
+            same = (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        lock = MatrixLock(path, fd, matrix_id)
+        _HELD[os.path.realpath(path)] = lock
+        return lock
 
 
 def task_done(db: sqlite_utils.Database, matrix_id: str, task: str) -> bool:

@@ -21,7 +21,9 @@ a message that was already in flight.
 
 Lifetime: the process must never outlive the orchestrator (no orphans holding ports), so
 `run_switchboard` asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG),
-also polls `os.getppid()` in case prctl is unavailable, and exits cleanly on SIGTERM.
+also polls `os.getppid()` in case prctl is unavailable, and exits cleanly on SIGTERM. A
+spawned switchboard does the first before anything else and exits at once if its parent
+is already gone (`orchestrator.lifeline`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ from typing import Any
 
 import msgpack
 import zmq
+
+from .lifeline import die_with_parent
 
 Link = tuple[bytes, bytes]
 
@@ -441,6 +445,15 @@ def run_switchboard(bind: str, control: str, seed: int = 0, parent_pid: int | No
         ctx.term()
 
 
+def _switchboard_child(bind: str, control: str, seed: int, parent_pid: int,
+                       ready: Any) -> None:
+    """The spawned child's entry: the lifeline to `parent_pid` before anything else (a
+    parent killed while we were importing has handed us to init: exit, do not bind),
+    then the switchboard. SIGTERM, as `run_switchboard` asks: it exits cleanly on it."""
+    die_with_parent(parent_pid, signal.SIGTERM)
+    run_switchboard(bind, control, seed, parent_pid, ready)
+
+
 @dataclass
 class SwitchboardProcess:
     """A running switchboard process and the endpoints it actually bound."""
@@ -474,7 +487,8 @@ def spawn_switchboard(seed: int = 0, bind: str = "tcp://127.0.0.1:*",
     """
     mp = multiprocessing.get_context("spawn")
     reader, writer = mp.Pipe(duplex=False)
-    proc = mp.Process(target=run_switchboard, args=(bind, control, seed, os.getpid(), writer),
+    proc = mp.Process(target=_switchboard_child,
+                      args=(bind, control, seed, os.getpid(), writer),
                       name="switchboard", daemon=True)
     proc.start()
     writer.close()

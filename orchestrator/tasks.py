@@ -161,13 +161,40 @@ class TaskResult:
     ended: float = 0.0
 
 
+class UnshippableRun(RuntimeError):
+    """A run directory holds something the coordinator's merge refuses (a link, a
+    device): a harness error of the task, said here rather than at the merge."""
+
+
 def _archive(run_dir: str) -> bytes:
     """The run directory as an uncompressed tar (modes kept: the KEK stays 0600). Not
     compressed: on one machine gzip would cost more than the copy it saves; runs are a
-    few MB."""
+    few MB. Regular files and directories only, as the merge accepts
+    (`orchestrator.merge._safe_members`): a second name of a file (a power-loss keep
+    link a killed node left) is shipped as a file of its own, not as a hard link, a
+    socket is skipped (as `tar.add` did), and a symlink, pipe or device is an
+    `UnshippableRun`."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(run_dir, arcname=".")
+        for dirpath, dirnames, filenames in os.walk(run_dir):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, run_dir)
+            tar.add(dirpath, arcname="." if rel == "." else f"./{rel}", recursive=False)
+            for name in sorted(filenames) + [d for d in dirnames
+                                             if os.path.islink(os.path.join(dirpath, d))]:
+                full = os.path.join(dirpath, name)
+                arc = f"./{name}" if rel == "." else f"./{rel}/{name}"
+                info = tar.gettarinfo(full, arcname=arc)
+                if info is None:  # a socket: no bytes to ship (`tar.add` skipped it too)
+                    continue
+                if info.islnk():  # a second name of a file shipped already: its bytes again
+                    info.type, info.linkname = tarfile.REGTYPE, ""
+                    info.size = os.lstat(full).st_size
+                if not info.isreg():
+                    raise UnshippableRun(f"{full} is not a regular file or directory; a run "
+                                         f"directory holds nothing else")
+                with open(full, "rb") as fh:
+                    tar.addfile(info, fh)
     return buf.getvalue()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import store
+from . import config_check, store
 from .matrix import MatrixSpec, is_fixed, rows_of
 from .run import RunError
 from .tasks import config_digest
@@ -96,7 +96,7 @@ def flakes(db: sqlite_utils.Database, ms: list[Mapping[str, Any]],
         if not rev:
             continue
         spec = MatrixSpec.from_dict(m["config"])
-        done = store.matrix_tasks(db, m["id"])
+        done = config_check.task_records(db, m["id"])
         runs = store.runs_by_id(db, [r for t in done.values() for r in t["runs"]])
         for task in spec.tasks():
             rec = done.get(task.key)

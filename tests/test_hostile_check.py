@@ -135,6 +135,48 @@ def test_a_run_still_running_is_refused(run) -> None:
     _refused(results, rid, "still running")
 
 
+@pytest.mark.parametrize("how", ["last-line", "emptied", "cut-mid-line"])
+def test_an_event_log_shorter_than_the_stored_one_is_refused(run, how: str) -> None:
+    """Issue 22 (1): dropping a node's last event (its `stop`), emptying its log or
+    cutting it mid-line stored VALID over an INVALID run; now nothing is stored."""
+    results, rid, rd = run
+    ev = _node(rd, "n2") / "events.jsonl"
+    lines = ev.read_bytes().splitlines(keepends=True)
+    if how == "last-line":
+        ev.write_bytes(b"".join(lines[:-1]))
+    elif how == "emptied":
+        ev.write_bytes(b"")
+    else:
+        ev.write_bytes(b"".join(lines[:-3]) + lines[-3][: len(lines[-3]) // 2])
+    _refused(results, rid, "n2", "event log", "cannot re-check")
+
+
+@pytest.mark.parametrize("status", ["crashed", "aborted", "error"])
+def test_a_run_that_did_not_finish_keeps_its_verdict(run, status: str) -> None:
+    """Issue 22 (3): a check of a crashed or aborted run replaced its CRASHED/ABORTED
+    line with "VALID: every checker passed"."""
+    results, rid, _ = run
+    conn = sqlite3.connect(store.db_path(results))
+    with conn:
+        conn.execute("update runs set status = ?, verdict = ?, summary = ? where id = ?",
+                     [status, status, f"{status.upper()}: the orchestrator died", rid])
+    conn.close()
+    _refused(results, rid, status, "did not finish")
+
+
+def test_a_check_of_a_simulated_run_keeps_its_mark(run) -> None:
+    """Issue 22 (3): a check of a simulated run dropped its SIMULATED mark."""
+    results, rid, _ = run
+    conn = sqlite3.connect(store.db_path(results))
+    with conn:
+        conn.execute("update runs set source = 'sim' where id = ?", [rid])
+    conn.close()
+    r = cli("check", rid, "--results", results)
+    assert r.exit_code == 0, r.output
+    with store.opened(results) as db:
+        assert store.resolve_run(db, rid)["summary"].startswith("SIMULATED VALID"), r.output
+
+
 def test_a_corrupt_wal_inside_a_complete_run_is_evidence(run) -> None:
     results, rid, rd = run
     seg = sorted((_node(rd, "n3") / WAL_DIR).iterdir())[-1]
@@ -163,4 +205,5 @@ def test_an_intact_run_is_checked_and_stored_whole(run) -> None:
         row = store.resolve_run(db, rid)
         assert (row["verdict"], row["exit_code"]) == ("valid", 0)
         got = store.checks(db, rid)
-        assert set(got) == {"linearizability", "cutover", "crashes", "stats", "availability"}
+        assert set(got) == {"linearizability", "cutover", "crashes", "stats", "availability",
+                            "vacuity"}

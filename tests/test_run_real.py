@@ -100,7 +100,7 @@ def test_fixed_build_all_nemeses_is_valid_and_recorded(tmp_path) -> None:
     assert (status, verdict) == ("done", "valid")
     checks = dict(db.execute("select checker, valid from checks where run=?", [o.run_id]))
     assert checks == {"linearizability": "valid", "cutover": "valid", "crashes": "valid",
-                      "stats": "valid", "availability": "valid"}
+                      "stats": "valid", "availability": "valid", "vacuity": "valid"}
     n_events = db.execute("select count(*) from node_events where run=?", [o.run_id]).fetchone()
     n_entries = db.execute("select count(*) from log_entries where run=?", [o.run_id]).fetchone()
     assert n_events[0] > 50 and n_entries[0] > 500

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.lifeline import worker_pool
 from orchestrator.run import RunConfig
 
 from .run import SimOutcome, simulate
@@ -39,6 +39,7 @@ class SeedResult:
     cpu_seconds: float
     record: dict[str, Any] | None = None  # only for a failing seed: what to store
     error: str | None = None
+    checker: str = ""  # the checker behind a verdict that is not valid ("vacuity", ...)
 
 
 def _record(o: SimOutcome) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
         first = o.first or ("", "", None)
         rec = _record(o) if keep and o.verdict != "valid" else None
         return SeedResult(seed, o.verdict, o.failing, first[1], first[2], sorted(o.coverage),
-                          o.sim_seconds, o.cpu_seconds, rec)
+                          o.sim_seconds, o.cpu_seconds, rec, checker=first[0])
 
 
 @dataclass
@@ -82,7 +83,16 @@ class BatchResult:
 
     @property
     def failed(self) -> list[SeedResult]:
-        return [r for r in self.results if r.verdict in ("invalid", "unknown")]
+        """Seeds that found something (or could not decide): not the vacuous ones."""
+        return [r for r in self.results if r.verdict == "invalid"
+                or (r.verdict == "unknown" and r not in self.vacuous)]
+
+    @property
+    def vacuous(self) -> list[SeedResult]:
+        """Seeds that tested less than they were asked to (no cutover, no fault, no
+        operation): neither a pass nor a finding. A search skips them; a batch of
+        nothing else has tested nothing."""
+        return [r for r in self.results if r.verdict == "unknown" and r.checker == "vacuity"]
 
     @property
     def errors(self) -> list[SeedResult]:
@@ -98,10 +108,10 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
     doc = asdict(cfg)
     out = BatchResult()
     t0 = time.monotonic()
-    ctx = multiprocessing.get_context("spawn")
     nxt = first_seed
     todo = list(seeds) if seeds is not None else None
-    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as ex:
+    # Workers that die with us (SIGKILL included), killed at once on Ctrl-C/SIGTERM.
+    with worker_pool(workers) as ex:
         pending: set[cf.Future[SeedResult]] = set()
 
         def submit() -> bool:
@@ -127,7 +137,8 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
                 pending.discard(fut)
                 r = fut.result()
                 out.results.append(r)
-                if out.first_failure_s is None and r.verdict in ("invalid", "unknown"):
+                if out.first_failure_s is None and r.verdict in ("invalid", "unknown") \
+                        and r.checker != "vacuity":
                     out.first_failure_s = round(time.monotonic() - t0, 3)
                 if on_result is not None:
                     on_result(r, out)

@@ -14,7 +14,7 @@ from checker.coverage import POINTS
 from nemesis.plan import Plan
 from orchestrator import store
 from orchestrator.errors import EXIT_HARNESS
-from orchestrator.run import RunConfig
+from orchestrator.run import RunConfig, RunError, read_plan_file
 
 from .batch import BatchResult, SeedResult, run_batch, store_run
 from .run import simulate
@@ -70,10 +70,15 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
                f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
                f"{len(b.failed)} failed"
                + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed else "")
+               + (f", {len(b.vacuous)} vacuous (no cutover, fault or operation they "
+                  f"were asked for)" if b.vacuous else "")
                + f", coverage {len(cov)}/{len(POINTS)}")
     if b.errors:
         return EXIT_HARNESS
-    return 1 if b.failed else 0
+    if b.failed:
+        return 1
+    # Seeds that tested nothing are no pass: a batch of only those is unknown (2).
+    return 2 if b.results and len(b.vacuous) == len(b.results) else 0
 
 
 def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
@@ -98,28 +103,30 @@ def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
 
 
 def load_plan_file(path: str) -> tuple[RunConfig, Plan, dict[str, Any]]:
-    """(config, plan, the whole document) of a plan file; ValueError if it is not one."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not JSON: {e.msg} (line {e.lineno})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("plan"), dict) \
-            or not isinstance(doc.get("config"), dict):
-        raise ValueError(f"{path} is not a plan file (needs `config` and `plan`)")
-    cfg = RunConfig.from_dict({k: v for k, v in doc["config"].items() if k != "plan"})
-    return cfg, Plan.from_dict(doc["plan"]), doc
+    """(config, plan, the whole document) of a plan file that carries its run's config
+    (`orchestrator.run.read_plan_file` reads and checks it: the same reader as `cutover
+    run --plan`); RunError, one line, if it is not one. A replay is exact, so the config
+    must name its seed."""
+    config, plan, doc = read_plan_file(path)
+    if config is None:
+        raise RunError(f"{path} has no run config to replay (a plan alone: `cutover run "
+                       f"--plan` plays it with the flags' config)")
+    try:  # where the run stored its results is no part of it (as for `run --plan`)
+        cfg = RunConfig.from_dict({k: v for k, v in config.items()
+                                   if k not in ("results", "plan_file")})
+    except RunError as e:
+        raise RunError(f"cannot use {path}: {e}") from None
+    if cfg.seed is None:
+        raise RunError(f"cannot use {path}: its config has no seed, so it cannot be "
+                       f"replayed exactly")
+    return cfg, plan, doc
 
 
 def replay(path: str, results: str) -> int:
     """`cutover sim --replay FILE`: the same simulation, verdict and all."""
-    from orchestrator.run import RunError
-
-    try:
+    try:  # read and checked in full before anything is simulated
         cfg, plan, doc = load_plan_file(path)
-    except (ValueError, RunError) as e:
+    except RunError as e:
         click.echo(f"error: {e}", err=True)
         return EXIT_HARNESS
     with tempfile.TemporaryDirectory(prefix="cutover-replay-") as tmp:

@@ -385,8 +385,7 @@ class SimCluster:
             node.disk.end_turn()
             node.turn_log = []
             self._in_turn = None
-            self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
-            self.kill(nid)
+            self._died(nid, e)
             return
         node.turn_log = node.disk.end_turn()
         self._in_turn = None
@@ -394,6 +393,29 @@ class SimCluster:
             self.s.fsync_us * (node.disk.syncs - syncs)
         if node.inbox or node.ticks_due:
             self._wake(nid)
+
+    def _died(self, nid: str, e: Exception) -> None:
+        self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
+        self.kill(nid)
+
+    def call_on(self, nid: str, fn: Callable[[Any], Any]) -> Any:
+        """`fn(host)` for a request the harness makes of a node outside its turns (a
+        snapshot now, its status). The node's own exception there is what its process
+        would die of on real machines (the request runs in its loop): the node dies the
+        same way here, and the `crashes` checker counts it, never a harness error. None
+        when the node is down or died of it."""
+        node = self.nodes[nid]
+        if not node.up or node.host is None:
+            return None
+        try:
+            return fn(node.host)
+        except NodeExit as e:
+            self._publish(nid, str(EventKind.EXIT), {"reason": "halt", "index": e.index,
+                                                     "term": e.term, "code": EXIT_HALTED})
+            self.kill(nid)
+        except Exception as e:  # noqa: BLE001 - what a node process would die of
+            self._died(nid, e)
+        return None
 
     def kill(self, nid: str, *, power: bool = False,
              torn: random.Random | None = None) -> dict[str, Any]:
@@ -564,8 +586,7 @@ class SimCluster:
     # ------------------------------------------------------------------ queries
 
     def status(self, nid: str) -> dict[str, Any] | None:
-        node = self.nodes[nid]
-        return node.host.status() if node.up else None
+        return self.call_on(nid, lambda h: h.status())
 
     def leader(self) -> str | None:
         best: tuple[int, str] | None = None

@@ -121,10 +121,7 @@ class SimWorld:
         return self.cl.status(nid)
 
     def snapshot_now(self, nid: str) -> int | None:
-        node = self.cl.nodes[nid]
-        if not node.up or node.host is None:
-            return None
-        return node.host.take_snapshot()
+        return self.cl.call_on(nid, lambda h: h.take_snapshot())
 
     def set_net(self, net: Net) -> None:
         self.cl.net = net
@@ -560,6 +557,8 @@ class SimRun:
         results["crashes"] = suite.check_crashes(
             str(root / "nodes"), t0_ns,
             halted={str(e["node"]) for e in self.cl.events if e["kind"] == EventKind.HALT})
+        results["vacuity"] = suite.vacuity({**_asdict(c), "plan": self.plan.to_dict()}, ops,
+                                           self.nemesis, self.cl.events)
         verdict = suite.worst(r["valid"] for r in results.values())
         cov = coverage([{"node": e["node"], "kind": e["kind"], "time_ns": e["time_ns"],
                          "detail": {k: v for k, v in e.items()

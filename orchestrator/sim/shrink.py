@@ -14,8 +14,6 @@ processes.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +21,7 @@ from typing import Any
 
 from nemesis.plan import Plan
 from nemesis.primitives import Step
+from orchestrator.lifeline import worker_pool
 from orchestrator.run import RunConfig
 
 from .run import simulate
@@ -62,10 +61,10 @@ def shrink(cfg: RunConfig, plan: Plan, failing: str, *, workers: int = 2,
            max_simulations: int = 400,
            log: Callable[[str], None] | None = None) -> Shrunk:
     """A minimal (cfg, plan) that still fails with `failing` (see the module docstring)."""
-    ctx = multiprocessing.get_context("spawn")
     count = 0
     say = log or (lambda _m: None)
-    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as ex:
+    # Workers that die with us (SIGKILL included), killed at once on Ctrl-C/SIGTERM.
+    with worker_pool(workers) as ex:
 
         def test_many(cands: list[tuple[RunConfig, Plan]]) -> int | None:
             """Index of the first candidate that still fails (all simulated at once)."""
