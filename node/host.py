@@ -211,7 +211,7 @@ class NodeHost(Replica):
         cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
                         else (0, b""))
         if rd.snapshot is not None:
-            self.adopt_before_persist(rd.snapshot)  # the sidecar first, then the snapshot
+            self.adopt_before_persist(rd.snapshot, cutover, enc)  # the sidecar, then it
         cut = self.storage.save_ready(hard_state=rd.hard_state, entries=rd.entries,
                                       snapshot=rd.snapshot, cutover=cutover, encryption=enc,
                                       sync=rd.must_sync)

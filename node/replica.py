@@ -139,7 +139,7 @@ class Replica:
             if w is not None:
                 self.reads_ready.append((rs.index, w[0], w[1], w[2]))
 
-    def adopt_before_persist(self, snapshot: Snapshot) -> None:
+    def adopt_before_persist(self, snapshot: Snapshot, cutover: int, enc: bytes) -> None:
         """Make the encryption state a received snapshot carries durable (the sidecar)
         before the snapshot itself is: a power loss between the two writes must leave
         the sidecar ahead of the snapshot, never behind it. A snapshot that says C
@@ -147,16 +147,15 @@ class Replica:
         sim`, seed 2178: the node never started again); a sidecar ahead only makes the
         replay of the entries below the snapshot take the replay branches."""
         if self.cut is not None:
-            cutover, enc = snapshot_enc(snapshot.data)
             self.cut.adopt_snapshot(cutover, enc, snapshot.meta.index)
 
     def install_snapshot(self, snapshot: Snapshot) -> None:
-        """A snapshot received at run time: adopt its encryption state, then its image."""
+        """A snapshot received at run time, now durable: its image (its encryption state
+        was adopted before it was persisted, `adopt_before_persist`)."""
         prev_applied = self.applied
-        cutover, enc = snapshot_enc(snapshot.data)
+        cutover, _enc = snapshot_enc(snapshot.data)
         image = snapshot_kv(snapshot.data)
         if self.cut is not None:
-            self.cut.adopt_snapshot(cutover, enc, snapshot.meta.index)
             try:
                 image = self.cut.open_image(image)
             except Halt as h:

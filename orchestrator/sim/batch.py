@@ -41,6 +41,16 @@ class SeedResult:
     error: str | None = None
     checker: str = ""  # the checker behind a verdict that is not valid ("vacuity", ...)
 
+    @property
+    def is_vacuous(self) -> bool:
+        """It tested less than it was asked to (no cutover, no fault, no operation)."""
+        return self.verdict == "unknown" and self.checker == "vacuity"
+
+    @property
+    def is_failure(self) -> bool:
+        """It found something (or could not decide): not a vacuous seed."""
+        return self.verdict == "invalid" or (self.verdict == "unknown" and not self.is_vacuous)
+
 
 def _record(o: SimOutcome) -> dict[str, Any]:
     files: dict[str, bytes] = {}
@@ -84,15 +94,14 @@ class BatchResult:
     @property
     def failed(self) -> list[SeedResult]:
         """Seeds that found something (or could not decide): not the vacuous ones."""
-        return [r for r in self.results if r.verdict == "invalid"
-                or (r.verdict == "unknown" and r not in self.vacuous)]
+        return [r for r in self.results if r.is_failure]
 
     @property
     def vacuous(self) -> list[SeedResult]:
         """Seeds that tested less than they were asked to (no cutover, no fault, no
         operation): neither a pass nor a finding. A search skips them; a batch of
         nothing else has tested nothing."""
-        return [r for r in self.results if r.verdict == "unknown" and r.checker == "vacuity"]
+        return [r for r in self.results if r.is_vacuous]
 
     @property
     def errors(self) -> list[SeedResult]:
@@ -137,8 +146,7 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
                 pending.discard(fut)
                 r = fut.result()
                 out.results.append(r)
-                if out.first_failure_s is None and r.verdict in ("invalid", "unknown") \
-                        and r.checker != "vacuity":
+                if out.first_failure_s is None and r.is_failure:
                     out.first_failure_s = round(time.monotonic() - t0, 3)
                 if on_result is not None:
                     on_result(r, out)
