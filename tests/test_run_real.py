@@ -131,8 +131,14 @@ MARKER_HELD = {"seed": 13, "families": ["partition", "enable"], "scenario": "seq
                "steps": [
                    {"id": 1, "action": "enable", "target": {"role": "leader"},
                     "when": {"on": "time", "at": 4.0}, "params": {"main": True}},
-                   {"id": 2, "action": "cut-in", "target": {"role": "event"},
-                    "when": {"on": "event", "event": "marker-proposed"},
+                   # The leader's acks are slowed until its marker is proposed, then cut
+                   # (the R2 finding's hand-over): the marker cannot commit before the
+                   # cut takes hold, however loaded the machine.
+                   {"id": 3, "action": "slow-in", "target": {"role": "leader", "bind": "L"},
+                    "when": {"on": "time", "at": 3.85}, "params": {"ms": 200, "jitter": 0},
+                    "until": {"on": "event", "event": "marker-proposed", "node": "L"}},
+                   {"id": 2, "action": "cut-in", "target": {"role": "bound", "ref": "L"},
+                    "when": {"on": "event", "event": "marker-proposed", "node": "L"},
                     "duration": 2.5}]}
 
 
