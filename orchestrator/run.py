@@ -20,34 +20,32 @@ import random
 import resource
 import shutil
 import signal
-import stat
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from checker import suite
 from checker.coverage import coverage
 from nemesis.plan import (
-    DEFAULT_SCENARIO,
-    PLAN_FORMAT,
-    Plan,
-    PlanError,
-    check_scenario,
-    make_plan,
     parse_families,
 )
-from nemesis.primitives import MAX_SECONDS, show
 from node.events import EventKind, read_events
 from node.keystore import generate_dek, write_kek
-from node.server import ALL_BUGS, PROFILES
 from workloads import MODEL_OF, make_workload
 
 from . import owner, store
 from .client import Client, ClientTimeout
 from .cluster import Cluster, ClusterError
+from .config import (  # noqa: F401 - the run's names, re-exported for its callers
+    RANGES,
+    RunConfig,
+    RunError,
+    read_plan_file,
+    replay_config,
+)
 from .corrupt import corrupt_and_replay
 from .errors import EXIT_ABORTED, EXIT_HARNESS
 from .nemesis_exec import Nemesis, RealWorld
@@ -55,252 +53,8 @@ from .switchboard import SwitchboardError
 from .watch import EventWatch
 
 
-class RunError(RuntimeError):
-    """The harness could not do its job (one line for the user)."""
-
-
 class Aborted(BaseException):
     """SIGINT / SIGTERM during a run."""
-
-
-# The range of every number of a RunConfig: (whole number, lowest, highest, above the
-# lowest only). Every path to a run goes through `RunConfig.validate` (the flags, a plan
-# file's config, a stored config read back for --replay, a matrix's tasks on Dask
-# workers), so a NaN or an Infinity cannot reach a run: NaN compares false with
-# everything, and `--time-limit nan` once ran no workload phase, `--cutover-at nan` made
-# no cutover, `--rate nan` lifted the rate limit, and `time_limit: Infinity` ran forever.
-RANGES: dict[str, tuple[bool, float, float, bool]] = {
-    "nodes": (True, 1, 9, False),
-    "time_limit": (False, 0, MAX_SECONDS, True),
-    "rate": (False, 0, 1e6, True),
-    "concurrency": (True, 1, 256, False),
-    "keys": (True, 1, 10_000, False),
-    "nemesis_interval": (False, 0, MAX_SECONDS, True),
-    "seed": (True, -(2**63), 2**63 - 1, False),
-    "quiet_period": (False, 0, 3600, False),
-    "op_timeout": (False, 0, 3600, True),
-    "tick_ms": (False, 1, 10_000, False),
-    "election_ticks": (True, 1, 10_000, False),  # the node refuses what Raft cannot use
-    "snapshot_every": (True, 1, 10**9, False),
-    "max_msg_bytes": (True, 1, 1 << 30, False),
-    "max_inflight": (True, 1, 1 << 20, False),
-    "enable_timeout_ticks": (True, 1, 10**6, False),
-    "lin_timeout": (False, 0, MAX_SECONDS, True),
-    "finish_within": (False, 0, MAX_SECONDS, False),
-}
-# Fields that may be None (a default drawn or computed later).
-OPTIONAL = ("concurrency", "seed", "snapshot_every", "max_msg_bytes", "max_inflight")
-# The flags of `cutover run`, by field: an error names what the user typed.
-FLAGS = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
-         "nemesis_interval", "cutover_at", "profile", "seed", "snapshot_every",
-         "max_msg_bytes", "max_inflight", "scenario"}
-DEFAULT_CUTOVER = -1.0  # `cutover_at`: a third of the way in (`resolved`)
-
-
-def _name(field_name: str) -> str:
-    return f"--{field_name.replace('_', '-')}" if field_name in FLAGS else field_name
-
-
-def _check_number(field_name: str, v: Any) -> None:
-    """RunError unless `v` is in `RANGES[field_name]` (finite, of the right kind)."""
-    whole, lo, hi, open_lo = RANGES[field_name]
-    if v is None and field_name in OPTIONAL:
-        return
-    kind = "a whole number" if whole else "a number"
-    fmt = (lambda x: str(int(x))) if whole else (lambda x: f"{x:g}")
-    ok = not isinstance(v, bool) and isinstance(v, int if whole else int | float)
-    if ok and not whole and isinstance(v, float):
-        ok = v == v and v not in (float("inf"), float("-inf"))
-    if ok:
-        ok = (lo < v if open_lo else lo <= v) and v <= hi
-    if not ok:
-        raise RunError(f"{_name(field_name)} must be {kind} "
-                       f"{'above' if open_lo else 'from'} {fmt(lo)} "
-                       f"{'and at most' if open_lo else 'to'} {fmt(hi)}, got {show(v)}")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run; stored with it, so it can be replayed."""
-
-    nodes: int = 5
-    time_limit: float = 40.0
-    rate: float = 200.0
-    concurrency: int | None = None  # default: 2 per node
-    workload: str = "kv"
-    keys: int = 8
-    nemesis: str = "all"
-    nemesis_interval: float = 5.0
-    cutover_at: float | None = -1.0  # -1: a third of the way in; None: no cutover
-    bugs: list[str] = field(default_factory=list)
-    # Which system the nodes behave as: "fixed" (the protocol with this lab's fixes) or
-    # "elastickv" (elastickv as it stands; node/cutover.py PROFILES, docs/protocol.md).
-    profile: str = "fixed"
-    seed: int | None = None
-    results: str = "results"
-    quiet_period: float = 2.0
-    op_timeout: float = 1.0
-    tick_ms: float = 25.0
-    election_ticks: int = 10
-    # Node knobs: None means drawn from the seed by the plan (`nemesis.plan` knobs).
-    snapshot_every: int | None = None
-    max_msg_bytes: int | None = None
-    max_inflight: int | None = None
-    enable_timeout_ticks: int = 80  # 2 s at 25 ms ticks: the marker's apply wait
-    lin_timeout: float = 60.0
-    # Seconds past --time-limit by which the run is over and checked (set-up included):
-    # the phases after the workload share what is left.
-    finish_within: float = 15.0
-    scenario: str = DEFAULT_SCENARIO
-    plan_file: str | None = None  # play this stored plan instead of making one
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """The config a run stored (`config.json` or `runs.config`): same seed, so the
-        same plan and op stream; the timing, of course, is new."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in d if k not in names and k != "plan")
-        if unknown:
-            raise RunError(f"not a run config: unknown field(s) {', '.join(unknown)}")
-        try:
-            cfg = cls(**{k: v for k, v in d.items() if k in names})
-        except TypeError as e:
-            raise RunError(f"not a run config: {e}") from None
-        cfg.validate()  # a stored config is read as carefully as the flags
-        return cfg
-
-    def resolved(self) -> RunConfig:
-        c = RunConfig(**asdict(self))
-        if c.seed is None:
-            c.seed = random.SystemRandom().randrange(1, 1_000_000)
-        if c.concurrency is None:
-            c.concurrency = 2 * c.nodes
-        if c.cutover_at is not None and c.cutover_at < 0:
-            c.cutover_at = round(c.time_limit / 3, 3)
-        return c
-
-    def plan(self) -> Plan:
-        """The nemesis plan of this (resolved) config: a pure function of it, or the plan
-        of `plan_file` (a plan as `Plan.to_dict` writes it, or a run's config.json)."""
-        assert self.seed is not None
-        if self.plan_file:
-            return read_plan_file(self.plan_file)[1]
-        return make_plan(self.seed, parse_families(self.nemesis), time_limit=self.time_limit,
-                         interval=self.nemesis_interval, cutover_at=self.cutover_at,
-                         nodes=self.nodes,
-                         enable_timeout=self.enable_timeout_ticks * self.tick_ms / 1000,
-                         scenario=self.scenario)
-
-    def with_knobs(self, plan: Plan) -> RunConfig:
-        """The knobs the config leaves open, as the plan drew them: some runs snapshot
-        every few dozen entries, some every few thousand; some send one entry per
-        append message."""
-        c = RunConfig(**asdict(self))
-        defaults = {"snapshot_every": 5000, "max_msg_bytes": 64 * 1024, "max_inflight": 64}
-        for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
-            if getattr(c, name) is None:
-                setattr(c, name, plan.knobs.get(name, defaults[name]))
-        return c
-
-    def validate(self) -> None:
-        """RunError (one line, naming the flag or field) unless every field has its type
-        and every number is finite and in its range (`RANGES`). Every way to a run
-        calls it: `execute`, `cutover sim`, `from_dict` (a stored config, a plan file's,
-        a matrix task's on a Dask worker)."""
-        for name in RANGES:
-            _check_number(name, getattr(self, name))
-        for name, choices in (("workload", ("kv", "register")), ("profile", PROFILES),
-                              ("scenario", None), ("nemesis", None)):
-            v = getattr(self, name)
-            if not isinstance(v, str):
-                raise RunError(f"{_name(name)} must be a name, got {show(v)}")
-            if choices is not None and v not in choices:
-                raise RunError(f"unknown {name} {show(v)}; expected one of "
-                               f"{', '.join(sorted(choices))}")
-        if not isinstance(self.bugs, list | tuple):
-            raise RunError(f"bugs must be a list of bug switches, got {show(self.bugs)}")
-        for b in self.bugs:
-            if not isinstance(b, str) or b not in ALL_BUGS:
-                raise RunError(f"unknown bug switch {show(b)}; valid names: "
-                               f"{', '.join(sorted(ALL_BUGS))}")
-        if not isinstance(self.results, str) or not self.results:
-            raise RunError(f"results must be a directory name, got {show(self.results)}")
-        if self.plan_file is not None and (not isinstance(self.plan_file, str)
-                                           or not self.plan_file):
-            raise RunError(f"plan_file must be a file name, got {show(self.plan_file)}")
-        c = self.cutover_at
-        if c is not None and c != DEFAULT_CUTOVER:
-            if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c <= c:
-                raise RunError(f"--cutover-at must be none or a number of seconds from 0 to "
-                               f"below --time-limit {self.time_limit:g}, got {show(c)}")
-            if c >= self.time_limit:  # Infinity included
-                raise RunError(f"--cutover-at {f'{c:g}' if isinstance(c, float) else show(c)} "
-                               f"is not before --time-limit "
-                               f"{self.time_limit:g}")
-        try:
-            parse_families(self.nemesis)
-            check_scenario(self.scenario)
-        except PlanError as e:
-            raise RunError(str(e)) from None
-
-
-MAX_PLAN_FILE = 16 << 20  # bytes: a shrunk plan is a few KB, a long run's config.json MBs
-
-
-def read_plan_file(path: str) -> tuple[dict[str, Any] | None, Plan, dict[str, Any]]:
-    """A plan file read and checked in full, before any run row or process exists: (the
-    run config it carries, or None; its plan; the whole document). It is `cutover sim`'s
-    plan file (`{"format": "cutover-plan", "plan": {...}, "config": {...}}`, the config
-    optional), a run's config.json (its config, the plan under `plan`), or a bare plan
-    (`Plan.to_dict`). Anything else is a RunError of one line: `{}` once played an empty
-    plan, no fault and no cutover, while `show` said nemesis=all. The config is returned
-    unchecked: `RunConfig.from_dict` checks it when it is used."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block us
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise RunError(f"cannot use {path}: not a regular file")
-            raw = fh.read(MAX_PLAN_FILE + 1)
-    except OSError as e:
-        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(raw) > MAX_PLAN_FILE:
-        raise RunError(f"{path} is over {MAX_PLAN_FILE >> 20} MB: not a plan file")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise RunError(f"{path} is not UTF-8 text (byte {e.start} is not)") from None
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path} is not JSON: {e.msg} (line {e.lineno})") from None
-    except (ValueError, RecursionError) as e:  # a 5000-digit number; nesting 100,000 deep
-        raise RunError(f"{path} is not JSON this reads: {str(e)[:80]}") from None
-    if not isinstance(doc, dict):
-        raise RunError(f"{path} is not a plan file: a JSON {type(doc).__name__}, not an "
-                       f"object")
-    config: Any = None
-    if "format" in doc:
-        if doc["format"] != PLAN_FORMAT:
-            raise RunError(f"{path}: unknown format {show(doc['format'])} (expected "
-                           f"{PLAN_FORMAT})")
-        plan_doc, config = doc.get("plan"), doc.get("config")
-        if config is not None and not isinstance(config, dict):
-            raise RunError(f"{path}: `config` must be an object, got {show(config)}")
-    elif "plan" in doc:  # a run's config.json
-        plan_doc = doc["plan"]
-        config = {k: v for k, v in doc.items() if k != "plan"}
-    elif "steps" in doc:  # a bare plan
-        plan_doc = doc
-    else:
-        raise RunError(f"{path} is not a plan file: no `format`, `plan` or `steps` (a plan "
-                       f"file from `cutover sim`, a run's config.json, or a plan)")
-    if not isinstance(plan_doc, dict):
-        raise RunError(f"{path}: `plan` must be an object, got {show(plan_doc)}")
-    try:
-        plan = Plan.from_dict(plan_doc)
-    except ValueError as e:
-        raise RunError(f"{path}: {e}") from None
-    if config is not None:
-        config = {k: v for k, v in config.items() if k != "plan"}
-    return config, plan, doc
 
 
 @dataclass
@@ -315,23 +69,6 @@ class RunOutcome:
     seed: int | None = None
     seconds: float = 0.0
     coverage: dict[str, dict[str, Any]] = field(default_factory=dict)  # point -> count, first
-
-
-def replay_config(ref: str, results: str) -> RunConfig:
-    """The config of a stored run (`ref`: a run id in `results`, `latest`, or a
-    config.json): same seed, so the same plan and op stream."""
-    try:
-        if os.path.isfile(ref):
-            with open(ref, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        else:
-            with store.opened(results) as db:
-                doc = json.loads(store.resolve_run(db, ref)["config"] or "{}")
-    except (OSError, ValueError, store.StoreError) as e:
-        raise RunError(str(e)) from None
-    if not isinstance(doc, dict):
-        raise RunError("expected a JSON object")
-    return RunConfig.from_dict(doc)
 
 
 def new_run_id(results: str, seed: int) -> str:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.config import RunConfig
 from orchestrator.lifeline import worker_pool
-from orchestrator.run import RunConfig
 
 from .run import SimOutcome, simulate
 

@@ -13,8 +13,8 @@ import click
 from checker.coverage import POINTS
 from nemesis.plan import Plan
 from orchestrator import store
+from orchestrator.config import RunConfig, RunError, read_plan_file
 from orchestrator.errors import EXIT_HARNESS
-from orchestrator.run import RunConfig, RunError, read_plan_file
 
 from .batch import BatchResult, SeedResult, run_batch, store_run
 from .run import simulate

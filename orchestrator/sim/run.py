@@ -28,8 +28,8 @@ from nemesis.plan import Plan
 from nemesis.primitives import Step, When, event_matches
 from node.events import EventKind
 from node.wal import WalError, damage_entry
+from orchestrator.config import RunConfig
 from orchestrator.faults import HANDLERS, Call, Ctx, Hold, Net, Sleep, Until, choose
-from orchestrator.run import RunConfig
 from orchestrator.store import fault_windows
 from workloads import MODEL_OF, make_workload
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from nemesis.plan import Plan
 from nemesis.primitives import Step
+from orchestrator.config import RunConfig
 from orchestrator.lifeline import worker_pool
-from orchestrator.run import RunConfig
 
 from .run import simulate
 
