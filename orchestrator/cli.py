@@ -7,7 +7,10 @@ module's errors into one line on stderr and an exit code (`orchestrator.errors`)
 Start-up time is a choice made here, on purpose: each command imports the modules it
 runs when it runs. `cutover lin` on a small file must not first load ZeroMQ, SQLite,
 jinja2 and the node (about 0.3 s against 0.1 s), and the tests start the CLI hundreds
-of times. Those in-function imports are the only ones of the orchestrator.
+of times. Those in-function imports are the only ones of the orchestrator. The one
+exception is `orchestrator.config` (with `nemesis.plan`, pure Python, about 30 ms): the
+flags of `run`, `sim` and `matrix` are built from it (defaults, ranges, choices), so a
+default is written once, in `RunConfig`.
 """
 from __future__ import annotations
 
@@ -19,11 +22,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from .config import (
+    DEFAULT_CUTOVER,
+    MATRIX_DEFAULTS,
+    PROFILE_NAMES,
+    RANGES,
+    SCENARIOS,
+    SIM_DEFAULTS,
+    WORKLOADS,
+    default,
+)
 from .errors import EXIT_ABORTED, EXIT_BAD_INPUT, ReviewError, fail
 from .ui import DEFAULT_MAX_OPS
 
 if TYPE_CHECKING:
-    from .run import RunConfig
+    from .config import RunConfig
 
 RESULTS_HELP = "The results directory (holds cutover.db)."
 
@@ -59,10 +72,27 @@ class Finite(click.FloatRange):
         return rv
 
 
-results_option = click.option("--results", default="results", show_default=True,
+def _ranged(name: str, lowest: float | None = None, *, upper: bool = True
+            ) -> click.ParamType:
+    """The click type of the flag of RunConfig number `name`, built from its range
+    (`config.RANGES`): a whole number, or a finite one, from the field's lowest (or a
+    stricter `lowest` the command asks: a run of under a second is no test) to its
+    highest. `upper=False` leaves the highest to `RunConfig.validate` (its one line names
+    the range), as these flags always did: their help shows no highest."""
+    whole, lo, hi, open_lo = RANGES[name]
+    if lowest is not None:
+        assert lowest >= lo, (name, lowest)  # a flag may ask more than the field, not less
+        lo, open_lo = lowest, False
+    top = hi if upper else None
+    if whole:
+        return click.IntRange(int(lo), None if top is None else int(top), min_open=open_lo)
+    return Finite(min=lo, max=top, min_open=open_lo)
+
+
+results_option = click.option("--results", default=default("results"), show_default=True,
                               help=RESULTS_HELP)
 profile_option = click.option(
-    "--profile", type=click.Choice(["fixed", "elastickv"]), default="fixed",
+    "--profile", type=click.Choice(list(PROFILE_NAMES)), default=default("profile"),
     show_default=True,
     help="What the nodes behave as: the fixed protocol, or elastickv as it stands "
          "(its halts exit the process, snapshots without keys, ...; docs/protocol.md).")
@@ -165,70 +195,68 @@ def _cutover_at(value: str) -> float | None:
 def _plan_file_config(cfg: RunConfig, plan_file: str) -> RunConfig:
     """A plan file that carries its run's config (a shrunk plan from `cutover sim`, a
     run's config.json) replays that config: its nodes, time limit, bugs, seed and cutover
-    time belong to the schedule. A flag given on the command line still wins."""
-    from .run import RunConfig as _RC
-    from .run import RunError, read_plan_file
+    time belong to the schedule. A flag given on the command line still wins, whichever
+    field it sets (`config.config_for_plan_file`): a flag's parameter name is its field's
+    (tests/test_config.py checks `run`'s)."""
+    from dataclasses import fields
 
+    from .config import RunConfig as _RC
+    from .config import RunError, config_for_plan_file
+
+    ctx = click.get_current_context()
+    names = {f.name for f in fields(_RC)}
+    given = {name for name in ctx.params if name in names
+             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     try:  # the whole file, plan included, is checked here: before any run row exists
-        base, _plan, _doc = read_plan_file(plan_file)
+        return config_for_plan_file(plan_file, cfg, given)
     except RunError as e:
         _user_error(e)
-    if base is None:  # a plan without a config: the flags' config plays it
-        return cfg
-    ctx = click.get_current_context()
-    try:
-        merged = _RC.from_dict({k: v for k, v in base.items()
-                                if k not in ("results", "plan_file")})
-    except RunError as e:
-        fail(f"cannot use {plan_file}: {e}")
-    flags = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
-             "scenario", "nemesis_interval", "cutover_at", "bugs", "snapshot_every",
-             "max_msg_bytes", "max_inflight", "seed"}
-    for name in flags:
-        src = ctx.get_parameter_source(name)
-        if src is not None and src.name == "COMMANDLINE":
-            setattr(merged, name, getattr(cfg, name))
-    merged.results = cfg.results
-    merged.plan_file = plan_file
-    return merged
+
+
+# The parameters of `run` that are not RunConfig fields: every other one is the field
+# of its name, and `run` builds its config from them.
+RUN_NOT_CONFIG = ("junit", "replay")
 
 
 @main.command()
-@click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
-@click.option("--time-limit", type=Finite(min=1), default=40.0, show_default=True,
+@click.option("--nodes", type=_ranged("nodes"), default=default("nodes"), show_default=True)
+@click.option("--time-limit", type=_ranged("time_limit", 1, upper=False),
+              default=default("time_limit"), show_default=True,
               help="Seconds of workload and faults (plus set-up, a quiet period and checks).")
-@click.option("--rate", type=Finite(min=0, min_open=True), default=200.0,
+@click.option("--rate", type=_ranged("rate", upper=False), default=default("rate"),
               show_default=True, help="Target client ops per second, all workers together.")
-@click.option("--concurrency", type=click.IntRange(1, 256),
+@click.option("--concurrency", type=_ranged("concurrency"),
               help="Client workers (default: 2 per node).")
-@click.option("--workload", type=click.Choice(["kv", "register"]), default="kv",
+@click.option("--workload", type=click.Choice(list(WORKLOADS)), default=default("workload"),
               show_default=True)
-@click.option("--keys", type=click.IntRange(1, 10_000), default=8, show_default=True)
-@click.option("--nemesis", default="all", show_default=True,
+@click.option("--keys", type=_ranged("keys"), default=default("keys"), show_default=True)
+@click.option("--nemesis", default=default("nemesis"), show_default=True,
               help="none, all, or a comma list of kill,power,pause,partition,net,snapshot,"
                    "rotate,enable,corrupt (the fault families the plan may use).")
-@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
-              default="swarm", show_default=True,
+@click.option("--scenario", type=click.Choice(list(SCENARIOS)), default=default("scenario"),
+              show_default=True,
               help="How the plan is made: swarm (generative, the scripted cutover sequence "
                    "on some seeds), generative, sequence (the script), churn (Figure 8).")
-@click.option("--nemesis-interval", type=Finite(min=0.5), default=5.0,
+@click.option("--nemesis-interval", type=_ranged("nemesis_interval", 0.5, upper=False),
+              default=default("nemesis_interval"),
               show_default=True, help="Scale of the gaps between timed faults (seconds).")
 @click.option("--cutover-at", default=None,
               help="Seconds into the run to request EnableRaftEnvelope, or none "
                    "(default: a third of --time-limit).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
 @profile_option
-@click.option("--snapshot-every", type=click.IntRange(min=1),
+@click.option("--snapshot-every", type=_ranged("snapshot_every", upper=False),
               help="Entries between a node's automatic snapshots (default: drawn from the "
                    "seed, from a few dozen to a few thousand).")
-@click.option("--max-msg-bytes", type=click.IntRange(min=1),
+@click.option("--max-msg-bytes", type=_ranged("max_msg_bytes", upper=False),
               help="Payload bytes per Raft append message; 1 sends one entry per message "
                    "(default: drawn from the seed).")
-@click.option("--max-inflight", type=click.IntRange(min=1),
+@click.option("--max-inflight", type=_ranged("max_inflight", upper=False),
               help="Append messages in flight per follower (default: drawn from the seed).")
 @click.option("--seed", type=int, help="Seed of the plan and the workload (default: random, "
                                        "printed first).")
-@click.option("--results", default="results", show_default=True, help="Results directory.")
+@click.option("--results", default=default("results"), show_default=True,
+              help="Results directory.")
 @click.option("--junit", "junit", help="Also write a JUnit XML summary here.")
 @click.option("--replay", help="Run again with a stored run's config (a run id in --results, "
                                "`latest`, or a config.json); the other flags are ignored.")
@@ -245,8 +273,9 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
     from .lifeline import abort_on_signals
 
     abort_on_signals()  # first: a SIGTERM from here on ends with a line and exit 130
+    from .config import RunConfig, RunError, replay_config
     from .junit import write_junit
-    from .run import RunConfig, RunError, execute, replay_config
+    from .run import execute
 
     if replay:
         try:
@@ -254,15 +283,12 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         except RunError as e:
             fail(f"cannot replay {replay}: {e}")
         cfg.results = results
-    else:
-        cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate,
-                        concurrency=concurrency, workload=workload, keys=keys,
-                        nemesis=nemesis, scenario=scenario,
-                        nemesis_interval=nemesis_interval,
-                        cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
-                        bugs=list(bugs), profile=profile, snapshot_every=snapshot_every,
-                        max_msg_bytes=max_msg_bytes, max_inflight=max_inflight, seed=seed,
-                        results=results, plan_file=plan_file)
+    else:  # every parameter but RUN_NOT_CONFIG is the field of its name
+        params = click.get_current_context().params
+        cfg = RunConfig(**{**{k: v for k, v in params.items() if k not in RUN_NOT_CONFIG},
+                           "bugs": list(bugs),
+                           "cutover_at": DEFAULT_CUTOVER if cutover_at is None
+                           else _cutover_at(cutover_at)})
         if plan_file:
             cfg = _plan_file_config(cfg, plan_file)
     try:
@@ -283,19 +309,20 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 @click.option("--budget", type=Finite(min=0, min_open=True),
               help="Simulate seeds until this many seconds of wall time are spent.")
 @click.option("--first-seed", type=int, default=1, show_default=True)
-@click.option("--nodes", type=click.IntRange(1, 9), default=5, show_default=True)
-@click.option("--time-limit", type=Finite(min=1), default=30.0, show_default=True,
+@click.option("--nodes", type=_ranged("nodes"), default=default("nodes"), show_default=True)
+@click.option("--time-limit", type=_ranged("time_limit", 1, upper=False),
+              default=SIM_DEFAULTS["time_limit"], show_default=True,
               help="Simulated seconds of workload and faults per seed.")
-@click.option("--rate", type=Finite(min=0, min_open=True), default=100.0,
+@click.option("--rate", type=_ranged("rate", upper=False), default=SIM_DEFAULTS["rate"],
               show_default=True, help="Client ops per simulated second.")
-@click.option("--nemesis", default="all", show_default=True)
-@click.option("--scenario", type=click.Choice(["swarm", "generative", "sequence", "churn"]),
-              default="swarm", show_default=True)
+@click.option("--nemesis", default=default("nemesis"), show_default=True)
+@click.option("--scenario", type=click.Choice(list(SCENARIOS)), default=default("scenario"),
+              show_default=True)
 @click.option("--cutover-at", default=None, help="Seconds, or none (default: a third).")
 @click.option("--bug", "bugs", multiple=True, help="Put a known defect back.")
 @profile_option
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--results", default="results", show_default=True)
+@click.option("--results", default=default("results"), show_default=True)
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
               help="Shrink the first failing seed of each kind to a minimal plan.")
 @click.option("--replay", "replay_file", type=click.Path(dir_okay=False),
@@ -310,7 +337,7 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
     from .lifeline import abort_on_signals
 
     abort_on_signals()  # first: a SIGTERM ends the pool's workers, a line, exit 130
-    from .run import RunConfig, RunError
+    from .config import RunConfig, RunError
     from .sim import cli as simcli
 
     if replay_file:
@@ -319,7 +346,8 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
         fail("give exactly one of --seeds N and --budget SECONDS")
     cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
                     scenario=scenario,
-                    cutover_at=-1.0 if cutover_at is None else _cutover_at(cutover_at),
+                    cutover_at=DEFAULT_CUTOVER if cutover_at is None
+                    else _cutover_at(cutover_at),
                     bugs=list(bugs), profile=profile, results=results, seed=first_seed)
     try:
         cfg.validate()
@@ -329,7 +357,72 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
                         workers=workers, results=results, shrink=shrink))
 
 
-SCENARIOS = ("swarm", "generative", "sequence", "churn")
+# ------------------------------------------------------------------------------ hunt
+
+
+@main.command()
+@click.option("--budget", type=Finite(min=0, min_open=True),
+              help="Wall seconds for the search in simulation AND the shrinking of what it "
+                   "finds (default 60 unless --seeds is given). The real runs come after "
+                   "it, on their own wall time: --confirm runs of each shrunk plan (its "
+                   "time limit plus ~10 s each) and --rare runs of --time-limit.")
+@click.option("--seeds", type=click.IntRange(min=1),
+              help="Search seeds first..first+N-1 (with --budget: those that fit).")
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Simulation worker processes.")
+@click.option("--confirm", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Real runs of each finding's shrunk plan.")
+@click.option("--rare", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="Real runs of passing seeds that reached rare coverage points.")
+@profile_option
+@click.option("--bug", "bugs", multiple=True, help="Put a known defect back (see `cutover bugs`).")
+@click.option("--nemesis", default=default("nemesis"), show_default=True)
+@click.option("--scenario", type=click.Choice(list(SCENARIOS)), default=default("scenario"),
+              show_default=True)
+@click.option("--nodes", type=_ranged("nodes"), default=default("nodes"), show_default=True)
+@click.option("--time-limit", type=_ranged("time_limit", 1, upper=False),
+              default=SIM_DEFAULTS["time_limit"], show_default=True,
+              help="Seconds of workload and faults per seed.")
+@click.option("--rate", type=_ranged("rate", upper=False), default=SIM_DEFAULTS["rate"],
+              show_default=True, help="Client ops per second.")
+@results_option
+def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int, confirm: int,
+         rare: int, profile: str, bugs: tuple[str, ...], nemesis: str, scenario: str,
+         nodes: int, time_limit: float, rate: float, results: str) -> None:
+    """Search where it is cheap, confirm where it is real: simulated seeds within the
+    budget, each failure kind shrunk once (inside the budget), each shrunk plan replayed
+    on real processes --confirm times, a few real runs of rare-coverage seeds; one
+    summary and a hunt record (`list`, `show`, `serve`, `trend`). Exit 0: nothing found
+    (something tested); 1: a finding; 2: every seed vacuous or undecided; 3: harness
+    error."""
+    from .lifeline import abort_on_signals
+
+    abort_on_signals()  # first: a SIGTERM ends the pool and the real run, a line, 130
+    from . import store
+    from .config import RunConfig, RunError
+    from .hunt import hunt as run_hunt
+    from .hunt import summary_lines
+    from .ui.report import write_report
+
+    if budget is None and seeds is None:
+        budget = 60.0
+    cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
+                    scenario=scenario, bugs=list(bugs), profile=profile, results=results,
+                    seed=first_seed)
+    try:
+        cfg.validate()
+        res = run_hunt(cfg, results=results, budget=budget, seeds=seeds,
+                       first_seed=first_seed, workers=workers, confirm=confirm, rare=rare,
+                       say=lambda m: click.echo(m, err=True),
+                       report=lambda rid: write_report(results, rid),
+                       config_doc={"budget": budget, "seeds": seeds, "first_seed": first_seed,
+                                   "workers": workers, "confirm": confirm, "rare": rare})
+    except (RunError, store.StoreError) as e:
+        _user_error(e)
+    for ln in summary_lines(res):
+        click.echo(ln)
+    sys.exit(res.exit_code)
 
 
 def _scenarios(_ctx: Any, _param: Any, value: str) -> list[str]:
@@ -349,13 +442,15 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
 @click.option("--seeds", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="Seeds per build (1..K) of real runs.")
 @click.option("--first-seed", type=int, default=1, show_default=True)
-@click.option("--time-limit", type=Finite(min=5), default=60.0, show_default=True)
+@click.option("--time-limit", type=_ranged("time_limit", 5, upper=False),
+              default=MATRIX_DEFAULTS["time_limit"], show_default=True)
 @click.option("--bugs", "bug_spec", default="all", show_default=True,
               help="all, none (the fixed build only), or a comma list of switch names.")
 @click.option("--no-fixed", is_flag=True, help="Skip the build without switches.")
-@click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
-@click.option("--nemesis", default="all", show_default=True)
-@click.option("--scenario", default="swarm", show_default=True, callback=_scenarios,
+@click.option("--nodes", type=_ranged("nodes", 3), default=default("nodes"), show_default=True)
+@click.option("--nemesis", default=default("nemesis"), show_default=True)
+@click.option("--scenario", default=default("scenario"), show_default=True,
+              callback=_scenarios,
               help="How each run's plan is made (swarm, generative, sequence, churn); a "
                    "comma list makes each one a nemesis mode of the matrix.")
 @click.option("--profile", help="fixed (default) or elastickv (elastickv as it stands: "
@@ -375,7 +470,7 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
 @click.option("--resume", "resume", metavar="MATRIX",
               help="Finish a recorded matrix (an id, a prefix, or latest): run only its "
                    "tasks that never finished, then print its whole table.")
-@click.option("--results", default="results", show_default=True)
+@click.option("--results", default=default("results"), show_default=True)
 @click.option("--junit", "junit", help="Write a JUnit XML summary here.")
 @click.option("--summarize", is_flag=True,
               help="Run nothing: print the table (and --junit) from the runs stored in "
@@ -391,8 +486,8 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
     abort_on_signals()  # first: a SIGTERM ends with a line (and the resume hint), 130
     from . import matrix as mx
     from . import store
+    from .config import RunError
     from .junit import write_junit
-    from .run import RunError
 
     if summarize:
         try:
@@ -579,7 +674,7 @@ def bench_coverage(seeds: int, first_seed: int, time_limit: float, scenario: str
     """Protocol-state coverage of a scenario over simulated seeds of the fixed build (the
     same plans real runs play): what `cutover coverage` prints for stored runs, how a
     scenario is compared with another. Nothing is stored."""
-    from .run import RunConfig
+    from .config import RunConfig
     from .sim.batch import run_batch
     from .ui.text import coverage_lines
 
@@ -590,6 +685,55 @@ def bench_coverage(seeds: int, first_seed: int, time_limit: float, scenario: str
     for r in bad:
         click.echo(f"seed {r.seed}: {r.verdict}: {r.failing or r.error}: {r.sentence[:200]}")
     for ln in coverage_lines({str(r.seed): set(r.coverage) for r in b.results}):
+        click.echo(ln)
+
+
+@bench.command("fidelity")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Plans (of seeds first..first+N-1) played in both worlds.")
+@click.option("--first-seed", type=int, default=1, show_default=True)
+@click.option("--nodes", type=_ranged("nodes"), default=3, show_default=True)
+@click.option("--time-limit", type=_ranged("time_limit", 1, upper=False), default=10.0,
+              show_default=True, help="Seconds of workload and faults per plan.")
+@click.option("--rate", type=_ranged("rate", upper=False), default=SIM_DEFAULTS["rate"],
+              show_default=True)
+@click.option("--nemesis", default=default("nemesis"), show_default=True)
+@click.option("--scenario", type=click.Choice(list(SCENARIOS)), default=default("scenario"),
+              show_default=True)
+@click.option("--bug", "bugs", multiple=True, help="Put a known defect back.")
+@profile_option
+@click.option("--results", default=None,
+              help="Keep the real runs here (default: a temporary directory, removed).")
+def bench_fidelity(seeds: int, first_seed: int, nodes: int, time_limit: float, rate: float,
+                   nemesis: str, scenario: str, bugs: tuple[str, ...], profile: str,
+                   results: str | None) -> None:
+    """The same N plans simulated and on real processes: the share whose protocol-event
+    sequence (role changes, the marker, snapshots, restarts, halts) matches, and the
+    mismatch kinds. Last line `fidelity=K/N`. About time-limit + 10 s per plan."""
+    from .lifeline import abort_on_signals
+
+    abort_on_signals()
+    import shutil
+    import tempfile
+
+    from . import store
+    from .config import RunConfig, RunError
+    from .hunt import bench_fidelity as measure
+    from .hunt import fidelity_lines
+
+    cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
+                    scenario=scenario, bugs=list(bugs), profile=profile, seed=first_seed)
+    where = results or tempfile.mkdtemp(prefix="cutover-fidelity-")
+    try:
+        cfg.validate()
+        rows = measure(cfg, list(range(first_seed, first_seed + seeds)), where,
+                       say=click.echo)
+    except (RunError, store.StoreError) as e:
+        _user_error(e)
+    finally:
+        if results is None:
+            shutil.rmtree(where, ignore_errors=True)
+    for ln in fidelity_lines(rows):
         click.echo(ln)
 
 

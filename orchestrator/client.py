@@ -1,18 +1,9 @@
-"""The client library the workers use to talk to nodes (`docs/protocol.md`, client <-> node).
+"""The client library: ZeroMQ requests to nodes, under the client's rules.
 
-What matters here is not the transport but honesty: the history the checker judges is
-only as true as the outcome each operation is given. So the retry rules are strict:
-
-* `ok` only for an `ok: true` reply carrying this request's id.
-* `fail` only when the op certainly did not take effect: a `definite: true` reply, or a
-  request that was never handed to any connection (the node was unreachable).
-* `info` whenever it may have taken effect: a timeout, or `definite: false`.
-
-Retrying elsewhere is safe after a definite failure (nothing happened), so `not-leader`
-is followed (to the hinted leader, else the next node) within a bounded number of hops
-and a total deadline. A read may also be retried after a timeout (it changes nothing),
-but a write or cas that may have happened must never be sent again: a second copy could
-apply twice, and the history would record one operation where the system saw two.
+The rules (ok only on ok, fail only when it surely did not happen, info whenever it may
+have, which ops may be sent again) live in `orchestrator/invoke.py`, written once for
+both worlds; this module is their transport on real sockets. `Client.invoke` drives
+`invoke.invoke` with `Client.ask` answering each attempt.
 
 Every attempt carries a fresh request id, and replies are matched by id: a late answer to
 an earlier, timed-out request is dropped instead of being taken for the current answer.
@@ -29,32 +20,23 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 import zmq
 
-ResultType = Literal["ok", "fail", "info"]
-
-# Ops that change nothing, so they may be sent again after an indeterminate outcome.
-IDEMPOTENT_OPS: frozenset[str] = frozenset({"read"})
+from .invoke import (  # noqa: F401 - the rules' names, for the client's users
+    IDEMPOTENT_OPS,
+    UNREACHABLE,
+    Ask,
+    Result,
+    ResultType,
+    Route,
+)
+from .invoke import invoke as _invoke
 
 RECONNECT_IVL_MS = 50
 RECONNECT_IVL_MAX_MS = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """The outcome of one `invoke`, as the history records it."""
-
-    type: ResultType
-    value: Any = None
-    node: str | None = None  # the node that answered, or the last one asked
-    error: str | None = None  # the reply's code (`timeout`/`unreachable` for our own)
-    latency_ns: int = 0
-    text: str | None = None  # human-readable detail for `error`
-    attempts: int = 0
 
 
 class ClientTimeout(TimeoutError):
@@ -84,9 +66,8 @@ class Client:
         self.connect_timeout = (connect_timeout if connect_timeout is not None
                                 else min(timeout, 0.25))
         self.max_hops = max_hops
-        self.leader: str | None = preferred
-        # Where to start while no leader is known; moves past nodes that let us down.
-        self._cursor = preferred or self.order[0]
+        # The leader last heard of, and where to start while none is known.
+        self.route = Route(self.order, leader=preferred)
         self._ctx = context or zmq.Context.instance()
         self._socks: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
@@ -132,93 +113,40 @@ class Client:
             if isinstance(reply, dict) and reply.get("id") == req_id:
                 return reply
 
-    def _next(self, node: str) -> str:
-        return self.order[(self.order.index(node) + 1) % len(self.order)]
-
-    def _give_up_on(self, node: str) -> str:
-        """Forget `node` as leader and return the node to try instead."""
-        if self.leader == node:
-            self.leader = None
-        self._cursor = self._next(node)
-        return self._cursor
-
     # -- operations ------------------------------------------------------------------
+
+    @property
+    def leader(self) -> str | None:
+        return self.route.leader
+
+    @leader.setter
+    def leader(self, node: str | None) -> None:
+        self.route.leader = node
 
     def invoke(self, op: str, key: str | None = None, value: Any = None, *,
                node: str | None = None, **fields: Any) -> Result:
-        """Run one operation and classify its outcome as ok, fail or info.
+        """Run one operation and classify its outcome as ok, fail or info
+        (`orchestrator/invoke.py`). Extra protocol fields go in `fields`; `from_` is
+        accepted for cas's `from` (a Python keyword). `node` overrides where to start
+        (default: last known leader)."""
+        gen = _invoke(self.route, op, key, value, node=node, timeout=self.timeout,
+                      deadline=self.deadline, max_hops=self.max_hops,
+                      connect=self.connect_timeout, clock=time.monotonic, fields=fields)
+        answer: Any = None
+        while True:
+            try:
+                ask = gen.send(answer)
+            except StopIteration as e:
+                return e.value
+            answer = self.ask(ask)
 
-        Extra protocol fields go in `fields`; `from_` is accepted for cas's `from`
-        (a Python keyword). `node` overrides where to start (default: last known leader).
-        """
-        if "from_" in fields:
-            fields["from"] = fields.pop("from_")
-        start_ns = time.monotonic_ns()
-        end = time.monotonic() + self.deadline
-        retry_indeterminate = op in IDEMPOTENT_OPS
-        target = node or self.leader or self._cursor
-        if target not in self.nodes:
-            raise ValueError(f"unknown node {target!r}")
-        indeterminate = False
-        asked = target
-        last: tuple[str, str | None] = ("timeout", None)
-        attempts = 0
-
-        def done(type_: ResultType, at: str, value_: Any = None, error: str | None = None,
-                 text: str | None = None) -> Result:
-            return Result(type_, value_, at, error, time.monotonic_ns() - start_ns, text,
-                          attempts)
-
-        for _hop in range(self.max_hops + 1):
-            now = time.monotonic()
-            if now >= end:
-                break
-            attempts += 1
-            asked = target
-            req_id = next(self._ids)
-            req: dict[str, Any] = {"id": req_id, "op": op, **fields}
-            if key is not None:
-                req["key"] = key
-            if value is not None or op == "write":
-                req["value"] = value
-            if not self._send(target, req, min(self.connect_timeout, end - now)):
-                # Never left this process: certainly did not happen, any op may go elsewhere.
-                last = ("unreachable", f"no connection to {target} ({self.nodes[target]})")
-                target = self._give_up_on(target)
-                continue
-            reply = self._recv(target, req_id, min(time.monotonic() + self.timeout, end))
-            if reply is None:
-                text = f"no answer from {target} within {self.timeout:g}s"
-                nxt = self._give_up_on(target)  # maybe dead or cut off: start elsewhere
-                if not retry_indeterminate:
-                    return done("info", target, error="timeout", text=text)
-                indeterminate, last, target = True, ("timeout", text), nxt
-                continue
-            if reply.get("ok"):
-                self.leader = target
-                return done("ok", target, reply.get("value"))
-            code = str(reply.get("code", "unknown"))
-            text = reply.get("text")
-            if reply.get("definite") is not True:
-                # Missing `definite` counts as false: claiming a failure we cannot prove
-                # would make the checker reason about a history that did not happen.
-                if not retry_indeterminate:
-                    return done("info", target, error=code, text=text)
-                indeterminate, last = True, (code, text)
-                target = self._give_up_on(target)
-                continue
-            if code != "not-leader":
-                return done("fail", target, error=code, text=text)
-            last = (code, text)
-            hint = reply.get("leader")
-            if isinstance(hint, str) and hint in self.nodes and hint != target:
-                self.leader = target = hint
-            else:
-                target = self._give_up_on(target)
-        # Out of hops or time without an answer that settles it.
-        if indeterminate:
-            return done("info", asked, error=last[0], text=last[1])
-        return done("fail", asked, error=last[0], text=last[1])
+    def ask(self, ask: Ask) -> dict[str, Any] | None:
+        """One attempt: the reply, None after `ask.timeout`, or `UNREACHABLE` when no
+        live connection took the request within `ask.connect` seconds."""
+        req_id = next(self._ids)
+        if not self._send(ask.node, {"id": req_id, **ask.req}, ask.connect):
+            return UNREACHABLE
+        return self._recv(ask.node, req_id, time.monotonic() + ask.timeout)
 
     def admin(self, node: str, op: str, timeout: float | None = None,
               **fields: Any) -> dict[str, Any]:

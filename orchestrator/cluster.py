@@ -33,6 +33,7 @@ from checker.crashes import record as exit_record
 from node.server import NodeOptions, die_with_parent, run_node
 
 from .client import Client, ClientTimeout
+from .config import KNOB_DEFAULTS
 from .switchboard import SwitchboardControl, SwitchboardProcess, spawn_switchboard
 
 
@@ -82,9 +83,11 @@ class Cluster:
 
     def __init__(self, root: str, n: int = 3, *, bugs: list[str] | tuple[str, ...] = (),
                  profile: str = "fixed", seed: int = 0, tick_ms: float = 25.0, election_ticks: int = 10,
-                 snapshot_every: int = 20_000, node_ids: list[str] | None = None,
+                 snapshot_every: int = KNOB_DEFAULTS["snapshot_every"],
+                 node_ids: list[str] | None = None,
                  kek_path: str | None = None, enable_timeout_ticks: int = 200,
-                 max_msg_bytes: int = 64 * 1024, max_inflight: int = 64,
+                 max_msg_bytes: int = KNOB_DEFAULTS["max_msg_bytes"],
+                 max_inflight: int = KNOB_DEFAULTS["max_inflight"],
                  durability_journal: bool = True) -> None:
         self.root = root
         self.ids = node_ids or [f"n{i + 1}" for i in range(n)]

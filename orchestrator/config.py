@@ -4,6 +4,10 @@ every number's range, validation, and the plan-file format with its one reader.
 Every way to a run derives from `RunConfig`: the flags of `cutover run`, `sim` and
 `hunt`, a stored run's config (`--replay`, `cutover check`), a plan file, a matrix's
 task payload on a Dask worker. A field added here reaches all of them.
+
+The CLI imports this module to build its flags (defaults, ranges, choices), so it
+stays light: the node (`ALL_BUGS`, `PROFILES`) and the store are imported where they
+are used, and `cutover lin` does not load them (orchestrator/cli.py says why).
 """
 from __future__ import annotations
 
@@ -11,26 +15,56 @@ import json
 import os
 import random
 import stat
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from nemesis.plan import (
+    DEFAULT_INFLIGHT,
+    DEFAULT_MSG_BYTES,
     DEFAULT_SCENARIO,
     PLAN_FORMAT,
+    SCENARIOS,
     Plan,
     PlanError,
     check_scenario,
     make_plan,
     parse_families,
 )
+from nemesis.plan import KNOBS as PLAN_KNOBS
 from nemesis.primitives import MAX_SECONDS, show
-from node.host import ALL_BUGS, PROFILES
-
-from . import store
 
 
 class RunError(RuntimeError):
     """The harness could not do its job (one line for the user)."""
+
+
+# The node knobs a seed draws (`nemesis.plan`, `_Builder.knobs`), each with its one default:
+# what a node is started with when neither the flags nor the plan say (a bare plan file,
+# a plan of an older run). The draws themselves stay in `nemesis.plan` (`nemesis/` may
+# not import the orchestrator), and so do their highest values (`KNOBS`, what a stored
+# plan may hold); this is the one place the orchestrator reads them. The defaults are
+# the values real runs and the simulator always used; the node's own defaults
+# (node/host.py `NodeOptions`, node/server.py) never decide a run: the orchestrator
+# passes every knob.
+DEFAULT_SNAPSHOT_EVERY = 5000  # entries: the plan's rarest snapshotting
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A node knob a seed draws: a count (of entries, bytes or messages) from 1 to
+    `highest`, `default` when nothing drew it."""
+
+    default: int
+    highest: int
+
+
+_KNOB_DEFAULT = {"snapshot_every": DEFAULT_SNAPSHOT_EVERY,
+                 "max_msg_bytes": DEFAULT_MSG_BYTES, "max_inflight": DEFAULT_INFLIGHT}
+# A knob the plan draws without a default here is a KeyError on import: said at once.
+NODE_KNOBS: dict[str, Knob] = {name: Knob(_KNOB_DEFAULT[name], highest)
+                               for name, highest in PLAN_KNOBS.items()}
+KNOB_DEFAULTS: dict[str, int] = {name: k.default for name, k in NODE_KNOBS.items()}
 
 
 # The range of every number of a RunConfig: (whole number, lowest, highest, above the
@@ -51,20 +85,26 @@ RANGES: dict[str, tuple[bool, float, float, bool]] = {
     "op_timeout": (False, 0, 3600, True),
     "tick_ms": (False, 1, 10_000, False),
     "election_ticks": (True, 1, 10_000, False),  # the node refuses what Raft cannot use
-    "snapshot_every": (True, 1, 10**9, False),
-    "max_msg_bytes": (True, 1, 1 << 30, False),
-    "max_inflight": (True, 1, 1 << 20, False),
+    **{name: (True, 1, k.highest, False) for name, k in NODE_KNOBS.items()},
     "enable_timeout_ticks": (True, 1, 10**6, False),
     "lin_timeout": (False, 0, MAX_SECONDS, True),
     "finish_within": (False, 0, MAX_SECONDS, False),
 }
 # Fields that may be None (a default drawn or computed later).
-OPTIONAL = ("concurrency", "seed", "snapshot_every", "max_msg_bytes", "max_inflight")
+OPTIONAL = ("concurrency", "seed", *NODE_KNOBS)
 # The flags of `cutover run`, by field: an error names what the user typed.
 FLAGS = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "nemesis",
          "nemesis_interval", "cutover_at", "profile", "seed", "snapshot_every",
          "max_msg_bytes", "max_inflight", "scenario"}
 DEFAULT_CUTOVER = -1.0  # `cutover_at`: a third of the way in (`resolved`)
+WORKLOADS = ("kv", "register")  # `workloads.MODEL_OF`'s (tests/test_config.py checks)
+# node/cutover.py `PROFILES`, by name, for the flags' choices without loading the node
+# (tests/test_config.py checks they agree; `validate` asks the node itself).
+PROFILE_NAMES = ("fixed", "elastickv")
+# `cutover sim`'s own defaults where they differ from a run's: simulated seconds are
+# cheap, a seed is one of many (docs/sim.md); and `cutover matrix`'s longer runs.
+SIM_DEFAULTS: dict[str, Any] = {"time_limit": 30.0, "rate": 100.0}
+MATRIX_DEFAULTS: dict[str, Any] = {"time_limit": 60.0}
 
 
 def _name(field_name: str) -> str:
@@ -97,22 +137,22 @@ class RunConfig:
     time_limit: float = 40.0
     rate: float = 200.0
     concurrency: int | None = None  # default: 2 per node
-    workload: str = "kv"
+    workload: str = WORKLOADS[0]
     keys: int = 8
     nemesis: str = "all"
     nemesis_interval: float = 5.0
-    cutover_at: float | None = -1.0  # -1: a third of the way in; None: no cutover
+    cutover_at: float | None = DEFAULT_CUTOVER  # a third of the way in; None: no cutover
     bugs: list[str] = field(default_factory=list)
     # Which system the nodes behave as: "fixed" (the protocol with this lab's fixes) or
     # "elastickv" (elastickv as it stands; node/cutover.py PROFILES, docs/protocol.md).
-    profile: str = "fixed"
+    profile: str = PROFILE_NAMES[0]
     seed: int | None = None
     results: str = "results"
     quiet_period: float = 2.0
     op_timeout: float = 1.0
     tick_ms: float = 25.0
     election_ticks: int = 10
-    # Node knobs: None means drawn from the seed by the plan (`nemesis.plan` knobs).
+    # Node knobs: None means drawn from the seed by the plan (`NODE_KNOBS`).
     snapshot_every: int | None = None
     max_msg_bytes: int | None = None
     max_inflight: int | None = None
@@ -166,10 +206,9 @@ class RunConfig:
         every few dozen entries, some every few thousand; some send one entry per
         append message."""
         c = RunConfig(**asdict(self))
-        defaults = {"snapshot_every": 5000, "max_msg_bytes": 64 * 1024, "max_inflight": 64}
-        for name in ("snapshot_every", "max_msg_bytes", "max_inflight"):
+        for name, default_value in KNOB_DEFAULTS.items():
             if getattr(c, name) is None:
-                setattr(c, name, plan.knobs.get(name, defaults[name]))
+                setattr(c, name, plan.knobs.get(name, default_value))
         return c
 
     def validate(self) -> None:
@@ -177,9 +216,11 @@ class RunConfig:
         and every number is finite and in its range (`RANGES`). Every way to a run
         calls it: `execute`, `cutover sim`, `from_dict` (a stored config, a plan file's,
         a matrix task's on a Dask worker)."""
+        from node.host import ALL_BUGS, PROFILES  # the node's own lists (module docstring)
+
         for name in RANGES:
             _check_number(name, getattr(self, name))
-        for name, choices in (("workload", ("kv", "register")), ("profile", PROFILES),
+        for name, choices in (("workload", WORKLOADS), ("profile", PROFILES),
                               ("scenario", None), ("nemesis", None)):
             v = getattr(self, name)
             if not isinstance(v, str):
@@ -276,6 +317,8 @@ def read_plan_file(path: str) -> tuple[dict[str, Any] | None, Plan, dict[str, An
 def replay_config(ref: str, results: str) -> RunConfig:
     """The config of a stored run (`ref`: a run id in `results`, `latest`, or a
     config.json): same seed, so the same plan and op stream."""
+    from . import store  # SQLite: not for a CLI start-up (module docstring)
+
     try:
         if os.path.isfile(ref):
             with open(ref, encoding="utf-8") as fh:
@@ -288,3 +331,60 @@ def replay_config(ref: str, results: str) -> RunConfig:
     if not isinstance(doc, dict):
         raise RunError("expected a JSON object")
     return RunConfig.from_dict(doc)
+
+
+# Fields a plan file's config never sets: where this run stores its results is this
+# invocation's, and the plan file is the one being played.
+_OWN_FIELDS = ("results", "plan_file")
+
+
+def config_for_plan_file(path: str, cfg: RunConfig, given: Iterable[str]) -> RunConfig:
+    """The config `cutover run --plan FILE` plays: a plan file that carries its run's
+    config (a shrunk plan from `cutover sim`, a run's config.json) replays it, since its
+    nodes, time limit, bugs, seed and cutover time belong to the schedule; a field the
+    user gave on the command line (`given`, by field name) is `cfg`'s. Every field of
+    `RunConfig` may be given, none by a hand-kept list: that list once left out
+    `--profile`, and the plan file's profile silently won. `results` is always `cfg`'s
+    and `plan_file` is `path`. A plan without a config is played with `cfg`.
+
+    The whole file, plan included, is read and checked here, before any run row exists:
+    RunError (one line) if it is not a plan file or its config is not a run's. A name
+    in `given` that is not a field is a ValueError: the caller mapped a flag wrong."""
+    names = {f.name for f in fields(RunConfig)}
+    given = set(given)
+    unknown = sorted(given - names)
+    if unknown:
+        raise ValueError(f"not RunConfig fields: {', '.join(unknown)}")
+    base, _plan, _doc = read_plan_file(path)
+    if base is None:
+        out = RunConfig(**asdict(cfg))
+    else:
+        try:
+            out = RunConfig.from_dict({k: v for k, v in base.items() if k not in _OWN_FIELDS})
+        except RunError as e:
+            raise RunError(f"cannot use {path}: {e}") from None
+        for name in sorted(given - set(_OWN_FIELDS)):
+            setattr(out, name, getattr(cfg, name))
+        out.results = cfg.results
+    out.plan_file = path
+    return out
+
+
+def default(name: str) -> Any:
+    """The default of RunConfig field `name` (a fresh copy of a list): what a flag of
+    that field shows and uses, so a default is written once, in the dataclass.
+    KeyError for a name that is not a field."""
+    for f in fields(RunConfig):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            assert f.default_factory is not MISSING
+            return f.default_factory()
+    raise KeyError(name)
+
+
+__all__ = ["DEFAULT_CUTOVER", "DEFAULT_SNAPSHOT_EVERY", "FLAGS", "KNOB_DEFAULTS",
+           "MATRIX_DEFAULTS", "MAX_PLAN_FILE", "NODE_KNOBS", "OPTIONAL", "PROFILE_NAMES",
+           "RANGES", "SCENARIOS", "SIM_DEFAULTS", "WORKLOADS", "Knob", "RunConfig",
+           "RunError", "config_for_plan_file", "default", "read_plan_file",
+           "replay_config"]

@@ -1,7 +1,7 @@
 """What each fault action does, and how it is undone: one handler per action, in a registry.
 
 A handler is a generator: it acts on a `World` (real processes and the switchboard in
-`orchestrator/nemesis_exec.py`; the deterministic simulator's own cluster; a fake in the
+`orchestrator/real_world.py`; the deterministic simulator's own cluster; a fake in the
 tests) and yields *effects* when it must wait: `Sleep`, `Until` (a condition, polled),
 `Hold` (the step's duration or its `until` trigger) and `Call` (an admin request that goes
 through Raft, whose answer comes later). The driver decides what waiting means (a thread

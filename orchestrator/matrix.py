@@ -29,9 +29,10 @@ from nemesis.plan import DEFAULT_SCENARIO
 from node.server import ALL_BUGS, PROFILES
 
 from . import store
+from .config import RunConfig
 from .config_check import check_matrix_row, matrix_config, task_records
 from .errors import EXIT_HARNESS
-from .run import RunConfig, RunOutcome, execute
+from .run import RunOutcome, execute
 from .tasks import AXES, Task, make_tasks, run_sim_batch
 
 Rows = list[tuple[str, list[RunOutcome]]]

@@ -36,7 +36,7 @@ from node.wal import RecordKind, WalCorruptError, WalError, iter_records
 
 from . import owner, store
 from .errors import ReviewError
-from .run import node_dirs, run_checkers, verdict_line
+from .program import node_dirs, run_checkers, verdict_line
 
 EVENTS_FILE = "events.jsonl"
 # A run in one of these states never reached its end: its verdict is that state.

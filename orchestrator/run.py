@@ -16,29 +16,21 @@ import datetime as dt
 import errno
 import json
 import os
-import random
 import resource
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from checker import suite
-from checker.coverage import coverage
-from nemesis.plan import (
-    parse_families,
-)
-from node.events import EventKind, read_events
-from node.keystore import generate_dek, write_kek
-from workloads import MODEL_OF, make_workload
+from nemesis.plan import parse_families
+from node.keystore import write_kek
 
 from . import owner, store
-from .client import Client, ClientTimeout
-from .cluster import Cluster, ClusterError
+from .cluster import ClusterError
 from .config import (  # noqa: F401 - the run's names, re-exported for its callers
     RANGES,
     RunConfig,
@@ -46,11 +38,16 @@ from .config import (  # noqa: F401 - the run's names, re-exported for its calle
     read_plan_file,
     replay_config,
 )
-from .corrupt import corrupt_and_replay
 from .errors import EXIT_ABORTED, EXIT_HARNESS
-from .nemesis_exec import Nemesis, RealWorld
+from .program import (  # noqa: F401 - re-exported: `cutover check` and the simulator's
+    Run,
+    new_run_id,
+    node_dirs,
+    run_checkers,
+    verdict_line,
+)
+from .real_world import RealWorld, ingest_node_events  # noqa: F401
 from .switchboard import SwitchboardError
-from .watch import EventWatch
 
 
 class Aborted(BaseException):
@@ -69,56 +66,7 @@ class RunOutcome:
     seed: int | None = None
     seconds: float = 0.0
     coverage: dict[str, dict[str, Any]] = field(default_factory=dict)  # point -> count, first
-
-
-def new_run_id(results: str, seed: int) -> str:
-    """A fresh id whose run directory this call created (atomically: two runs started
-    in the same second with the same seed, say by two matrices, get two ids)."""
-    base = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-s{seed}"
-    rid, k = base, 1
-    while True:
-        try:
-            os.makedirs(os.path.join(results, rid))
-            return rid
-        except FileExistsError:
-            k += 1
-            rid = f"{base}-{k}"
-
-
-class _Progress:
-    """A one-line status on stderr: elapsed, ops/s, ok/fail/info, active faults."""
-
-    def __init__(self, out: TextIO | None, limit: float) -> None:
-        self.out = out
-        self.limit = limit
-        self.tty = bool(out and hasattr(out, "isatty") and out.isatty())
-        self.counts: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self._last = (time.monotonic(), 0)
-        self._last_line = 0.0
-
-    def count(self, kind: str) -> None:
-        with self.lock:
-            self.counts[kind] += 1
-
-    def show(self, elapsed: float, phase: str, faults: list[str], final: bool = False) -> None:
-        if self.out is None:
-            return
-        now = time.monotonic()
-        done = self.counts["ok"] + self.counts["fail"] + self.counts["info"]
-        t, n = self._last
-        rate = (done - n) / (now - t) if now > t else 0.0
-        self._last = (now, done)
-        line = (f"[{elapsed:5.1f}s/{self.limit:g}s] {phase:<9} {rate:6.0f} ops/s  "
-                f"ok {self.counts['ok']}  fail {self.counts['fail']}  "
-                f"info {self.counts['info']}  faults: {', '.join(faults) or '-'}")
-        if self.tty:
-            self.out.write("\r\x1b[K" + line[:160] + ("\n" if final else ""))
-            self.out.flush()
-        elif final or now - self._last_line >= 5:
-            self._last_line = now
-            self.out.write(line + "\n")
-            self.out.flush()
+    phases: list[str] = field(default_factory=list)  # the run program's, in order
 
 
 def execute(cfg: RunConfig, *, out: TextIO | None = sys.stdout,
@@ -288,6 +236,9 @@ def _record_despite(cfg: RunConfig, run_id: str, first_row: dict[str, Any],
 
 
 class _Runner:
+    """One run on real processes: the run program (`orchestrator/program.py`) over a
+    `RealWorld`, and what `execute` needs to end it well (abort, teardown)."""
+
     def __init__(self, cfg: RunConfig, plan: Any, run_id: str, run_dir: str,
                  rec: store.Recorder, progress: TextIO | None) -> None:
         self.cfg = cfg
@@ -295,189 +246,22 @@ class _Runner:
         self.run_id = run_id
         self.run_dir = run_dir
         self.rec = rec
-        self.progress = _Progress(progress, cfg.time_limit)
-        self.stop_all = threading.Event()
-        self.stop_clients = threading.Event()
-        self.cluster: Cluster | None = None
-        self.watch: EventWatch | None = None
-        self.nem: Nemesis | None = None
-        self.workers: list[threading.Thread] = []
-        self.t0 = time.monotonic()
+        self.progress = progress
         self.t_start = time.monotonic()
-        self.phase = "setup"
-
-    # -------------------------------------------------------------- the run
+        self.world: RealWorld | None = None
+        self.program: Run | None = None
 
     def go(self) -> RunOutcome:
-        cfg = self.cfg
-        kek_path = os.path.join(self.run_dir, "kek")
-        kek = write_kek(kek_path)
-        self.cluster = cl = Cluster(os.path.join(self.run_dir, "nodes"), cfg.nodes,
-                                    bugs=cfg.bugs, profile=cfg.profile,
-                                    seed=cfg.seed or 0, tick_ms=cfg.tick_ms,
-                                    election_ticks=cfg.election_ticks,
-                                    snapshot_every=cfg.snapshot_every, kek_path=kek_path,
-                                    enable_timeout_ticks=cfg.enable_timeout_ticks,
-                                    max_msg_bytes=cfg.max_msg_bytes or 64 * 1024,
-                                    max_inflight=cfg.max_inflight or 64)
-        cl.start()
-        leader = cl.wait_leader(15)
-        self._bootstrap(leader, kek.wrap_dek(generate_dek()))
-        self.watch = EventWatch({n: h.data_dir for n, h in cl.nodes.items()}).start()
-        self.t0 = time.monotonic()
-        t0_ns = time.monotonic_ns()
-        self.rec.t0_ns = t0_ns
-        self.rec.run_row(t0_ns=t0_ns)
-        world = RealWorld(cl, self.rec, self.t0, lambda: kek.wrap_dek(generate_dek()))
-        self.nem = Nemesis(world, self.plan, self.watch, seed=cfg.seed or 0,
-                           time_limit=cfg.time_limit, stop=self.stop_all)
-        workload = make_workload(cfg.workload, cfg.keys, cfg.seed or 0,
-                                 run_tag=self.run_id[-6:].replace("-", ""))
-        self._start_clients(workload)
-        self.phase = "faults"
-        self.nem.start()
-        while time.monotonic() - self.t0 < cfg.time_limit:
-            self._tick()
-            time.sleep(0.25)
-        # The final generator: no more faults; heal, resume, restart, then a quiet spell.
-        self.phase = "heal"
-        self.stop_all.set()
-        self.nem.join(2)
-        self.nem.heal_all(wait=min(8.0, max(2.0, self._left() - 7)))
-        self.phase = "quiet"
-        end_quiet = time.monotonic() + min(cfg.quiet_period, max(0.5, self._left() - 8))
-        while time.monotonic() < end_quiet:
-            self._tick()
-            time.sleep(0.25)
-        self.stop_clients.set()
-        for w in self.workers:
-            w.join(cfg.op_timeout * 3 + 1)
-        self.phase = "final"
-        self._final_reads(workload, min(8.0, max(1.0, self._left() - 6)))
-        excused = self._corrupt_if_planned(min(10.0, max(2.0, self._left() - 4)))
-        self._tick(final=True)
-        self.phase = "check"
-        time.sleep(0.3)  # let followers apply the last commits before their stop digests
-        cl.stop_all(grace=2.0)
-        self.watch.stop()
-        return self._check_and_store(kek_path, excused)
-
-    def _left(self) -> float:
-        """Seconds left before the run must be over and checked (`finish_within`)."""
-        return self.t_start + self.cfg.time_limit + self.cfg.finish_within - time.monotonic()
-
-    def _bootstrap(self, leader: str, wrapped: bytes) -> None:
-        assert self.cluster is not None
-        end = time.monotonic() + 10
-        with Client(self.cluster.endpoints(), timeout=2.0) as c:
-            while True:
-                try:
-                    rep = c.admin(leader, "bootstrap", key_id=1, wrapped=wrapped)
-                    if rep.get("ok"):
-                        return
-                    err = f"{rep.get('code')}: {rep.get('text')}"
-                except ClientTimeout as e:
-                    err = str(e)
-                if time.monotonic() > end:
-                    raise RunError(f"could not bootstrap encryption on {leader}: {err}")
-                time.sleep(0.2)
-                leader = self.cluster.wait_leader(10)
-
-    def _tick(self, final: bool = False) -> None:
-        faults = list(self.nem.active.values()) if self.nem else []
-        self.progress.show(time.monotonic() - self.t0, self.phase, faults, final)
-
-    # -------------------------------------------------------------- clients
-
-    def _start_clients(self, workload: Any) -> None:
-        cfg = self.cfg
-        assert self.cluster is not None and cfg.concurrency is not None
-        period = cfg.concurrency / cfg.rate
-        ids = self.cluster.ids
-        endpoints = self.cluster.endpoints()
-
-        def worker(i: int) -> None:
-            rng = random.Random(f"client:{cfg.seed}:{i}")
-            process = i
-            home = ids[i % len(ids)]
-            with Client(endpoints, timeout=cfg.op_timeout, preferred=home) as c:
-                nxt = time.monotonic() + rng.uniform(0, period)
-                while not self.stop_clients.is_set():
-                    delay = nxt - time.monotonic()
-                    if delay > 0 and self.stop_clients.wait(delay):
-                        break
-                    nxt = max(nxt + period * rng.uniform(0.5, 1.5), time.monotonic())
-                    spec = workload.next_op()
-                    hv = spec.as_history_value()
-                    # Reads go to this worker's own node first (Jepsen binds a client to
-                    # a node); writes start at the last known leader.
-                    start = home if spec.f == "read" else None
-                    self.rec.op(time.monotonic_ns(), process, "invoke", spec.f, spec.key,
-                                hv, node=start or c.leader or home)
-                    if spec.f == "cas":
-                        res = c.invoke("cas", spec.key, None, from_=spec.value[0],
-                                       to=spec.value[1])
-                    elif spec.f == "write":
-                        res = c.invoke("write", spec.key, spec.value)
-                    else:
-                        res = c.invoke("read", spec.key, node=start)
-                    value = res.value if spec.f == "read" else hv
-                    if spec.f == "read" and res.type != "ok":
-                        value = None
-                    self.rec.op(time.monotonic_ns(), process, res.type, spec.f, spec.key,
-                                value, error=res.error, node=res.node)
-                    self.progress.count(res.type)
-                    if res.type == "info":
-                        process += cfg.concurrency  # Jepsen: a crashed process is retired
-
-        for i in range(cfg.concurrency):
-            t = threading.Thread(target=worker, args=(i,), name=f"client-{i}", daemon=True)
-            t.start()
-            self.workers.append(t)
-
-    def _final_reads(self, workload: Any, seconds: float) -> None:
-        assert self.cluster is not None
-        budget = time.monotonic() + seconds  # a halted cluster answers nothing: bound it
-        with Client(self.cluster.endpoints(), timeout=1.0) as c:
-            for n, spec in enumerate(workload.final_reads()):
-                end = min(time.monotonic() + 3, budget)
-                process = f"final-{n}"
-                while True:
-                    self.rec.op(time.monotonic_ns(), process, "invoke", "read", spec.key, None,
-                                node=c.leader)
-                    res = c.invoke("read", spec.key)
-                    self.rec.op(time.monotonic_ns(), process, res.type, "read", spec.key,
-                                res.value if res.type == "ok" else None, error=res.error,
-                                node=res.node)
-                    if res.type == "ok" or time.monotonic() > end:
-                        break
-                    time.sleep(0.1)
-
-    # -------------------------------------------------------------- corruption
-
-    def _corrupt_if_planned(self, seconds: float) -> list[tuple[str, int]]:
-        fault = self.plan.step("corrupt-entry")
-        if fault is None or self.nem is None or not self.nem.ctx.cutover:
-            return []
-        return corrupt_and_replay(self, fault, seconds)
-
-    # -------------------------------------------------------------- checking
-
-    def _check_and_store(self, kek_path: str, excused: list[tuple[str, int]]) -> RunOutcome:
-        assert self.cluster is not None and self.watch is not None
-        self.rec.flush()
-        ingest_node_events(self.rec, self.cluster)
-        self.rec.flush()
-        db = store.open_db(self.cfg.results)
-        try:
-            results = run_checkers(db, self.run_id, self.run_dir, self.rec, excused,
-                                   lin_timeout=min(self.cfg.lin_timeout,
-                                                   max(3.0, self._left() - 1)))
-            cov = store.coverage_of(db, self.run_id)
-        finally:
-            db.conn.close()
-        out = self._finish(results)
-        out.coverage = cov
+        kek = write_kek(os.path.join(self.run_dir, "kek"))
+        self.world = w = RealWorld(self.cfg, self.run_id, self.run_dir, self.rec, kek,
+                                   self.progress)
+        self.program = prog = Run(w, self.cfg, self.plan)
+        w.phase = lambda: prog.phase
+        w.faults = lambda: list(prog.ctx.active.values())
+        judged = prog.go()
+        out = self._finish(judged.results)
+        out.coverage = judged.coverage
+        out.phases = list(prog.phases)
         return out
 
     def _finish(self, results: dict[str, dict[str, Any]]) -> RunOutcome:
@@ -492,123 +276,21 @@ class _Runner:
                           self.cfg.seed, round(time.monotonic() - self.t_start, 3))
 
     def abort(self, why: str, verdict: str = "aborted") -> RunOutcome:
-        self.stop_all.set()
-        self.stop_clients.set()
+        if self.world is not None:
+            for ev in self.world.stops.values():
+                ev.set()
         code = EXIT_ABORTED if verdict == "aborted" else EXIT_HARNESS
         summary = f"{verdict.upper()}: {why} (run {self.run_id}; history so far is stored)"
         self.rec.run_row(status=verdict, verdict=verdict, exit_code=code, summary=summary,
                          finished=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                          duration_s=round(time.monotonic() - self.t_start, 3))
-        if self.progress.tty and self.progress.out is not None:
-            self.progress.out.write("\n")
+        w = self.world
+        if w is not None and w.progress.tty and w.progress.out is not None:
+            w.progress.out.write("\n")
         return RunOutcome(self.run_id, self.run_dir, verdict, code, summary, seed=self.cfg.seed,
                           seconds=round(time.monotonic() - self.t_start, 3))
 
     def teardown(self) -> None:
         """Nothing may outlive the run: clients, nemesis, nodes, switchboard."""
-        self.stop_all.set()
-        self.stop_clients.set()
-        if self.watch is not None:
-            self.watch.stop()
-        if self.nem is not None:
-            self.nem.close()
-        if self.cluster is not None:
-            self.cluster.close()
-        for w in self.workers:
-            w.join(self.cfg.op_timeout * 3 + 1)
-
-
-def verdict_line(verdict: str, first: tuple[str, str, Any] | None, seed: int | None,
-                 bugs: list[str], profile: str = "fixed") -> str:
-    """The run's one-line summary (printed last, stored in `runs.summary`); `cutover
-    check` writes it again from the stored seed, bugs and profile."""
-    with_bugs = f" with --bug {','.join(bugs)}" if bugs else ""
-    if profile != "fixed":
-        with_bugs += f" --profile {profile}"
-    if verdict == "valid":
-        return f"VALID: every checker passed (seed {seed}{with_bugs})"
-    if first is None:
-        return f"{verdict.upper()} (seed {seed}{with_bugs})"
-    name, sentence, t = first
-    when = f" at {t / 1e9:.1f}s" if isinstance(t, int | float) else ""
-    return f"{verdict.upper()}: {name}{when}: {sentence} (seed {seed}{with_bugs})"
-
-
-def ingest_node_events(rec: store.Recorder, cluster: Cluster) -> None:
-    for nid, h in cluster.nodes.items():
-        rows = []
-        for seq, ev in enumerate(read_events(h.data_dir)):
-            t = ev.get("t")
-            kind = ev.get("kind")
-            detail = {k: v for k, v in ev.items() if k not in ("t", "kind", "node")}
-            rows.append({"node": nid, "seq": seq,
-                         "time_ns": rec.rel(t) if isinstance(t, int) else None,
-                         "kind": kind, "detail": json.dumps(detail, default=str)})
-        rec.rows("node_events", rows)
-
-
-def node_dirs(run_dir: str) -> dict[str, str]:
-    root = os.path.join(run_dir, "nodes")
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return {}
-    return {n: os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))}
-
-
-def run_checkers(db: Any, run_id: str, run_dir: str, rec: store.RowSink | None,
-                 excused: list[tuple[str, int]] | None = None,
-                 lin_timeout: float | None = None) -> dict[str, dict[str, Any]]:
-    """Every checker on a stored run (history from the DB, invariants from the node
-    files); stores `checks` and `log_entries` through `rec` when given."""
-    row = store.resolve_run(db, run_id)
-    config = json.loads(row["config"]) if row.get("config") else {}
-    t0_ns = int(row.get("t0_ns") or 0)
-    ops = list(store.iter_ops(db, run_id))
-    nem = store.nemesis_rows(db, run_id)
-    if excused is None:
-        excused = [(t[0], int(d["index"])) for r in nem
-                   if r["fault"] == "corrupt-entry" and r["f"] == "start"
-                   and (d := r["detail"] or {}).get("index") is not None
-                   and (t := r["targets"] or [None])[0]]
-    model = MODEL_OF.get(config.get("workload", "kv"), "kv")
-    results: dict[str, dict[str, Any]] = {}
-    results["linearizability"] = suite.check_linearizability(
-        ops, model, timeout=lin_timeout or float(config.get("lin_timeout", 60.0)))
-    dirs = node_dirs(run_dir)
-    kek_path = os.path.join(run_dir, "kek")
-    if not dirs or not os.path.exists(kek_path):
-        results["cutover"] = {"valid": "unknown", "incomplete": True,
-                              "error": f"the run's node data dirs or KEK are missing under "
-                                       f"{run_dir}"}
-        rep = None
-    else:
-        tokens = [(str(r["value"]).encode(), r["time_ns"] + t0_ns) for r in ops
-                  if r["type"] == "invoke" and r["f"] == "write" and r["value"]]
-        tokens += [(str(r["value"][1]).encode(), r["time_ns"] + t0_ns) for r in ops
-                   if r["type"] == "invoke" and r["f"] == "cas"
-                   and isinstance(r["value"], list) and len(r["value"]) == 2]
-        results["cutover"], rep = suite.check_invariants(dirs, kek_path, tokens, t0_ns=t0_ns,
-                                                         excused=excused,
-                                                         profile=config.get("profile") or "fixed")
-    results["crashes"] = suite.check_crashes(os.path.join(run_dir, "nodes"), t0_ns,
-                                             halted={e["node"] for e in store.node_events(
-                                                 db, run_id, kinds=[EventKind.HALT])})
-    results["stats"] = suite.stats(ops)
-    end_ns = max((r["time_ns"] for r in ops), default=0)
-    results["availability"] = suite.availability(ops, store.fault_windows(nem), end_ns)
-    results["vacuity"] = suite.vacuity(config, ops, nem, store.node_events(
-        db, run_id, kinds=[EventKind.ENCRYPTION_APPLIED]))
-    if rec is not None:
-        # Not a checker (it never changes the verdict): which protocol states the run
-        # reached, from the nodes' events, the history and what the nemesis did.
-        rec.rows("coverage", store.coverage_rows(
-            coverage(store.node_events(db, run_id), ops, nem)))
-        rec.rows("checks", [{"checker": k, "valid": v["valid"],
-                             "detail": json.dumps(v, default=str)} for k, v in results.items()])
-        if rep is not None:
-            rec.rows("log_entries", [{"node": r.node, "idx": r.index, "term": r.term,
-                                      "opcode": r.opcode, "wrapped": int(r.wrapped),
-                                      "key_id": r.key_id} for r in rep.rows])
-        rec.flush()
-    return results
+        if self.world is not None:
+            self.world.teardown()

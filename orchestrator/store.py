@@ -22,6 +22,19 @@ which node event logs share):
                 status done | error, the run ids it stored, a detail JSON (a sim batch's
                 per-seed verdicts, a harness error's reason). `--resume` runs what has no
                 `done` row; a task is recorded once.
+* `sim_batches` one row per `cutover sim` batch or `cutover hunt` search: its seed counts
+                and coverage (point -> seeds that reached it, over every seed), and the
+                reached points of each seed that is not stored as a run (the passing and
+                vacuous ones), so `cutover coverage` counts what `sim`/`hunt` printed.
+* `hunts`       one row per `cutover hunt`: config, status, exit code, summary, detail
+                (timings, coverage in both worlds, the rare-coverage runs).
+* `hunt_findings` one row per finding of a hunt (a failure kind): the simulated run, the
+                shrunk plan file, its signature, confirmed k of K on real processes, and
+                the fidelity gap (what differed) when real processes passed it.
+* `hunt_runs`   the real runs a hunt made: which finding they confirm (or none: a
+                rare-coverage seed), their verdict and failure kind, and how they compare
+                with the simulation (`detail`). No `run` column on purpose: these rows
+                belong to the hunt, not to a run shipped between databases.
 
 A run is recorded while it goes: a writer thread batches rows and commits every
 `flush_every` seconds in WAL mode, so a crash of the orchestrator keeps what was recorded
@@ -36,6 +49,7 @@ log is empty or gone is read as immutable (all of it is in the main file then).
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -55,7 +69,7 @@ import sqlite_utils
 
 from . import owner
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "cutover.db"
 APP = "cutover"
 
@@ -116,11 +130,29 @@ TABLES: dict[str, str] = {
         [detail] TEXT, PRIMARY KEY ([run], [checker]))""",
     "coverage": """CREATE TABLE [coverage] ([run] TEXT, [point] TEXT, [count] INTEGER,
         [first_time_ns] INTEGER, PRIMARY KEY ([run], [point]))""",
+    "sim_batches": """CREATE TABLE [sim_batches] ([id] TEXT PRIMARY KEY, [kind] TEXT,
+        [started] TEXT, [config] TEXT, [seeds] INTEGER, [passed] INTEGER,
+        [vacuous] INTEGER, [failed] INTEGER, [coverage] TEXT, [unstored] TEXT)""",
+    "hunts": """CREATE TABLE [hunts] ([id] TEXT PRIMARY KEY, [started] TEXT,
+        [finished] TEXT, [config] TEXT, [status] TEXT, [exit_code] INTEGER,
+        [summary] TEXT, [detail] TEXT)""",
+    "hunt_findings": """CREATE TABLE [hunt_findings] ([hunt] TEXT REFERENCES [hunts]([id]),
+        [finding] INTEGER, [kind] TEXT, [signature] TEXT, [sentence] TEXT, [seed] INTEGER,
+        [sim_run] TEXT, [plan_file] TEXT, [confirmed] INTEGER, [attempts] INTEGER,
+        [gap] TEXT, [detail] TEXT, PRIMARY KEY ([hunt], [finding]))""",
+    "hunt_runs": """CREATE TABLE [hunt_runs] ([hunt] TEXT REFERENCES [hunts]([id]),
+        [real_run] TEXT, [finding] INTEGER, [role] TEXT, [seed] INTEGER, [verdict] TEXT,
+        [kind] TEXT, [outcome] TEXT, [seconds] FLOAT, [detail] TEXT,
+        PRIMARY KEY ([hunt], [real_run]))""",
 }
 # What version 2 added to version 1 (coverage, simulated runs, recorded matrices): the
 # migration creates these tables and columns where an older database lacks them.
 V2_TABLES = ("matrices", "matrix_tasks", "coverage")
 V2_RUN_COLUMNS = {"source": "TEXT", "matrix": "TEXT REFERENCES matrices(id)"}
+# What version 3 added (`cutover hunt`'s record, the coverage of simulated batches).
+V3_TABLES = ("sim_batches", "hunts", "hunt_findings", "hunt_runs")
+# The tables each version added, for the migration of older databases.
+ADDED_IN = {2: V2_TABLES, 3: V3_TABLES}
 
 
 def _table_names(conn: sqlite3.Connection) -> set[str]:
@@ -184,42 +216,63 @@ def _check_schema(conn: sqlite3.Connection, path: str, readonly: bool = False) -
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} has schema {version}; this cutover reads up to "
                          f"{SCHEMA_VERSION}")
-    if version < 2:
-        missing = [t for t in TABLES if t not in tables and t not in V2_TABLES]
+    if version < SCHEMA_VERSION:
+        later = _added_after(version)
+        missing = [t for t in TABLES if t not in tables and t not in later]
         if missing:
             raise StoreError(f"{path} is damaged: it has no {', '.join(missing)} table "
                              f"(nothing was changed; restore it from a copy)")
         if not readonly:
-            _migrate_v1(conn, path)
+            _migrate(conn, path, version)
         else:
-            w = sqlite3.connect(path, timeout=30)
             try:
-                _migrate_v1(w, path)
-            finally:
-                w.close()
+                w = sqlite3.connect(path, timeout=30)
+                try:
+                    _migrate(w, path, version)
+                finally:
+                    w.close()
+            except (StoreError, sqlite3.Error):
+                if version < 2:
+                    raise
+                # A version-2 database nobody may write here (an archived nightly): it
+                # is read as it is. What version 3 added (hunts, the coverage of
+                # simulated batches) is absent, and its readers read that as none.
         tables = _table_names(conn)
-    missing = [t for t in TABLES if t not in tables]
+        meta = dict(conn.execute("select key, value from meta").fetchall())
+        version = int(meta["schema_version"]) if str(meta.get("schema_version")).isdigit() \
+            else version
+    later = _added_after(version)
+    missing = [t for t in TABLES if t not in tables and t not in later]
     if missing:
         raise StoreError(f"{path} is damaged: it has no {', '.join(missing)} table "
                          f"(nothing was changed; restore it from a copy)")
 
 
-def _migrate_v1(conn: sqlite3.Connection, path: str) -> None:
-    """Version 1 to 2, in one exclusive transaction (concurrent openers: one migrates,
-    the others find it done)."""
+def _added_after(version: int) -> set[str]:
+    """The tables the versions after `version` added."""
+    return {t for v, ts in ADDED_IN.items() if v > version for t in ts}
+
+
+def _migrate(conn: sqlite3.Connection, path: str, version: int) -> None:
+    """From `version` to SCHEMA_VERSION, in one exclusive transaction (concurrent
+    openers: one migrates, the others find it done): each later version's tables, and
+    version 2's columns of `runs`. Only what a version added is created, never a table
+    the database should have had (that is damage, reported by `_check_schema`)."""
     def step() -> None:
         conn.execute("BEGIN EXCLUSIVE")
         try:
             meta = dict(conn.execute("select key, value from meta").fetchall())
-            if str(meta.get("schema_version")) == "1":
+            now = str(meta.get("schema_version"))
+            if now.isdigit() and int(now) < SCHEMA_VERSION:
                 tables = _table_names(conn)
-                for t in V2_TABLES:
+                for t in sorted(_added_after(int(now)), key=list(TABLES).index):
                     if t not in tables:
                         conn.execute(TABLES[t])
-                cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-                for col, decl in V2_RUN_COLUMNS.items():
-                    if col not in cols:
-                        conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+                if int(now) < 2:
+                    cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+                    for col, decl in V2_RUN_COLUMNS.items():
+                        if col not in cols:
+                            conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
                 conn.execute("update meta set value = ? where key = 'schema_version'",
                              [str(SCHEMA_VERSION)])
             conn.commit()
@@ -230,8 +283,8 @@ def _migrate_v1(conn: sqlite3.Connection, path: str) -> None:
     try:
         _while_locked(step)
     except sqlite3.OperationalError as e:
-        raise StoreError(f"{path} has schema 1 and cannot be upgraded here ({e}); open it "
-                         f"once where it is writable") from None
+        raise StoreError(f"{path} has schema {version} and cannot be upgraded here ({e}); "
+                         f"open it once where it is writable") from None
 
 
 def _read_only_error(e: sqlite3.Error) -> bool:
@@ -637,14 +690,46 @@ def coverage_of(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, A
 
 
 def coverage_by_run(db: sqlite_utils.Database) -> dict[str, set[str]]:
-    """Every finished run's reached points (runs without any are included, empty)."""
+    """Every finished run's reached points (runs without any are included, empty), and
+    every simulated seed that was not stored as a run (a passing or vacuous seed of a
+    `cutover sim` batch, a `cutover hunt` search or a matrix's sim task), keyed
+    `BATCH/seed N`: a passing seed went where it went too, and `cutover coverage` must
+    agree with what `sim` and `hunt` printed (issue 23)."""
     out: dict[str, set[str]] = {r["id"]: set() for r in db.query(
         "select id from runs where status in ('done', 'error') order by id")}
-    if "coverage" in db.table_names():
+    tables = set(db.table_names())
+    if "coverage" in tables:
         for r in db.query("select run, point from coverage"):
             if r["run"] in out:
                 out[r["run"]].add(r["point"])
+    if "sim_batches" in tables:
+        for r in db.query("select id, unstored from sim_batches order by started, id"):
+            for seed, points in _seed_points(r["unstored"]):
+                out[f"{r['id']}/seed {seed}"] = points
+    if "matrix_tasks" in tables:
+        for r in db.query("select matrix, task, detail from matrix_tasks "
+                          "where kind = 'sim' and status = 'done' order by matrix, task"):
+            try:
+                seeds = (json.loads(r["detail"] or "{}") or {}).get("seeds") or []
+            except (ValueError, AttributeError):
+                continue
+            for d in seeds if isinstance(seeds, list) else []:
+                if isinstance(d, dict) and not d.get("run") and d.get("verdict") != "error" \
+                        and isinstance(d.get("coverage"), list):
+                    out[f"{r['matrix']}/{r['task']}/seed {d.get('seed')}"] = {
+                        str(p) for p in d["coverage"]}
     return out
+
+
+def _seed_points(doc: Any) -> list[tuple[Any, set[str]]]:
+    """`sim_batches.unstored` decoded: [(seed, points)]; [] when damaged."""
+    try:
+        v = json.loads(doc) if isinstance(doc, str) else doc
+    except ValueError:
+        return []
+    if not isinstance(v, dict):
+        return []
+    return [(k, {str(p) for p in ps}) for k, ps in v.items() if isinstance(ps, list)]
 
 
 def coverage_rows(cov: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -1011,3 +1096,130 @@ def insert_run_rows(db: sqlite_utils.Database, rows: RunRows) -> None:
         sql = (f"insert into [{t}] ({', '.join(f'[{c}]' for c in cols)}) "
                f"values ({', '.join('?' * len(cols))})")
         db.conn.executemany(sql, data)
+
+
+# ------------------------------------------------------- simulated batches and hunts
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _new_id(db: sqlite_utils.Database, table: str, base_id: str, row: dict[str, Any]) -> str:
+    """Insert `row` under `base_id`, or `base_id-K` when that id is taken (two hunts or
+    batches started in the same second); the primary key decides."""
+    rid, k = base_id, 1
+    while True:
+        try:
+            with db.conn:
+                cols = ["id", *row]
+                db.conn.execute(f"insert into [{table}] ({', '.join(cols)}) values "
+                                f"({', '.join('?' * len(cols))})", [rid, *row.values()])
+            return rid
+        except sqlite3.IntegrityError:
+            k += 1
+            rid = f"{base_id}-{k}"
+
+
+def record_sim_batch(db: sqlite_utils.Database, base_id: str, kind: str,
+                     config: Mapping[str, Any], counts: Mapping[str, int],
+                     coverage: Mapping[str, int], unstored: Mapping[int, Iterable[str]]
+                     ) -> str:
+    """One simulated batch's coverage (`kind`: sim | hunt): `coverage` counts the seeds
+    that reached each point over every seed; `unstored` holds the points of each seed
+    that was not stored as a run (a stored one has its own coverage rows)."""
+    return _new_id(db, "sim_batches", base_id, {
+        "kind": kind, "started": _now(), "config": _j(config),
+        "seeds": int(counts.get("seeds", 0)), "passed": int(counts.get("passed", 0)),
+        "vacuous": int(counts.get("vacuous", 0)), "failed": int(counts.get("failed", 0)),
+        "coverage": _j(dict(coverage)),
+        "unstored": _j({str(s): sorted(ps) for s, ps in unstored.items()})})
+
+
+def create_hunt(db: sqlite_utils.Database, base_id: str, config: Mapping[str, Any]) -> str:
+    """A new `hunts` row, status `running`; returns its id."""
+    return _new_id(db, "hunts", base_id, {"started": _now(), "config": _j(config),
+                                          "status": "running"})
+
+
+def finish_hunt(db: sqlite_utils.Database, hunt_id: str, *, status: str, exit_code: int,
+                summary: str, detail: Mapping[str, Any]) -> None:
+    with db.conn:
+        db.conn.execute("update hunts set finished = ?, status = ?, exit_code = ?, "
+                        "summary = ?, detail = ? where id = ?",
+                        [_now(), status, exit_code, summary, _j(detail), hunt_id])
+
+
+def put_finding(db: sqlite_utils.Database, hunt_id: str, finding: int,
+                **fields: Any) -> None:
+    """Insert or update finding `finding` of a hunt (JSON fields are encoded here)."""
+    row = {k: (_j(v) if k in ("gap", "detail") else v) for k, v in fields.items()}
+    with db.conn:
+        db["hunt_findings"].upsert({"hunt": hunt_id, "finding": finding, **row},
+                                   pk=("hunt", "finding"), alter=False)
+
+
+def add_hunt_run(db: sqlite_utils.Database, hunt_id: str, real_run: str, **fields: Any) -> None:
+    """A real run a hunt made: a confirmation of a finding, or a rare-coverage run."""
+    row = {k: (_j(v) if k == "detail" else v) for k, v in fields.items()}
+    with db.conn:
+        db["hunt_runs"].upsert({"hunt": hunt_id, "real_run": real_run, **row},
+                               pk=("hunt", "real_run"), alter=False)
+
+
+def _decoded(r: dict[str, Any], *names: str) -> dict[str, Any]:
+    for n in names:
+        try:
+            v = json.loads(r[n]) if r.get(n) else None
+        except ValueError:
+            v = None
+        r[n] = v
+    return r
+
+
+def hunts(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every hunt, newest first, `config` and `detail` decoded ([] before version 3)."""
+    if "hunts" not in db.table_names():
+        return []
+    return [_decoded(r, "config", "detail")
+            for r in db.query("select * from hunts order by started desc, id desc")]
+
+
+def hunt_findings(db: sqlite_utils.Database, hunt_id: str) -> list[dict[str, Any]]:
+    if "hunt_findings" not in db.table_names():
+        return []
+    return [_decoded(r, "gap", "detail") for r in db.query(
+        "select * from hunt_findings where hunt = ? order by finding", [hunt_id])]
+
+
+def hunt_runs(db: sqlite_utils.Database, hunt_id: str) -> list[dict[str, Any]]:
+    """The real runs of a hunt, in the order they ran."""
+    if "hunt_runs" not in db.table_names():
+        return []
+    return [_decoded(r, "detail") for r in db.query(
+        "select * from hunt_runs where hunt = ? order by rowid", [hunt_id])]
+
+
+def hunt_links(db: sqlite_utils.Database, run_id: str) -> list[dict[str, Any]]:
+    """How a run takes part in hunts: as a finding's simulated run, or as one of the real
+    runs (a confirmation, a rare-coverage run). Each: {hunt, role, finding (its row, or
+    None), runs (the finding's real runs)}."""
+    if "hunt_findings" not in db.table_names():
+        return []
+    out: list[dict[str, Any]] = []
+    for f in db.query("select * from hunt_findings where sim_run = ? order by hunt, finding",
+                      [run_id]):
+        f = _decoded(f, "gap", "detail")
+        out.append({"hunt": f["hunt"], "role": "sim", "finding": f,
+                    "runs": [r for r in hunt_runs(db, f["hunt"])
+                             if r.get("finding") == f["finding"]]})
+    for r in db.query("select * from hunt_runs where real_run = ? order by hunt", [run_id]):
+        r = _decoded(r, "detail")
+        f = None
+        if r.get("finding") is not None:
+            f = next(iter(_decoded(x, "gap", "detail") for x in db.query(
+                "select * from hunt_findings where hunt = ? and finding = ?",
+                [r["hunt"], r["finding"]])), None)
+        out.append({"hunt": r["hunt"], "role": r.get("role") or "confirm", "finding": f,
+                    "runs": [r], "run": r})
+    return out

@@ -32,7 +32,8 @@ from typing import Any
 from node.cutover import PROFILES
 
 from . import store
-from .run import RunConfig, execute
+from .config import RunConfig
+from .run import execute
 from .sim.batch import run_seed, store_run
 
 # RunConfig fields a task sets itself (the axes of the matrix); the rest is the

@@ -22,8 +22,8 @@ from typing import Any
 import sqlite_utils
 
 from . import config_check, store
+from .config import RunError
 from .matrix import MatrixSpec, is_fixed, rows_of
-from .run import RunError
 from .tasks import config_digest
 
 JUDGED = ("valid", "invalid", "unknown")
@@ -56,10 +56,55 @@ class Flake:
 
 
 @dataclass
+class HuntPoint:
+    """One `cutover hunt`: its findings, each with its real confirmations."""
+
+    hunt: str
+    started: str
+    build: str
+    seeds: int | None
+    exit_code: int | None
+    findings: list[dict[str, Any]]  # kind, signature, confirmed, attempts, gap (bool)
+
+
+@dataclass
 class TrendData:
     matrices: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, list[Point]] = field(default_factory=dict)  # label -> points, in time
     flakes: list[Flake] = field(default_factory=list)
+    hunts: list[HuntPoint] = field(default_factory=list)  # oldest first
+
+    def signatures(self) -> list[tuple[str, int, int, int, int]]:
+        """Per finding signature over the hunts: (signature, hunts that found it, real
+        runs that confirmed it, real runs made, fidelity gaps), most often found first."""
+        acc: dict[str, list[int]] = {}
+        for h in self.hunts:
+            for f in h.findings:
+                a = acc.setdefault(f["signature"] or f["kind"], [0, 0, 0, 0])
+                a[0] += 1
+                a[1] += f["confirmed"]
+                a[2] += f["attempts"]
+                a[3] += bool(f["gap"])
+        return sorted(((k, *v) for k, v in acc.items()), key=lambda r: (-r[1], r[0]))
+
+
+def hunt_points(db: sqlite_utils.Database, last: int | None = None) -> list[HuntPoint]:
+    """The recorded hunts, oldest first (the `last` ones)."""
+    out = []
+    for h in reversed(store.hunts(db)):
+        cfg = (h.get("config") or {}).get("run") or {} if isinstance(h.get("config"), dict) \
+            else {}
+        runs = store.hunt_runs(db, h["id"])
+        fs = [{"kind": f.get("kind"), "signature": f.get("signature") or "",
+               "confirmed": int(f.get("confirmed") or 0),
+               "attempts": sum(r.get("finding") == f["finding"] for r in runs),
+               "gap": bool(f.get("gap"))} for f in store.hunt_findings(db, h["id"])]
+        out.append(HuntPoint(h["id"], h.get("started") or "",
+                             ",".join(cfg.get("bugs") or []) or str(cfg.get("profile")
+                                                                     or "fixed"),
+                             ((h.get("detail") or {}).get("search") or {}).get("seeds"),
+                             h.get("exit_code"), fs))
+    return out[-last:] if last else out
 
 
 def trend_data(db: sqlite_utils.Database, builds: Iterable[str] | None = None,
@@ -84,6 +129,8 @@ def trend_data(db: sqlite_utils.Database, builds: Iterable[str] | None = None,
                 sum(o.verdict == good for o in judged), len(outs) - len(judged),
                 statistics.median(times) if times else None))
     out.flakes = flakes(db, ms, want)
+    out.hunts = [h for h in hunt_points(db, last)
+                 if want is None or h.build in want or any(b in want for b in h.build.split(","))]
     return out
 
 
@@ -132,7 +179,8 @@ def _pct(p: Point) -> str:
 def trend_lines(data: TrendData) -> list[str]:
     """What `cutover trend` prints."""
     if not data.matrices:
-        return ["no matrices recorded yet (`cutover matrix` records one)"]
+        return ["no matrices recorded yet (`cutover matrix` records one)"] + (
+            ["", *hunt_lines(data)] if data.hunts else [])
     head = (f"{'build':<28} {'matrix':<22} {'started':<16} {'revision':<12} "
             f"{'detected':>16} {'median s':>8}  errors")
     lines = [head, "-" * len(head)]
@@ -151,4 +199,27 @@ def trend_lines(data: TrendData) -> list[str]:
         for f in data.flakes:
             vs = ", ".join(f"{v} in {m}" + (f" (run {r})" if r else "") for m, v, r in f.verdicts)
             lines.append(f"  {f.label} seed {f.seed} at {f.revision[:12]}: {vs}")
+    if data.hunts:
+        lines += ["", *hunt_lines(data)]
     return lines
+
+
+def hunt_lines(data: TrendData) -> list[str]:
+    """The hunts, oldest first (each finding confirmed k/K on real processes), then each
+    finding signature over them: found in how many hunts, confirmed how often."""
+    out = [f"hunts: {len(data.hunts)} (oldest first; a finding: confirmed on real "
+           f"processes k/K)"]
+    for h in data.hunts:
+        fs = "; ".join(f"{f['kind']} {f['confirmed']}/{f['attempts']}"
+                       + (" (fidelity gap)" if f["gap"] else "") for f in h.findings)
+        out.append(f"  {h.hunt:<22} {h.started.replace('T', ' ')[:16]:<16} {h.build:<20} "
+                   f"{h.seeds if h.seeds is not None else '-':>6} seeds  "
+                   f"{fs or 'nothing found'}")
+    sigs = data.signatures()
+    if sigs:
+        out.append("findings by signature (hunts that found it; real runs that confirmed "
+                   "it; fidelity gaps):")
+        for sig, n, k, tries, gaps in sigs:
+            out.append(f"  {sig}: {n} hunt(s), confirmed {k}/{tries}"
+                       + (f", {gaps} fidelity gap(s)" if gaps else ""))
+    return out

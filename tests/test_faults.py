@@ -254,24 +254,37 @@ def test_a_window_ending_on_an_event_hands_over_to_the_steps_starting_on_it(tmp_
     between them (the marker's acks would slip through). The real driver, a fake world,
     a real event watch on files."""
     import threading
-    import time
 
     from nemesis.plan import Plan
-    from orchestrator.nemesis_exec import Nemesis
+    from orchestrator.config import RunConfig
+    from orchestrator.program import Run
+    from orchestrator.real_world import RealWorld
     from orchestrator.watch import EventWatch
 
-    class Timeline(FakeWorld):
-        def __init__(self) -> None:
-            super().__init__()
-            self.t0 = time.monotonic()
-            self.states: list[Net] = []
-            self.lock = threading.Lock()
+    class Timeline(RealWorld):
+        """The real driver (a thread per step, the event watch on files) over a fake
+        cluster: what reaches the switchboard is recorded, nothing else happens."""
 
-        def now(self) -> float:
-            return time.monotonic() - self.t0
+        def __init__(self, cfg: RunConfig) -> None:
+            super().__init__(cfg, "r-test", str(tmp_path), None, None)  # type: ignore[arg-type]
+            self.fake = FakeWorld()
+            self.states: list[Net] = []
+            self.state_lock = threading.Lock()
+
+        def alive(self, nid: str) -> bool:
+            return True
+
+        def up(self, nid: str) -> bool:
+            return True
+
+        def status(self, nid: str) -> dict[str, Any] | None:
+            return self.fake.status(nid)
+
+        def record(self, f: str, fault: str, targets: Any, **detail: Any) -> None:
+            self.fake.record(f, fault, targets, **detail)
 
         def set_net(self, net: Net) -> None:
-            with self.lock:
+            with self.state_lock:
                 self.states.append(net)
 
     proposed = When(on="event", event="marker-proposed", node="L")
@@ -279,26 +292,29 @@ def test_a_window_ending_on_an_event_hands_over_to_the_steps_starting_on_it(tmp_
                 params={"ms": 200, "jitter": 0})
     cut = Step(2, "cut-in", Target("bound", ref="L"), proposed, duration=0.3)
     into_n1 = {(x, "n1") for x in IDS if x != "n1"}
+    plan = Plan(seed=1, families=("partition", "net"), scenario="swarm", steps=(slow, cut))
+    cfg = RunConfig(seed=1, nodes=len(IDS), time_limit=30).resolved()
     for attempt in range(5):  # the old driver lost the race most of the time, not always
         dirs = {n: str(tmp_path / f"{attempt}-{n}") for n in IDS}
         for d in dirs.values():
             os.makedirs(d)
-        world, stop = Timeline(), threading.Event()
-        watch = EventWatch(dirs).start()
-        nem = Nemesis(world, Plan(seed=1, families=("partition", "net"), scenario="swarm",
-                                  steps=(slow, cut)),
-                      watch, seed=1, time_limit=30, stop=stop)  # type: ignore[arg-type]
-        nem.start()
+        world = Timeline(cfg)
+        world.watch = EventWatch(dirs).start()
+        run = Run(world, cfg, plan)
+        world.listen(run.ctx.on_event)
+        for step in plan.steps:
+            world.spawn(run.step(step), "steps", f"nemesis-{step.id}")
         try:
             assert wait_until(lambda w=world: any(s.delay for s in w.states))
             with open(os.path.join(dirs["n1"], "events.jsonl"), "a") as fh:
                 fh.write(json.dumps({"t": 1, "node": "n1", "kind": "marker-proposed",
                                      "index": 9}) + "\n")
             assert wait_until(lambda w=world: any(s.blocked for s in w.states))
-            nem.join(2.0)
+            for t in world.threads["steps"]:
+                t.join(2.0)
         finally:
-            stop.set()
-            watch.stop()
+            world.stops["steps"].set()
+            world.watch.stop()
         held = [s for s in world.states if into_n1 <= set(s.delay) or into_n1 <= s.blocked]
         first = world.states.index(held[0])
         last_cut = max(i for i, s in enumerate(world.states) if into_n1 <= s.blocked)

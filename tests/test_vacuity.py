@@ -34,6 +34,10 @@ def test_each_thing_asked_for_and_missing_is_named() -> None:
                 {"f": "event", "fault": "cutover-settled"}, {"f": "event", "fault": "heal-all"}]
     no_fault = suite.vacuity(ASKED, [OK], ops_only, [FRESH])
     assert no_fault["valid"] == "unknown" and "none ran" in no_fault["first_violation"]
+    # Nor is a fault that was skipped, or a step that broke in the harness.
+    skipped = [{"f": "event", "fault": "corrupt-entry", "detail": {"skipped": "no leader"}},
+               {"f": "event", "fault": "nemesis-error", "detail": {"error": "boom"}}]
+    assert suite.vacuity(ASKED, [OK], skipped, [FRESH])["valid"] == "unknown"
     # Final reads and failed operations are not the workload having run.
     idle = suite.vacuity(ASKED, [{**OK, "process": "final-0"}, {**OK, "type": "fail"}],
                          [KILL], [FRESH])

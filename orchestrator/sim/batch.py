@@ -1,6 +1,6 @@
 """`cutover sim`: many seeds in worker processes, failing seeds stored as runs, shrunk.
 
-Each seed is one `SimRun` of the same `RunConfig` with that seed (its own plan). A
+Each seed is one simulated run (`simulate`) of the same `RunConfig` with that seed (its own plan). A
 worker returns a small summary; a failing seed's whole record (config, plan, history,
 nemesis, events, checks, coverage, the nodes' files) comes back too, and is stored as a
 run of the results database (source `sim`) so `show`, `report`, `serve` and `export`
@@ -63,7 +63,7 @@ def _record(o: SimOutcome) -> dict[str, Any]:
             "events": [{k: v for k, v in e.items() if k != "_i"} for e in o.events],
             "checks": o.checks, "coverage": o.coverage, "t0_ns": o.t0_ns, "files": files,
             "verdict": o.verdict, "first": o.first, "sim_seconds": o.sim_seconds,
-            "log_entries": o.log_entries}
+            "log_entries": o.log_entries, "rows": o.rows}
 
 
 def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
@@ -162,7 +162,7 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
     checks, coverage). Returns the run id."""
     from checker import suite
     from orchestrator import store
-    from orchestrator.run import new_run_id, verdict_line
+    from orchestrator.program import new_run_id, verdict_line
 
     cfg = rec["config"]
     seed = int(cfg.get("seed") or 0)
@@ -179,7 +179,6 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
             os.close(fd)
     with open(os.path.join(base, "config.json"), "w", encoding="utf-8") as fh:
         json.dump(cfg, fh, indent=2, default=str)
-    checks = rec["checks"]
     verdict = rec["verdict"]
     first = tuple(rec["first"]) if rec.get("first") else None
     summary = "SIMULATED " + verdict_line(verdict, first, seed, cfg.get("bugs") or [],
@@ -210,10 +209,9 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
             rows.append({"node": node, "seq": seqs[node], "time_ns": e["time_ns"],
                          "kind": e["kind"], "detail": json.dumps(detail, default=str)})
         r.rows("node_events", rows)
-        r.rows("checks", [{"checker": k, "valid": v["valid"],
-                           "detail": json.dumps(v, default=str)} for k, v in checks.items()])
-        r.rows("coverage", store.coverage_rows(rec["coverage"]))
-        r.rows("log_entries", rec.get("log_entries") or [])
+        # The verdict's rows, as the run program made them (`program.verdict_rows`).
+        for table, rows_ in (rec.get("rows") or {}).items():
+            r.rows(table, rows_)
         r.flush()
     finally:
         r.close()

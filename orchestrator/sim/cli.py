@@ -1,11 +1,18 @@
-"""What `cutover sim` prints and stores (the click command is in `orchestrator/cli.py`)."""
+"""What `cutover sim` prints and stores (the click command is in `orchestrator/cli.py`),
+and the budgeted search it shares with `cutover hunt` (`search`: a budget covers the
+search and the shrinking of what it finds) and the record of a batch's coverage
+(`record_coverage`: every seed, passing ones included, for `cutover coverage`)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import click
@@ -16,14 +23,128 @@ from orchestrator import store
 from orchestrator.config import RunConfig, RunError, read_plan_file
 from orchestrator.errors import EXIT_HARNESS
 
-from .batch import BatchResult, SeedResult, run_batch, store_run
+from .batch import SeedResult, run_batch, store_run
 from .run import simulate
-from .shrink import shrink
+from .shrink import Shrunk, shrink
+
+# With a budget, the search stops at this share of it once something failed: the rest
+# is for shrinking each kind.
+SEARCH_SHARE = 0.5
 
 
-def _progress(r: SeedResult, b: BatchResult, t0: float) -> None:
-    import time
+class _Enough(Exception):
+    """Raised from run_batch's callback to end the search: the pool is ended, not drained
+    (`lifeline.worker_pool`), so the seeds in flight are abandoned, not waited for."""
 
+
+@dataclass
+class Search:
+    """What a search simulated: every finished seed (sorted), and how it ended."""
+
+    results: list[SeedResult] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    first_failure_s: float | None = None
+    stopped: str = "seeds"  # seeds | budget | found (half the budget, something failed)
+
+    @property
+    def failed(self) -> list[SeedResult]:
+        return [r for r in self.results if r.is_failure]
+
+    @property
+    def invalid(self) -> list[SeedResult]:
+        return [r for r in self.results if r.verdict == "invalid"]
+
+    @property
+    def vacuous(self) -> list[SeedResult]:
+        return [r for r in self.results if r.is_vacuous]
+
+    @property
+    def undecided(self) -> list[SeedResult]:
+        """Unknown verdicts that are not vacuity (a linearizability check that ran out of
+        time or memory): neither a pass nor a finding."""
+        return [r for r in self.results if r.is_failure and r.verdict != "invalid"
+                and r.verdict != "error"]
+
+    @property
+    def errors(self) -> list[SeedResult]:
+        return [r for r in self.results if r.verdict == "error"]
+
+    @property
+    def passed(self) -> list[SeedResult]:
+        return [r for r in self.results if r.verdict == "valid"]
+
+    def coverage_counts(self) -> dict[str, int]:
+        """Point -> seeds that reached it, over every seed (passing ones included)."""
+        c: Counter[str] = Counter()
+        for r in self.results:
+            c.update(p for p in set(r.coverage) if p in POINTS)
+        return dict(sorted(c.items()))
+
+
+def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
+           first_seed: int, workers: int, t0: float | None = None,
+           share: float = SEARCH_SHARE,
+           keep: Callable[[SeedResult], bool] | None = None,
+           on_result: Callable[[SeedResult, Search], None] | None = None) -> Search:
+    """Simulate `seeds` (or seeds from `first_seed` on) in `workers` processes. With a
+    `budget` (seconds from `t0`): stop at `share` of it once a seed failed, and at the
+    budget in any case (a seed's time over at most: the search stops when a seed ends),
+    so that shrinking fits in the same budget. `keep(r)` says
+    whether a failing seed's record (its whole run, held in memory until stored) is
+    kept; a dropped one is counted, not stored."""
+    start = time.monotonic() if t0 is None else t0
+    out = Search(stopped="budget" if seeds is None else "seeds")
+
+    def got(r: SeedResult, _b: Any) -> None:
+        if r.record is not None and (r.is_vacuous or (keep is not None and not keep(r))):
+            r.record = None  # not stored: no need to hold its files
+        out.results.append(r)
+        now = time.monotonic() - start
+        if out.first_failure_s is None and r.verdict == "invalid":
+            out.first_failure_s = round(now, 3)
+        if on_result is not None:
+            on_result(r, out)
+        if budget is not None:
+            if now >= budget:
+                out.stopped = "budget"
+                raise _Enough
+            if out.first_failure_s is not None and now >= share * budget and share < 1:
+                out.stopped = "found"
+                raise _Enough
+
+    left = None if budget is None else max(0.0, budget - (time.monotonic() - start))
+    if left is None or left > 0:
+        try:
+            run_batch(cfg, seeds=seeds, budget=left if seeds is None else None,
+                      first_seed=first_seed, workers=workers, on_result=got)
+        except _Enough:
+            pass
+    out.results.sort(key=lambda r: r.seed)
+    out.wall_seconds = round(time.monotonic() - start, 3)
+    return out
+
+
+def batch_counts(s: Search) -> dict[str, int]:
+    return {"seeds": len(s.results), "passed": len(s.passed), "vacuous": len(s.vacuous),
+            "failed": len(s.failed), "errors": len(s.errors)}
+
+
+def record_coverage(results: str, base_id: str, kind: str, cfg: RunConfig, s: Search,
+                    stored: Iterable[int]) -> str:
+    """The search's coverage as one `sim_batches` row: every seed counted, and the
+    points of each seed not stored as a run (so `cutover coverage` counts it)."""
+    kept = set(stored)
+    unstored = {r.seed: r.coverage for r in s.results
+                if r.seed not in kept and r.verdict != "error"}
+    db = store.open_db(results, create=True)
+    try:
+        return store.record_sim_batch(db, base_id, kind, asdict(cfg), batch_counts(s),
+                                      s.coverage_counts(), unstored)
+    finally:
+        db.conn.close()
+
+
+def _progress(r: SeedResult, b: Search, t0: float) -> None:
     n = len(b.results)
     rate = n / max(1e-9, time.monotonic() - t0)
     cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
@@ -37,8 +158,12 @@ def _progress(r: SeedResult, b: BatchResult, t0: float) -> None:
 
 def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: int,
         workers: int, results: str, shrink: bool) -> int:
-    import time
-
+    """`cutover sim`: the seeds, every failing one stored, the first of each failure kind
+    shrunk. A `budget` covers the search and the shrinking (`orchestrator.hunt.search`:
+    the search stops at half of it once a seed failed, and each kind is shrunk with a
+    deadline, the smallest plan found by then kept). Every seed's coverage, passing ones
+    included, is recorded (`sim_batches`), so `cutover coverage` counts what this
+    printed."""
     try:
         store.check_writable(results)
     except store.StoreError as e:
@@ -46,22 +171,38 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
         return EXIT_HARNESS
     t0 = time.monotonic()
     seed_list = list(range(first_seed, first_seed + seeds)) if seeds is not None else None
-    b = run_batch(cfg, seeds=seed_list, budget=budget, first_seed=first_seed,
-                  workers=workers, on_result=lambda r, b: _progress(r, b, t0))
+    b = search(cfg, seeds=seed_list, budget=budget, first_seed=first_seed, workers=workers,
+               t0=t0, share=SEARCH_SHARE if shrink else 1.0,
+               on_result=lambda r, b: _progress(r, b, t0))
     if sys.stderr.isatty():
         click.echo("", err=True)
-    shrunk_kinds: set[str] = set()
+    stored: dict[int, str] = {}
+    firsts: list[tuple[SeedResult, str]] = []
     for r in b.failed:
         assert r.record is not None
         run_id = store_run(results, r.record)
-        b.stored[r.seed] = run_id
+        stored[r.seed] = run_id
         click.echo(f"seed {r.seed}: {r.verdict.upper()}: {r.failing}: {r.sentence[:200]} "
                    f"(run {run_id})")
-        if shrink and r.verdict == "invalid" and r.failing and r.failing not in shrunk_kinds:
-            shrunk_kinds.add(r.failing)
-            _shrink_one(r, cfg, results, run_id, workers)
+        if shrink and r.verdict == "invalid" and r.failing \
+                and r.failing not in {x.failing for x, _ in firsts}:
+            firsts.append((r, run_id))
+        r.record = None if not shrink or r.verdict != "invalid" else r.record
+    t_shrink = time.monotonic()
+    end = None if budget is None else t0 + budget
+    for i, (r, run_id) in enumerate(firsts):
+        deadline = None if end is None else time.monotonic() + max(
+            0.0, end - time.monotonic()) / (len(firsts) - i)
+        _shrink_one(r, cfg, results, run_id, workers, deadline)
+    shrink_s = time.monotonic() - t_shrink
     for r in b.errors:
         click.echo(f"seed {r.seed}: harness error: {r.error}", err=True)
+    try:
+        record_coverage(results, "sim-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S"),
+                        "sim", cfg, b, stored)
+    except store.StoreError as e:
+        click.echo(f"error: the batch's coverage was not recorded: {e}", err=True)
+        return EXIT_HARNESS
     cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
     sim_s = sum(x.sim_seconds for x in b.results)
     cpu_s = sum(x.cpu_seconds for x in b.results)
@@ -69,10 +210,14 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
                f"({len(b.results) / max(b.wall_seconds, 1e-9):.2f} seeds/s, "
                f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
                f"{len(b.failed)} failed"
-               + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed else "")
+               + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed
+                  and b.first_failure_s is not None else "")
                + (f", {len(b.vacuous)} vacuous (no cutover, fault or operation they "
                   f"were asked for)" if b.vacuous else "")
-               + f", coverage {len(cov)}/{len(POINTS)}")
+               + f", coverage {len(cov)}/{len(POINTS)}"
+               + (f"; shrinking {shrink_s:.1f} s" if firsts else "")
+               + (f" (search and shrinking {time.monotonic() - t0:.1f} s of the "
+                  f"{budget:g} s budget)" if budget is not None and firsts else ""))
     if b.errors:
         return EXIT_HARNESS
     if b.failed:
@@ -82,22 +227,31 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
 
 
 def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
-                workers: int) -> None:
+                workers: int, deadline: float | None = None) -> None:
     assert r.record is not None and r.failing is not None
     doc = dict(r.record["config"])
     plan = Plan.from_dict(doc.pop("plan"))
     full = RunConfig.from_dict(doc)
-    click.echo(f"  shrinking seed {r.seed} ({len(plan.steps)} steps, fails {r.failing})...",
-               err=True)
-    s = shrink(full, plan, r.failing, workers=workers,
-               log=lambda m: click.echo(f"  {m}", err=True))
+    r.record = None
     path = os.path.join(results, run_id, "shrunk-plan.json")
+    if deadline is not None and deadline - time.monotonic() <= 0.5:
+        n = len([x for x in plan.steps if not (x.action == "enable" and x.params.get("main"))])
+        s = Shrunk(full, plan, r.failing, 0, n, complete=False)
+        click.echo(f"  seed {r.seed}: no budget left to shrink; its whole plan is written",
+                   err=True)
+    else:
+        click.echo(f"  shrinking seed {r.seed} ({len(plan.steps)} steps, fails "
+                   f"{r.failing})...", err=True)
+        s = shrink(full, plan, r.failing, workers=workers, deadline=deadline,
+                   log=lambda m: click.echo(f"  {m}", err=True))
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(s.to_file_doc(r.seed), fh, indent=2, default=str)
     faults = [x for x in s.plan.describe()[1:]]
     click.echo(f"  shrunk to {len(s.plan.steps) - 1} fault(s), time limit "
                f"{s.config.time_limit:g} s, {s.config.nodes} nodes, "
-               f"{s.simulations} simulations: {path}")
+               f"{s.simulations} simulations"
+               + ("" if s.complete else " (not minimal: the budget was spent)")
+               + f": {path}")
     for line in faults:
         click.echo(f"    {line}")
 
@@ -141,15 +295,14 @@ def replay(path: str, results: str) -> int:
     return {"valid": 0, "invalid": 1}.get(o.verdict, 2)
 
 
-__all__ = ["asdict", "load_plan_file", "replay", "run"]
+__all__ = ["SEARCH_SHARE", "Search", "asdict", "batch_counts", "load_plan_file",
+           "record_coverage", "replay", "run", "search"]
 
 
 def bench(seeds: int, switches: list[str], cap_seconds: float) -> None:
     """`cutover bench sim`: how fast the simulator runs the default 5-node schedule
     (simulated seconds per CPU second, checks included), and how soon it finds a few
     switches. Last line: `sim_per_cpu=X`."""
-    import time
-
     for bug in switches:
         cpu0 = time.process_time()
         found = None

@@ -24,6 +24,7 @@ from node.events import EXIT_HALTED, EventKind
 from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
+from orchestrator.config import KNOB_DEFAULTS
 from orchestrator.faults import Net
 
 from .disk import SimDisk
@@ -79,9 +80,9 @@ class SimSettings:
     tick_ms: float = 25.0
     election_ticks: int = 10
     heartbeat_ticks: int = 3
-    snapshot_every: int = 5000
-    max_msg_bytes: int = 64 * 1024
-    max_inflight: int = 64
+    snapshot_every: int = KNOB_DEFAULTS["snapshot_every"]
+    max_msg_bytes: int = KNOB_DEFAULTS["max_msg_bytes"]
+    max_inflight: int = KNOB_DEFAULTS["max_inflight"]
     enable_timeout_ticks: int = 80
     bugs: tuple[str, ...] = ()
     profile: str = "fixed"
@@ -264,10 +265,16 @@ class SimCluster:
                     keep.append((pred, since, proc))
             self._event_waiters = keep
 
-    def cancel_processes(self) -> None:
-        """The run's time is up: nobody waits for anything any more."""
+    def cancel_processes(self) -> list[Proc]:
+        """The run's time is up: nobody waits for a flag or an event any more. The
+        processes dropped, for the caller to close (their `finally` runs now, not when
+        the garbage collector gets to them)."""
+        dropped = [proc for _pred, _since, proc in self._event_waiters]
+        for procs in self._flag_waiters.values():
+            dropped.extend(procs)
         self._event_waiters = []
         self._flag_waiters = {}
+        return dropped
 
     # ------------------------------------------------------------------ nodes
 

@@ -46,6 +46,7 @@ Input (`data`), every key optional unless said:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +54,10 @@ from markupsafe import Markup
 
 from checker.coverage import POINTS, summary_line
 
+from .. import store
+from ..errors import ReviewError
+from . import DEFAULT_MAX_OPS
+from .data import report_data
 from .plots import (
     EVENT_STYLE,
     describe_event,
@@ -234,3 +239,33 @@ def _i1(i1: Mapping[str, Any] | None, palette: dict[str, str]) -> dict[str, Any]
                                               palette, plot_id="i1-timeline"))
     return out
 
+
+
+def write_report(results: str, run_id: str) -> str:
+    """Write `RESULTS/<run>/report.html` (what `cutover report RUN` writes, the whole run
+    paged as it pages it) and return its path: `cutover hunt` prints the reports of its
+    findings' runs. StoreError or ReviewError (one line) when it cannot."""
+    with store.opened(results) as db:
+        row = store.resolve_run(db, run_id)
+
+        def page_ref(a: int, b: int) -> dict[str, str]:
+            return {"command": f"cutover report {row['id']} --from {a / 1e9:.9f} "
+                               f"--to {b / 1e9:.9f}"}
+
+        text = render_report(report_data(db, row, max_ops=DEFAULT_MAX_OPS, page_ref=page_ref))
+    rd = store.run_dir_of(results, row)
+    if not os.path.isdir(rd):
+        raise ReviewError(f"run {row['id']}: its directory {rd} is missing")
+    out = os.path.join(rd, "report.html")
+    tmp = f"{out}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ReviewError(f"cannot write {out}: {e.strerror}") from None
+    return out

@@ -78,7 +78,93 @@ def list_lines(db: sqlite_utils.Database) -> list[str]:
              r.get("workload") or "-", r.get("nemesis") or "-", r.get("bugs") or "-",
              str(r.get("seed") if r.get("seed") is not None else "-"),
              r.get("verdict") or r.get("status") or "-") for r in store.runs(db)]
-    return _columns(head, rows)
+    out = _columns(head, rows)
+    hunts = store.hunts(db)
+    if hunts:
+        out.append("")
+        out += hunt_list_lines(db, hunts)
+    return out
+
+
+def _hunt_build(h: Mapping[str, Any]) -> str:
+    cfg = ((h.get("config") or {}).get("run") or {}) if isinstance(h.get("config"), dict) \
+        else {}
+    return ",".join(cfg.get("bugs") or []) or str(cfg.get("profile") or "fixed")
+
+
+def hunt_list_lines(db: sqlite_utils.Database,
+                    hunts: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+    """The hunts (`cutover hunt`), newest first: one line each (id first), then a line
+    per finding with its simulated run and its real confirmations."""
+    hunts = store.hunts(db) if hunts is None else hunts
+    head = ("HUNT", "STARTED", "BUILD", "SEEDS", "REAL", "STATUS", "SUMMARY")
+    rows, extra = [], {}
+    for h in hunts:
+        d = h.get("detail") or {}
+        search = d.get("search") or {}
+        runs = store.hunt_runs(db, h["id"])
+        rows.append((h["id"], _started(h.get("started")), _hunt_build(h),
+                     str(search.get("seeds", "-")), str(len(runs)),
+                     f"{h.get('status') or '-'}" + (f" (exit {h['exit_code']})"
+                                                    if h.get("exit_code") is not None else ""),
+                     str(h.get("summary") or "-")[:160]))
+        extra[h["id"]] = [f"  {ln}" for f in store.hunt_findings(db, h["id"])
+                          for ln in finding_lines(f, [r for r in runs
+                                                      if r.get("finding") == f["finding"]])]
+    table = _columns(head, rows)
+    out = [table[0]]
+    for h, ln in zip(hunts, table[1:], strict=True):
+        out.append(ln)
+        out += extra[h["id"]]
+    return out
+
+
+def finding_lines(f: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A hunt's finding: its kind, simulated run, shrunk plan, and each real run that
+    replayed it (`confirmed k/K`), and the fidelity gap when real processes passed it."""
+    k = len(runs)
+    out = [f"finding {f['finding']}: {f.get('kind')}: simulated seed {f.get('seed')} "
+           f"(run {f.get('sim_run')}), plan {f.get('plan_file') or '-'}, confirmed on "
+           f"real processes {f.get('confirmed') or 0}/{k}"]
+    for r in runs:
+        out.append(f"  real run {r['real_run']}: {str(r.get('verdict') or '-').upper()}"
+                   + (f" {r['kind']}" if r.get("kind") else "") + f" ({r.get('outcome')})")
+    gap = f.get("gap")
+    if isinstance(gap, dict):
+        out.append(f"  fidelity gap: passed on real processes {gap.get('passed')}/"
+                   f"{gap.get('of')}; what differed: {gap.get('line')}")
+    return out
+
+
+def hunt_show_lines(db: sqlite_utils.Database, run_id: str) -> list[str]:
+    """What `show` says of a run a hunt made or found: the finding it is the simulated
+    run of (with every real confirmation), or the finding it confirmed."""
+    out = []
+    for link in store.hunt_links(db, run_id):
+        f = link["finding"]
+        if link["role"] == "sim" and f is not None:
+            out.append(f"hunt {link['hunt']}: this simulated run is its finding "
+                       f"{f['finding']}")
+            out += [f"  {ln}" for ln in finding_lines(f, link["runs"])]
+        elif f is not None:
+            r = link["run"]
+            out.append(f"hunt {link['hunt']}: this real run replayed finding {f['finding']} "
+                       f"({f.get('kind')}, simulated run {f.get('sim_run')}): "
+                       f"{r.get('outcome')}")
+            cmp = (r.get("detail") or {}).get("compare") or {}
+            if cmp:
+                same = cmp.get("match")
+                out.append("  protocol events: " + ("the same sequence as simulated" if same
+                                                    else "differ: " + ", ".join(
+                                                        cmp.get("mismatch") or [])))
+        else:
+            r = link["run"]
+            d = r.get("detail") or {}
+            out.append(f"hunt {link['hunt']}: a real run of simulated seed {r.get('seed')}, "
+                       f"picked for its rare coverage points "
+                       f"({', '.join(d.get('rare_points') or [])}): it reached "
+                       f"{len(d.get('reached') or [])} of them")
+    return out
 
 
 def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
@@ -110,6 +196,7 @@ def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
     if cov:
         out.append(f"{summary_line(cov)} reached: " + ", ".join(
             f"{p}" + (f" x{v['count']}" if v["count"] > 1 else "") for p, v in cov.items()))
+    out += hunt_show_lines(db, row["id"])
     nodes = node_table(db, row["id"], checks)
     if nodes:
         out.append("")
@@ -140,7 +227,10 @@ def coverage_lines(by_run: Mapping[str, set[str]]) -> list[str]:
     reached = sum(1 for p in POINTS if counts[p])
     out.append("")
     out += _coverage_spread(by_run, counts)
-    out.append(f"coverage: {reached}/{len(POINTS)} points reached in {n} runs")
+    seeds = sum(1 for k in by_run if "/seed " in k)  # `store.coverage_by_run`'s key
+    out.append(f"coverage: {reached}/{len(POINTS)} points reached in {n} runs"
+               + (f" ({seeds} of them simulated seeds not stored as runs: passing or "
+                  f"vacuous seeds of `cutover sim`, `hunt` or a matrix)" if seeds else ""))
     return out
 
 

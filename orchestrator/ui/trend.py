@@ -1,4 +1,5 @@
 """The trend page of `cutover serve` (`/trend`): what `cutover trend` prints, drawn.
+The hunts (`cutover hunt`) follow, each finding with its real confirmations.
 
 Two plots over the recorded matrices, oldest to newest: each build's detection rate
 (the fixed build's line is the share of its runs found valid, dashed), and the median
@@ -38,7 +39,15 @@ def trend_page(results: str, nonce: str | None = None, last: int | None = None) 
                "verdicts": [{"matrix": m, "verdict": v, "run": r,
                              "href": f"/run/{r}/" if r else None} for m, v, r in f.verdicts]}
               for f in data.flakes]
+    hunts = [{"id": h.hunt, "started": h.started.replace("T", " ")[:16], "build": h.build,
+              "seeds": "-" if h.seeds is None else h.seeds,
+              "findings": [{"kind": f["kind"], "confirmed": f["confirmed"],
+                            "attempts": f["attempts"], "gap": f["gap"]} for f in h.findings]}
+             for h in data.hunts]
+    signatures = [{"signature": sig, "hunts": n, "confirmed": k, "attempts": t, "gaps": g}
+                  for sig, n, k, t, g in data.signatures()]
     return page("trend.html", nonce=nonce, title="cutover trend", matrices=data.matrices,
+                hunts=hunts, signatures=signatures,
                 rate_plot=plot(data, palette, lambda p: p.rate, 1.0,
                                lambda v: f"{v:.0%}", "detection rate"),
                 median_plot=plot(data, palette, lambda p: p.median_s,
