@@ -435,7 +435,10 @@ def _scenarios(_ctx: Any, _param: Any, value: str) -> list[str]:
 
 # The flags that define a matrix; `--resume` takes them from the recorded matrix.
 MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "nodes",
-                "nemesis", "scenario", "profile", "sim_seeds", "sim_batch")
+                "nemesis", "scenario", "profile", "sim_seeds", "sim_batch", "hunt_budget",
+                "hunt_seeds", "hunt_confirm", "hunt_rare", "hunt_workers")
+# The hunt flags that only shape a hunt asked for by --hunt-budget or --hunt-seeds.
+HUNT_SHAPE_FLAGS = ("hunt_confirm", "hunt_rare", "hunt_workers")
 
 
 @main.command()
@@ -460,6 +463,19 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
               help="Also simulate this many seeds per build and mode (`cutover sim`).")
 @click.option("--sim-batch", type=click.IntRange(min=1), default=25, show_default=True,
               help="Simulated seeds per task.")
+@click.option("--hunt-budget", type=Finite(min=0, min_open=True), metavar="SECONDS",
+              help="Also hunt each build (and mode): one `cutover hunt` task per build with "
+                   "this budget for its search and shrinking in simulation; its real runs "
+                   "(--hunt-confirm, --hunt-rare) come after it. With --seeds 0: hunts only.")
+@click.option("--hunt-seeds", type=click.IntRange(min=1), metavar="N",
+              help="Each hunt searches seeds --first-seed.. of this count (with "
+                   "--hunt-budget: those that fit); alone, it asks for the hunts too.")
+@click.option("--hunt-confirm", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Real runs of each shrunk finding of a hunt.")
+@click.option("--hunt-rare", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="Real runs of a hunt's rare-coverage seeds.")
+@click.option("--hunt-workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Simulation processes of each hunt (a hunt task's cores).")
 @click.option("--engine", type=click.Choice(["local", "dask"]), default="local",
               show_default=True, help="local: one run at a time here; dask: tasks on a Dask "
                                       "cluster (--scheduler, or --workers local processes).")
@@ -477,8 +493,10 @@ MATRIX_FLAGS = ("seeds", "first_seed", "time_limit", "bug_spec", "no_fixed", "no
                    "--results, with their stored verdicts (e.g. after `cutover check`).")
 def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fixed: bool,
            nodes: int, nemesis: str, scenario: list[str], profile: str | None,
-           sim_seeds: int, sim_batch: int, engine: str, scheduler: str | None, workers: int,
-           resume: str | None, results: str, junit: str | None, summarize: bool) -> None:
+           sim_seeds: int, sim_batch: int, hunt_budget: float | None, hunt_seeds: int | None,
+           hunt_confirm: int, hunt_rare: int, hunt_workers: int, engine: str,
+           scheduler: str | None, workers: int, resume: str | None, results: str,
+           junit: str | None, summarize: bool) -> None:
     """Detection table: every bug switch over K seeds, and the build without switches
     (the fixed build; with --profile elastickv, elastickv as it stands)."""
     from .lifeline import abort_on_signals
@@ -517,13 +535,22 @@ def matrix(seeds: int, first_seed: int, time_limit: float, bug_spec: str, no_fix
             profiles = mx.profiles(profile)
             names = mx.builds(bug_spec, fixed=not no_fixed,
                               profile=profiles[0] if len(profiles) == 1 else "fixed")
-            if not seeds and not sim_seeds:
-                fail("nothing to run: give --seeds or --sim-seeds")
+            hunting = hunt_budget is not None or hunt_seeds is not None
+            if not seeds and not sim_seeds and not hunting:
+                fail("nothing to run: give --seeds, --sim-seeds or --hunt-budget")
+            ctx = click.get_current_context()
+            shape = [p for p in HUNT_SHAPE_FLAGS if ctx.get_parameter_source(p)
+                     == click.core.ParameterSource.COMMANDLINE]
+            if shape and not hunting:
+                fail(f"--{shape[0].replace('_', '-')} needs --hunt-budget or --hunt-seeds")
             spec = mx.MatrixSpec(builds=names, seeds=seeds, first_seed=first_seed,
                                  modes=scenario, sim_seeds=sim_seeds, sim_batch=sim_batch,
                                  profiles=profiles if profile else None,
                                  base=mx.base_config(nodes=nodes, time_limit=time_limit,
-                                                     nemesis=nemesis))
+                                                     nemesis=nemesis),
+                                 hunt={"budget": hunt_budget, "seeds": hunt_seeds,
+                                       "confirm": hunt_confirm, "rare": hunt_rare,
+                                       "workers": hunt_workers} if hunting else None)
             todo = spec.tasks()
             for t in {(t.kind, t.profile, t.mode): t for t in todo}.values():
                 t.config(spec.base, results).validate()
@@ -766,32 +793,67 @@ def bench_edn(ops: int, seed: int) -> None:
 @click.option("--sim", "in_sim", is_flag=True,
               help="In the simulator: `cutover sim --budget` per defect instead of real runs.")
 @click.option("--budget", type=Finite(min=1), default=60.0, show_default=True,
-              help="With --sim: wall seconds of simulation per defect.")
+              help="With --sim or --mode hunt: wall seconds of simulation (and, for a "
+                   "hunt, shrinking) per defect.")
+@click.option("--mode", type=click.Choice(["run", "hunt"]), default="run",
+              show_default=True,
+              help="run: real `cutover run`s per seed; hunt: one `cutover hunt --budget B "
+                   "--confirm K --rare 0` per defect (or switch), one at a time.")
+@click.option("--confirm", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="With --mode hunt: real replays of each finding's shrunk plan.")
+@click.option("--switches", is_flag=True,
+              help="With --mode hunt: the bug switches (`cutover bugs`, each `--bug NAME` "
+                   "on the unpatched tree) instead of the defect patches.")
+@click.option("--defect", "picked", multiple=True, metavar="NAME",
+              help="Only this defect (or, with --switches, this switch); repeatable.")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
                     only: str | None, jobs: int, scenario: str | None, in_sim: bool,
-                    budget: float) -> None:
+                    budget: float, mode: str, confirm: int, switches: bool,
+                    picked: tuple[str, ...]) -> None:
     """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
-    of the tree and run on N seeds; one row per defect, last line `detected=K/M`."""
+    of the tree and run on N seeds; one row per defect, last line `detected=K/M`.
+    `--mode hunt`: one `cutover hunt` per defect or (`--switches`) per bug switch; last
+    line `found=N/M confirmed=K/N`."""
     from pathlib import Path
 
     from . import detection
 
+    if mode == "hunt" and in_sim:
+        fail("--sim and --mode hunt are two different benchmarks; give one")
+    if switches and mode != "hunt":
+        fail("--switches needs --mode hunt (real runs of the switches: `cutover matrix`)")
     try:
-        defects = detection.load_defects(Path(defects_dir) if defects_dir
-                                         else detection.default_defects_dir())
+        defects = (detection.switch_targets() if switches else
+                   detection.load_defects(Path(defects_dir) if defects_dir
+                                          else detection.default_defects_dir()))
     except (OSError, ValueError) as e:
         _user_error(e)
-    if only:
-        names = {n.strip() for n in only.split(",") if n.strip()}
+    if only or picked:
+        names = {n.strip() for n in (only or "").split(",") if n.strip()} | set(picked)
         unknown = names - {d.name for d in defects}
         if unknown:
-            fail(f"unknown defect(s) {', '.join(sorted(unknown))}; known: "
-                 f"{', '.join(d.name for d in defects)}")
+            fail(f"unknown {'switch' if switches else 'defect'}(s) "
+                 f"{', '.join(sorted(unknown))}; known: {', '.join(d.name for d in defects)}")
         defects = [d for d in defects if d.name in names]
     if not defects:
         fail("no defect patches found")
     seed_list = list(range(first_seed, first_seed + seeds))
     extra = ["--scenario", scenario] if scenario else []
+    if mode == "hunt":
+        def said(row: detection.HuntRow) -> None:
+            click.echo(f"  {row.defect.name}: exit {row.exit_code}, "
+                       f"{row.wall_s if row.wall_s is not None else '-'} s"
+                       + (f", error: {row.error}" if row.error else ""), err=True)
+            for ln in row.lines:
+                click.echo(f"    {ln}", err=True)
+
+        rows_h = detection.run_detection_hunt(
+            defects, budget, confirm, time_limit=time_limit,
+            extra=extra + ["--workers", str(jobs), "--first-seed", str(first_seed)],
+            progress=said)
+        for line in detection.hunt_table(rows_h, budget, confirm):
+            click.echo(line)
+        return
 
     def progress(name: str, seed: int, verdict: str, first: str | None) -> None:
         what = f"{seed} seeds" if in_sim else f"seed {seed}"

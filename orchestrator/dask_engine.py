@@ -40,7 +40,7 @@ from distributed import Client, Future, LocalCluster, get_worker, wait
 from distributed.client import FIRST_COMPLETED
 from distributed.scheduler import KilledWorker
 
-from .matrix import MatrixSpec, harness_error, sim_outcomes, task_row
+from .matrix import MatrixSpec, harness_error, recorded_outcomes, sim_outcomes, task_row
 from .merge import MergeError, merge_task
 from .run import RunOutcome
 from .tasks import Task, TaskResult, run_task
@@ -233,7 +233,14 @@ def _finish(results: str, matrix_id: str, spec: MatrixSpec, f: Future,
                      on_outcome, note)
         return
     received = time.time()
-    if res.kind == "run":
+    extra = None
+    if res.kind == "hunt" and res.hunt is not None:  # the hunt's record, merged with its runs
+        detail = res.hunt.detail()
+        row = task_row(task, "error" if "error" in detail else "done",
+                       [r.run_id for r in res.runs], detail, worker=res.worker,
+                       seconds=res.exec_s)
+        extra = res.hunt.merger(results, matrix_id, task.key)
+    elif res.kind == "run":
         o = res.runs[0].outcome if res.runs else {}
         status = "error" if o.get("verdict") == "error" else "done"
         detail = {"error": o.get("summary")} if status == "error" else {}
@@ -243,7 +250,7 @@ def _finish(results: str, matrix_id: str, spec: MatrixSpec, f: Future,
         row = task_row(task, "done", [r.run_id for r in res.runs], {"seeds": res.sim or []},
                        worker=res.worker, seconds=res.exec_s)
     try:
-        m = merge_task(results, res.runs, row, matrix_id)
+        m = merge_task(results, res.runs, row, matrix_id, extra=extra)
     except MergeError as e:
         _store_error(results, matrix_id, task, str(e), stats, on_outcome, note)
         return
@@ -268,6 +275,10 @@ def _finish(results: str, matrix_id: str, spec: MatrixSpec, f: Future,
     if on_outcome is None:
         return
     ids = {**m.skipped, **m.stored}
+    if res.kind == "hunt":
+        for out in recorded_outcomes(results, matrix_id, task):
+            on_outcome(task, out)
+        return
     if res.kind == "sim":
         for out in sim_outcomes([{**d, "run": ids.get(d.get("run"), d.get("run"))}
                                  for d in res.sim or []]):

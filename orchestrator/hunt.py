@@ -742,7 +742,8 @@ def summary_lines(res: HuntResult) -> list[str]:
     for r in res.rare[:1]:
         nxt.append(f"cutover show {r.run_id}{opt}")
     nxt += [f"cutover list{opt}", f"cutover coverage{opt}", f"cutover serve{opt}"]
-    out.append("next: " + "   ".join(nxt))
+    out.append("next:")
+    out += [f"  {c}" for c in nxt]
     return out
 
 

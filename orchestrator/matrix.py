@@ -3,7 +3,10 @@ K seeds with every nemesis; how often each switch was caught, how far into the r
 first violation happened, whether the invariant it is expected to violate (`EXPECTED`)
 caught it or another one did, and how many protocol-state coverage points the build's
 runs reached together. `--profile elastickv` runs every build as elastickv behaves, and
-names the row without a switch `elastickv`.
+names the row without a switch `elastickv`. With a hunt per build (`--hunt-budget`,
+`--hunt-seeds`), each build's `cutover hunt` is a row of its own, `<build> (hunt)`:
+one outcome per hunt, invalid when it found something (judged like a run: a finding
+on the fixed build fails the matrix, on a bug build it is the expected detection).
 
 A matrix is recorded (`matrices`, `matrix_tasks`): its config, the project's git
 revision, and each task as it finishes, so an interrupted matrix can be finished
@@ -13,7 +16,9 @@ run here one at a time (the local engine, below) or on a Dask cluster
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import math
 import statistics
 import subprocess
 import time
@@ -26,14 +31,22 @@ from typing import Any
 from checker import suite
 from checker.coverage import POINTS
 from nemesis.plan import DEFAULT_SCENARIO
+from nemesis.primitives import integer, number, show
 from node.server import ALL_BUGS, PROFILES
 
 from . import store
 from .config import RunConfig
-from .config_check import check_matrix_row, matrix_config, task_records
+from .config_check import (
+    MAX_SIM_SEEDS,
+    MAX_TASKS,
+    DamagedRecord,
+    check_matrix_row,
+    matrix_config,
+    task_records,
+)
 from .errors import EXIT_HARNESS
 from .run import RunOutcome, execute
-from .tasks import AXES, Task, make_tasks, run_sim_batch
+from .tasks import AXES, HuntParams, Task, hunt_runs, make_tasks, run_hunt, run_sim_batch
 
 Rows = list[tuple[str, list[RunOutcome]]]
 
@@ -112,10 +125,16 @@ class MatrixSpec:
     sim_seeds: int = 0
     sim_batch: int = 25
     base: dict[str, Any] = field(default_factory=base_config)
+    # One `cutover hunt` per build, profile and mode (HuntParams' fields), or None.
+    hunt: dict[str, Any] | None = None
 
     def tasks(self) -> list[Task]:
-        # Checked (and the count bounded) before a list is made: `config_check`.
-        return make_tasks(matrix_config(self.to_dict(), "matrix"))
+        # Checked (and the count bounded) before a list is made: `config_check`, and
+        # `hunt_config` for the hunts.
+        d = self.to_dict()
+        kw = matrix_config(d, "matrix")
+        kw["hunt"] = hunt_config(d, "matrix")
+        return make_tasks(kw)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,10 +142,60 @@ class MatrixSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MatrixSpec:
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in matrix_config(d).items() if k in names})
+        kw = {k: v for k, v in matrix_config(d).items() if k in names}
+        return cls(**kw, hunt=hunt_config(d))
 
     def label(self, task: Task) -> str:
         return task.label(len(self.modes), len(self.profiles or [None]))
+
+
+MAX_HUNT_BUDGET = 7 * 24 * 3600.0  # seconds: a week per hunt is already no nightly
+MAX_REAL_RUNS = 100  # --hunt-confirm, --hunt-rare (as `cutover hunt`'s flags)
+MAX_HUNT_WORKERS = 256
+
+
+def hunt_config(d: Any, where: str = "a recorded matrix's config is damaged"
+                ) -> dict[str, Any] | None:
+    """The `hunt` of a matrix config (`HuntParams`' fields), each checked: a budget
+    (seconds, above 0) and/or a number of seeds, `confirm` and `rare` real runs,
+    `workers`; None when the matrix has no hunts. With the other tasks, at most
+    `MAX_TASKS`. DamagedRecord, prefixed with `where`, if not (`config_check` reads
+    the rest of the config and leaves this key out)."""
+    try:
+        return _hunt_config(d)
+    except ValueError as e:
+        raise DamagedRecord(f"{where}: {e}") from None
+
+
+def _hunt_config(d: Any) -> dict[str, Any] | None:
+    h = d.get("hunt") if isinstance(d, Mapping) else None
+    if h is None:
+        return None
+    if not isinstance(h, Mapping):
+        raise ValueError(f"hunt must be an object, got {show(h)}")
+    names = {f.name for f in dataclasses.fields(HuntParams)}
+    extra = sorted(str(k) for k in h if k not in names)
+    if extra:
+        raise ValueError(f"hunt has an unknown field {show(extra[0])}")
+    out = asdict(HuntParams())
+    if h.get("budget") is not None:
+        out["budget"] = number("hunt.budget", h["budget"], 0, MAX_HUNT_BUDGET)
+        if out["budget"] <= 0:
+            raise ValueError(f"hunt.budget must be above 0 seconds, got {show(h['budget'])}")
+    if h.get("seeds") is not None:
+        out["seeds"] = integer("hunt.seeds", h["seeds"], 1, MAX_SIM_SEEDS)
+    if out["budget"] is None and out["seeds"] is None:
+        raise ValueError("hunt needs a budget or a number of seeds")
+    for name, lo, hi in (("confirm", 0, MAX_REAL_RUNS), ("rare", 0, MAX_REAL_RUNS),
+                         ("workers", 1, MAX_HUNT_WORKERS)):
+        if name in h:
+            out[name] = integer(f"hunt.{name}", h[name], lo, hi)
+    kw = matrix_config(d)  # the other tasks' count (checked there)
+    rows = len(kw["builds"]) * len(kw.get("profiles") or [None]) * len(kw.get("modes", [None]))
+    per = kw["seeds"] + math.ceil(kw.get("sim_seeds", 0) / kw.get("sim_batch", 25)) + 1
+    if rows * per > MAX_TASKS:
+        raise ValueError(f"{rows * per} tasks; a matrix has at most {MAX_TASKS}")
+    return out
 
 
 def project_revision() -> str | None:
@@ -197,8 +266,7 @@ def task_row(task: Task, status: str, runs: list[str], detail: Mapping[str, Any]
              worker: str = "local", seconds: float = 0.0) -> dict[str, Any]:
     """A `matrix_tasks` row, less its matrix."""
     return {"task": task.key, "kind": task.kind, "build": task.build,
-            "seed": task.seed if task.kind == "run" else (task.seeds or (None,))[0],
-            "status": status, "runs": runs, "detail": dict(detail), "worker": worker,
+            "seed": task.first_seed, "status": status, "runs": runs, "detail": dict(detail), "worker": worker,
             "seconds": round(seconds, 3), "finished": _now()}
 
 
@@ -222,7 +290,60 @@ def sim_outcomes(seeds: list[Mapping[str, Any]]) -> list[RunOutcome]:
 def harness_error(task: Task, why: str) -> RunOutcome:
     """A task that produced no verdict: an error in the table and the JUnit file."""
     return RunOutcome("-", "", "error", EXIT_HARNESS, f"HARNESS ERROR: {why}",
-                      seed=task.seed if task.kind == "run" else (task.seeds or (None,))[0])
+                      seed=task.first_seed)
+
+
+HUNT_VERDICTS = {0: "valid", 1: "invalid", 2: "unknown"}  # a hunt's exit code (hunt.py)
+
+
+def hunt_outcome(db: Any, task: Task, rec: Mapping[str, Any],
+                 hunts: Mapping[str, Mapping[str, Any]]) -> RunOutcome:
+    """A recorded hunt task as the table's one outcome: valid (nothing found, something
+    tested), invalid (a finding: its first violation and checks are those of the
+    finding's simulated run), unknown (nothing judged), or an error; its coverage is
+    the hunt's in both worlds. `hunts`: the stored hunts by id (`store.hunts`)."""
+    hid = rec["detail"].get("hunt")
+    h = hunts.get(hid) if isinstance(hid, str) else None
+    if rec["status"] != "done" or h is None:
+        why = rec["detail"].get("error") or (f"hunt {hid} is not stored" if isinstance(
+            hid, str) else "no hunt recorded")
+        return harness_error(task, str(why))
+    code = h.get("exit_code")
+    verdict = HUNT_VERDICTS.get(code, "error") if h.get("status") == "done" else "error"  # type: ignore[arg-type]
+    detail = h.get("detail") if isinstance(h.get("detail"), dict) else {}
+    findings = store.hunt_findings(db, hid)
+    checks: dict[str, dict[str, Any]] = {}
+    first = None
+    seed = task.first_seed
+    if findings:
+        seed = findings[0].get("seed") if isinstance(findings[0].get("seed"), int) else seed
+        sim = store.runs_by_id(db, [findings[0].get("sim_run") or ""])
+        if sim:
+            o = stored_outcome(db, next(iter(sim.values())))
+            checks, first = o.checks, o.first
+    cov = detail.get("coverage") if isinstance(detail.get("coverage"), dict) else {}
+    points = {p for w in ("sim", "real") if isinstance(cov.get(w), list)
+              for p in cov[w] if isinstance(p, str)}
+    search = detail.get("search") if isinstance(detail.get("search"), dict) else {}
+    parts = [search.get("wall_s"), detail.get("shrink_s"), detail.get("confirm_s")]
+    seconds = sum(x for x in parts if isinstance(x, int | float)) or float(
+        rec.get("seconds") or 0.0)
+    return RunOutcome(hid, "", verdict, int(code) if isinstance(code, int) else EXIT_HARNESS,
+                      f"HUNT {hid}: {h.get('summary') or ''}", checks, first, seed,
+                      float(seconds), {p: {"count": 1, "first_ns": None} for p in points})
+
+
+def recorded_outcomes(results: str, matrix_id: str, task: Task) -> list[RunOutcome]:
+    """A recorded hunt task's outcome (what the progress line of a merged one prints)."""
+    with store.opened(results) as db:
+        rec = task_records(db, matrix_id).get(task.key)
+        if rec is None:
+            return []
+        return [hunt_outcome(db, task, rec, _hunts_by_id(db))]
+
+
+def _hunts_by_id(db: Any) -> dict[str, dict[str, Any]]:
+    return {h["id"]: h for h in store.hunts(db)}
 
 
 # ------------------------------------------------------------------ the local engine
@@ -246,7 +367,8 @@ def run_local(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task],
         if started:
             t = started[-1]
             what = f"during {spec.label(t)} " + (
-                f"seed {t.seed}" if t.kind == "run" else f"seeds {t.key.rsplit('/', 1)[1]}")
+                f"seed {t.seed}" if t.kind == "run" else "its hunt" if t.kind == "hunt"
+                else f"seeds {t.key.rsplit('/', 1)[1]}")
         raise MatrixAborted(f"aborted by {e or 'SIGINT'} {what}") from None
 
 
@@ -266,6 +388,15 @@ def _run_local(results: str, matrix_id: str, spec: MatrixSpec, tasks: list[Task]
             _record(results, matrix_id, task_row(task, status, [o.run_id], detail,
                                                  seconds=o.seconds), [o.run_id])
             outs = [o]
+        elif task.kind == "hunt":
+            t0 = time.monotonic()
+            h = run_hunt(task, spec.base, results, matrix=matrix_id)
+            runs = hunt_runs(results, h.hunt_id)
+            detail = h.detail()
+            _record(results, matrix_id, task_row(task, "error" if "error" in detail else "done",
+                                                 runs, detail, seconds=time.monotonic() - t0),
+                    runs)
+            outs = recorded_outcomes(results, matrix_id, task)
         else:
             t0 = time.monotonic()
             seeds, stored = run_sim_batch(task, spec.base, results)
@@ -306,6 +437,7 @@ def rows_of(db: Any, row: Mapping[str, Any]) -> Rows:
     spec = MatrixSpec.from_dict(row["config"])
     done = task_records(db, row["id"])
     runs = store.runs_by_id(db, [r for t in done.values() for r in t["runs"]])
+    hunts = _hunts_by_id(db) if spec.hunt else {}
     by: dict[str, list[RunOutcome]] = {}
     for task in spec.tasks():
         label = spec.label(task)
@@ -313,7 +445,9 @@ def rows_of(db: Any, row: Mapping[str, Any]) -> Rows:
         if rec is None:
             continue
         outs = by.setdefault(label, [])
-        if task.kind == "sim" and rec["status"] == "done":
+        if task.kind == "hunt":
+            outs.append(hunt_outcome(db, task, rec, hunts))
+        elif task.kind == "sim" and rec["status"] == "done":
             outs += sim_outcomes(rec["detail"].get("seeds") or [])
         elif rec["runs"] and rec["runs"][0] in runs:
             outs.append(stored_outcome(db, runs[rec["runs"][0]]))

@@ -38,7 +38,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,10 +258,17 @@ def _unpack(run: ShippedRun, results: str, rid: str) -> str:
     return tmp
 
 
+# What `merge_task(extra=)` calls inside its transaction, after the runs' rows and before
+# the task's row: (database, shipped run id -> stored id, stored id -> the run directory
+# as unpacked, not yet renamed into place) -> keys to add to the task row's detail.
+Extra = Callable[[Any, Mapping[str, str], Mapping[str, str]], Mapping[str, Any] | None]
+
+
 def merge_task(results: str, runs: Iterable[ShippedRun], task_row: Mapping[str, Any],
-               matrix: str | None) -> Merged:
+               matrix: str | None, *, extra: Extra | None = None) -> Merged:
     """Store a task's shipped runs and its `matrix_tasks` row (`task_row`, whose `runs`
-    are the shipped ids: rewritten to the stored ones) as one transaction."""
+    are the shipped ids: rewritten to the stored ones) as one transaction. `extra`
+    stores what else the task shipped (a hunt's record) in the same transaction."""
     t0 = time.perf_counter()
     runs = list(runs)
     out = Merged()
@@ -299,6 +306,12 @@ def merge_task(results: str, runs: Iterable[ShippedRun], task_row: Mapping[str, 
                     out.skipped[run.run_id] = have
                     continue
                 store.insert_run_rows(db, _renamed(run.rows, rid, matrix, results))
+            if extra is not None:
+                more = extra(db, {**out.skipped, **out.stored},
+                             {rid: tmps[rid] for _run, rid, _path in claimed})
+                if more:
+                    task_row = {**task_row, "detail": {**(task_row.get("detail") or {}),
+                                                       **more}}
             if matrix is not None:
                 store.record_task(db, {"matrix": matrix, **_remapped(task_row, out)})
             # Last: the directories appear only with their rows, just before the commit.

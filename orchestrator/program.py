@@ -51,6 +51,7 @@ from workloads import MODEL_OF, make_workload
 from . import store
 from .config import RunConfig, RunError
 from .faults import HANDLERS, Call, Ctx, Hold, Net, Sleep, Until, choose
+from .faults import World as FaultWorld
 from .invoke import UNREACHABLE, Ask, Route, invoke
 from .store import coverage_rows, fault_windows
 
@@ -89,28 +90,12 @@ Effect = Sleep | Until | Ask | AwaitFlag | AwaitEvent
 Proc = Generator[Effect, Any, Any]
 
 
-class World(Protocol):
-    """What the run needs from a world, beyond the nemesis's (`faults.World`)."""
+class World(FaultWorld, Protocol):
+    """What the run needs from a world, beyond the nemesis's (`faults.World`: now, alive,
+    up, kill, start, pause, resume, status, snapshot_now, set_net, record, new_dek)."""
 
-    ids: list[str]
     simultaneous: bool  # one instant's events run in order (the simulator)
     run_tag: str  # what the workload's values carry (the byte scan finds them)
-
-    # -- the nemesis's view (faults.World)
-    def now(self) -> float: ...  # seconds since the workload began
-    def alive(self, nid: str) -> bool: ...
-    def up(self, nid: str) -> bool: ...
-    def paused(self, nid: str) -> bool: ...
-    def kill(self, nid: str, *, power: bool = False,
-             torn: random.Random | None = None) -> dict[str, Any] | None: ...
-    def start(self, nid: str) -> None: ...
-    def pause(self, nid: str) -> None: ...
-    def resume(self, nid: str) -> None: ...
-    def status(self, nid: str) -> dict[str, Any] | None: ...
-    def snapshot_now(self, nid: str) -> int | None: ...
-    def set_net(self, net: Net) -> None: ...
-    def record(self, f: str, fault: str, targets: Any, **detail: Any) -> None: ...
-    def new_dek(self) -> bytes: ...
 
     # -- the top level
     def boot(self) -> None: ...  # the cluster's processes (nothing to do in simulation)

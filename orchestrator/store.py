@@ -1223,3 +1223,47 @@ def hunt_links(db: sqlite_utils.Database, run_id: str) -> list[dict[str, Any]]:
         out.append({"hunt": r["hunt"], "role": r.get("role") or "confirm", "finding": f,
                     "runs": [r], "run": r})
     return out
+
+
+# ------------------------------------------------ a hunt shipped between databases
+# A matrix's hunt task runs in a worker's scratch database; the coordinator copies the
+# hunt's record into the results (`orchestrator.tasks.ShippedHunt`).
+
+# The tables of a hunt's record and the column that names the hunt in each.
+HUNT_TABLES = {"hunts": "id", "hunt_findings": "hunt", "hunt_runs": "hunt",
+               "sim_batches": "id"}
+# What makes two stored hunts the same hunt (a result merged again).
+HUNT_FINGERPRINT = ("started", "finished", "summary")
+
+
+def hunt_rows(db: sqlite_utils.Database, hunt_id: str) -> RunRows:
+    """A hunt's record, table by table (as `run_rows`): its `hunts` row, its findings,
+    its real runs, and the coverage row of its search (`sim_batches`, the hunt's id)."""
+    out: RunRows = {}
+    for t, key in HUNT_TABLES.items():
+        cur = db.conn.execute(f"select * from [{t}] where [{key}] = ?", [hunt_id])
+        out[t] = ([d[0] for d in cur.description], [tuple(r) for r in cur.fetchall()])
+    return out
+
+
+def hunt_fingerprint(db: sqlite_utils.Database, hunt_id: str) -> tuple[Any, ...] | None:
+    """HUNT_FINGERPRINT of the stored hunt `hunt_id`, or None when there is none."""
+    r = db.conn.execute(f"select {', '.join(HUNT_FINGERPRINT)} from hunts where id = ?",
+                        [hunt_id]).fetchone()
+    return None if r is None else tuple(r)
+
+
+def free_id(db: sqlite_utils.Database, table: str, base_id: str) -> str:
+    """`base_id`, or `base_id-K` (K = 2, 3, ...) when that `id` of `table` (a table of
+    HUNT_TABLES keyed by `id`) is taken: what `_new_id` would give, without inserting."""
+    assert HUNT_TABLES.get(table) == "id", table
+    rid, k = base_id, 1
+    while db.conn.execute(f"select 1 from [{table}] where id = ?", [rid]).fetchone():
+        k += 1
+        rid = f"{base_id}-{k}"
+    return rid
+
+
+def set_run_config(db: sqlite_utils.Database, run_id: str, config: Mapping[str, Any]) -> None:
+    """Replace a stored run's config (a merged run whose plan file moved with it)."""
+    db.conn.execute("update runs set config = ? where id = ?", [_j(dict(config)), run_id])

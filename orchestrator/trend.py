@@ -155,6 +155,8 @@ def flakes(db: sqlite_utils.Database, ms: list[Mapping[str, Any]],
                 digest = config_digest(task, spec.base)
             except RunError:
                 continue
+            if task.kind == "hunt":
+                continue  # a hunt's seeds depend on its budget; its findings are trended apart
             if task.kind == "sim":
                 got = [(d.get("seed"), d.get("verdict"), d.get("run") or "")
                        for d in rec["detail"].get("seeds") or []]

@@ -3,15 +3,19 @@
 Plain helpers are imported (`from tests.conftest import write_file`); the Porcupine
 corpus is also a fixture, because a test that needs it must fail, loudly, where the
 corpus is missing: a skipped test reads as a passed one in a CI summary.
+
+The hooks at the end hold each test to its tier markers (docs/testing.md).
 """
 from __future__ import annotations
 
 import base64
+import concurrent.futures.process
+import multiprocessing.process
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -78,3 +82,83 @@ def assert_no_key_material(blob: str | bytes, secret: bytes) -> None:
         forms = list(secret_forms(secret))
     for form in forms:
         assert form not in blob, "key material leaked"
+
+
+# ------------------------------------------------------------------------ the tiers
+# A test with none of the markers real, sim, dask, browser, stress is in the fast tier
+# (`make check`, docs/testing.md). So that the markers stay true, a test that starts, in this process, node or
+# switchboard processes, a simulated run, a pool of simulator workers or a Dask cluster
+# without the marker of that kind fails and says which marker it needs. A CLI child is out
+# of sight: a test that runs `cutover run` (or sim, hunt, matrix) as a subprocess is marked
+# by hand, by what the command does.
+
+_current: list[pytest.Item] = []
+_untiered: dict[str, str] = {}  # nodeid -> what it did without its marker
+
+
+class TierError(RuntimeError):
+    """A test did what its markers say it does not do."""
+
+
+def _needs(marker: str, what: str) -> None:
+    if not _current or _current[-1].get_closest_marker(marker) is not None:
+        return
+    item = _current[-1]
+    msg = (f"{item.nodeid} {what} but is not marked `{marker}`: add @pytest.mark.{marker} "
+           f"to it (or to its module: pytestmark), see docs/testing.md")
+    _untiered.setdefault(item.nodeid, msg)
+    raise TierError(msg)
+
+
+def _wrap(cls: type, name: str, check: Callable[..., None]) -> None:
+    orig = getattr(cls, name)
+    if getattr(orig, "_tier_guard", False):
+        return
+
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check(self)
+        return orig(self, *args, **kwargs)
+
+    guarded._tier_guard = True  # type: ignore[attr-defined]
+    setattr(cls, name, guarded)
+
+
+def _process_start(proc: multiprocessing.process.BaseProcess) -> None:
+    target = getattr(proc, "_target", None)
+    where = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
+    if where in ("orchestrator.cluster._node_entry", "orchestrator.switchboard._switchboard_child"):
+        _needs("real", "starts a node or switchboard process")
+
+
+def _install_guards() -> None:
+    """Wrap what the heavy tiers start; modules not imported yet are wrapped once they are
+    (this runs before every test)."""
+    _wrap(multiprocessing.process.BaseProcess, "start", _process_start)
+    _wrap(concurrent.futures.process.ProcessPoolExecutor, "__init__",
+          lambda _s: _needs("sim", "starts a process pool (the simulator's workers)"))
+    if (world := getattr(sys.modules.get("orchestrator.sim.run"), "SimWorld", None)) is not None:
+        _wrap(world, "__init__", lambda _s: _needs("sim", "runs a simulated run"))
+    if (local := getattr(sys.modules.get("distributed"), "LocalCluster", None)) is not None:
+        _wrap(local, "__init__", lambda _s: _needs("dask", "starts a Dask cluster"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _install_guards()
+    _current.append(item)
+    try:
+        yield
+    finally:
+        _current.pop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # The TierError fails the test where it is raised; this fails it too where the code
+    # under test caught it (a harness turns exceptions into one-line errors).
+    outcome = yield
+    report = outcome.get_result()
+    msg = _untiered.get(item.nodeid)
+    if msg and report.when == "call" and report.passed:
+        report.outcome = "failed"
+        report.longrepr = msg

@@ -16,6 +16,8 @@ from orchestrator.client import Client
 from orchestrator.cluster import Cluster
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.real
+
 
 def _alive(pid: int) -> bool:
     try:

@@ -64,6 +64,7 @@ def cluster(tmp_path, monkeypatch):
         cl.close()
 
 
+@pytest.mark.real
 def test_an_unplanned_exit_is_recorded_once_and_planned_ones_never(cluster: Cluster) -> None:
     cluster.wait_leader()
     # Write until n2 has applied past the hook's index and died of it: a fixed number of
@@ -86,6 +87,7 @@ def test_an_unplanned_exit_is_recorded_once_and_planned_ones_never(cluster: Clus
     assert [r["node"] for r in read_exits(cluster.root)] == ["n2"]
 
 
+@pytest.mark.real
 def test_a_node_that_refuses_to_start_is_recorded(cluster: Cluster) -> None:
     cluster.wait_leader()
     cluster.kill("n3")
@@ -98,6 +100,7 @@ def test_a_node_that_refuses_to_start_is_recorded(cluster: Cluster) -> None:
     assert any("refusing to start" in ln for ln in recs[0]["log"]), recs[0]["log"]
 
 
+@pytest.mark.real
 def test_a_run_where_a_node_raised_is_invalid_and_check_agrees(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(TEST_RAISE_ENV, "n2:60")
     seed = 31

@@ -16,6 +16,8 @@ from node.wal import iter_entries
 from orchestrator.client import Client, ClientTimeout
 from orchestrator.cluster import Cluster
 
+pytestmark = pytest.mark.real
+
 
 def _durable_entries(wal_dir: str) -> dict[int, object]:
     last: dict[int, object] = {}

@@ -293,6 +293,7 @@ def _marker(dek: int) -> bytes:
 FINDINGS = sorted((Path(__file__).resolve().parents[1] / "docs" / "findings").glob("*.json"))
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("path", FINDINGS, ids=[p.stem for p in FINDINGS])
 def test_each_finding_reproduces_on_elastickv_and_not_on_the_fixed_profile(
         tmp_path, path: Path) -> None:

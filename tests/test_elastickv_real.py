@@ -15,6 +15,8 @@ from node.wal import damage_entry
 from orchestrator.client import Client
 from orchestrator.cluster import Cluster
 
+pytestmark = pytest.mark.real
+
 
 @pytest.mark.parametrize("profile", ["fixed", "elastickv"])
 def test_a_halted_node_process(tmp_path, profile: str) -> None:

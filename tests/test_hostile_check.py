@@ -24,6 +24,8 @@ from orchestrator import owner, store
 from orchestrator.run import RunConfig, execute
 from tests.test_review import _assert_bad, cli, db_state
 
+pytestmark = pytest.mark.real
+
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:

@@ -286,6 +286,7 @@ def _history_line(fmt: str) -> Callable[[int], str]:
     return {"jepsen-edn": edn, "jsonl": jsonl, "porcupine-etcd": etcd}[fmt]
 
 
+@pytest.mark.stress
 @pytest.mark.parametrize("fmt", ["jepsen-edn", "jsonl", "porcupine-etcd"])
 def test_a_50mb_history_is_checked_in_bounded_memory(big: Path, fmt: str) -> None:
     """One register of a quarter of a million ops (the default model of EDN and etcd

@@ -223,6 +223,7 @@ def _sim_matrix(results: Path, seeds: int) -> str:
     return start_matrix(str(results), spec, "local")
 
 
+@pytest.mark.sim
 def test_one_matrix_resumed_twice_at_once_runs_each_task_once(tmp_path: Path) -> None:
     results = tmp_path / "results"
     mid = _sim_matrix(results, 8)
@@ -259,6 +260,7 @@ def test_one_matrix_resumed_twice_at_once_runs_each_task_once(tmp_path: Path) ->
     assert c.returncode in (0, 1) and f"matrix {mid}: 0 of 8 tasks" in c.stderr, c.stderr
 
 
+@pytest.mark.sim
 def test_a_resume_killed_outright_leaves_no_lock_behind(tmp_path: Path) -> None:
     results = tmp_path / "results"
     mid = _sim_matrix(results, 2)

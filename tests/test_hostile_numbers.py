@@ -123,6 +123,7 @@ def flag_outcomes(tmp_path_factory: pytest.TempPathFactory
     return {name: (got[name], Path(jobs[name][-1])) for name in jobs}
 
 
+@pytest.mark.stress
 @pytest.mark.parametrize("name", list(FLAG_CASES))
 def test_a_flag_that_is_not_a_finite_number_in_range_is_one_line(flag_outcomes,
                                                                   name: str) -> None:
@@ -264,6 +265,7 @@ def damage_outcomes(tmp_path_factory: pytest.TempPathFactory
     return {tuple(k.split("|")): (got[k], where[k]) for k in jobs}  # type: ignore[misc]
 
 
+@pytest.mark.stress
 @pytest.mark.parametrize("command", ["trend", "resume"])
 @pytest.mark.parametrize("name", list(DAMAGE))
 def test_a_damaged_matrix_row_is_one_line_and_exit_3(damage_outcomes, name: str,
@@ -342,6 +344,7 @@ def _fill(root: Path) -> None:
         assert e.errno == errno.ENOSPC, e
 
 
+@pytest.mark.real
 def test_a_results_disk_that_fills_up_during_a_run_is_a_harness_error(tmp_path: Path) -> None:
     with _small_disk(tmp_path / "disk") as (root, limit):
         results = root / "r"

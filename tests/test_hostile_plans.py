@@ -234,6 +234,7 @@ def _run_rows(results: str) -> list[tuple[Any, ...]]:
         return c.execute("select id, status, config from runs").fetchall()
 
 
+@pytest.mark.stress
 @pytest.mark.parametrize("command", ["sim --replay", "run --plan"])
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_a_malformed_plan_file_is_one_line_and_exit_3(outcomes, name: str,
@@ -262,6 +263,7 @@ def test_the_plan_file_reader_refuses_every_case_with_one_line(tmp_path: Path,
     assert "\n" not in str(e.value) and len(str(e.value)) < 400, str(e.value)
 
 
+@pytest.mark.sim
 def test_the_valid_plan_file_replays(tmp_path: Path) -> None:
     """The file every case above breaks is itself a plan file: the cases fail for what
     they change."""

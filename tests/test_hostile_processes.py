@@ -30,6 +30,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.real
+
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 TAG_ENV = "CUTOVER_HOSTILE_TAG"
 GONE_WITHIN = 20.0  # s for every orphan to notice: a spawn child imports for ~1 s first
@@ -190,6 +192,7 @@ def test_sigkill_of_run_during_start_up_leaves_no_process(tmp_path: Path, moment
         cmd.cleanup()
 
 
+@pytest.mark.dask
 def test_sigkill_of_a_dask_coordinator_leaves_no_node(tmp_path: Path) -> None:
     """docs/nightly.md: a local cluster's workers, and their nodes, die with the
     coordinator. The worker does (Dask watches its parent); its nodes, killed while
@@ -214,6 +217,7 @@ def test_sigkill_of_a_dask_coordinator_leaves_no_node(tmp_path: Path) -> None:
 # ---------------------------------------------------------- 2. the sim pool
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("sig,moment", [(signal.SIGKILL, "pool-starting"),
                                         (signal.SIGKILL, "simulating"),
                                         (signal.SIGTERM, "simulating")],
@@ -242,6 +246,7 @@ def test_signal_of_sim_leaves_no_pool_worker(tmp_path: Path, sig: int, moment: s
 # ---------------------------------------------------------- 3. a line and 130
 
 
+@pytest.mark.sim
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_of_a_local_matrix_prints_the_resume_line(tmp_path: Path, sig: int) -> None:
     """Outside a run (here: a sim batch, one of the matrix's tasks) the signal used to

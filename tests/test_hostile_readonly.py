@@ -33,6 +33,8 @@ from orchestrator.matrix import MatrixSpec, task_row
 from orchestrator.tasks import Task
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.real
+
 MATRIX = "mx-20260401T000000"
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2

@@ -171,6 +171,7 @@ def test_a_run_whose_orchestrator_is_gone_is_marked_crashed(one_run) -> None:
     assert "crashed" in r.output.lower() and "died" in r.output
 
 
+@pytest.mark.real
 def test_sigkill_of_the_orchestrator_leaves_a_crashed_run_and_no_nodes(tmp_path) -> None:
     results = str(tmp_path / "results")
     seed = 8

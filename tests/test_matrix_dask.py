@@ -102,6 +102,8 @@ def _assert_merged_cleanly(results: Path, mid: str, tasks: int) -> list[tuple[An
 # ------------------------------------------------------------------ on a Dask cluster
 
 
+@pytest.mark.dask
+@pytest.mark.real
 def test_dask_matrix_of_two_workers_merges_its_runs(tmp_path: Path) -> None:
     results = tmp_path / "results"
     junit = tmp_path / "junit.xml"
@@ -133,6 +135,8 @@ def test_dask_matrix_of_two_workers_merges_its_runs(tmp_path: Path) -> None:
     assert "flakes: none in 1 matrices" in trend.stdout
 
 
+@pytest.mark.dask
+@pytest.mark.real
 def test_a_worker_killed_mid_task_loses_no_run_and_stores_nothing_twice(tmp_path: Path) -> None:
     results = tmp_path / "results"
     spec = MatrixSpec(builds=["fixed", "no-barrier"], seeds=1,
@@ -181,6 +185,7 @@ def _boom(task_doc: dict[str, Any], base: dict[str, Any]) -> TaskResult:
     return _work(task_doc, base)
 
 
+@pytest.mark.dask
 def test_a_task_that_dies_is_a_harness_error_and_resume_runs_it_again(tmp_path: Path) -> None:
     results = tmp_path / "results"
     spec = MatrixSpec(builds=["fixed", "no-barrier"], seeds=0, sim_seeds=2, sim_batch=2,
@@ -201,6 +206,8 @@ def test_a_task_that_dies_is_a_harness_error_and_resume_runs_it_again(tmp_path: 
     assert [t.key for t in todo] == ["sim/no-barrier/-/swarm/1-2"]
 
 
+@pytest.mark.dask
+@pytest.mark.real
 def test_ctrl_c_keeps_what_finished_and_resume_finishes_it(tmp_path: Path) -> None:
     results = tmp_path / "results"
     p = subprocess.Popen(CLI + ["matrix", "--engine", "dask", "--workers", "1", "--bugs",
@@ -264,6 +271,7 @@ def _count(results: Path) -> dict[str, int]:
             for t in ("runs", "ops", "nemesis", "node_events", "checks", "matrix_tasks")}
 
 
+@pytest.mark.sim
 def test_merge_is_idempotent_per_task_and_per_run(tmp_path: Path, shipped: TaskResult) -> None:
     results = tmp_path / "results"
     task = Task("sim", "no-barrier", "swarm", seeds=(2, 3))
@@ -288,6 +296,7 @@ def test_merge_is_idempotent_per_task_and_per_run(tmp_path: Path, shipped: TaskR
     assert [o.run_id for o in dict(rows)["no-barrier (sim)"]] == sorted(m.stored.values())
 
 
+@pytest.mark.sim
 def test_a_different_run_with_a_stored_id_gets_a_fresh_one(tmp_path: Path,
                                                            shipped: TaskResult) -> None:
     results = tmp_path / "results"
@@ -317,6 +326,7 @@ def test_a_different_run_with_a_stored_id_gets_a_fresh_one(tmp_path: Path,
     assert db.execute("select count(*) from runs").fetchone()[0] == 2
 
 
+@pytest.mark.sim
 def test_a_failed_merge_stores_nothing(tmp_path: Path, shipped: TaskResult,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "results"

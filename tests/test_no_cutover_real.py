@@ -28,6 +28,8 @@ from orchestrator.cluster import Cluster
 from orchestrator.run import RunConfig, execute
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.real
+
 
 @pytest.mark.parametrize(("nemesis", "seed"), [("kill,partition", 7), ("all", 3)])
 def test_a_run_without_a_cutover_is_valid(tmp_path, nemesis: str, seed: int) -> None:

@@ -21,6 +21,8 @@ from node import sidecar as sidecar_file
 from orchestrator.run import RunConfig
 from orchestrator.sim.run import simulate
 
+pytestmark = pytest.mark.sim
+
 # Restarts, power losses and snapshots (every 25 entries) on a 3-node cluster, with
 # rotations and the cutover: the places a nonce could repeat.
 FAMILIES = "kill,power,snapshot,rotate,enable,partition"

@@ -47,6 +47,7 @@ def _run(src: Path, plan: str, results: Path, seed: int) -> tuple[int, str]:
     return r.returncode, (r.stdout.strip().splitlines() or [""])[-1]
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("defect", [None, "wal-no-fdatasync"])
 def test_a_power_loss_loses_only_what_was_never_durable(tmp_path: Path,
                                                        defect: str | None) -> None:

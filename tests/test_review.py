@@ -227,6 +227,7 @@ def test_show_explains_the_first_violation_and_tabulates_nodes(synth) -> None:
     assert rows["n1"][7] == "no"
 
 
+@pytest.mark.real
 def test_show_real_run(real) -> None:
     results, outcome = real
     r = cli("show", "latest", "--results", results)
@@ -245,6 +246,7 @@ def test_show_real_run(real) -> None:
 # ------------------------------------------------------------------------------ check
 
 
+@pytest.mark.real
 def test_check_rechecks_a_stored_run_and_rewrites_its_verdicts(real, tmp_path) -> None:
     results0, outcome = real
     results = str(tmp_path / "copy")
@@ -276,6 +278,7 @@ def _assert_self_contained(text: str) -> None:
     assert "@import" not in text and "url(http" not in text
 
 
+@pytest.mark.real
 def test_report_of_a_real_run(real) -> None:
     results, outcome = real
     r = cli("report", "latest", "--results", results)
@@ -392,6 +395,7 @@ def test_a_100k_op_history_is_drawn_one_page_at_a_time(tmp_path) -> None:
 # ---------------------------------------------------------------------------- export
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("fmt", ["jsonl", "jepsen-edn"])
 def test_export_then_lin_gives_the_stored_verdict(synth, real, tmp_path, fmt) -> None:
     cases = [(synth[0], r["id"], r["checks"]["linearizability"]["valid"])
@@ -472,6 +476,7 @@ def test_unknown_run_id(synth, args) -> None:
     assert db_state(results) == before
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("damage", ["nodes", "kek", "bad-kek", "run-dir"])
 def test_check_on_a_run_with_missing_artifacts_changes_nothing(real, tmp_path, damage) -> None:
     results0, outcome = real

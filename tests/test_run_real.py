@@ -18,6 +18,8 @@ import pytest
 
 from orchestrator.run import RunConfig, RunError, execute
 
+pytestmark = pytest.mark.real
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -40,9 +40,9 @@ def _find_chromium() -> str | None:
 
 
 CHROMIUM = _find_chromium()
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium found (install the Debian packages chromium and "
-                             "chromium-driver, or set CHROMIUM=/path/to/chrome)")
+                             "chromium-driver, or set CHROMIUM=/path/to/chrome)")]
 
 
 def _free_port() -> int:

@@ -29,6 +29,8 @@ from orchestrator.switchboard import (
     spawn_switchboard,
 )
 
+pytestmark = pytest.mark.real
+
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ("n1", "n2", "n3")
 

@@ -39,14 +39,25 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 
 def _plan() -> Plan:
-    """A kill of a follower at 1 s for 1 s, a loss window, and the cutover at 1.5 s."""
-    return Plan(seed=7, families=("kill", "net"), scenario="swarm", steps=(
+    """A kill of a follower at 1 s for 1 s, a loss window, the cutover at 1.5 s, and after
+    the final reads the corrupt-entry fault."""
+    return Plan(seed=7, families=("kill", "net", "corrupt"), scenario="swarm", steps=(
         Step(1, "enable", Target("leader"), When(at=1.5), params={"main": True}),
         Step(2, "kill", Target("follower"), When(at=1.0), duration=1.0),
         Step(3, "loss", Target("all"), When(at=0.5), duration=1.0, params={"p": 0.1}),
+        Step(4, "corrupt-entry", Target("follower"), When("milestone", milestone="final"),
+             origin="final", params={"pick": 5}),
     ))
 
 
+def _corrupt_outcome(nemesis: list[dict[str, Any]]) -> str:
+    [stop] = [n for n in nemesis if n["fault"] == "corrupt-entry" and n["f"] == "stop"]
+    detail = stop["detail"]
+    return json.loads(detail)["outcome"] if isinstance(detail, str) else detail["outcome"]
+
+
+@pytest.mark.real
+@pytest.mark.sim
 def test_one_plan_goes_through_the_same_phase_functions_in_both_worlds(
         tmp_path: Any, calls: Counter[str]) -> None:
     plan = _plan()
@@ -64,9 +75,18 @@ def test_one_plan_goes_through_the_same_phase_functions_in_both_worlds(
     # Every phase function ran in both worlds; a step and a client process per worker.
     for name in PHASE_FUNCTIONS:
         assert in_sim[name] >= 1 and in_real[name] >= 1, name
-    assert in_sim["step"] == in_real["step"] == len(plan.steps)
+    # A step process per fault of the workload (the corrupt-entry fault is its own phase).
+    assert in_sim["step"] == in_real["step"] == len(plan.steps) - 1
     assert in_sim["client"] == in_real["client"] == 2 * 3
     assert sim.verdict == "valid" and real.verdict == "valid", (sim.first, real.first)
+    # The corrupt-entry fault did the same in both worlds: the victim restarted, replayed
+    # the damaged entry and halted there (the simulator once took a node that had not yet
+    # booted for one that had ended, and the fault never happened).
+    from orchestrator import store
+    with store.opened(cfg.results) as db:
+        real_nemesis = store.nemesis_rows(db, real.run_id)
+    for outcome in (_corrupt_outcome(sim.nemesis), _corrupt_outcome(real_nemesis)):
+        assert outcome.startswith("halted: entry "), outcome
 
 
 def test_the_simulator_imports_neither_zeromq_nor_the_process_machinery() -> None:

@@ -7,6 +7,8 @@ import json
 import os
 import sqlite3
 
+import pytest
+
 from checker import suite
 from orchestrator.run import RunConfig, execute
 
@@ -52,6 +54,7 @@ def test_each_thing_asked_for_and_missing_is_named() -> None:
     assert suite.first_violation(results)[0] == "vacuity"
 
 
+@pytest.mark.real
 def test_a_real_run_whose_faults_never_fired_is_not_valid(tmp_path) -> None:
     """Real processes: a plan whose only fault waits for an event that never comes (a
     snapshot installed, in a run that takes none) runs no fault. It used to be VALID."""

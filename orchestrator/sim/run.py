@@ -295,7 +295,7 @@ class SimWorld:
             node = cl.nodes[nid]
             if node.up:
                 return None
-            if node.host is None:
+            if node.host is None and not node.booting:  # it ended (not: not yet booted)
                 why = [e for e in cl.events[seen:] if e["node"] == nid and e["kind"] in (
                     EventKind.EXIT, EventKind.CRASH, EventKind.START_FAILED)]
                 last = why[-1] if why else {}

@@ -28,6 +28,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -470,6 +471,14 @@ class ResultsServer(ThreadingHTTPServer):
         self.results = results
         self.verbose = verbose
         super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that closes its connection (a reload, a closed tab) is routine, not a
+        traceback on the user's terminal; anything else is still printed."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(results: str, host: str = "127.0.0.1", port: int = 8080,
