@@ -86,6 +86,8 @@ def kill_pool(ex: cf.ProcessPoolExecutor, grace: float = 3.0) -> None:
     they are still there after `grace` seconds."""
     # No public way to reach the workers before Python 3.14 (`terminate_workers`).
     procs = list((getattr(ex, "_processes", None) or {}).values())
+    # (Taken before the shutdown, which forgets it: see the end.)
+    writer = getattr(getattr(ex, "_result_queue", None), "_writer", None)
     ex.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         try:
@@ -100,6 +102,17 @@ def kill_pool(ex: cf.ProcessPoolExecutor, grace: float = 3.0) -> None:
                 p.kill()
                 p.join(5)
         except (OSError, ValueError, AssertionError):
+            pass
+    # A worker ended in the middle of sending a result leaves half a message in the
+    # result pipe, and the pool's manager thread waits for the rest for ever: this
+    # process holds the pipe's other end, so no end-of-file comes. The process then hangs
+    # at exit, where the interpreter joins that thread (a hunt did, after its summary).
+    # Closing our end gives the reader its end-of-file: the pool is broken, the thread
+    # ends. Every worker is gone by now, so nothing else writes there.
+    if writer is not None:
+        try:
+            writer.close()
+        except OSError:
             pass
 
 
