@@ -483,6 +483,24 @@ def _add_run(results: str, hunt_id: str, r: RealRun) -> None:
         db.conn.close()
 
 
+def _record_real(res: HuntResult, o: RunOutcome, role: str, outcome: str, started: float,
+                 sim_events: list[dict[str, Any]], who: str,
+                 report: Callable[[str], str | None] | None, **extra: Any) -> RealRun:
+    """A real run the hunt made, kept: compared with its simulation, its report written,
+    stored in the hunt record; a harness error is the hunt's too, and Ctrl-C during it
+    ends the hunt (after it is recorded)."""
+    rr = RealRun(o.run_id, role, o.seed, o.verdict, failing_kind(o.verdict, o.first, o.checks),
+                 outcome, round(time.monotonic() - started, 1),
+                 (o.first or ("", o.summary, None))[1], sorted(o.coverage),
+                 compare_events(sim_events, _real_events(res.results, o.run_id)), **extra)
+    if o.verdict == "error":
+        res.errors.append(f"{who}: real run {o.run_id}: {o.summary}")
+    if report is not None:
+        rr.report = _safe_report(report, o.run_id, res)
+    _add_run(res.results, res.hunt_id, rr)
+    return rr
+
+
 def _confirm(res: HuntResult, f: Finding, say: Say,
              report: Callable[[str], str | None] | None) -> None:
     """The shrunk plan, `res.confirm` times on real processes; a pass is a fidelity gap,
@@ -507,17 +525,9 @@ def _confirm(res: HuntResult, f: Finding, say: Say,
             say(f"    harness error: {e}")
             continue
         kind = failing_kind(o.verdict, o.first, o.checks)
-        rr = RealRun(o.run_id, "confirm", o.seed, o.verdict, kind,
-                     _confirm_outcome(f.kind, o, kind), round(time.monotonic() - t, 1),
-                     (o.first or ("", o.summary, None))[1], sorted(o.coverage),
-                     compare_events(sim_events, _real_events(res.results, o.run_id)),
-                     finding=f.index)
-        if o.verdict == "error":
-            res.errors.append(f"finding {f.index}: real run {o.run_id}: {o.summary}")
-        if report is not None:
-            rr.report = _safe_report(report, o.run_id, res)
+        rr = _record_real(res, o, "confirm", _confirm_outcome(f.kind, o, kind), t, sim_events,
+                          f"finding {f.index}", report, finding=f.index)
         f.runs.append(rr)
-        _add_run(res.results, res.hunt_id, rr)
         _stop_if_aborted(o)
         say(f"    real run {o.run_id}: {o.verdict.upper()}"
             + (f" {kind}" if kind else "") + f" ({rr.outcome}, {rr.seconds:.0f} s)")
@@ -562,21 +572,13 @@ def _rare_runs(res: HuntResult, n: int, say: Say,
         except RunError as e:
             res.errors.append(f"rare seed {r.seed}: {e}")
             continue
-        kind = failing_kind(o.verdict, o.first, o.checks)
         reached = sorted(p for p in points if p in o.coverage)
         outcome = {"valid": "reached" if len(reached) == len(points) else "missed",
                    "invalid": "failed"}.get(o.verdict, o.verdict)
-        rr = RealRun(o.run_id, "rare", o.seed, o.verdict, kind, outcome,
-                     round(time.monotonic() - t, 1), (o.first or ("", o.summary, None))[1],
-                     sorted(o.coverage), compare_events(sim_events,
-                                                        _real_events(res.results, o.run_id)),
-                     detail={"rare_points": points, "reached": reached})
-        if o.verdict == "error":
-            res.errors.append(f"rare seed {r.seed}: real run {o.run_id}: {o.summary}")
-        if report is not None:
-            rr.report = _safe_report(report, o.run_id, res)
+        rr = _record_real(res, o, "rare", outcome, t, sim_events, f"rare seed {r.seed}",
+                          report, detail={"rare_points": points, "reached": reached})
+        kind = rr.kind
         res.rare.append(rr)
-        _add_run(res.results, res.hunt_id, rr)
         _stop_if_aborted(o)
         say(f"    real run {o.run_id}: {o.verdict.upper()}" + (f" {kind}" if kind else "")
             + f", reached {len(reached)}/{len(points)} of those points ({rr.seconds:.0f} s)")
