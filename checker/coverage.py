@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 POINTS: dict[str, str] = {
@@ -88,116 +89,157 @@ def _detail(ev: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any]] = (),
              nemesis: Iterable[Mapping[str, Any]] = ()) -> dict[str, dict[str, Any]]:
-    """The coverage points a run reached (see the module docstring)."""
+    """The coverage points a run reached (see the module docstring).
+
+    Three passes, in this order (a point's place in the result is the order it was first
+    reached in): the node events, what the executor did, the client history. The later
+    passes need times the first one found (leader elections, the marker's flight)."""
     cov = _Cov()
     evs = sorted(events, key=lambda e: (e.get("time_ns") or 0))
     nem = sorted(nemesis, key=lambda r: (r.get("time_ns") or 0))
     history = list(ops)
+    cut = _Cutover.seen_in(evs)
+    nodes = _NodeEvents(cov, cut)
+    for ev in evs:
+        nodes.see(ev)
+    power_losses = _nemesis_record(cov, nem, cut)
+    _client_history(cov, history, sorted(nodes.leader_times), power_losses)
+    return cov.out
 
-    # The cutover as the nodes saw it.
-    cut = 0
+
+@dataclass
+class _Cutover:
+    """The cutover as the nodes saw it: C, the marker's index, when the marker was first
+    proposed and when it first applied (its flight is in between)."""
+
+    cut: int = 0
+    marker: int = 0
     t_proposed: int | None = None
     t_first_apply: int | None = None
-    marker = 0
-    for ev in evs:
-        d, kind, t = _detail(ev), ev.get("kind"), ev.get("time_ns")
-        if kind == "marker-proposed" and isinstance(d.get("index"), int):
-            marker = marker or d["index"]
-            t_proposed = t if t_proposed is None else t_proposed
-        if kind == "encryption-applied" and str(d.get("what", "")).startswith("marker"):
-            t_first_apply = t if t_first_apply is None else t_first_apply
-            if d.get("what") == "marker-fresh" and not cut:
-                cut = int(d.get("cutover") or 0)
-    marker = marker or cut
 
-    last_role: dict[str, Mapping[str, Any]] = {}
-    starts: dict[str, list[int]] = defaultdict(list)
-    incarnation_above: dict[str, bool] = {}
-    leader_times: list[int] = []
-    newest_rotation: dict[str, int] = {}  # per node: the newest key a rotation installed
-    for ev in evs:
+    @classmethod
+    def seen_in(cls, evs: list[Mapping[str, Any]]) -> _Cutover:
+        c = cls()
+        for ev in evs:
+            d, kind, t = _detail(ev), ev.get("kind"), ev.get("time_ns")
+            if kind == "marker-proposed" and isinstance(d.get("index"), int):
+                c.marker = c.marker or d["index"]
+                c.t_proposed = t if c.t_proposed is None else c.t_proposed
+            if kind == "encryption-applied" and str(d.get("what", "")).startswith("marker"):
+                c.t_first_apply = t if c.t_first_apply is None else c.t_first_apply
+                if d.get("what") == "marker-fresh" and not c.cut:
+                    c.cut = int(d.get("cutover") or 0)
+        c.marker = c.marker or c.cut
+        return c
+
+
+# Node event kinds that are a point by themselves, whatever they carry.
+_ONE_EVENT_POINTS = {
+    "apply-wait-timeout": "apply-wait-timeout",
+    "log-truncated": "divergent-suffix-truncated",
+    "torn-tail": "torn-tail-recovered",
+    "halt": "halt",
+}
+
+
+class _NodeEvents:
+    """The node events, in time order, and what each node was doing when they came."""
+
+    def __init__(self, cov: _Cov, cut: _Cutover) -> None:
+        self.cov, self.cut = cov, cut
+        self.last_role: dict[str, Mapping[str, Any]] = {}
+        self.starts: dict[str, list[int]] = defaultdict(list)
+        self.incarnation_above: dict[str, bool] = {}
+        self.leader_times: list[int] = []
+        self.newest_rotation: dict[str, int] = {}  # per node: the newest key a rotation installed
+
+    def see(self, ev: Mapping[str, Any]) -> None:
         d, kind, t, node = _detail(ev), ev.get("kind"), ev.get("time_ns"), ev.get("node")
-        what = d.get("what")
-        if kind == "start":
-            newest_rotation.pop(node, None)  # a restart's replays are not new commits
         if kind == "encryption-applied":
-            if what == "marker-already-active":
-                cov.hit("marker-replayed", t)
-                if d.get("dek") and d.get("active") and d["dek"] != d["active"]:
-                    cov.hit("marker-replayed-newer-dek", t)
-            elif what in ("rotate", "rotate-replay") and d.get("cutover"):
-                cov.hit("rotation-after-cutover", t)
-            if what == "rotate-stale" or (
-                    what == "rotate" and isinstance(d.get("dek"), int)
-                    and d["dek"] <= newest_rotation.get(node, 0)):
-                cov.hit("rotation-behind-active", t)
-            if what in ("rotate", "rotate-replay") and isinstance(d.get("dek"), int):
-                newest_rotation[node] = max(newest_rotation.get(node, 0), d["dek"])
+            self._encryption_applied(d, t, node)
         elif kind == "role":
-            prev = last_role.get(node)
-            if d.get("role") == "leader":
-                if isinstance(t, int):
-                    leader_times.append(t)
-                if marker and d.get("last_index", 0) >= marker > d.get("applied", marker):
-                    cov.hit("leader-with-marker-unapplied", t)
-                if (t_proposed is not None and t is not None and t > t_proposed
-                        and (t_first_apply is None or t < t_first_apply)):
-                    cov.hit("leader-change-during-cutover", t)
-                if incarnation_above.get(node):
-                    cov.hit("restarted-above-cutover-leads", t)
-                    incarnation_above[node] = False
-            elif prev is not None and prev.get("role") == "leader":
-                if d.get("last_index", 0) > d.get("commit", 0):
-                    cov.hit("leader-deposed-with-uncommitted", t)
-            last_role[node] = d
+            self._role(d, t, node)
         elif kind == "snapshot-installed":
-            cov.hit("install-snapshot", t)
-            c = int(d.get("cutover") or 0) or cut
-            if c and d.get("index", 0) >= c > d.get("prev_applied", c):
-                cov.hit("install-snapshot-crosses-cutover", t)
+            self._snapshot_installed(d, t)
         elif kind == "snapshot-taken":
             if d.get("cutover"):
-                cov.hit("snapshot-above-cutover", t)
+                self.cov.hit("snapshot-above-cutover", t)
         elif kind == "start":
-            if isinstance(t, int):
-                if starts[node] and t - starts[node][-1] < 500_000_000:
-                    cov.hit("restart-twice-within-election-timeout", t)
-                starts[node].append(t)
-            c = int(d.get("cutover") or 0)
-            incarnation_above[node] = bool(c)
-            if c and d.get("snapshot_index", 0) and d["snapshot_index"] < c:
-                cov.hit("restart-below-cutover-snapshot", t)
-        elif kind == "apply-wait-timeout":
-            cov.hit("apply-wait-timeout", t)
-        elif kind == "log-truncated":
-            cov.hit("divergent-suffix-truncated", t)
-        elif kind == "torn-tail":
-            cov.hit("torn-tail-recovered", t)
-        elif kind == "halt":
-            cov.hit("halt", t)
+            self._start(d, t, node)
+        elif isinstance(kind, str) and kind in _ONE_EVENT_POINTS:
+            self.cov.hit(_ONE_EVENT_POINTS[kind], t)
 
-    # What the executor did, and what the operator was told.
-    prev_enable: tuple[str, str] | None = None
+    def _encryption_applied(self, d: Mapping[str, Any], t: Any, node: Any) -> None:
+        what = d.get("what")
+        if what == "marker-already-active":
+            self.cov.hit("marker-replayed", t)
+            if d.get("dek") and d.get("active") and d["dek"] != d["active"]:
+                self.cov.hit("marker-replayed-newer-dek", t)
+        elif what in ("rotate", "rotate-replay") and d.get("cutover"):
+            self.cov.hit("rotation-after-cutover", t)
+        if what == "rotate-stale" or (
+                what == "rotate" and isinstance(d.get("dek"), int)
+                and d["dek"] <= self.newest_rotation.get(node, 0)):
+            self.cov.hit("rotation-behind-active", t)
+        if what in ("rotate", "rotate-replay") and isinstance(d.get("dek"), int):
+            self.newest_rotation[node] = max(self.newest_rotation.get(node, 0), d["dek"])
+
+    def _role(self, d: Mapping[str, Any], t: Any, node: Any) -> None:
+        prev = self.last_role.get(node)
+        if d.get("role") == "leader":
+            self._elected(d, t, node)
+        elif prev is not None and prev.get("role") == "leader":
+            if d.get("last_index", 0) > d.get("commit", 0):
+                self.cov.hit("leader-deposed-with-uncommitted", t)
+        self.last_role[node] = d
+
+    def _elected(self, d: Mapping[str, Any], t: Any, node: Any) -> None:
+        c = self.cut
+        if isinstance(t, int):
+            self.leader_times.append(t)
+        if c.marker and d.get("last_index", 0) >= c.marker > d.get("applied", c.marker):
+            self.cov.hit("leader-with-marker-unapplied", t)
+        if (c.t_proposed is not None and t is not None and t > c.t_proposed
+                and (c.t_first_apply is None or t < c.t_first_apply)):
+            self.cov.hit("leader-change-during-cutover", t)
+        if self.incarnation_above.get(node):
+            self.cov.hit("restarted-above-cutover-leads", t)
+            self.incarnation_above[node] = False
+
+    def _snapshot_installed(self, d: Mapping[str, Any], t: Any) -> None:
+        self.cov.hit("install-snapshot", t)
+        c = int(d.get("cutover") or 0) or self.cut.cut
+        if c and d.get("index", 0) >= c > d.get("prev_applied", c):
+            self.cov.hit("install-snapshot-crosses-cutover", t)
+
+    def _start(self, d: Mapping[str, Any], t: Any, node: Any) -> None:
+        self.newest_rotation.pop(node, None)  # a restart's replays are not new commits
+        if isinstance(t, int):
+            if self.starts[node] and t - self.starts[node][-1] < 500_000_000:
+                self.cov.hit("restart-twice-within-election-timeout", t)
+            self.starts[node].append(t)
+        c = int(d.get("cutover") or 0)
+        self.incarnation_above[node] = bool(c)
+        if c and d.get("snapshot_index", 0) and d["snapshot_index"] < c:
+            self.cov.hit("restart-below-cutover-snapshot", t)
+
+
+def _nemesis_record(cov: _Cov, nem: list[Mapping[str, Any]], cut: _Cutover) -> list[int]:
+    """What the executor did, and what the operator was told; returns when each power
+    loss started."""
+    prev_enable: tuple[Any, str] | None = None
     power_losses: list[int] = []
     for r in nem:
         f, fault, t = r.get("f"), r.get("fault"), r.get("time_ns")
         d = r.get("detail") or {}
-        targets = r.get("targets") or []
         if fault == "enable-raft-envelope" and f == "stop":
-            node = targets[0] if targets else None
-            status = d.get("status")
-            if prev_enable is not None and prev_enable[1] not in ("ok", "already-active"):
-                cov.hit("enable-retried-same-node" if prev_enable[0] == node
-                        else "enable-retried-new-node", t)
-            if status == "already-active":
-                cov.hit("enable-already-active", t)
-            prev_enable = (node, str(status))
+            prev_enable = _enable_answered(cov, r, d, t, prev_enable)
         elif fault == "rotate" and f == "stop" and d.get("result") in ("already",
                                                                         "stale-key"):
             cov.hit("rotation-behind-active", t)
         elif fault == "rotate" and f == "start":
-            if (t_proposed is not None and t is not None and t >= t_proposed
-                    and (t_first_apply is None or t <= t_first_apply)):
+            if (cut.t_proposed is not None and t is not None and t >= cut.t_proposed
+                    and (cut.t_first_apply is None or t <= cut.t_first_apply)):
                 cov.hit("rotation-during-marker-flight", t)
         elif fault == "kill-power" and f == "event":
             lost = d.get("lost") or {}
@@ -208,10 +250,27 @@ def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any
             power_losses.append(t)
         elif fault == "restart-stuck-barrier":
             cov.hit("stuck-barrier-restarted", t)
+    return power_losses
 
-    # The client history.
+
+def _enable_answered(cov: _Cov, r: Mapping[str, Any], d: Mapping[str, Any], t: Any,
+                     prev: tuple[Any, str] | None) -> tuple[Any, str]:
+    """One answer to EnableRaftEnvelope, after the previous one; returns (node, status)."""
+    targets = r.get("targets") or []
+    node = targets[0] if targets else None
+    status = d.get("status")
+    if prev is not None and prev[1] not in ("ok", "already-active"):
+        cov.hit("enable-retried-same-node" if prev[0] == node
+                else "enable-retried-new-node", t)
+    if status == "already-active":
+        cov.hit("enable-already-active", t)
+    return (node, str(status))
+
+
+def _client_history(cov: _Cov, history: list[Mapping[str, Any]], leader_times: list[int],
+                    power_losses: list[int]) -> None:
+    """The client history: refusals, and completions around elections and power loss."""
     invokes: dict[str, Mapping[str, Any]] = {}
-    leader_times.sort()
     for r in history:
         p, typ, t = r.get("process"), r.get("type"), r.get("time_ns")
         if typ == "invoke":
@@ -232,7 +291,6 @@ def coverage(events: Iterable[Mapping[str, Any]], ops: Iterable[Mapping[str, Any
         if r.get("f") in ("write", "cas") and typ == "ok" and any(
                 0 <= pl - t < 500_000_000 for pl in power_losses):
             cov.hit("write-acked-before-power-loss", t)
-    return cov.out
 
 
 def summary_line(reached: Iterable[str]) -> str:

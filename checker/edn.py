@@ -226,6 +226,7 @@ class _Reader:
 
     # -- forms --------------------------------------------------------------------
 
+    # Kept whole on purpose: the reader's hot loop (one regex match per token, locals only) over histories of millions of tokens.
     def forms(self, stream_first: bool = False) -> Iterator[tuple[int, Any]]:
         """(line, form) for each top-level form. With `stream_first`, a first form that
         is a vector or list is not built: its elements are yielded one by one as they

@@ -154,6 +154,7 @@ class _Retro:
         self.before = before  # the path node of the overwrite it goes in front of
 
 
+# Kept whole on purpose: the search's inner loop holds its state in locals, where a helper per step would cost a call each time (the kv corpus is measured against Go).
 def search_partition(model: Model, ops: list[Op], order: str = "call",
                      max_configs: int = DEFAULT_MAX_CONFIGS,
                      max_rss_mb: float | None = None) -> Generator[None, None,

@@ -8,7 +8,7 @@ Memory is bounded by what the checker keeps (the ops), not by the file: every fo
 read as a stream (lines, or EDN in blocks), one line or token is at most
 `MAX_LINE_BYTES` / `checker.edn.MAX_TOKEN_BYTES`, and values nest at most
 `checker.edn.MAX_DEPTH` deep. A 50 MB file of any kind costs at most 500 MB of RSS
-(`tests/test_hostile_input.py` measures it).
+(`tests/orchestrator/test_hostile_input.py` measures it).
 """
 from __future__ import annotations
 

@@ -69,7 +69,6 @@ def replay_check(nodes: list[ReplayNode], payload_of: PayloadOf) -> ReplayResult
     notes: list[str] = []
     _election_safety(nodes, violations)
     ref = _reference_log(nodes, violations, payload_of)
-    last = max(ref, default=0)
     base_index, base_state, base = _base(nodes, ref)
     if base_index is None:
         return ReplayResult(violations, 0, 0, 0, "none",
@@ -82,13 +81,25 @@ def replay_check(nodes: list[ReplayNode], payload_of: PayloadOf) -> ReplayResult
         for s, _t, img, _err in n.images:
             if img is not None:
                 wanted.update(range(max(base_index, s - _NEAR), s + _NEAR + 1))
+    digests, end = _replay(ref, payload_of, base_index, base_state, wanted, notes)
+    compared = 0
+    for n in nodes:
+        compared += _compare_reports(n, digests, violations)
+        compared += _compare_images(n, digests, violations, notes)
+    return ReplayResult(violations, compared, base_index, end, base, notes)
+
+
+def _replay(ref: dict[int, Entry], payload_of: PayloadOf, base_index: int, base_state: Any,
+            wanted: set[int], notes: list[str]) -> tuple[dict[int, str], int]:
+    """The committed log applied from the base: the digests at the wanted indexes, and
+    the last index replayed (a missing, unopenable or malformed entry stops it)."""
     kv = KV()
     kv.restore(base_state)
     digests: dict[int, str] = {}
     if base_index in wanted:
         digests[base_index] = kv.digest()
     end = base_index
-    for i in range(base_index + 1, last + 1):
+    for i in range(base_index + 1, max(ref, default=0) + 1):
         e = ref.get(i)
         if e is None:
             notes.append(f"entry {i} of the committed log is on no node: replay stops at "
@@ -110,43 +121,55 @@ def replay_check(nodes: list[ReplayNode], payload_of: PayloadOf) -> ReplayResult
         end = i
         if i in wanted:
             digests[i] = kv.digest()
+    return digests, end
+
+
+def _compare_reports(n: ReplayNode, digests: dict[int, str],
+                     violations: list[dict[str, Any]]) -> int:
+    """A node's reported digests against the replay; the number compared."""
     compared = 0
-    for n in nodes:
-        for a, rep in _reports(n):
-            d = digests.get(a)
-            if d is None:
-                continue
-            compared += 1
-            if rep["digest"] != d:
-                violations.append({
-                    "node": n.name, "index": a, "term": None, "opcode": None,
-                    "reason": f"reported digest {rep['digest']} at applied index {a} "
-                              f"({rep.get('kind', 'event')}), but the replayed committed log "
-                              f"gives {d} there",
-                    "t": rep.get("t"), "evidence": "reported-digest"})
-        for s, term, img, err in n.images:
-            if img is None:
-                if err:
-                    notes.append(f"snapshot {s} of {n.name} not compared: {err}")
-                continue
-            d = digests.get(s)
-            if d is None:
-                continue
-            compared += 1
-            got = _digest_of(img)
-            if got == d:
-                continue
-            near = sorted((k for k, v in digests.items() if v == got),
-                          key=lambda k: (abs(k - s), k))
-            holds = (f"; it holds the state at index {near[0]}" if near
-                     else "; it matches no nearby index")
+    for a, rep in _reports(n):
+        d = digests.get(a)
+        if d is None:
+            continue
+        compared += 1
+        if rep["digest"] != d:
             violations.append({
-                "node": n.name, "index": s, "term": term, "opcode": None,
-                "reason": f"snapshot {s} holds a state that is not the committed log's state "
-                          f"at {s} (image digest {got}, replay {d}){holds}",
-                "evidence": "snapshot-image",
-                **({"holds_index": near[0]} if near else {})})
-    return ReplayResult(violations, compared, base_index, end, base, notes)
+                "node": n.name, "index": a, "term": None, "opcode": None,
+                "reason": f"reported digest {rep['digest']} at applied index {a} "
+                          f"({rep.get('kind', 'event')}), but the replayed committed log "
+                          f"gives {d} there",
+                "t": rep.get("t"), "evidence": "reported-digest"})
+    return compared
+
+
+def _compare_images(n: ReplayNode, digests: dict[int, str], violations: list[dict[str, Any]],
+                    notes: list[str]) -> int:
+    """A node's snapshot images against the replay; the number compared."""
+    compared = 0
+    for s, term, img, err in n.images:
+        if img is None:
+            if err:
+                notes.append(f"snapshot {s} of {n.name} not compared: {err}")
+            continue
+        d = digests.get(s)
+        if d is None:
+            continue
+        compared += 1
+        got = _digest_of(img)
+        if got == d:
+            continue
+        near = sorted((k for k, v in digests.items() if v == got),
+                      key=lambda k: (abs(k - s), k))
+        holds = (f"; it holds the state at index {near[0]}" if near
+                 else "; it matches no nearby index")
+        violations.append({
+            "node": n.name, "index": s, "term": term, "opcode": None,
+            "reason": f"snapshot {s} holds a state that is not the committed log's state "
+                      f"at {s} (image digest {got}, replay {d}){holds}",
+            "evidence": "snapshot-image",
+            **({"holds_index": near[0]} if near else {})})
+    return compared
 
 
 def _reports(n: ReplayNode) -> list[tuple[int, dict[str, Any]]]:

@@ -397,49 +397,73 @@ def _safe_init(model: Model) -> Any:
         return None
 
 
-def _partition_svg(page: _Page, part: PartitionResult, view: _View,
-                   points: list[int]) -> tuple[str, float]:
-    """The SVG of one partition, and the x (px) to scroll to first (the failure)."""
-    lin = part.linearization
-    step_of = {s.op.id: i for i, s in enumerate(lin)}
-    blocked = {o.id: illegal for o, illegal in part.blocked}
-    t0 = view.t0
-    ops = view.ops
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    """The x scale of one drawing, built once per partition and shared by every part of
+    it: positions are compressed to the events of the ops drawn (gaps between them carry
+    no meaning), so anything placed on the drawing must go through the same axis."""
 
-    def start_of(o: Op) -> int:
-        return o.call if t0 is None else max(o.call, t0)
+    axis: list[int]  # the event positions drawn, sorted
+    at: dict[int, int]  # an axis position -> its index, the common case of `idx`
+    unit: float  # px per event
+    t0: int | None  # the left edge of a window, else None
+    end_x: float  # where indeterminate ops run off to (axis units)
 
-    axis_set = {start_of(o) for o in ops} | {o.ret for o in ops if o.ret is not None}
-    if t0 is not None:
-        axis_set.add(t0)
-    axis = sorted(axis_set)
-    n = len(axis)
-    unit = max(14.0 if n <= 1000 else 9.0, min(36.0, 2400.0 / max(1, n)))  # px per event
-    end_x = n + 1.5  # where indeterminate ops run off to
+    @classmethod
+    def of(cls, ops: list[Op], t0: int | None) -> _Geometry:
+        axis_set = ({o.call if t0 is None else max(o.call, t0) for o in ops}
+                    | {o.ret for o in ops if o.ret is not None})
+        if t0 is not None:
+            axis_set.add(t0)
+        axis = sorted(axis_set)
+        n = len(axis)
+        unit = max(14.0 if n <= 1000 else 9.0, min(36.0, 2400.0 / max(1, n)))
+        return cls(axis, {p: i for i, p in enumerate(axis)}, unit, t0, n + 1.5)
 
-    at = {p: i for i, p in enumerate(axis)}
+    def start_of(self, o: Op) -> int:
+        """An op that began before a window's left edge is drawn from the edge."""
+        return o.call if self.t0 is None else max(o.call, self.t0)
 
-    def idx(pos: int) -> int:
-        i = at.get(pos)
-        return i if i is not None else max(0, bisect_right(axis, pos) - 1)
+    def idx(self, pos: int) -> int:
+        """Positions off the axis (a linearization point, an annotation) fall back to the
+        slot at or before them, so they still land inside the right op."""
+        i = self.at.get(pos)
+        return i if i is not None else max(0, bisect_right(self.axis, pos) - 1)
 
-    def px(x: float) -> float:
-        return _GUTTER + unit * (x + 1)
+    def px(self, x: float) -> float:
+        return _GUTTER + self.unit * (x + 1)
 
-    # Lanes: one per process; overlapping ops of a process (an indeterminate op stays
-    # open while the process goes on) get extra rows.
+    def span(self, o: Op) -> tuple[int, float]:
+        """An indeterminate op never returned, so it stays open to the right edge."""
+        return self.idx(self.start_of(o)), self.end_x if o.ret is None else self.idx(o.ret)
+
+
+@dataclass
+class _Lanes:
+    """Where each op's row is, computed once: the bars, the order line and the stuck
+    lines all need the same y, and the spans are reused by the bars."""
+
+    lanes: list[tuple[Any, float, int]]  # (process, top y, height)
+    row_y: dict[int, float]  # op id -> top of its row
+    spans: dict[int, tuple[int, float]]  # op id -> (start, end) in axis units
+    height: float
+
+
+def _layout_lanes(ops: list[Op], geo: _Geometry) -> _Lanes:
+    """One lane per process; overlapping ops of a process (an indeterminate op stays open
+    while the process goes on) get extra rows, so no two bars are drawn over each
+    other."""
     by_proc: dict[Any, list[Op]] = {}
     for o in sorted(ops, key=lambda o: o.call):
         by_proc.setdefault(o.process, []).append(o)
-    procs = sorted(by_proc, key=process_sort_key)
     row_y: dict[int, float] = {}
+    spans: dict[int, tuple[int, float]] = {}
     lanes = []
     y = float(_AXIS_H)
-    for p in procs:
+    for p in sorted(by_proc, key=process_sort_key):
         ends: list[float] = []
         for o in by_proc[p]:
-            a = idx(start_of(o))
-            b = end_x if o.ret is None else idx(o.ret)
+            a, b = spans[o.id] = geo.span(o)
             for r, e in enumerate(ends):
                 if e < a:
                     ends[r] = b
@@ -451,32 +475,42 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
         h = max(1, len(ends)) * _ROW_H
         lanes.append((p, y, h))
         y += h + _LANE_GAP
-    height = y + 4
-    width = px(end_x) + 24
+    return _Lanes(lanes, row_y, spans, y + 4)
 
-    out: list[str] = [f'<svg class="hist" width="{_num(width)}" height="{_num(height)}" '
-                      f'viewBox="0 0 {_num(width)} {_num(height)}" role="img">']
-    # Lane backgrounds and labels.
-    for k, (p, ly, h) in enumerate(lanes):
+
+def _backdrop(page: _Page, geo: _Geometry, layout: _Lanes, width: float) -> list[str]:
+    """Everything drawn behind the ops: lane stripes and names, the time axis labelled
+    with real event positions (the x scale is compressed, so a reader needs them), and
+    the annotation bands."""
+    height = layout.height
+    out = []
+    for k, (p, ly, h) in enumerate(layout.lanes):
         out.append(f'<rect class="lane{k % 2}" x="0" y="{_num(ly)}" width="{_num(width)}" '
                    f'height="{h}"/><text class="lname" x="6" y="{_num(ly + h / 2 + 4)}">'
                    f"{esc(_clip(str(p), 16))}</text>")
-    # Time axis: ticks labelled with real event positions.
-    tick = max(1, math.ceil(56 / unit))
-    for i in range(0, n, tick):
-        x = px(i)
+    tick = max(1, math.ceil(56 / geo.unit))
+    for i in range(0, len(geo.axis), tick):
+        x = geo.px(i)
         out.append(f'<line class="grid" x1="{_num(x)}" y1="{_AXIS_H - 6}" x2="{_num(x)}" '
                    f'y2="{_num(height)}"/><text class="tick" x="{_num(x)}" '
-                   f'y="{_AXIS_H - 10}">{axis[i]}</text>')
+                   f'y="{_AXIS_H - 10}">{geo.axis[i]}</text>')
     out.append(f'<text class="tick axl" x="6" y="{_AXIS_H - 10}">process \\ event</text>')
-    # Annotation bands, behind the ops.
+    out.extend(_annotation_bands(page, geo, height))
+    return out
+
+
+def _annotation_bands(page: _Page, geo: _Geometry, height: float) -> list[str]:
+    """Faults as translucent bands, so an anomaly can be read against what the nemesis
+    was doing at the time; a band that misses the drawn events is left out."""
+    out = []
+    unit = geo.unit
     for a in page.annotations:
-        band = _band(a, axis, t0)
+        band = _band(a, geo.axis, geo.t0)
         if band is None:
             continue
         xa, xb = band
-        x1 = px(xa) - unit / 2
-        x2 = px(min(xb, end_x)) + unit / 2 if xb >= xa else x1 + 3
+        x1 = geo.px(xa) - unit / 2
+        x2 = geo.px(min(xb, geo.end_x)) + unit / 2 if xb >= xa else x1 + 3
         kind = str(a.get("kind", "fault"))
         label = str(a.get("label", ""))
         out.append(f'<g class="band"><title>{esc(kind)}: {esc(label)}</title>'
@@ -484,10 +518,15 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
                    f'height="{_num(height - _AXIS_H)}" fill="{page.color(kind)}"/>'
                    f'<text x="{_num(x1 + 2)}" y="{_num(height - 4)}" '
                    f'fill="{page.color(kind)}">{esc(_clip(label, 40))}</text></g>')
+    return out
 
-    # Linearization points (x in axis units), spread inside the slot they share.
-    shown = list(range(view.first_step, len(lin)))
-    slot = [idx(points[i]) for i in shown]
+
+def _point_xs(lin: list[Step], points: list[int], shown: list[int],
+              geo: _Geometry) -> dict[int, float]:
+    """The x (axis units) of each shown linearization point, by op id. Points of several
+    steps often share one axis slot (the same latest call); they are spread evenly
+    inside it so that each badge stays visible and the order line still moves right."""
+    slot = [geo.idx(points[i]) for i in shown]
     point_x: dict[int, float] = {}
     j = 0
     while j < len(shown):
@@ -498,88 +537,149 @@ def _partition_svg(page: _Page, part: PartitionResult, view: _View,
         for r in range(j, k):
             point_x[lin[shown[r]].op.id] = slot[j] + (r - j + 1) / (m + 1)
         j = k
+    return point_x
 
+
+def _op_class(o: Op, si: int | None, chain: bool, blocked: dict[int, bool],
+              t0: int | None) -> str:
+    """The CSS classes of a bar: its role in the verdict first (the tooltip shows that
+    one), then the modifiers for an open or cut bar."""
+    if o.id in blocked:
+        cls = "bl" if blocked[o.id] else "bx"
+    elif si is None:
+        cls = "nl"
+    else:
+        cls = "ch lin" if chain else "lin"
+    if o.ret is None:
+        cls += " ind"
+    if t0 is not None and o.call < t0:
+        cls += " cut"
+    return cls
+
+
+def _op_note(page: _Page, lin: list[Step], o: Op, si: int | None, chain: bool,
+             blocked: dict[int, bool]) -> str:
+    """The tooltip's explanation of an op whose place in the order is not obvious from
+    the drawing alone."""
+    if o.id in blocked:
+        before = lin[-1].state if lin else _safe_init(page.model)
+        return (("cannot be linearized next: illegal in state " if blocked[o.id] else
+                 "cannot be linearized next: legal in state ")
+                + page.state_text(before)
+                + ("" if blocked[o.id] else ", but no continuation succeeds from there"))
+    if chain:
+        return "indeterminate op, applied right before the next op because it needs it"
+    if o.ret is None and si is None:
+        return "indeterminate op, never needed: it may never have happened"
+    return ""
+
+
+def _op_bar(o: Op, i: int, cls: str, desc: str, x1: float, x2: float, ry: float) -> str:
+    """One op's bar; its label is cut to what fits, since the full text is in the
+    tooltip (row `i` of the data blob)."""
+    w = max(2.0, x2 - x1)
+    parts = [f'<g class="op {cls}" data-i="{i}">',
+             f'<rect class="bar" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" width="{_num(w)}" '
+             f'height="{_BAR_H}" rx="2"/>']
+    if o.ret is None:
+        parts.append(f'<rect class="hatch" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" '
+                     f'width="{_num(w)}" height="{_BAR_H}"/>')
+    chars = int((w - 6) / _CHAR_W)
+    if chars >= 3:
+        label = desc if len(desc) <= chars else desc[: chars - 1] + "…"
+        parts.append(f'<text class="olabel" x="{_num(x1 + 3)}" '
+                     f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{esc(label)}</text>')
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _op_badge(i: int, si: int, chain: bool, cx: float, ry: float) -> str:
+    """The numbered point of a linearized op: the order is read from these numbers."""
+    txt = str(si + 1)
+    bw = 5.6 * len(txt) + 5
+    return (f'<g class="badge{" chb" if chain else ""}" data-i="{i}">'
+            f'<rect x="{_num(cx - bw / 2)}" y="{_num(ry + 2)}" width="{_num(bw)}" '
+            f'height="12" rx="6"/><text x="{_num(cx)}" y="{_num(ry + 11)}">'
+            f"{txt}</text></g>")
+
+
+def _draw_ops(page: _Page, part: PartitionResult, ops: list[Op], geo: _Geometry,
+              layout: _Lanes, point_x: dict[int, float]) -> tuple[list[str], list[str], float]:
+    """The bars and the badges (drawn apart: badges go on top of the order line, bars
+    below it), and the x to scroll to first: the op that cannot come next, else the
+    last point of the order. Appends each op's tooltip row to the page, in op order."""
+    lin = part.linearization
+    step_of = {s.op.id: i for i, s in enumerate(lin)}
+    blocked = {o.id: illegal for o, illegal in part.blocked}
     total = len(lin)
     bars: list[str] = []
     badges: list[str] = []
     focus = 0.0
     for o in ops:
-        a = idx(start_of(o))
-        b = end_x if o.ret is None else idx(o.ret)
-        x1, x2 = px(a), px(b)
-        ry = row_y[o.id]
+        a, b = layout.spans[o.id]
+        x1, x2 = geo.px(a), geo.px(b)
+        ry = layout.row_y[o.id]
         si = step_of.get(o.id)
         chain = si is not None and lin[si].unknown_chain
-        if o.id in blocked:
-            cls = "bl" if blocked[o.id] else "bx"
-        elif si is None:
-            cls = "nl"
-        else:
-            cls = "ch lin" if chain else "lin"
-        if o.ret is None:
-            cls += " ind"
-        if t0 is not None and o.call < t0:
-            cls += " cut"
+        cls = _op_class(o, si, chain, blocked, geo.t0)
         desc = page.op_text(o)
         state = page.state_ref(lin[si].state) if si is not None else None
-        note = ""
+        note = _op_note(page, lin, o, si, chain, blocked)
         if o.id in blocked:
-            before = lin[-1].state if lin else _safe_init(page.model)
-            note = (("cannot be linearized next: illegal in state " if blocked[o.id] else
-                     "cannot be linearized next: legal in state ")
-                    + page.state_text(before)
-                    + ("" if blocked[o.id] else ", but no continuation succeeds from there"))
             focus = max(focus, x1)
-        elif chain:
-            note = "indeterminate op, applied right before the next op because it needs it"
-        elif o.ret is None and si is None:
-            note = "indeterminate op, never needed: it may never have happened"
         i = len(page.data)
         page.data.append([desc, str(o.process), o.call, o.ret,
                           None if si is None else si + 1, total, state, note, cls.split()[0]])
-        w = max(2.0, x2 - x1)
-        parts = [f'<g class="op {cls}" data-i="{i}">',
-                 f'<rect class="bar" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" width="{_num(w)}" '
-                 f'height="{_BAR_H}" rx="2"/>']
-        if o.ret is None:
-            parts.append(f'<rect class="hatch" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" '
-                         f'width="{_num(w)}" height="{_BAR_H}"/>')
-        chars = int((w - 6) / _CHAR_W)
-        if chars >= 3:
-            label = desc if len(desc) <= chars else desc[: chars - 1] + "…"
-            parts.append(f'<text class="olabel" x="{_num(x1 + 3)}" '
-                         f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{esc(label)}</text>')
-        parts.append("</g>")
-        bars.append("".join(parts))
+        bars.append(_op_bar(o, i, cls, desc, x1, x2, ry))
         if si is not None and o.id in point_x:
-            cx = px(point_x[o.id])
-            txt = str(si + 1)
-            bw = 5.6 * len(txt) + 5
-            badges.append(f'<g class="badge{" chb" if chain else ""}" data-i="{i}">'
-                          f'<rect x="{_num(cx - bw / 2)}" y="{_num(ry + 2)}" width="{_num(bw)}" '
-                          f'height="12" rx="6"/><text x="{_num(cx)}" y="{_num(ry + 11)}">'
-                          f"{txt}</text></g>")
+            cx = geo.px(point_x[o.id])
+            badges.append(_op_badge(i, si, chain, cx, ry))
             if si == total - 1 and not part.blocked:
                 focus = max(focus, cx)
-    out.extend(bars)
-    # The order found, as a line through the points, and dashed red lines from its last
-    # point to every op that cannot come next.
-    pts = [(px(point_x[lin[s].op.id]), row_y[lin[s].op.id] + 8) for s in shown
+    return bars, badges, focus
+
+
+def _order_lines(part: PartitionResult, shown: list[int], point_x: dict[int, float],
+                 geo: _Geometry, layout: _Lanes) -> list[str]:
+    """The order found, as a line through the points, and dashed red lines from its last
+    point to every op that cannot come next: together they show where the search got
+    stuck."""
+    lin = part.linearization
+    row_y = layout.row_y
+    out = []
+    pts = [(geo.px(point_x[lin[s].op.id]), row_y[lin[s].op.id] + 8) for s in shown
            if lin[s].op.id in row_y]
     if len(pts) > 1:
         out.append('<polyline class="path" points="'
                    + " ".join(f"{_num(x)},{_num(yy)}" for x, yy in pts) + '"/>')
     if part.blocked:
-        last = pts[-1] if pts else (px(0), _AXIS_H)
+        last = pts[-1] if pts else (geo.px(0), _AXIS_H)
         for o, _ in part.blocked:
             if o.id not in row_y:
                 continue
-            a = idx(start_of(o))
-            b = end_x if o.ret is None else idx(o.ret)
-            bx = px(max(a + 0.5, min((a + b) / 2, a + 2)))
+            a, b = layout.spans[o.id]
+            bx = geo.px(max(a + 0.5, min((a + b) / 2, a + 2)))
             out.append(f'<line class="stuck" x1="{_num(last[0])}" y1="{_num(last[1])}" '
                        f'x2="{_num(bx)}" y2="{_num(row_y[o.id] + _BAR_Y + _BAR_H / 2)}"/>')
-    out.extend(badges)
+    return out
+
+
+def _partition_svg(page: _Page, part: PartitionResult, view: _View,
+                   points: list[int]) -> tuple[str, float]:
+    """The SVG of one partition, and the x (px) to scroll to first (the failure)."""
+    geo = _Geometry.of(view.ops, view.t0)
+    layout = _layout_lanes(view.ops, geo)
+    height = layout.height
+    width = geo.px(geo.end_x) + 24
+    shown = list(range(view.first_step, len(part.linearization)))
+    point_x = _point_xs(part.linearization, points, shown, geo)
+    out = [f'<svg class="hist" width="{_num(width)}" height="{_num(height)}" '
+           f'viewBox="0 0 {_num(width)} {_num(height)}" role="img">']
+    out += _backdrop(page, geo, layout, width)
+    bars, badges, focus = _draw_ops(page, part, view.ops, geo, layout, point_x)
+    out += bars
+    out += _order_lines(part, shown, point_x, geo, layout)
+    out += badges
     out.append("</svg>")
     return "".join(out), focus
 

@@ -31,10 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .faults import KINDS
 from .primitives import (
     ACTIONS,
     FAMILIES,
     FAMILY_ALIASES,
+    OPT_IN_FAMILIES,
     TRIGGER_EVENTS,
     Step,
     Target,
@@ -73,7 +75,8 @@ MAX_SEED = 2**63 - 1
 
 
 def parse_families(spec: str) -> tuple[str, ...]:
-    """`none`, `all`, or a comma list of FAMILIES (old names accepted)."""
+    """`none`, `all`, or a comma list of families (old names accepted; `all` in a list
+    stands for its families: `all,clock` adds the opt-in `clock` to them)."""
     spec = spec.strip()
     if spec in ("", "none"):
         return ()
@@ -82,11 +85,12 @@ def parse_families(spec: str) -> tuple[str, ...]:
     out: list[str] = []
     for name in spec.split(","):
         name = FAMILY_ALIASES.get(name.strip(), name.strip())
-        if name not in FAMILIES:
+        if name not in FAMILIES + OPT_IN_FAMILIES + ("all",):
             raise PlanError(f"unknown nemesis {name!r}; expected none, all, or a comma list "
-                            f"of {', '.join(FAMILIES)}")
-        if name not in out:
-            out.append(name)
+                            f"of {', '.join(FAMILIES + OPT_IN_FAMILIES)} (all among them)")
+        for n in FAMILIES if name == "all" else (name,):
+            if n not in out:
+                out.append(n)
     return tuple(out)
 
 
@@ -253,30 +257,9 @@ def _ids() -> Iterator[int]:
         yield n
 
 
-# Target roles that make sense for each action (the generator draws from these).
-_ROLES: dict[str, tuple[str, ...]] = {
-    "kill": ("one", "leader", "follower", "minority", "lagging", "marker-holder", "restarted"),
-    "restart": ("one", "leader", "follower", "restarted", "lagging"),
-    "kill-power": ("one", "leader", "follower", "minority", "marker-holder", "majority",
-                   "all"),
-    "pause": ("one", "leader", "follower", "minority", "marker-holder"),
-    "snapshot": ("one", "follower", "leader", "all", "lagging"),
-    "compact": ("one", "lagging", "follower"),
-    "isolate": ("one", "leader", "follower", "marker-holder", "lagging"),
-    "split": ("leader-pair", "minority", "leader-pair"),
-    "lead": ("one", "follower", "restarted", "lagging", "marker-holder"),
-    "halves": ("none",),
-    "ring": ("none",),
-    "bridge": ("one", "leader"),
-    "cut-in": ("leader", "one", "follower"),
-    "cut-out": ("leader", "one", "follower"),
-    "slow-in": ("leader", "one", "follower"),
-    "slow-out": ("leader", "one"),
-    "loss": ("all", "all", "one"),
-    "delay": ("all",),
-    "duplicate": ("all", "all", "one"),
-    "reorder": ("all",),
-}
+# Target roles that make sense for each action (the generator draws from these), in the
+# order of `KINDS`: the generative phases' pool of actions is drawn in it.
+_ROLES: dict[str, tuple[str, ...]] = {k.name: k.roles for k in KINDS.values() if k.roles}
 _EVENT_WEIGHTS = {"marker-proposed": 3, "marker-committed": 3, "marker-applied": 2,
                   "leader-elected": 3, "snapshot-installed": 1, "snapshot-taken": 1,
                   "barrier-up": 2, "apply-wait-timeout": 2, "restarted": 2,
@@ -284,8 +267,7 @@ _EVENT_WEIGHTS = {"marker-proposed": 3, "marker-committed": 3, "marker-applied":
 _CUTOVER_EVENTS = {"marker-proposed", "marker-committed", "marker-applied", "barrier-up",
                    "apply-wait-timeout"}
 _DELAYS = (0.0, 0.002, 0.01, 0.05, 0.2, 0.5, 1.5)
-_DISRUPTIVE = {"kill", "kill-power", "restart", "pause", "isolate", "split", "cut-in",
-               "cut-out", "slow-in"}
+_DISRUPTIVE = {k.name for k in KINDS.values() if k.disruptive}
 _DURATIONS = (0.3, 0.8, 1.5, 3.0, 5.0)
 
 
@@ -319,21 +301,7 @@ class _Builder:
         return all(ACTIONS[a][0] in self.fams for a in actions)
 
     def params(self, action: str) -> dict[str, Any]:
-        r = self.rng
-        if action == "loss":
-            return {"p": round(r.uniform(0.05, 0.4), 3)}
-        if action == "duplicate":
-            return {"p": round(r.uniform(0.1, 0.5), 3)}
-        if action in ("delay", "slow-in", "slow-out"):
-            ms = r.choice([5, 20, 50, 100, 250])
-            return {"ms": ms, "jitter": ms / 2}
-        if action == "reorder":
-            return {"ms": 2, "jitter": r.choice([10, 30, 60])}
-        if action == "restart":
-            return {"down": r.choice([0.0, 0.05, 0.3]), "times": r.choice([1, 1, 2, 3])}
-        if action == "kill-power":
-            return {"torn": r.random() < 0.5}
-        return {}
+        return KINDS[action].draw(self.rng)
 
     def duration(self, t: float) -> float:
         return max(0.1, min(self.rng.choice(_DURATIONS), self.time_limit - 0.5 - t))
@@ -406,8 +374,7 @@ class _Builder:
         for _ in range(k):
             ev = r.choices(events, weights=[_EVENT_WEIGHTS[e] for e in events])[0]
             a = pick()
-            role = "event" if r.random() < 0.4 and _ROLES[a][0] != "none" \
-                and a not in ("compact", "loss", "delay", "duplicate", "reorder") \
+            role = "event" if r.random() < 0.4 and KINDS[a].at_event_node \
                 else r.choice(_ROLES[a])
             name = f"t{len(self.steps) + 1}"
             first = self.add(a, Target(role, bind=name), When("event", event=ev,
@@ -437,8 +404,7 @@ class _Builder:
             a = r.choice(actions)
             ev = r.choice(["marker-proposed", "marker-committed", "barrier-up",
                            "marker-proposed"])
-            role = r.choice(["leader-pair", "leader"]) if a == "split" else \
-                r.choice(["leader", "event"])
+            role = r.choice(KINDS[a].focus_roles)
             self.add(a, Target(role), When("event", event=ev), delay=r.choice([0.0, 0.002, 0.01, 0.05, 0.2]),
                      duration=r.choice([0.5, 1.0, 2.5, 4.0]), origin="cutover-focus",
                      **self.params(a))
@@ -521,14 +487,14 @@ class _Builder:
     def legacy_timed(self) -> None:
         """The previous default's timed faults: one at a time, out of the cutover window."""
         r = self.rng
-        kinds = [(a, role, fam) for a, role, fam in _LEGACY if fam in self.fams]
+        kinds = [(a, role) for a, role in _LEGACY if KINDS[a].family in self.fams]
         window = None
         if self.cutover_at is not None:
             window = (max(0.0, self.cutover_at - WINDOW_BEFORE), self.cutover_at + WINDOW_AFTER)
         t = min(2.0, self.time_limit / 4)
         while kinds:
             t += self.interval * r.uniform(0.6, 1.4)
-            a, role, _ = r.choice(kinds)
+            a, role = r.choice(kinds)
             dur = round(self.interval * r.uniform(0.4, 0.8), 3)
             if t + dur >= self.time_limit - 0.5:
                 break
@@ -611,16 +577,17 @@ class _Builder:
                      duration=1.0, origin="sequence")
 
 
-_LEGACY: list[tuple[str, str, str]] = [
-    ("kill", "one", "kill"), ("kill", "minority", "kill"), ("kill", "leader", "kill"),
-    ("pause", "one", "pause"), ("pause", "minority", "pause"), ("pause", "leader", "pause"),
-    ("halves", "none", "partition"), ("isolate", "one", "partition"),
-    ("isolate", "leader", "partition"), ("ring", "none", "partition"),
-    ("bridge", "one", "partition"),
-    ("loss", "all", "net"), ("delay", "all", "net"), ("duplicate", "all", "net"),
+# The previous default's timed faults: (action, role), each drawn when its family is on.
+_LEGACY: list[tuple[str, str]] = [
+    ("kill", "one"), ("kill", "minority"), ("kill", "leader"),
+    ("pause", "one"), ("pause", "minority"), ("pause", "leader"),
+    ("halves", "none"), ("isolate", "one"), ("isolate", "leader"), ("ring", "none"),
+    ("bridge", "one"),
+    ("loss", "all"), ("delay", "all"), ("duplicate", "all"),
 ]
 
 # Re-exported for callers that build their own plans.
-__all__ = ["DEFAULT_SCENARIO", "FAMILIES", "PLAN_FORMAT", "Plan", "PlanError", "SCENARIOS",
+__all__ = ["DEFAULT_SCENARIO", "FAMILIES", "OPT_IN_FAMILIES", "PLAN_FORMAT", "Plan",
+           "PlanError", "SCENARIOS",
            "SNAPSHOT_EVERY", "Step", "TRIGGER_EVENTS", "Target", "When", "check_scenario",
            "make_plan", "parse_families"]

@@ -9,7 +9,8 @@ can run them without knowing where they came from:
   after the cutover, the most lagging node, the node whose event triggered the fault)
   or a random one / minority / majority; a choice can be bound to a name that later
   steps reuse (`bound`), which is how multi-step scenarios are written;
-* an **action** (`ACTIONS`): what is done to the chosen nodes, with its undo;
+* an **action** (`ACTIONS`, from the fault kinds of `nemesis/faults.py`): what is done to
+  the chosen nodes, with its undo;
 * a **trigger** (`When`): a time, a node event, a run milestone, or the end of another
   step;
 * a **delay** after the trigger and a **duration** (or an `until` trigger) before the undo.
@@ -21,42 +22,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-# action -> (family, timed). A timed action is undone after its duration (or `until`);
-# an instantaneous one does its thing and is over.
-ACTIONS: dict[str, tuple[str, bool]] = {
-    # processes
-    "kill": ("kill", True),  # SIGKILL; restarted when the step ends
-    "restart": ("kill", False),  # SIGKILL and start again at once (a bounce)
-    "kill-power": ("power", True),  # SIGKILL, lose what was not durable, restart at the end
-    "pause": ("pause", True),  # SIGSTOP, SIGCONT at the end
-    # the log
-    "snapshot": ("snapshot", False),  # snapshot-now on the targets
-    "compact": ("snapshot", False),  # snapshot-now everywhere but the targets
-    # partitions
-    "isolate": ("partition", True),  # each target alone
-    "split": ("partition", True),  # the targets on one side, everyone else on the other
-    "lead": ("partition", True),  # a star around one target: only it can win an election
-    "halves": ("partition", True),  # random halves (the target, if any, in the minority)
-    "ring": ("partition", True),  # majorities ring
-    "bridge": ("partition", True),  # two halves joined by one node (the target)
-    "cut-in": ("partition", True),  # every link into the targets
-    "cut-out": ("partition", True),  # every link out of the targets
-    # the network
-    "slow-in": ("net", True),  # delay the links into the targets
-    "slow-out": ("net", True),  # delay the links out of the targets
-    "loss": ("net", True),  # drop a share of messages (all links, or the targets')
-    "delay": ("net", True),  # delay every message, with jitter
-    "duplicate": ("net", True),  # deliver a share of messages twice
-    "reorder": ("net", True),  # a small delay with a large jitter
-    # the operator
-    "rotate": ("rotate", False),  # RotateDEK through the leader, retried like an operator
-    "enable": ("enable", False),  # EnableRaftEnvelope, retried like an operator
-    # after the final reads: damage one replica's copy of an entry above C, replay it
-    "corrupt-entry": ("corrupt", False),
-}
+from .faults import (  # noqa: F401 - the families, re-exported: the primitives' names
+    FAMILIES,
+    KINDS,
+    OPT_IN_FAMILIES,
+)
 
-FAMILIES: tuple[str, ...] = ("kill", "power", "pause", "partition", "net", "snapshot",
-                             "rotate", "enable", "corrupt")
+# action -> (family, timed), from the fault kinds' records (`nemesis/faults.py: KINDS`,
+# which says what each one is). A timed action is undone after its duration (or
+# `until`); an instantaneous one does its thing and is over. The heal is a kind no plan
+# holds: it has no family, and no step may name it.
+ACTIONS: dict[str, tuple[str, bool]] = {k.name: (k.family, k.timed) for k in KINDS.values()
+                                        if k.family}
+
 # Names older runs stored, still accepted.
 FAMILY_ALIASES = {"snapshot-replay": "snapshot"}
 
@@ -141,7 +119,7 @@ def _names(name: str, v: Any) -> None:
         text(name, x, empty=False)
 
 
-# A step's `params`, each with its check: the handlers in `orchestrator/faults.py` read
+# A step's `params`, each with its check: the handlers in `nemesis/faults.py` read
 # them, and the executors record them as keyword arguments (so an unknown name could
 # collide with `step` or `origin` there): a name not listed is refused.
 PARAMS: dict[str, Callable[[str, Any], Any]] = {
@@ -156,6 +134,8 @@ PARAMS: dict[str, Callable[[str, Any], Any]] = {
     "wait_applied": _flag,  # rotate
     "pick": lambda n, v: integer(n, v, 0, 2**63 - 1),  # corrupt-entry: which entry
     "cut_off": _names,  # lead: who else is cut off
+    # clock-skew: how many times as fast the targets' timers run (drawn from 1/4 to 4)
+    "factor": lambda n, v: number(n, v, 0.1, 10.0),
 }
 
 

@@ -29,6 +29,7 @@ import msgpack
 from node import payload as pl
 from node import sidecar as sidecar_file
 from node.disk import REAL, Disk
+from node.encstate import decode_encryption_state
 from node.envelope import NonceSource, UnwrapError, is_wrapped_shape, unwrap
 from node.envelope import wrap as seal_bytes
 from node.events import EventKind
@@ -467,50 +468,6 @@ class Cutover:
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
                           why="install-snapshot")
-
-
-def decode_encryption_state(blob: bytes) -> dict[str, Any] | None:
-    """The snapshot header's encryption blob, or None when empty; ValueError if malformed.
-
-    The decoder of `Cutover.snapshot_fields`'s blob: msgpack ``{"keys":
-    {id: {"wrapped": bin, "purpose": str, "created_index": int}}, "active": int,
-    "cutover": int}``. Returns ``{"keys": {id: (wrapped, purpose, created_index)},
-    "active": int, "cutover": int}``.
-    """
-    if not blob:
-        return None
-    try:
-        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"encryption blob is not msgpack: {e}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("encryption blob is not a map")
-    keys: dict[int, tuple[bytes, str, int]] = {}
-    raw_keys = doc.get("keys") or {}
-    if not isinstance(raw_keys, dict):
-        raise ValueError("encryption blob: keys is not a map")
-    for k, rec in raw_keys.items():
-        kid = as_int(k)
-        if kid is None or not isinstance(rec, dict) or not isinstance(rec.get("wrapped"), bytes):
-            raise ValueError(f"encryption blob: malformed key entry {k!r}")
-        created = as_int(rec.get("created_index", 0))
-        keys[kid] = (rec["wrapped"], str(rec.get("purpose", "")), created or 0)
-    active = as_int(doc.get("active", 0))
-    cutover = as_int(doc.get("cutover", 0))
-    if active is None or cutover is None:
-        raise ValueError("encryption blob: active/cutover is not an integer")
-    return {"keys": keys, "active": active, "cutover": cutover}
-
-
-def as_int(v: Any) -> int | None:
-    """An int from msgpack/JSON-ish input (bools refused, digit strings accepted)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.isascii() and v.isdigit():
-        return int(v)
-    return None
 
 
 class EnableHost(Protocol):

@@ -24,7 +24,7 @@ from node.disk import Disk
 from node.events import EventKind
 from node.keystore import Kek
 from node.kv import KV, snapshot_enc, snapshot_kv
-from node.raft import Config, Message, RaftNode, Ready, may_send_early
+from node.raft import Config, Message, RaftNode, Ready
 from node.replica import NodeExit, Replica
 from node.sidecar import SidecarError
 from node.storage import Storage, StorageError
@@ -203,11 +203,10 @@ class NodeHost(Replica):
         self.observe_role()
 
     def _handle_ready(self, rd: Ready) -> None:
-        # A leader's appends go out before its own fsync, so the two overlap; replies
-        # that promise durability (votes, acks) wait for it (the core's contract).
-        early = [m for m in rd.messages if may_send_early(m)]
-        if early:
-            self._send(early)
+        # The core sorted the messages: a leader's appends go out before its own fsync,
+        # so the two overlap; replies that promise durability (votes, acks) wait for it.
+        if rd.messages:
+            self._send(rd.messages)
         cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
                         else (0, b""))
         if rd.snapshot is not None:
@@ -218,8 +217,8 @@ class NodeHost(Replica):
         if cut:  # a divergent suffix (a deposed leader's entries) was overwritten
             self.log.emit(EventKind.LOG_TRUNCATED, index=rd.entries[0].index, entries=cut,
                           term=rd.entries[0].term)
-        if len(early) < len(rd.messages):
-            self._send([m for m in rd.messages if not may_send_early(m)])
+        if rd.messages_after_persist:
+            self._send(rd.messages_after_persist)
         self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
         now = self.clock()
         if rd.committed_entries and now - self._last_progress_event > 1.0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import faulthandler
+import math
 import os
 import random
 import signal
@@ -27,8 +28,9 @@ from node.keystore import KeystoreError, load_kek
 from node.raft import Message, from_wire, to_wire
 from node.storage import StorageError
 
-__all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PARENT_ENV", "PROFILES", "Node",
-           "NodeOptions", "die_with_parent", "main", "parse_args", "run_node"]
+__all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PARENT_ENV", "PROFILES",
+           "TICK_FACTOR_OP", "Node", "NodeOptions", "die_with_parent", "main", "parse_args",
+           "run_node"]
 
 _PR_SET_PDEATHSIG = 1
 # `python -m node` started by a harness: the pid of the process it must die with. The
@@ -66,6 +68,24 @@ def die_with_parent(parent_pid: int | None = None) -> int:
 # (`checker.crashes`). Nothing sets it outside the tests.
 TEST_RAISE_ENV = "CUTOVER_TEST_RAISE_AT"
 
+# An admin request the process answers itself, outside Raft and the node's logic: from
+# now on its timers (its ticks) run `factor` times as fast. The harness's clock-skew
+# fault uses it; its `seq` orders requests that reach the node over different
+# connections (an older one arriving late, say after a pause, is ignored).
+TICK_FACTOR_OP = "tick-factor"
+TICK_FACTORS = (0.01, 100.0)  # what a process accepts: a tick from 0.25 ms to 2.5 s at 25 ms
+
+
+def tick_factor_error(factor: Any, seq: Any) -> str | None:
+    """Why a tick-factor request cannot be obeyed, or None."""
+    lo, hi = TICK_FACTORS
+    if isinstance(factor, bool) or not isinstance(factor, int | float) \
+            or not math.isfinite(factor) or not lo <= factor <= hi:
+        return f"factor must be a number from {lo:g} to {hi:g}"
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        return "seq must be a whole number >= 0"
+    return None
+
 
 def raise_at_hook(opts: NodeOptions) -> int | None:
     """The applied index at which this node process must raise, or None."""
@@ -81,8 +101,16 @@ class Node:
     """One replica process: a `NodeHost` (the node's logic) on real files, real time,
     ZeroMQ sockets and one poll loop."""
 
-    def __init__(self, opts: NodeOptions, parent_pid: int | None = None) -> None:
+    def __init__(self, opts: NodeOptions, parent_pid: int | None = None, *,
+                 tick_factor: float = 1.0, tick_seq: int = 0) -> None:
         self.opts = opts
+        why = tick_factor_error(tick_factor, tick_seq)
+        if why is not None:
+            raise ValueError(f"tick factor: {why}")
+        self.tick_factor = float(tick_factor)
+        self._tick_seq = tick_seq
+        self.ticks = 0  # this process's, answered with the factor (how fast it runs)
+        self._tick_s = opts.tick_ms / 1000.0 / self.tick_factor
         # Read before start-up, not in the loop: by then the parent may be gone already.
         self.parent_pid = os.getppid() if parent_pid is None else parent_pid
         self.id = opts.node_id
@@ -145,11 +173,12 @@ class Node:
         poller = zmq.Poller()
         poller.register(self.peer, zmq.POLLIN)
         poller.register(self.client, zmq.POLLIN)
-        tick = self.opts.tick_ms / 1000.0
-        next_tick = time.monotonic() + tick
+        next_tick = time.monotonic() + self._tick_s
         next_parent_check = 0.0
         while self.running:
+            tick = self._tick_s  # a tick-factor request changes it between turns
             now = time.monotonic()
+            next_tick = min(next_tick, now + tick)  # sped up: the next tick comes sooner
             wait_ms = max(0.0, (next_tick - now) * 1000.0)
             ready = dict(poller.poll(wait_ms))
             if self.peer in ready:
@@ -165,6 +194,7 @@ class Node:
             now = time.monotonic()
             if now >= next_tick:
                 host.on_tick()
+                self.ticks += 1
                 next_tick += tick
                 if now - next_tick > 10 * tick:  # we were stopped (SIGSTOP): do not burst
                     next_tick = now + tick
@@ -229,7 +259,28 @@ class Node:
                                       "text": "request is not a msgpack map",
                                       "definite": True})
                 continue
+            if req.get("op") == TICK_FACTOR_OP:
+                self._set_tick_factor(ident, req)
+                continue
             self.host.on_request(ident, req)
+
+    def _set_tick_factor(self, ident: Any, req: dict[str, Any]) -> None:
+        """The tick-factor request (`TICK_FACTOR_OP`; without `factor`, a question);
+        answers the factor now in force and the ticks this process made."""
+        factor, seq = req.get("factor", self.tick_factor), req.get("seq", 0)
+        why = tick_factor_error(factor, seq)
+        if why is not None:
+            self._deliver(ident, {"id": req.get("id"), "ok": False, "code": "bad-request",
+                                  "text": why, "definite": True})
+            return
+        stale = seq != 0 and seq <= self._tick_seq
+        if not stale:
+            self._tick_seq = max(self._tick_seq, seq)
+            self.tick_factor = float(factor)
+            self._tick_s = self.opts.tick_ms / 1000.0 / self.tick_factor
+        self._deliver(ident, {"id": req.get("id"), "ok": True,
+                              "value": {"factor": self.tick_factor, "stale": stale,
+                                        "ticks": self.ticks}})
 
     def _send_batch(self, msgs: list[Message]) -> None:
         """One network message per destination: every send costs a wakeup of ZeroMQ's
@@ -280,13 +331,16 @@ def parse_args(argv: list[str]) -> NodeOptions:
                        durability_journal=a.durability_journal)
 
 
-def run_node(opts: NodeOptions, parent_pid: int | None = None) -> int:
+def run_node(opts: NodeOptions, parent_pid: int | None = None, *,
+             tick_factor: float = 1.0, tick_seq: int = 0) -> int:
     """Run a node to completion; returns a process exit code (2: refused to start,
     `EXIT_HALTED`: it ended itself after a halt, the elastickv profile). `parent_pid`:
-    the process this node must not outlive (see `die_with_parent`)."""
+    the process this node must not outlive (see `die_with_parent`); `tick_factor` and
+    `tick_seq`: its timers' speed from the start (a skewed node restarted keeps its
+    skew: `TICK_FACTOR_OP`)."""
     parent_pid = die_with_parent(parent_pid)
     try:
-        node = Node(opts, parent_pid)
+        node = Node(opts, parent_pid, tick_factor=tick_factor, tick_seq=tick_seq)
     except (StorageError, KeystoreError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"node {opts.node_id}: refusing to start: {e}", file=sys.stderr)
         return 2

@@ -22,9 +22,8 @@ import click
 from checker import check, get_model, read_history
 from checker.edn import dumps_op, loads_all
 from checker.synth import inject_stale_read, simulate_kv, write_jsonl
-
-from .client import Client
-from .cluster import Cluster
+from orchestrator.real.client import Client
+from orchestrator.real.cluster import Cluster
 
 
 class BenchError(RuntimeError):

@@ -126,7 +126,7 @@ def _wrap(cls: type, name: str, check: Callable[..., None]) -> None:
 def _process_start(proc: multiprocessing.process.BaseProcess) -> None:
     target = getattr(proc, "_target", None)
     where = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
-    if where in ("orchestrator.cluster._node_entry", "orchestrator.switchboard._switchboard_child"):
+    if where in ("orchestrator.real.cluster._node_entry", "orchestrator.real.switchboard._switchboard_child"):
         _needs("real", "starts a node or switchboard process")
 
 

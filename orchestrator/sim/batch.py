@@ -21,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestrator.config import RunConfig
+from checker import suite
+from nemesis.plan import Plan
+from orchestrator import store
 from orchestrator.lifeline import worker_pool
-
-from .run import SimOutcome, simulate
+from orchestrator.run.config import RunConfig
+from orchestrator.run.program import new_run_id, verdict_line
+from orchestrator.sim.run import SimOutcome, simulate
 
 
 @dataclass
@@ -69,7 +72,6 @@ def _record(o: SimOutcome) -> dict[str, Any]:
 def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
              plan_doc: dict[str, Any] | None = None) -> SeedResult:
     """One seed in this process (a worker's job); never raises."""
-    from nemesis.plan import Plan
 
     cfg = RunConfig.from_dict({**cfg_doc, "seed": seed})
     with tempfile.TemporaryDirectory(prefix="cutover-sim-") as tmp:
@@ -160,9 +162,6 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
     """Store one simulated run like a real one: the run dir (nodes' files, kek,
     config.json) and its rows (runs with source `sim`, ops, nemesis, node events,
     checks, coverage). Returns the run id."""
-    from checker import suite
-    from orchestrator import store
-    from orchestrator.program import new_run_id, verdict_line
 
     cfg = rec["config"]
     seed = int(cfg.get("seed") or 0)

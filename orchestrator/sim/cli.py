@@ -20,12 +20,11 @@ import click
 from checker.coverage import POINTS
 from nemesis.plan import Plan
 from orchestrator import store
-from orchestrator.config import RunConfig, RunError, read_plan_file
 from orchestrator.errors import EXIT_HARNESS
-
-from .batch import SeedResult, run_batch, store_run
-from .run import simulate
-from .shrink import Shrunk, shrink
+from orchestrator.run.config import RunConfig, RunError, read_plan_file
+from orchestrator.sim.batch import SeedResult, run_batch, store_run
+from orchestrator.sim.run import simulate
+from orchestrator.sim.shrink import Shrunk, shrink
 
 # With a budget, the search stops at this share of it once something failed: the rest
 # is for shrinking each kind.
@@ -159,7 +158,7 @@ def _progress(r: SeedResult, b: Search, t0: float) -> None:
 def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: int,
         workers: int, results: str, shrink: bool) -> int:
     """`cutover sim`: the seeds, every failing one stored, the first of each failure kind
-    shrunk. A `budget` covers the search and the shrinking (`orchestrator.hunt.search`:
+    shrunk. A `budget` covers the search and the shrinking (`orchestrator.search.hunt.search`:
     the search stops at half of it once a seed failed, and each kind is shrunk with a
     deadline, the smallest plan found by then kept). Every seed's coverage, passing ones
     included, is recorded (`sim_batches`), so `cutover coverage` counts what this
@@ -258,7 +257,7 @@ def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
 
 def load_plan_file(path: str) -> tuple[RunConfig, Plan, dict[str, Any]]:
     """(config, plan, the whole document) of a plan file that carries its run's config
-    (`orchestrator.run.read_plan_file` reads and checks it: the same reader as `cutover
+    (`orchestrator.run.config.read_plan_file` reads and checks it: the same reader as `cutover
     run --plan`); RunError, one line, if it is not one. A replay is exact, so the config
     must name its seed."""
     config, plan, doc = read_plan_file(path)

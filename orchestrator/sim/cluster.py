@@ -20,14 +20,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nemesis.faults import Net
 from node.events import EXIT_HALTED, EventKind
 from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
-from orchestrator.config import KNOB_DEFAULTS
-from orchestrator.faults import Net
-
-from .disk import SimDisk
+from orchestrator.run.config import KNOB_DEFAULTS
+from orchestrator.sim.disk import SimDisk
 
 US = 1_000_000  # microseconds per second
 
@@ -109,6 +108,9 @@ class SimNode:
     busy_until: int = 0  # the loop is still in its last turn (fsync included)
     failed_starts: int = 0
     ticks: int = 0
+    # How many times as fast its timers run (the clock-skew fault): a property of the
+    # node's machine, so it outlives a restart of the process, as on real processes.
+    tick_factor: float = 1.0
     # The last loop turn: when it began, its number, its durability changes. A crash
     # before its fsyncs finished cuts it short (`cut`: turn -> syncs that completed).
     turn: int = 0
@@ -324,7 +326,15 @@ class SimCluster:
         if not node.paused:  # a stopped process does not tick (and does not burst later)
             node.ticks_due += 1
             self._wake(nid)
-        self.after(int(self.s.tick_ms * 1000), self._tick, nid, inc)
+        period = int(self.s.tick_ms * 1000)
+        if node.tick_factor != 1.0:
+            period = max(1, round(period / node.tick_factor))
+        self.after(period, self._tick, nid, inc)
+
+    def set_tick_factor(self, nid: str, factor: float) -> None:
+        """The node's ticks come `factor` times as often from its next one on (the
+        clock-skew fault; `node/server.py` does the same on a real process)."""
+        self.nodes[nid].tick_factor = factor
 
     def _wake(self, nid: str, linger: bool = False) -> None:
         """The node's loop runs again: after a short turn, or `linger` for group commit,

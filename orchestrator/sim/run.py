@@ -1,4 +1,4 @@
-"""One simulated run: the run program (`orchestrator/program.py`) over a `SimWorld`, the
+"""One simulated run: the run program (`orchestrator/run/program.py`) over a `SimWorld`, the
 same `RunConfig`, plan, phases and checkers as `cutover run`, played on a `SimCluster` in
 simulated time. Same seed, same config: the same history, byte for byte, and the same
 node files.
@@ -16,15 +16,23 @@ from typing import Any
 
 from checker.crashes import EXITS_FILE
 from checker.crashes import record as exit_record
+from nemesis.faults import Net, Sleep, Until
 from nemesis.plan import Plan
 from node.events import EventKind
-from node.wal import damage_entry
-from orchestrator.config import KNOB_DEFAULTS, RunConfig
-from orchestrator.faults import Net, Sleep, Until
-from orchestrator.invoke import UNREACHABLE, Ask
-from orchestrator.program import AwaitEvent, AwaitFlag, Evidence, Proc, Run
-
-from .cluster import US, SimCluster, SimSettings, Wait, WaitEvent, WaitFlag, WaitReply, WaitUntil
+from node.wal import WalError, damage_entry
+from orchestrator.run.config import KNOB_DEFAULTS, RunConfig
+from orchestrator.run.invoke import UNREACHABLE, Ask
+from orchestrator.run.program import AwaitEvent, AwaitFlag, Evidence, Proc, Run
+from orchestrator.sim.cluster import (
+    US,
+    SimCluster,
+    SimSettings,
+    Wait,
+    WaitEvent,
+    WaitFlag,
+    WaitReply,
+    WaitUntil,
+)
 
 
 def _us(seconds: float) -> int:
@@ -78,7 +86,7 @@ class SimOutcome:
 
 
 class SimWorld:
-    """The run's world in simulation (`orchestrator/program.py: World`): a `SimCluster`
+    """The run's world in simulation (`orchestrator/run/program.py: World`): a `SimCluster`
     and its clock; the history, the nemesis record and the node events kept in memory;
     the node files materialized under `root` when the run is judged."""
 
@@ -142,6 +150,9 @@ class SimWorld:
 
     def set_net(self, net: Net) -> None:
         self.cl.net = net
+
+    def set_tick_factor(self, nid: str, factor: float) -> None:
+        self.cl.set_tick_factor(nid, factor)
 
     def record(self, f: str, fault: str, targets: Any, **detail: Any) -> None:
         self.nemesis.append({"idx": len(self.nemesis), "time_ns": self.cl.rel_ns(),
@@ -283,8 +294,12 @@ class SimWorld:
             cl.run_until(cl.now + 50_000)
         return {n: f"not up within {seconds:g} s" for n in nodes if not cl.nodes[n].up}
 
-    def damage_entry(self, nid: str, index: int) -> None:
-        damage_entry(f"/sim/{nid}/wal", index, disk=self.cl.nodes[nid].disk)
+    def damage_entry(self, nid: str, index: int) -> str | None:
+        try:
+            damage_entry(f"/sim/{nid}/wal", index, disk=self.cl.nodes[nid].disk)
+        except WalError as e:
+            return str(e)
+        return None
 
     def start_and_wait(self, nid: str, seconds: float) -> str | None:
         cl = self.cl

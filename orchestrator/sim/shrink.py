@@ -29,10 +29,9 @@ from typing import Any
 
 from nemesis.plan import Plan
 from nemesis.primitives import Step
-from orchestrator.config import RunConfig
 from orchestrator.lifeline import worker_pool
-
-from .run import simulate
+from orchestrator.run.config import RunConfig
+from orchestrator.sim.run import simulate
 
 PLAN_FORMAT = "cutover-plan"
 

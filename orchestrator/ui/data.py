@@ -27,12 +27,11 @@ from checker.suite import counterexample, first_violation, ops_from_rows
 from checker.visualize import new_nonce, render_html
 from node.events import EventKind
 from node.payload import OPCODE_NAMES
+from orchestrator import store
+from orchestrator.errors import ReviewError
+from orchestrator.ui import DEFAULT_MAX_OPS
+from orchestrator.ui.svg import fault_color
 from workloads import MODEL_OF
-
-from .. import store
-from ..errors import ReviewError
-from . import DEFAULT_MAX_OPS
-from .svg import fault_color
 
 I1_CONTEXT_NS = 3_000_000_000  # the seconds around an I1 violation shown in the report
 MAX_LIN_KEYS = 10  # counterexample pages embedded in one report

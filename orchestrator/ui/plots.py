@@ -11,8 +11,7 @@ from typing import Any
 
 from checker.history import process_sort_key
 from node.events import EventKind
-
-from .svg import (
+from orchestrator.ui.svg import (
     AXIS_H,
     BAND_LABEL_H,
     EVENT_LANE_H,

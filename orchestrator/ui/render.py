@@ -20,9 +20,8 @@ import jinja2
 from markupsafe import Markup
 
 from checker.visualize import csp, esc, new_nonce, swatch
-
-from .svg import secs, targets_text
-from .text import check_line
+from orchestrator.ui.svg import secs, targets_text
+from orchestrator.ui.text import check_line
 
 VERDICT_CLASSES = ("valid", "invalid", "unknown", "aborted", "error", "running", "crashed")
 

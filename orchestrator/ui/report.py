@@ -53,12 +53,11 @@ from typing import Any
 from markupsafe import Markup
 
 from checker.coverage import POINTS, summary_line
-
-from .. import store
-from ..errors import ReviewError
-from . import DEFAULT_MAX_OPS
-from .data import report_data
-from .plots import (
+from orchestrator import store
+from orchestrator.errors import ReviewError
+from orchestrator.ui import DEFAULT_MAX_OPS
+from orchestrator.ui.data import report_data
+from orchestrator.ui.plots import (
     EVENT_STYLE,
     describe_event,
     event_category,
@@ -66,9 +65,9 @@ from .plots import (
     throughput_svg,
     timeline_svg,
 )
-from .render import page, verdict_class
-from .svg import OUTCOME_COLORS, fault_color, glyph, secs, targets_text
-from .text import check_line, checker_names
+from orchestrator.ui.render import page, verdict_class
+from orchestrator.ui.svg import OUTCOME_COLORS, fault_color, glyph, secs, targets_text
+from orchestrator.ui.text import check_line, checker_names
 
 
 def render_report(data: Mapping[str, Any]) -> str:

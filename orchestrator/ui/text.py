@@ -6,6 +6,9 @@ means the same thing in both; the run id is the first column of `list`, so
 """
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,9 +16,8 @@ import sqlite_utils
 
 from checker.coverage import POINTS, summary_line
 from checker.suite import ORDER, first_violation
-
-from .. import store
-from .data import node_table, stored_checks
+from orchestrator import store
+from orchestrator.ui.data import node_table, stored_checks
 
 
 def check_line(name: str, d: Mapping[str, Any]) -> str:
@@ -238,9 +240,6 @@ def _coverage_spread(by_run: Mapping[str, set[str]], counts: Mapping[str, int]) 
     """How the points spread over runs: per run, by a quarter of the runs, and by any 5
     runs together (every 5 of them when that is few enough, else 2000 seeded draws): a
     nightly run is a handful of seeds, so what a handful reaches is what matters."""
-    import itertools
-    import math
-    import random
 
     sets = [pts & set(POINTS) for pts in by_run.values()]
     n, m = len(sets), len(POINTS)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from markupsafe import Markup
 
-from .. import store
-from ..matrix import is_fixed
-from ..trend import Point, TrendData, trend_data
-from .render import page
-from .svg import GUTTER, PLOT_H, RIGHT, WIDTH, esc, fault_color, gridline, nice
+from orchestrator import store
+from orchestrator.nightly.matrix import is_fixed
+from orchestrator.nightly.trend import Point, TrendData, trend_data
+from orchestrator.ui.render import page
+from orchestrator.ui.svg import GUTTER, PLOT_H, RIGHT, WIDTH, esc, fault_color, gridline, nice
 
 LEGEND_ROW = 14
 X_LABEL_H = 30

@@ -41,14 +41,13 @@ from typing import Any
 import sqlite_utils
 
 from checker.visualize import csp, new_nonce
-
-from .. import store
-from ..errors import ReviewError
-from ..export import history_text
-from .data import DEFAULT_MAX_OPS, report_data
-from .render import page, verdict_class
-from .report import render_report
-from .trend import trend_page
+from orchestrator import store
+from orchestrator.errors import ReviewError
+from orchestrator.store.export import history_text
+from orchestrator.ui.data import DEFAULT_MAX_OPS, report_data
+from orchestrator.ui.render import page, verdict_class
+from orchestrator.ui.report import render_report
+from orchestrator.ui.trend import trend_page
 
 SECRET_NAMES = frozenset({"kek"})
 TEXT_SUFFIXES = (".json", ".jsonl", ".log", ".txt", ".md", ".edn", ".html", ".csv")

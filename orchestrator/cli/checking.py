@@ -1,0 +1,90 @@
+"""`cutover lin` and `cutover bugs`: the checker on history files, and the switches.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from orchestrator.errors import EXIT_BAD_INPUT, fail
+
+if TYPE_CHECKING:
+    pass
+
+from orchestrator.cli.common import Finite, main
+
+# --------------------------------------------------------------------------- checker
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["porcupine-etcd", "porcupine-kv", "jepsen-edn", "jsonl"]),
+              help="How the history files are written.")
+@click.option("--model", type=click.Choice(["register", "cas-register", "kv"]),
+              help="Sequential model (default: per format).")
+@click.option("--timeout", type=Finite(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds per file before the verdict is `unknown`.")
+@click.option("--html", "html_out", help="Write the visualization here (a directory when "
+                                         "several files are checked).")
+@click.option("--tsv", is_flag=True, help="One line per file: FILE, verdict, check seconds.")
+@click.option("--all-partitions", is_flag=True,
+              help="Check every partition to the end instead of stopping at the first "
+                   "violation.")
+@click.option("--max-memory", type=Finite(min=50), default=400.0,
+              show_default=True,
+              help="MB of memory (RSS) a check may hold before its verdict is `unknown`.")
+def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
+        html_out: str | None, tsv: bool, all_partitions: bool, max_memory: float) -> None:
+    """Check histories for linearizability (Porcupine's algorithm, with extras)."""
+    from checker import DEFAULT_MODEL, HistoryError, Verdict, check, get_model, read_history
+    from checker.explain import explain
+    from checker.visualize import write_html
+
+    model_name = model or DEFAULT_MODEL[fmt]
+    worst: list[Verdict] = []
+    errors = 0
+    if html_out and len(files) > 1:
+        os.makedirs(html_out, exist_ok=True)
+    for path in files:
+        try:
+            ops = read_history(path, fmt, model_name)
+        except HistoryError as e:
+            click.echo(f"error: {e}", err=True)
+            errors += 1
+            continue
+        m = get_model(model_name)
+        t0 = time.perf_counter()
+        result = check(m, ops, timeout=timeout, stop_early=not all_partitions,
+                       max_rss_mb=max_memory)
+        secs = time.perf_counter() - t0
+        worst.append(result.verdict)
+        if tsv:
+            click.echo(f"{path}\t{result.verdict.value}\t{secs:.6f}")
+        elif len(files) == 1:
+            click.echo(explain(m, result))
+        else:
+            click.echo(f"{path}: {result.verdict.value} ({secs:.3f} s)")
+        if html_out:
+            out = html_out if len(files) == 1 else os.path.join(
+                html_out, os.path.basename(path) + ".html")
+            try:
+                write_html(out, m, result, title=os.path.basename(path))
+            except OSError as e:
+                fail(f"cannot write {out}: {e.strerror}")
+    if errors:
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(Verdict.worst(worst).exit_code)
+
+
+@main.command()
+def bugs() -> None:
+    """List the bug switches: real historical defects a node can be started with."""
+    from node.server import ALL_BUGS
+
+    width = max(len(k) for k in ALL_BUGS)
+    for name in sorted(ALL_BUGS):
+        click.echo(f"{name:<{width}}  {ALL_BUGS[name]}")
