@@ -69,12 +69,24 @@ POINTS: dict[str, str] = {
 }
 
 
+# BUGGIFY (node/buggify.py): `buggify:<point>` for every point that fired in a run (its
+# node's `buggify` event with an action other than `reached`). Kept apart from POINTS:
+# only runs with BUGGIFY on can reach them, so counting them there would lower every
+# other run's coverage and change what a BUGGIFY-off batch prints.
+BUGGIFY_PREFIX = "buggify:"
+
+
+def buggify_fired(cov: Iterable[str]) -> list[str]:
+    """The BUGGIFY points a run's coverage says fired, sorted."""
+    return sorted(p for p in cov if p.startswith(BUGGIFY_PREFIX))
+
+
 class _Cov:
     def __init__(self) -> None:
         self.out: dict[str, dict[str, Any]] = {}
 
     def hit(self, point: str, t: Any) -> None:
-        assert point in POINTS, point
+        assert point in POINTS or point.startswith(BUGGIFY_PREFIX), point
         t = int(t) if isinstance(t, int | float) else None
         rec = self.out.setdefault(point, {"count": 0, "first_ns": t})
         rec["count"] += 1
@@ -168,6 +180,9 @@ class _NodeEvents:
             self._start(d, t, node)
         elif isinstance(kind, str) and kind in _ONE_EVENT_POINTS:
             self.cov.hit(_ONE_EVENT_POINTS[kind], t)
+        elif kind == "buggify" and isinstance(d.get("point"), str) \
+                and d.get("action") not in (None, "reached"):
+            self.cov.hit(BUGGIFY_PREFIX + d["point"], t)
 
     def _encryption_applied(self, d: Mapping[str, Any], t: Any, node: Any) -> None:
         what = d.get("what")

@@ -9,6 +9,10 @@ The elastickv profile's process ends itself after a halt (exit code `EXIT_HALTED
 restart replays the entry and halts again): such an exit, by a node that logged a halt,
 is listed under `halt_exits` and not counted, since I3 already fails on the halt itself
 and counting its exit would make the verdict name the symptom instead of the cause.
+Likewise a node that refuses to start (exit code `EXIT_REFUSED`, or a start that
+failed), or that stops itself on storage it cannot trust while running (`EXIT_STORAGE`),
+after a storage fault damaged its files did the right thing: listed under
+`expected_refusals`, not counted (`refused_start`).
 
 The record is `exits.jsonl` in the cluster's directory (`RUN/nodes/`), one JSON object
 per line, written by `orchestrator.cluster.Cluster` while the run goes (so a re-check
@@ -30,9 +34,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from node.events import EXIT_HALTED
+from node.events import EXIT_HALTED, EXIT_REFUSED, EXIT_STORAGE
 
 EXITS_FILE = "exits.jsonl"
+# The exit code of a node process that refused to start (`node/server.py: run_node`);
+# here so that the checker need not import the node's server.
 KINDS = ("exit", "failed-start")
 _LISTED = 50
 
@@ -92,21 +98,45 @@ def describe(rec: Mapping[str, Any]) -> str:
     return f"node {rec['node']} {how} without being asked to{tail}"
 
 
+def refused_start(rec: Mapping[str, Any], refusals: Mapping[str, int]) -> bool:
+    """Whether `rec` is a node refusing to start after a storage fault damaged its files
+    (`refusals`: node -> when, on the record's clock): a start that failed, or a process
+    that ended with `EXIT_REFUSED` or `EXIT_STORAGE`. Fail closed is the correct reaction
+    to damage, not a crash. A process that died of the damage any other way (a traceback,
+    exit code 1) is still a crash."""
+    since = refusals.get(rec.get("node", ""))
+    t = rec.get("t")
+    if since is None or not isinstance(t, int) or t < since:
+        return False
+    # A start that failed, a process that refused to start (`EXIT_REFUSED`), or a running
+    # node that read the damage back and stopped itself on it (`EXIT_STORAGE`).
+    return rec.get("kind") == "failed-start" or (
+        rec.get("kind") == "exit" and rec.get("code") in (EXIT_REFUSED, EXIT_STORAGE))
+
+
 def check_crashes(cluster_dir: str, t0_ns: int = 0,
-                  halted: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+                  halted: frozenset[str] | set[str] = frozenset(),
+                  refusals: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Valid when no node exited on its own and every start came up; `unknown` (with
     `incomplete`) when the record is missing: a run without it cannot be judged.
-    `halted`: the nodes that logged a halt, whose `EXIT_HALTED` exits are by design."""
+    `halted`: the nodes that logged a halt, whose `EXIT_HALTED` exits are by design;
+    `refusals`: the nodes a storage fault damaged, and since when (`refused_start`)."""
     try:
         recs = read_exits(cluster_dir)
     except ExitsError as e:
         return {"valid": "unknown", "error": str(e), "incomplete": True}
     recs.sort(key=lambda r: r["t"] if isinstance(r.get("t"), int) else 0)
     designed: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
     counted: list[dict[str, Any]] = []
     for r in recs:
         by_design = r["kind"] == "exit" and r.get("code") == EXIT_HALTED and r["node"] in halted
-        (designed if by_design else counted).append(r)
+        if by_design:
+            designed.append(r)
+        elif refusals and refused_start(r, refusals):
+            refused.append(r)
+        else:
+            counted.append(r)
     recs = counted
     out: dict[str, Any] = {
         "halt_exits": designed[:_LISTED],
@@ -115,6 +145,8 @@ def check_crashes(cluster_dir: str, t0_ns: int = 0,
         "failed_starts": sum(1 for r in recs if r["kind"] == "failed-start"),
         "records": recs[:_LISTED],
     }
+    if refused:  # absent otherwise: a run without storage faults stores what it did
+        out["expected_refusals"] = refused[:_LISTED]
     if recs:
         first = recs[0]
         out["first_violation"] = describe(first)

@@ -39,7 +39,7 @@ def _describe(op: Op) -> str:
     out = op.output
     if op.f in ("read", "get"):
         res = "?" if out is UNKNOWN else _fmt(out)
-        return f"{op.f}({_key(op)}) -> {res}"
+        return f"{op.f}({'' if op.key is None else _fmt(op.key)}) -> {res}"
     if op.f == "cas":
         a, b = op.value
         res = "?" if out is UNKNOWN else ("ok" if out else "fail")

@@ -30,6 +30,52 @@ MAX_LINE_BYTES = MAX_TOKEN_BYTES  # one line of a line format is one token
 _JSON_BATCH = 2048  # lines parsed by one json.loads: C speed, bounded memory
 
 
+_SNIFF_BYTES = 65536  # the first ops of any format, after a long comment header
+_EDN_F = re.compile(rb":f\s+:([\w-]+)")
+_EDN_MAP = re.compile(rb"\{[^{}]*\}")
+_EDN_CLIENT = re.compile(rb":process\s+-?\d")
+_KV_FS = {b"append", b"get", b"put"}  # Porcupine's kv tests
+_REGISTER_FS = {b"read", b"write", b"cas"}  # Jepsen's register and cas-register tests
+
+
+def infer_format(path: str) -> tuple[str, str] | None:
+    """The format of a history file, and the model its ops call for, when its first
+    bytes leave no doubt; else None. So
+    `cutover lin FILE` needs no `--format` for the common files and a guess is never
+    made: Porcupine's etcd logs begin with `INFO  jepsen.util`, JSON lines with `{"`,
+    EDN ops with `{:` (Porcupine's kv tests use :append/:get/:put, Jepsen's register
+    tests :read/:write/:cas) or a vector `[`, after blank lines and `;` comments. Jepsen
+    ops with a `:key` are a kv history (what `cutover export` writes)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    lines = head.removeprefix(b"\xef\xbb\xbf").splitlines()
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith(b";")):
+        lines.pop(0)  # blank lines and EDN comments before the first op
+    text = b"\n".join(lines).lstrip()
+    if _ETCD_HEAD.match(text):
+        return "porcupine-etcd", DEFAULT_MODEL["porcupine-etcd"]
+    if text.startswith(b'{"'):
+        return "jsonl", DEFAULT_MODEL["jsonl"]
+    if text.startswith(b"{:") or text.startswith(b"["):
+        # The client ops' functions (a nemesis op, `:process :nemesis`, says nothing).
+        ops = [m for m in _EDN_MAP.findall(head) if _EDN_CLIENT.search(m)]
+        fs = {f for m in ops for f in _EDN_F.findall(m)}
+        if fs and fs <= _KV_FS:
+            return "porcupine-kv", "kv"
+        if fs and fs <= _REGISTER_FS:
+            keyed = any(b":key " in m or b":key," in m for m in ops)
+            return "jepsen-edn", "kv" if keyed else DEFAULT_MODEL["jepsen-edn"]
+    return None
+
+
+_ETCD_HEAD = re.compile(rb"INFO\s+jepsen\.util\s+-")
+
+
 def read_history(path: str, fmt: str, model: str | None = None) -> list[Op]:
     """Read `path` in format `fmt`; `model` tells how to find keys in Jepsen ops and
     which operations (`:f`) the history may hold."""

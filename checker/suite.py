@@ -140,12 +140,32 @@ def _v(v: Verdict) -> str:
     return v.value if isinstance(v, Verdict) else str(v)
 
 
+def storage_damage(nemesis: Iterable[Mapping[str, Any]], t0_ns: int = 0) -> dict[str, int]:
+    """The nodes whose files a storage fault damaged (`damaged_storage` on the fault's
+    `start` in the nemesis record), each with the first time, in ns on the clock of the
+    exit record (`t0_ns` plus the record's time)."""
+    out: dict[str, int] = {}
+    for r in nemesis:
+        d = r.get("detail") or {}
+        targets = r.get("targets") or []
+        if r.get("f") != "start" or not isinstance(d, Mapping) or not d.get("damaged_storage"):
+            continue
+        for n in targets if isinstance(targets, list) else []:
+            t = int(r.get("time_ns") or 0) + t0_ns
+            out[str(n)] = min(out.get(str(n), t), t)
+    return out
+
+
 def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
                      tokens: Iterable[tuple[bytes, int]], *, t0_ns: int = 0,
                      excused: Iterable[tuple[str, int]] = (),
-                     profile: str = "fixed") -> tuple[dict[str, Any], CutoverReport | None]:
+                     profile: str = "fixed",
+                     damaged: Mapping[str, int] | Iterable[str] = ()
+                     ) -> tuple[dict[str, Any], CutoverReport | None]:
     """I1-I7 from the nodes' files; `excused` are (node, index) copies the nemesis
-    damaged on purpose (a halt exactly there is the correct, loud reaction).
+    damaged on purpose (a halt exactly there is the correct, loud reaction); `damaged`
+    the nodes whose files a storage fault damaged (their unreadable files are the
+    fault's, not evidence against the node).
 
     With `profile` "elastickv" the byte scan leaves snapshot data out: elastickv's
     snapshot is its Pebble store, whose values the storage envelope (a separate DEK,
@@ -159,8 +179,16 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
                 "incomplete": True}, None
     except ValueError as e:  # files that do not parse: judged, as evidence
         return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}"}, None
+    # A file of a node whose storage the nemesis damaged that does not parse is the
+    # fault, read back (the node refused it, or never read it): listed, not a violation.
+    # What the node did with the damage is still judged by every invariant.
+    hurt = {f"{n}: " for n in damaged}
+    fault_errors = [e for e in rep.errors if any(e.startswith(h) for h in hurt)]
+    rep.errors[:] = [e for e in rep.errors if e not in fault_errors]
     d = rep.to_dict(include_rows=False)
     out: dict[str, Any] = {**d, "valid": "valid" if rep.valid else "invalid"}
+    if fault_errors:
+        out["damaged_by_nemesis"] = fault_errors[:50]
     out["cutover_time_ns"] = (None if rep.cutover_time_ns is None
                               else rep.cutover_time_ns - t0_ns)
     fv = rep.first_violation()

@@ -32,6 +32,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nemesis import grudges
+from nemesis.storage_faults import (
+    deposed_tail,
+    disarm_disks,
+    faulty_writes,
+    minority_read,
+    rotate_race,
+    snapshot_restart,
+    storage_damage,
+)
 from nemesis.world import (
     Call,
     Ctx,
@@ -106,6 +115,9 @@ class FaultKind:
     # The run drives it itself at this phase ("heal", "final": after the final reads),
     # at its top level; "" for a step process.
     runs_at: str = ""
+    # The worlds that can play it: a plan stays portable, and a world that cannot (the
+    # real one, for a write the disk drops) records an `event` saying why and skips it.
+    worlds: tuple[str, ...] = ("real", "sim")
 
 
 # ---------------------------------------------------------------------- handlers
@@ -533,8 +545,19 @@ def _reset_clocks(ctx: Ctx, healing: Healing) -> None:
 
 def _restart_dead(ctx: Ctx, healing: Healing) -> None:
     """Every node down, killed by a fault or dead of its own (the crash is evidence
-    already; the final reads and digests need it up)."""
-    healing.restart.extend(n for n in ctx.world.ids if not ctx.world.alive(n))
+    already; the final reads and digests need it up), except one that refused to start
+    on the disk a storage fault damaged: it would only refuse again (fail closed), and
+    the others are a majority."""
+    healing.restart.extend(n for n in ctx.world.ids
+                           if not ctx.world.alive(n) and n not in ctx.broken)
+    if ctx.broken:  # absent otherwise: a heal without storage faults records as before
+        healing.detail["left_down"] = sorted(ctx.broken)
+
+
+def _disarm_disks(ctx: Ctx, healing: Healing) -> None:
+    armed = disarm_disks(ctx)
+    if armed:
+        healing.detail["disks_disarmed"] = armed
 
 
 def _clear_barriers(ctx: Ctx, healing: Healing) -> None:
@@ -553,6 +576,7 @@ NOTHING = Undo("nothing", 0, lambda ctx, healing: None)  # what it did stays (a 
 NETWORK = Undo("network", 0, _heal_network)
 RESUME = Undo("resume", 1, _resume_paused)
 CLOCKS = Undo("clocks", 2, _reset_clocks)
+DISKS = Undo("disks", 2, _disarm_disks)
 RESTART = Undo("restart", 3, _restart_dead)
 BARRIERS = Undo("barriers", 4, _clear_barriers)
 
@@ -580,6 +604,22 @@ def _heal(ctx: Ctx, step: Step | None, nodes: list[str]) -> Generator[Effect, An
 
 
 # ---------------------------------------------------------------------- the kinds
+
+
+def _rotate_race(ctx: Ctx, step: Step, nodes: list[str]) -> Generator[Effect, Any, None]:
+    yield from rotate_race(ctx, step, nodes, operator_rotate)
+
+
+def _damage_args(r: random.Random) -> dict[str, Any]:
+    return {"area": r.choice(["wal", "wal", "snapshot", "sidecar"]), "live": r.random() < 0.3,
+            "pick": r.randrange(1 << 30)}
+
+
+def _write_args(r: random.Random) -> dict[str, Any]:
+    return {"p": round(r.uniform(0.02, 0.3), 3), "pick": r.randrange(1 << 30)}
+
+
+_DAMAGED = ("one", "follower", "leader", "lagging")
 
 
 def _delay_args(r: random.Random) -> dict[str, Any]:
@@ -656,6 +696,27 @@ KINDS: dict[str, FaultKind] = _kinds(
     FaultKind("clock-skew", "clock", _clock_skew, CLOCKS, timed=True, windowed=True,
               disruptive=True, roles=("one", "follower", "leader", "minority"),
               draw=lambda r: {"factor": round(2.0 ** r.uniform(-2.0, 2.0), 3)}),
+    # storage (opt-in): a node's files damaged at rest, in both worlds; writes its disk
+    # drops or misplaces, in the simulated disk only (a real one cannot be told to)
+    FaultKind("bitflip", "storage", storage_damage, DISKS, timed=True, roles=_DAMAGED,
+              draw=_damage_args),
+    FaultKind("sector-error", "storage", storage_damage, DISKS, timed=True, roles=_DAMAGED,
+              draw=_damage_args),
+    FaultKind("lost-write", "storage", faulty_writes, DISKS, timed=True, roles=_DAMAGED,
+              draw=_write_args, worlds=("sim",)),
+    FaultKind("misdirected-write", "storage", faulty_writes, DISKS, timed=True,
+              roles=_DAMAGED, draw=_write_args, worlds=("sim",)),
+    # composite primitives (opt-in): each one schedule the issue named, whole in a step
+    FaultKind("deposed-tail", "races", deposed_tail, NETWORK, timed=True, windowed=True,
+              disruptive=True, roles=("leader",), focus_roles=("leader",)),
+    FaultKind("minority-read", "races", minority_read, NETWORK, timed=True, windowed=True,
+              roles=("leader",)),
+    FaultKind("snapshot-restart", "races", snapshot_restart, NETWORK, timed=True,
+              windowed=True, roles=("lagging", "follower"), at_event_node=False,
+              draw=lambda r: {"ms": r.choice([10, 30, 80])}),
+    # placed by the generator on the marker's events (`plan.races`), not drawn at random
+    FaultKind("rotate-race", "races", _rotate_race, NETWORK, timed=True,
+              draw=lambda r: {"ms": r.choice([20, 50, 150])}),
     # the operator (the generator's own code places them)
     FaultKind("rotate", "rotate", operator_rotate, NOTHING),
     FaultKind("enable", "enable", operator_enable, BARRIERS),
@@ -671,7 +732,7 @@ FAMILIES: tuple[str, ...] = ("kill", "power", "pause", "partition", "net", "snap
                              "rotate", "enable", "corrupt")
 # Families a run has only when it names them (`--nemesis all,clock`): `all` keeps meaning
 # what it meant when every stored seed was drawn, so those seeds replay the same plan.
-OPT_IN_FAMILIES: tuple[str, ...] = ("clock",)
+OPT_IN_FAMILIES: tuple[str, ...] = ("clock", "storage", "races")
 
 # What a step of each action runs (the heal and corrupt-entry are driven by the run).
 HANDLERS: dict[str, Handler] = {k.name: k.handler for k in KINDS.values() if k.family}

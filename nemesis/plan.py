@@ -245,6 +245,7 @@ def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
         b.operator()
         if scenario == "swarm" and rng.random() < 0.5:
             b.sequence(enable_timeout)
+    b.races()
     b.enable_at_cutover(retry_same=scenario != "sequence")
     b.corrupt()
     return Plan(seed, fams, scenario, tuple(b.steps), knobs, b.features)
@@ -467,6 +468,22 @@ class _Builder:
                 role = r.choice(["leader", "one"] + (["event"] if when.on == "event" else []))
                 self.add("enable", Target(role), when, delay=r.choice([0.0, 0.05, 0.5, 1.5]),
                          origin="operator")
+
+    def races(self) -> None:
+        """With the `races` family: a DEK rotation between the marker's proposal and
+        its apply, through the leader, or with a follower slowed so that it lags across
+        both (`rotate-race`). Draws nothing when the family is off, so that plans
+        without it stay as they were."""
+        if not self.allowed("rotate-race") or self.cutover_at is None:
+            return
+        r = self.rng
+        for _ in range(r.choice([1, 1, 2])):
+            role = r.choice(["leader", "lagging", "follower"])
+            self.add("rotate-race", Target(role),
+                     When("event", event=r.choice(["marker-proposed", "marker-committed"])),
+                     delay=r.choice([0.0, 0.0, 0.001, 0.005, 0.02]),
+                     duration=r.choice([0.5, 1.0, 2.0]), origin="race-marker",
+                     **self.params("rotate-race"))
 
     def enable_at_cutover(self, retry_same: bool) -> None:
         if self.cutover_at is None:

@@ -112,6 +112,15 @@ def _flag(name: str, v: Any) -> None:
         raise ValueError(f"{name} must be true or false, got {show(v)}")
 
 
+STORAGE_AREAS = ("wal", "snapshot", "sidecar")
+
+
+def _one_of(name: str, v: Any, choices: tuple[str, ...]) -> str:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {show(v)}")
+    return str(v)
+
+
 def _names(name: str, v: Any) -> None:
     if not isinstance(v, list | tuple) or len(v) > 100:
         raise ValueError(f"{name} must be a list of names, got {show(v)}")
@@ -134,6 +143,10 @@ PARAMS: dict[str, Callable[[str, Any], Any]] = {
     "wait_applied": _flag,  # rotate
     "pick": lambda n, v: integer(n, v, 0, 2**63 - 1),  # corrupt-entry: which entry
     "cut_off": _names,  # lead: who else is cut off
+    # bitflip, sector-error: which of a node's files (`STORAGE_AREAS`), and whether it
+    # keeps running on them until the step ends (then bounced, so that they are read)
+    "area": lambda n, v: _one_of(n, v, STORAGE_AREAS),
+    "live": _flag,
     # clock-skew: how many times as fast the targets' timers run (drawn from 1/4 to 4)
     "factor": lambda n, v: number(n, v, 0.1, 10.0),
 }

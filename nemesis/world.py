@@ -99,6 +99,7 @@ class World(Protocol):
 
     ids: list[str]
     run_tag: str  # what the workload's values carry (corrupt-entry's probe write too)
+    name: str  # "real" or "sim": which worlds a kind runs in (`FaultKind.worlds`)
 
     def now(self) -> float: ...  # seconds since the run's start
 
@@ -128,6 +129,19 @@ class World(Protocol):
     def set_tick_factor(self, nid: str, factor: float) -> None: ...
 
     def damage_entry(self, nid: str, index: int) -> str | None: ...  # why it could not
+
+    # A node's files damaged at rest (`how`: "flip" one bit, "sector" a latent sector
+    # error) in `area` ("wal", "snapshot", "sidecar"), the place drawn from `pick`: what
+    # was damaged ({"file", "offset", ...}), or {"skipped": why}.
+    def damage_storage(self, nid: str, how: str, area: str, pick: int) -> dict[str, Any]: ...
+
+    # The node's disk loses (`how` "lost") or misplaces ("misdirected") each write with
+    # probability `p` from now on; `how` None disarms it and says what it did. The
+    # simulated disk only: a real world never gets here (`FaultKind.worlds`).
+    def arm_writes(self, nid: str, how: str | None, p: float = 0.0,
+                   seed: int = 0) -> dict[str, Any]: ...
+
+    def ended(self, nid: str) -> bool: ...  # neither up nor starting: a start gave up
 
     def record(self, f: str, fault: str, targets: Any, **detail: Any) -> None: ...
 
@@ -219,6 +233,13 @@ class Ctx:
         self.attempts: list[dict[str, Any]] = []  # EnableRaftEnvelope attempts
         self.skews: dict[str, dict[int, float]] = {}  # node -> step id -> tick factor
         self.excused: list[tuple[str, int]] = []  # entry copies corrupt-entry damaged
+        # The storage faults: nodes whose files were damaged (at most a minority in a
+        # run, so a majority keeps intact disks), the ones that then refused to start
+        # (they stay down: fail closed is the correct reaction, and a start would only
+        # be refused again), and the nodes whose disk drops or misplaces writes now.
+        self.damaged: set[str] = set()
+        self.broken: set[str] = set()
+        self.armed: set[str] = set()
         # When the phase that runs a kind at the top level must be over (`Run.corrupt`
         # sets it); a handler's waits there share what is left.
         self.phase_end = float("inf")
@@ -300,6 +321,8 @@ def choose(ctx: Ctx, target: Target, rng: random.Random,
         else:
             avoid.update(ctx.bindings.get(name, ()))
     pool = [n for n in ids if n not in avoid] or ids
+    if ctx.broken:  # a node that refused its damaged disk stays down: no more faults
+        pool = [n for n in pool if n not in ctx.broken] or pool
 
     def one_of(cands: list[str]) -> list[str]:
         cands = [c for c in cands if c in pool]

@@ -46,6 +46,8 @@ import stat
 from pathlib import Path
 from typing import IO, Any
 
+from node.buggify import OFF, Buggify
+
 __all__ = [
     "JOURNAL_NAME",
     "Disk",
@@ -100,18 +102,31 @@ def write_atomic(disk: Any, path: PathLike, data: bytes, *, temp_suffix: str = "
     disk runs this very sequence and a mistake in it shows in `cutover sim` too."""
     p = Path(path)
     tmp = p.with_name(p.name + temp_suffix)
+    bg: Buggify = getattr(disk, "buggify", OFF)  # BUGGIFY points (node/buggify.py)
     f = disk.create_truncate(tmp, mode)
     try:
         f.write(data)
+        if bg.on:
+            bg.hit("file.written")
         f.sync()
+        if bg.on:
+            bg.hit("file.synced")
     finally:
         f.close()
     disk.rename(tmp, p)
+    if bg.on:
+        bg.hit("file.renamed")
     disk.sync_dir(p.parent)
+    if bg.on:
+        bg.hit("file.dir.synced")
 
 
 class Disk:
     """Real files, optionally journaled for `power_loss` (see the module docstring)."""
+
+    # The node's BUGGIFY hook (node/buggify.py): the storage code that writes through
+    # this disk reads it here, so one injection reaches the WAL, snapshots and sidecar.
+    buggify: Buggify = OFF
 
     def __init__(self, journal: PathLike | None = None) -> None:
         self._journal_fd: int | None = None

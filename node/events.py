@@ -18,6 +18,12 @@ EVENTS_FILE = "events.jsonl"
 # here, beside the `exit` event that goes with it, so the checkers need not import the
 # node's server to tell a designed exit from a crash.
 EXIT_HALTED = 4
+# A node that refused to start: its files failed their checks (or its KEK, its lock).
+EXIT_REFUSED = 2
+# A running node that met storage it cannot trust (a checksum that does not match, a
+# sector that does not read): it stops itself (fail-stop), after an `exit` event with
+# reason `storage`, rather than go on from state it can no longer vouch for.
+EXIT_STORAGE = 5
 
 
 class EventKind(StrEnum):
@@ -57,6 +63,8 @@ class EventKind(StrEnum):
     EXIT = "exit"
     CRASH = "crash"
     START_FAILED = "start-failed"
+    # a BUGGIFY point (node/buggify.py) first reached by a process, or fired there
+    BUGGIFY = "buggify"
 
 
 class EventLog:

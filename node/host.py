@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.buggify import OFF, Buggify
 from node.cutover import CUTOVER_BUGS, PROFILES, Cutover, FileStore, Halt
 from node.disk import Disk
 from node.events import EventKind
@@ -87,8 +88,12 @@ class NodeHost(Replica):
     def __init__(self, opts: NodeOptions, *, disk: Disk, log: Any, kek: Kek | None,
                  clock: Callable[[], float], send: Callable[[list[Message]], None],
                  deliver: Callable[[Any, dict[str, Any]], None], rng: random.Random,
-                 start_info: dict[str, Any] | None = None) -> None:
+                 start_info: dict[str, Any] | None = None, buggify: Buggify = OFF) -> None:
         self.opts = opts
+        # BUGGIFY (node/buggify.py): the storage code reads the hook from its disk.
+        self.buggify = buggify
+        if buggify is not OFF:
+            disk.buggify = buggify  # type: ignore[attr-defined]
         self.id = opts.node_id
         unknown = sorted(set(opts.bugs) - set(ALL_BUGS))
         if unknown:
@@ -116,9 +121,12 @@ class NodeHost(Replica):
                                    on_event=self.log.emit, profile=opts.profile,
                                    snapshot_cutover=header.cutover if header else 0,
                                    snapshot_index=header.index if header else 0)
-            except (Halt, SidecarError) as h:
+            except Halt as h:
                 self.storage.close()
-                raise StorageError(h.reason if isinstance(h, Halt) else str(h)) from None
+                raise StorageError(h.reason) from None
+            except SidecarError:  # by its own name (SidecarCorruptError...): start-failed
+                self.storage.close()
+                raise
         snap = self.storage.snapshot
         if snap is not None:
             image = snapshot_kv(snap.data)
@@ -158,6 +166,9 @@ class NodeHost(Replica):
 
     def on_tick(self) -> None:
         self.raft.tick()
+        bg = self.buggify
+        if bg.on and bg.hit("host.tick") == "early":
+            self.raft.tick()  # the next tick's timer fired early
         self.tick_logic(self.clock())
 
     def process(self) -> None:
@@ -205,8 +216,11 @@ class NodeHost(Replica):
     def _handle_ready(self, rd: Ready) -> None:
         # The core sorted the messages: a leader's appends go out before its own fsync,
         # so the two overlap; replies that promise durability (votes, acks) wait for it.
+        bg = self.buggify
         if rd.messages:
             self._send(rd.messages)
+            if bg.on:
+                self._buggify_sent(rd)
         cutover, enc = (snapshot_enc(rd.snapshot.data) if rd.snapshot is not None
                         else (0, b""))
         if rd.snapshot is not None:
@@ -219,12 +233,28 @@ class NodeHost(Replica):
                           term=rd.entries[0].term)
         if rd.messages_after_persist:
             self._send(rd.messages_after_persist)
+            if bg.on:
+                if bg.hit("host.send") == "dup":
+                    self._send(rd.messages_after_persist)
+                # What they promise (a vote, an ack) must be durable by now: a power
+                # loss here shows it if it is not.
+                bg.hit("host.sent-persisted")
         self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
         now = self.clock()
         if rd.committed_entries and now - self._last_progress_event > 1.0:
             self._last_progress_event = now
             self.log.emit(EventKind.PROGRESS, commit=self.raft.commit, applied=self.applied,
                           term=self.raft.term, digest=self.kv.digest())
+
+    def _buggify_sent(self, rd: Ready) -> None:
+        """The early messages just left: the network may duplicate them, and when the
+        Ready still has state to persist, the process may die before it does (what was
+        sent outlives what was not synced)."""
+        bg = self.buggify
+        if bg.hit("host.send") == "dup":
+            self._send(rd.messages)
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            bg.hit("host.sent-unsynced")
 
     def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
         self.storage.compact(snap, cutover=cutover, encryption=encryption)

@@ -21,12 +21,16 @@ from typing import Any
 import msgpack
 import zmq
 
+from node.buggify import from_env
 from node.disk import JOURNAL_NAME, REAL, Disk
-from node.events import EXIT_HALTED, EventKind, EventLog
+from node.events import EXIT_HALTED, EXIT_REFUSED, EXIT_STORAGE, EventKind, EventLog
 from node.host import ALL_BUGS, NODE_BUGS, PROFILES, NodeExit, NodeHost, NodeOptions
 from node.keystore import KeystoreError, load_kek
 from node.raft import Message, from_wire, to_wire
-from node.storage import StorageError
+from node.sidecar import SidecarError
+from node.snapshot import SnapshotError
+from node.storage import StorageError, storage_failure
+from node.wal import WalError
 
 __all__ = ["ALL_BUGS", "EXIT_HALTED", "NODE_BUGS", "PARENT_ENV", "PROFILES",
            "TICK_FACTOR_OP", "Node", "NodeOptions", "die_with_parent", "main", "parse_args",
@@ -128,8 +132,11 @@ class Node:
         self.client.setsockopt(zmq.LINGER, 0)
         try:
             self.client.bind(opts.listen)
+            bg = from_env(os.environ, self.log.emit)  # BUGGIFY: armed only by the env
+            if bg.on and disk is REAL:
+                disk = Disk()  # the hook rides on the disk; REAL is shared
             self.host = NodeHost(
-                opts, disk=disk, log=self.log,
+                opts, disk=disk, log=self.log, buggify=bg,
                 kek=load_kek(opts.kek_path) if opts.kek_path else None,
                 clock=time.monotonic, send=self._send_batch, deliver=self._deliver,
                 rng=random.Random(opts.seed if opts.seed is not None else os.urandom(8)),
@@ -143,6 +150,7 @@ class Node:
             self.log.close()
             raise
         self.exit: NodeExit | None = None
+        self.storage_exit: Exception | None = None
         self.peer.connect(opts.switchboard)
         self.peer.send_multipart([b"", b"hello"])
         self.running = True
@@ -162,6 +170,13 @@ class Node:
             self._close_io()
             return
         except Exception as e:
+            if storage_failure(e):  # fail-stop on storage it cannot trust: an exit, not a crash
+                self.storage_exit = e
+                self.log.emit(EventKind.EXIT, reason="storage",
+                              error=f"{type(e).__name__}: {e}", code=EXIT_STORAGE)
+                self.host.abandon()
+                self._close_io()
+                return
             # What it dies of is evidence (the `crashes` checker), then the traceback.
             self.log.emit(EventKind.CRASH, error=f"{type(e).__name__}: {e}")
             raise
@@ -341,9 +356,10 @@ def run_node(opts: NodeOptions, parent_pid: int | None = None, *,
     parent_pid = die_with_parent(parent_pid)
     try:
         node = Node(opts, parent_pid, tick_factor=tick_factor, tick_seq=tick_seq)
-    except (StorageError, KeystoreError, ValueError, OSError, zmq.ZMQError) as e:
+    except (StorageError, WalError, SnapshotError, SidecarError, KeystoreError, ValueError,
+            OSError, zmq.ZMQError) as e:
         print(f"node {opts.node_id}: refusing to start: {e}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
 
     def stop(_sig: int, _frm: Any) -> None:
         node.running = False
@@ -365,6 +381,10 @@ def run_node(opts: NodeOptions, parent_pid: int | None = None, *,
     if node.exit is not None:
         print(f"node {opts.node_id}: exiting: {node.exit}", file=sys.stderr)
         return EXIT_HALTED
+    if node.storage_exit is not None:
+        print(f"node {opts.node_id}: stopping on its storage: "
+              f"{type(node.storage_exit).__name__}: {node.storage_exit}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
 
 

@@ -17,7 +17,14 @@ File format (JSON, UTF-8, sorted keys)::
 
     {"format": 1, "raft_applied_index": int, "raft_envelope_cutover_index": int,
      "active_raft_dek": u32, "local_epoch": u16,
-     "keys": {"<id>": {"wrapped": base64, "purpose": str, "created_index": int}}}
+     "keys": {"<id>": {"wrapped": base64, "purpose": str, "created_index": int}},
+     "checksum": u32}
+
+``checksum`` is the CRC-32 of the other fields as compact JSON with sorted keys
+(``separators=(",", ":")``). Why: a flipped bit in a digit (an applied index, the cutover
+index, the epoch) still parses and validates, and would be believed; the checksum turns
+it into a `SidecarCorruptError`. A file without it (written before it existed) is read
+as before; every save writes it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import base64
 import binascii
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,7 @@ __all__ = [
     "EpochExhaustedError",
     "SIDECAR_NAME",
     "Sidecar",
+    "SidecarCorruptError",
     "SidecarError",
     "bump_epoch",
     "load",
@@ -58,6 +67,7 @@ _FIELDS = {
     "keys",
 }
 _KEY_FIELDS = {"wrapped", "purpose", "created_index"}
+CHECKSUM = "checksum"  # optional on reading (older files), always written
 
 
 class SidecarError(Exception):
@@ -67,6 +77,11 @@ class SidecarError(Exception):
         self.file = Path(file)
         self.reason = reason
         super().__init__(f"sidecar {self.file}: {reason}")
+
+
+class SidecarCorruptError(SidecarError):
+    """The file is present but damaged (does not parse, or fails its checksum): the node
+    must not start on it, and must not reset it."""
 
 
 @dataclass(slots=True)
@@ -146,7 +161,13 @@ def _encode(s: Sidecar) -> bytes:
             for k, r in sorted(s.keys.items())
         },
     }
+    doc[CHECKSUM] = _checksum(doc)
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _checksum(doc: dict[str, Any]) -> int:
+    body = {k: v for k, v in doc.items() if k != CHECKSUM}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -176,8 +197,8 @@ def _decode(raw: bytes) -> Sidecar:
         raise ValueError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(doc, dict):
         raise ValueError("top level is not a JSON object")
-    if set(doc) != _FIELDS:
-        missing, extra = sorted(_FIELDS - set(doc)), sorted(set(doc) - _FIELDS)
+    if set(doc) - {CHECKSUM} != _FIELDS:
+        missing, extra = sorted(_FIELDS - set(doc)), sorted(set(doc) - _FIELDS - {CHECKSUM})
         raise ValueError(f"fields do not match (missing {missing}, unknown {extra})")
     if doc["format"] != FORMAT or not _is_int(doc["format"]):
         raise ValueError(f"unsupported sidecar format {doc['format']!r}")
@@ -207,6 +228,10 @@ def _decode(raw: bytes) -> Sidecar:
         local_epoch=doc["local_epoch"],
     )
     _validate(s)
+    if CHECKSUM in doc:  # last: a structural fault is named as itself, not as a bad sum
+        got = doc[CHECKSUM]
+        if not _is_int(got) or got != _checksum(doc):
+            raise ValueError(f"checksum mismatch (stored {got!r}, computed {_checksum(doc)})")
     return s
 
 
@@ -222,7 +247,7 @@ def load(data_dir: str | os.PathLike[str], disk: Disk = REAL) -> Sidecar:
     try:
         return _decode(raw)
     except ValueError as e:
-        raise SidecarError(path, f"corrupt: {e}") from None
+        raise SidecarCorruptError(path, f"corrupt: {e}") from None
 
 
 def _check_transition(path: Path, old: Sidecar, new: Sidecar) -> None:

@@ -17,6 +17,7 @@ snapshot: keep the entries after it only if the log agrees with it at its index.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import IO, Any
 
 from node.disk import REAL, Disk
 from node.events import EventKind
-from node.snapshot import SnapshotHeader, SnapshotStore
+from node.sidecar import SidecarError
+from node.snapshot import SnapshotError, SnapshotHeader, SnapshotStore
 from node.types import Entry, HardState, Snapshot, SnapshotMeta
-from node.wal import DEFAULT_SEGMENT_SIZE, WAL, TornTail
+from node.wal import DEFAULT_SEGMENT_SIZE, WAL, TornTail, WalError
 
 __all__ = [
     "LOCK_FILE",
@@ -44,6 +46,16 @@ NODE_ID_FILE = "node-id"
 LOCK_FILE = "LOCK"
 WAL_DIR = "wal"
 SNAP_DIR = "snap"
+
+
+def storage_failure(e: BaseException) -> bool:
+    """Whether a node died of its storage (a file that failed its checksum or its
+    structure, a read the disk refused) rather than of a bug: the one answer both the
+    node process and the simulator give, so each exits the same way
+    (`node.events.EXIT_STORAGE`)."""
+    if isinstance(e, SidecarError | SnapshotError | WalError | StorageError):
+        return True
+    return isinstance(e, OSError) and e.errno == errno.EIO
 
 
 class StorageError(Exception):
@@ -125,6 +137,11 @@ class Storage:
             stamped = _check_identity(root, node_id, disk)
             snapshots = SnapshotStore(root / SNAP_DIR, keep=keep_snapshots, disk=disk)
             newest = snapshots.load_latest()
+            # The names found may not be durable yet (a process killed after a rename,
+            # before its directory sync): recovery relies on them, so make them so.
+            if newest is not None:
+                disk.sync_dir(root / SNAP_DIR)
+            disk.sync_dir(root)
             torn: list[TornTail] = []
             wal = WAL.open(root / WAL_DIR, segment_size=segment_size, on_torn_tail=torn.append,
                            disk=disk)

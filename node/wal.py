@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from node.buggify import OFF, Buggify
 from node.disk import REAL, Disk, DiskFile
 from node.events import EventKind
 from node.types import Entry, EntryKind, HardState, SnapshotMeta
@@ -288,11 +289,13 @@ def _scan_segment(
         if is_last and _SEG_HEADER_BYTES.startswith(data):
             return [], TornTail(path, 0, size)
         raise WalCorruptError(path, 0, f"segment shorter than its header ({size} bytes)")
-    magic, version, _ = _SEG_HEADER.unpack_from(data, 0)
+    magic, version, reserved = _SEG_HEADER.unpack_from(data, 0)
     if magic != SEGMENT_MAGIC:
         raise WalCorruptError(path, 0, f"bad segment magic {magic!r}")
     if version != FORMAT_VERSION:
         raise WalCorruptError(path, 0, f"unsupported WAL format version {version}")
+    if reserved != 0:  # we always write 0: any other value is a flipped bit
+        raise WalCorruptError(path, 0, f"reserved header field is {reserved:#06x}, not 0")
     buf = memoryview(data)
     records: list[WalRecord] = []
     off = SEGMENT_HEADER_SIZE
@@ -438,6 +441,7 @@ class WAL:
         # Use WAL.open: construction alone leaves the WAL without a segment.
         self.dir = wal_dir
         self._disk = disk
+        self._bg: Buggify = getattr(disk, "buggify", OFF)
         self.segment_size = segment_size
         self.recovered = WalState()
         self._segments: list[_Segment] = []
@@ -523,6 +527,14 @@ class WAL:
             last = self._segments[-1]
             self._file = disk.open_append(last.path)
             self._size = self._file.size
+            # What we just read may be only in the page cache: a process killed after a
+            # write and before its fsync (or after creating a segment and before the
+            # directory sync) leaves it readable, not durable. Make it durable before the
+            # node answers anything from it, or a later power loss takes back votes and
+            # entries it already promised (found by BUGGIFY: `wal.synced` kill, then a
+            # power loss, lost a whole segment).
+            self._file.sync()
+            disk.sync_dir(self.dir)
         else:
             prev = segs[-1][0] if segs else 0
             self._create_segment(prev + 1)
@@ -607,12 +619,25 @@ class WAL:
         """Make everything appended so far durable; only then may the node acknowledge."""
         self._check_open()
         self._write_out()
+        bg = self._bg
         for f in self._dirty:
+            if bg.on:
+                bg.hit("wal.written")
             f.sync()
+            if bg.on:
+                bg.hit("wal.synced")
         self._dirty.clear()
         if self._dir_dirty:
-            self._disk.sync_dir(self.dir)
+            self._sync_dir()
             self._dir_dirty = False
+
+    def _sync_dir(self) -> None:
+        bg = self._bg
+        if bg.on:
+            bg.hit("wal.dir.before")
+        self._disk.sync_dir(self.dir)
+        if bg.on:
+            bg.hit("wal.dir.after")
 
     def purge(self, index: int) -> list[Path]:
         """Delete leading segments whose entries are all <= index; return the deleted paths.
@@ -632,7 +657,7 @@ class WAL:
             self._disk.unlink(seg.path)
             deleted.append(seg.path)
         if deleted:
-            self._disk.sync_dir(self.dir)
+            self._sync_dir()
         return deleted
 
     # ---- introspection
@@ -687,7 +712,11 @@ class WAL:
         # Seal the old segment durably first: replay treats damage in a non-last segment
         # as corruption, which is only sound if sealed segments are complete on disk.
         assert self._file is not None
+        if self._bg.on:
+            self._bg.hit("wal.written")
         self._file.sync()
+        if self._bg.on:
+            self._bg.hit("wal.synced")
         if self._file in self._dirty:
             self._dirty.remove(self._file)
         self._file.close()

@@ -21,9 +21,10 @@ from orchestrator.cli.common import Finite, main
 
 @main.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--format", "fmt", required=True,
+@click.option("--format", "fmt", default=None,
               type=click.Choice(["porcupine-etcd", "porcupine-kv", "jepsen-edn", "jsonl"]),
-              help="How the history files are written.")
+              help="How the history files are written (default: told from each file's "
+                   "first bytes when that leaves no doubt).")
 @click.option("--model", type=click.Choice(["register", "cas-register", "kv"]),
               help="Sequential model (default: per format).")
 @click.option("--timeout", type=Finite(min=0, min_open=True), default=60.0,
@@ -37,21 +38,37 @@ from orchestrator.cli.common import Finite, main
 @click.option("--max-memory", type=Finite(min=50), default=400.0,
               show_default=True,
               help="MB of memory (RSS) a check may hold before its verdict is `unknown`.")
-def lin(files: tuple[str, ...], fmt: str, model: str | None, timeout: float,
+def lin(files: tuple[str, ...], fmt: str | None, model: str | None, timeout: float,
         html_out: str | None, tsv: bool, all_partitions: bool, max_memory: float) -> None:
     """Check histories for linearizability (Porcupine's algorithm, with extras)."""
-    from checker import DEFAULT_MODEL, HistoryError, Verdict, check, get_model, read_history
+    from checker import (
+        DEFAULT_MODEL,
+        FORMATS,
+        HistoryError,
+        Verdict,
+        check,
+        get_model,
+        infer_format,
+        read_history,
+    )
     from checker.explain import explain
     from checker.visualize import write_html
 
-    model_name = model or DEFAULT_MODEL[fmt]
     worst: list[Verdict] = []
     errors = 0
     if html_out and len(files) > 1:
         os.makedirs(html_out, exist_ok=True)
     for path in files:
+        sniffed = (fmt, DEFAULT_MODEL[fmt]) if fmt else infer_format(path)
+        if sniffed is None:
+            click.echo(f"error: {path}: cannot tell its format from its first bytes; give "
+                       f"--format ({', '.join(FORMATS)})", err=True)
+            errors += 1
+            continue
+        file_fmt, default_model = sniffed
+        model_name = model or default_model
         try:
-            ops = read_history(path, fmt, model_name)
+            ops = read_history(path, file_fmt, model_name)
         except HistoryError as e:
             click.echo(f"error: {e}", err=True)
             errors += 1

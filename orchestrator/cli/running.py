@@ -84,8 +84,9 @@ RUN_NOT_CONFIG = ("junit", "replay")
 @click.option("--keys", type=_ranged("keys"), default=default("keys"), show_default=True)
 @click.option("--nemesis", default=default("nemesis"), show_default=True,
               help="none, all, or a comma list of kill,power,pause,partition,net,snapshot,"
-                   "rotate,enable,corrupt,clock (the fault families the plan may use; clock "
-                   "is not in all: all,clock adds it).")
+                   "rotate,enable,corrupt,clock,storage,races (the fault families the plan "
+                   "may use; clock, storage and races are not in all: all,clock,storage,races "
+                   "adds them).")
 @click.option("--scenario", type=click.Choice(list(SCENARIOS)), default=default("scenario"),
               show_default=True,
               help="How the plan is made: swarm (generative, the scripted cutover sequence "
@@ -148,6 +149,8 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         outcome = execute(cfg)
     except RunError as e:
         _user_error(e)
+    for line in _next_lines(outcome.run_id, cfg.results, outcome.verdict):
+        click.echo(line)
     if junit:
         try:
             write_junit(junit, "cutover run",
@@ -155,6 +158,19 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
         except OSError as e:
             fail(f"cannot write {junit}: {e.strerror}")
     sys.exit(outcome.exit_code)
+
+
+def _next_lines(run_id: str, results: str, verdict: str) -> list[str]:
+    """What to type next, after the verdict: the run by its id (not `latest`, which a
+    later run changes), its report, and the browser of all runs."""
+    if not run_id or verdict not in ("valid", "invalid", "unknown"):
+        return []  # refused, aborted or a harness error: its line stays the last
+    opt = "" if results == default("results") else f" --results {results}"
+    lines = [f"run {run_id}", "next:", f"  cutover show {run_id}{opt}"]
+    if verdict in ("invalid", "unknown"):
+        lines.append(f"  cutover report {run_id}{opt} -o {run_id}.html")
+    lines += [f"  cutover run --replay {run_id}{opt}", f"  cutover serve{opt}"]
+    return lines
 
 
 @main.command()
@@ -178,12 +194,17 @@ def run(nodes: int, time_limit: float, rate: float, concurrency: int | None, wor
 @click.option("--results", default=default("results"), show_default=True)
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
               help="Shrink the first failing seed of each kind to a minimal plan.")
+@click.option("--buggify/--no-buggify", default=False, show_default=True,
+              help="Arm a seed-drawn subset of the node's BUGGIFY points (docs/sim.md).")
+@click.option("--guided/--no-guided", default=False, show_default=True,
+              help="Keep a corpus of plans that reached new protocol states and run about "
+                   "half the seeds as mutants of them (docs/sim.md).")
 @click.option("--replay", "replay_file", type=click.Path(dir_okay=False),
               help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
 def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
         rate: float, nemesis: str, scenario: str, cutover_at: str | None,
         bugs: tuple[str, ...], profile: str, workers: int, results: str, shrink: bool,
-        replay_file: str | None) -> None:
+        buggify: bool, guided: bool, replay_file: str | None) -> None:
     """The node's own code in a deterministic simulation: many seeds, failing ones
     stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did;
     2: every seed was vacuous (no cutover, fault or operation it was asked for)."""
@@ -201,13 +222,14 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
                     scenario=scenario,
                     cutover_at=DEFAULT_CUTOVER if cutover_at is None
                     else _cutover_at(cutover_at),
-                    bugs=list(bugs), profile=profile, results=results, seed=first_seed)
+                    bugs=list(bugs), profile=profile, results=results, seed=first_seed,
+                    buggify=buggify)
     try:
         cfg.validate()
     except RunError as e:
         _user_error(e)
     sys.exit(simcli.run(cfg, seeds=seeds, budget=budget, first_seed=first_seed,
-                        workers=workers, results=results, shrink=shrink))
+                        workers=workers, results=results, shrink=shrink, guided=guided))
 
 
 # ------------------------------------------------------------------------------ hunt
@@ -239,10 +261,16 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
               help="Seconds of workload and faults per seed.")
 @click.option("--rate", type=_ranged("rate", upper=False), default=SIM_DEFAULTS["rate"],
               show_default=True, help="Client ops per second.")
+@click.option("--buggify/--no-buggify", default=False, show_default=True,
+              help="Arm a seed-drawn subset of the node's BUGGIFY points (docs/sim.md).")
+@click.option("--guided/--no-guided", default=False, show_default=True,
+              help="Keep a corpus of plans that reached new protocol states and run about "
+                   "half the seeds as mutants of them (docs/sim.md).")
 @results_option
 def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int, confirm: int,
          rare: int, profile: str, bugs: tuple[str, ...], nemesis: str, scenario: str,
-         nodes: int, time_limit: float, rate: float, results: str) -> None:
+         nodes: int, time_limit: float, rate: float, buggify: bool, guided: bool,
+         results: str) -> None:
     """Search where it is cheap, confirm where it is real: simulated seeds within the
     budget, each failure kind shrunk once (inside the budget), each shrunk plan replayed
     on real processes --confirm times, a few real runs of rare-coverage seeds; one
@@ -262,15 +290,16 @@ def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int,
         budget = 60.0
     cfg = RunConfig(nodes=nodes, time_limit=time_limit, rate=rate, nemesis=nemesis,
                     scenario=scenario, bugs=list(bugs), profile=profile, results=results,
-                    seed=first_seed)
+                    seed=first_seed, buggify=buggify)
     try:
         cfg.validate()
         res = run_hunt(cfg, results=results, budget=budget, seeds=seeds,
                        first_seed=first_seed, workers=workers, confirm=confirm, rare=rare,
-                       say=lambda m: click.echo(m, err=True),
+                       guided=guided, say=lambda m: click.echo(m, err=True),
                        report=lambda rid: write_report(results, rid),
                        config_doc={"budget": budget, "seeds": seeds, "first_seed": first_seed,
-                                   "workers": workers, "confirm": confirm, "rare": rare})
+                                   "workers": workers, "confirm": confirm, "rare": rare,
+                                   "guided": guided})
     except (RunError, store.StoreError) as e:
         _user_error(e)
     for ln in summary_lines(res):

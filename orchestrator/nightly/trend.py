@@ -184,15 +184,15 @@ def trend_lines(data: TrendData) -> list[str]:
     if not data.matrices:
         return ["no matrices recorded yet (`cutover matrix` records one)"] + (
             ["", *hunt_lines(data)] if data.hunts else [])
-    head = (f"{'build':<28} {'matrix':<22} {'started':<16} {'revision':<12} "
-            f"{'detected':>16} {'median s':>8}  errors")
-    lines = [head, "-" * len(head)]
+    head = ("build", "matrix", "started", "revision", "detected", "median s", "errors")
+    rows = []
     for label, points in data.series.items():
         for i, p in enumerate(points):
-            med = "-" if p.median_s is None else f"{p.median_s:.1f}"
-            lines.append(f"{label if i == 0 else '':<28} {p.matrix:<22} "
-                         f"{p.started.replace('T', ' ')[:16]:<16} {(p.revision or '-')[:12]:<12} "
-                         f"{_pct(p):>16} {med:>8}  {p.errors or ''}")
+            rows.append((label if i == 0 else "", p.matrix, p.started.replace("T", " ")[:16],
+                         (p.revision or "-")[:12], _pct(p),
+                         "-" if p.median_s is None else f"{p.median_s:.1f}",
+                         str(p.errors or "")))
+    lines = _table(head, rows, right=(4, 5))
     lines.append("")
     if not data.flakes:
         lines.append(f"flakes: none in {len(data.matrices)} matrices")
@@ -205,6 +205,21 @@ def trend_lines(data: TrendData) -> list[str]:
     if data.hunts:
         lines += ["", *hunt_lines(data)]
     return lines
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]],
+           right: tuple[int, ...] = ()) -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart: a long build label or
+    matrix id pushes its column out instead of running into the next one."""
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(r: tuple[str, ...]) -> str:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    first = line(head)
+    return [first, "-" * len(first), *(line(r) for r in rows)]
 
 
 def hunt_lines(data: TrendData) -> list[str]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from nemesis.faults import Net, Sleep, Until
+from node.disk import REAL
 from node.events import read_events
 from node.keystore import Kek, generate_dek
 from node.wal import WalError, damage_entry
@@ -31,6 +32,7 @@ from orchestrator.real.watch import EventWatch
 from orchestrator.run.config import KNOB_DEFAULTS, RunConfig
 from orchestrator.run.invoke import Ask
 from orchestrator.run.program import AwaitEvent, AwaitFlag, Evidence, Proc
+from orchestrator.run.storage import described, locate
 
 
 class Progress:
@@ -77,6 +79,7 @@ class RealWorld:
     """A run's world of node processes (module docstring)."""
 
     simultaneous = False
+    name = "real"
 
     def __init__(self, cfg: RunConfig, run_id: str, run_dir: str, rec: store.Recorder,
                  kek: Kek, progress: TextIO | None = None) -> None:
@@ -230,6 +233,38 @@ class RealWorld:
         except WalError as e:
             return str(e)
         return None
+
+    def damage_storage(self, nid: str, how: str, area: str, pick: int) -> dict[str, Any]:
+        """The node's real files damaged in place, synced: one bit flipped, or (a latent
+        sector error, which a real disk cannot be told to have) the sector zero-filled,
+        as a drive that remapped an unreadable sector returns it."""
+        root = self.cluster.nodes[nid].data_dir
+        place = locate(REAL, root, area, pick, how)
+        if "skipped" in place:
+            return place
+        with open(place["path"], "r+b") as fh:
+            fh.seek(place["offset"])
+            if how == "flip":
+                old = fh.read(1)[0]
+                fh.seek(place["offset"])
+                fh.write(bytes([old ^ (1 << place["bit"])]))
+            else:
+                fh.write(bytes(place["length"]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        out = described(place, root, how)
+        if how == "sector":
+            out["how"] = "a latent sector error (zero-filled on real files)"
+        return out
+
+    def arm_writes(self, nid: str, how: str | None, p: float = 0.0,
+                   seed: int = 0) -> dict[str, Any]:
+        """Never reached: the run skips the kinds that need it here (`FaultKind.worlds`)."""
+        return {"skipped": "a real disk cannot be told to drop or misplace writes"}
+
+    def ended(self, nid: str) -> bool:
+        proc = self.cluster.nodes[nid].process
+        return proc is not None and not proc.is_alive()
 
     def start_and_wait(self, nid: str, seconds: float) -> str | None:
         """Start `nid` and wait until it answers; None, or why it never did (a node that

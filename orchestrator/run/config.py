@@ -163,6 +163,9 @@ class RunConfig:
     finish_within: float = 15.0
     scenario: str = DEFAULT_SCENARIO
     plan_file: str | None = None  # play this stored plan instead of making one
+    # BUGGIFY (node/buggify.py): the simulator arms a subset of the node's points per
+    # seed. Off by default: a seed's history must not change under those who replay it.
+    buggify: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -234,6 +237,8 @@ class RunConfig:
             if not isinstance(b, str) or b not in ALL_BUGS:
                 raise RunError(f"unknown bug switch {show(b)}; valid names: "
                                f"{', '.join(sorted(ALL_BUGS))}")
+        if not isinstance(self.buggify, bool):
+            raise RunError(f"buggify must be true or false, got {show(self.buggify)}")
         if not isinstance(self.results, str) or not self.results:
             raise RunError(f"results must be a directory name, got {show(self.results)}")
         if self.plan_file is not None and (not isinstance(self.plan_file, str)

@@ -184,6 +184,10 @@ def judge(ev: Evidence, excused: list[tuple[str, int]], *,
     model = MODEL_OF.get(config.get("workload", "kv"), "kv")
     results: dict[str, dict[str, Any]] = {}
     results["linearizability"] = suite.check_linearizability(ops, model, timeout=lin_timeout)
+    # The nodes a storage fault damaged, and since when: a start they refused after it
+    # is the correct reaction (not a crash), a file of theirs that does not parse is the
+    # fault's doing (not the node's); a divergence is never excused.
+    damaged = suite.storage_damage(nem, t0_ns)
     dirs = ev.node_dirs
     kek_path = os.path.join(ev.run_dir, "kek")
     rep = None
@@ -194,10 +198,11 @@ def judge(ev: Evidence, excused: list[tuple[str, int]], *,
     else:
         results["cutover"], rep = suite.check_invariants(
             dirs, kek_path, write_tokens(ops, t0_ns), t0_ns=t0_ns, excused=excused,
-            profile=config.get("profile") or "fixed")
+            profile=config.get("profile") or "fixed", damaged=damaged)
     results["crashes"] = suite.check_crashes(
         os.path.join(ev.run_dir, "nodes"), t0_ns,
-        halted={str(e["node"]) for e in events if e["kind"] == EventKind.HALT})
+        halted={str(e["node"]) for e in events if e["kind"] == EventKind.HALT},
+        refusals=damaged)
     results["stats"] = suite.stats(ops)
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, fault_windows(nem), end_ns)
@@ -450,7 +455,14 @@ class Run:
             if self.stopped or w.now() > self.cfg.time_limit - 0.3:
                 return
             nodes = choose(ctx, step.target, ctx.rng(step.id, "target"), ev)
-            windowed = KINDS[step.action].windowed
+            kind = KINDS[step.action]
+            if w.name not in kind.worlds:  # the plan stays portable; the record says why
+                w.record("event", step.action, nodes, step=step.id, skipped=(
+                    f"{step.action} runs in the {' and '.join(kind.worlds)} world only, "
+                    f"not on {w.name} processes" if w.name == "real" else
+                    f"{step.action} does not run in the {w.name} world"))
+                return
+            windowed = kind.windowed
             if windowed:
                 w.record("start", step.action, nodes, step=step.id, origin=step.origin,
                          trigger=step.when.describe(), **step.params)

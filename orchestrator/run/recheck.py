@@ -171,10 +171,7 @@ def _check_events(db: sqlite_utils.Database, rid: str, dirs: Mapping[str, str]) 
     file emptied or cut mid-line) would check a shorter story: the `stop` or `halt` that
     made the run invalid can be exactly the line that went. So fewer events than the
     database holds, other kinds in the same order, or a lost `stop` is a harness error."""
-    stored: dict[str, list[str]] = {}
-    for node, kind in db.conn.execute("select node, kind from node_events where run = ? "
-                                      "order by node, seq", [rid]):
-        stored.setdefault(str(node), []).append(str(kind))
+    stored = store.event_kinds_by_node(db, rid)
     for name, d in dirs.items():
         before = stored.get(name, [])
         if not before:

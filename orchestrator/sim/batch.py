@@ -27,6 +27,7 @@ from orchestrator import store
 from orchestrator.lifeline import worker_pool
 from orchestrator.run.config import RunConfig
 from orchestrator.run.program import new_run_id, verdict_line
+from orchestrator.sim.corpus import Guide, features
 from orchestrator.sim.run import SimOutcome, simulate
 
 
@@ -43,6 +44,11 @@ class SeedResult:
     record: dict[str, Any] | None = None  # only for a failing seed: what to store
     error: str | None = None
     checker: str = ""  # the checker behind a verdict that is not valid ("vacuity", ...)
+    # What the run reached, finer than `coverage` (`corpus.features`): the guided search's
+    # news. The plan that ran, when the search keeps a corpus (it may keep this one).
+    features: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    lineage: str = ""  # a mutant's parent and mutations (`corpus.Job`); "" for a seed's own
 
     @property
     def is_vacuous(self) -> bool:
@@ -70,8 +76,9 @@ def _record(o: SimOutcome) -> dict[str, Any]:
 
 
 def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
-             plan_doc: dict[str, Any] | None = None) -> SeedResult:
-    """One seed in this process (a worker's job); never raises."""
+             plan_doc: dict[str, Any] | None = None, with_plan: bool = False) -> SeedResult:
+    """One seed in this process (a worker's job); never raises. `with_plan`: send the
+    plan back (a guided search may keep it in its corpus)."""
 
     cfg = RunConfig.from_dict({**cfg_doc, "seed": seed})
     with tempfile.TemporaryDirectory(prefix="cutover-sim-") as tmp:
@@ -83,7 +90,9 @@ def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
         first = o.first or ("", "", None)
         rec = _record(o) if keep and o.verdict != "valid" else None
         return SeedResult(seed, o.verdict, o.failing, first[1], first[2], sorted(o.coverage),
-                          o.sim_seconds, o.cpu_seconds, rec, checker=first[0])
+                          o.sim_seconds, o.cpu_seconds, rec, checker=first[0],
+                          features=features(o.events, o.nemesis, o.coverage),
+                          plan=o.plan.to_dict() if with_plan else None)
 
 
 @dataclass
@@ -113,20 +122,25 @@ class BatchResult:
 def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float | None = None,
               first_seed: int = 1, workers: int = 2,
               on_result: Callable[[SeedResult, BatchResult], None] | None = None,
-              keep: bool = True) -> BatchResult:
+              keep: bool = True, guide: Guide | None = None) -> BatchResult:
     """Seeds in `workers` processes: the given list, or as many as fit in `budget`
-    seconds of wall time (starting at `first_seed`)."""
+    seconds of wall time (starting at `first_seed`). With a `guide`, each seed runs the
+    plan the guide chose for it (its own, or a mutant sent as a plan dict), and a seed
+    is submitted only once the guide knows what it needs to choose (`Guide.can_plan`)."""
     doc = asdict(cfg)
     out = BatchResult()
     t0 = time.monotonic()
     nxt = first_seed
     todo = list(seeds) if seeds is not None else None
+    lineage: dict[int, str] = {}
     # Workers that die with us (SIGKILL included), killed at once on Ctrl-C/SIGTERM.
     with worker_pool(workers) as ex:
         pending: set[cf.Future[SeedResult]] = set()
 
         def submit() -> bool:
             nonlocal nxt
+            if guide is not None and not guide.can_plan():
+                return False  # again when a seed it waits for is done
             if todo is not None:
                 if not todo:
                     return False
@@ -136,23 +150,34 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
                     return False
                 s = nxt
                 nxt += 1
-            pending.add(ex.submit(run_seed, doc, s, keep))
+            if guide is None:
+                pending.add(ex.submit(run_seed, doc, s, keep))
+                return True
+            job = guide.plan(s)
+            lineage[s] = job.lineage
+            pending.add(ex.submit(run_seed, doc, s, keep, job.plan, True))
             return True
 
-        for _ in range(max(1, workers) * 2):
-            if not submit():
-                break
+        def fill() -> None:
+            while len(pending) < max(1, workers) * 2 and submit():
+                pass
+
+        fill()
         while pending:
             done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 pending.discard(fut)
                 r = fut.result()
+                if guide is not None:
+                    r.lineage = lineage.pop(r.seed, "")
+                    guide.done(r.seed, r.plan, r.features)
+                    r.plan = r.plan if r.lineage else None  # a seed's own: its seed says it
                 out.results.append(r)
                 if out.first_failure_s is None and r.is_failure:
                     out.first_failure_s = round(time.monotonic() - t0, 3)
                 if on_result is not None:
                     on_result(r, out)
-                submit()
+                fill()
     out.results.sort(key=lambda r: r.seed)
     out.wall_seconds = round(time.monotonic() - t0, 3)
     return out

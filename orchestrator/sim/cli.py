@@ -17,18 +17,22 @@ from typing import Any
 
 import click
 
-from checker.coverage import POINTS
-from nemesis.plan import Plan
+from checker.coverage import BUGGIFY_PREFIX, POINTS, buggify_fired
+from nemesis.plan import PLAN_FORMAT, Plan
 from orchestrator import store
 from orchestrator.errors import EXIT_HARNESS
 from orchestrator.run.config import RunConfig, RunError, read_plan_file
 from orchestrator.sim.batch import SeedResult, run_batch, store_run
+from orchestrator.sim.corpus import Guide
 from orchestrator.sim.run import simulate
 from orchestrator.sim.shrink import Shrunk, shrink
 
 # With a budget, the search stops at this share of it once something failed: the rest
 # is for shrinking each kind.
 SEARCH_SHARE = 0.5
+# Whether a search keeps a corpus and mutates its plans (`orchestrator/sim/corpus.py`)
+# when its caller does not say: `tests/defects/measure_guided.py` measured both.
+GUIDED = False
 
 
 class _Enough(Exception):
@@ -44,6 +48,12 @@ class Search:
     wall_seconds: float = 0.0
     first_failure_s: float | None = None
     stopped: str = "seeds"  # seeds | budget | found (half the budget, something failed)
+    guide: Guide | None = None  # the corpus of a guided search
+
+    @property
+    def mutants(self) -> list[SeedResult]:
+        """Seeds that ran a mutated corpus plan instead of their own."""
+        return [r for r in self.results if r.lineage]
 
     @property
     def failed(self) -> list[SeedResult]:
@@ -84,15 +94,21 @@ def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
            first_seed: int, workers: int, t0: float | None = None,
            share: float = SEARCH_SHARE,
            keep: Callable[[SeedResult], bool] | None = None,
-           on_result: Callable[[SeedResult, Search], None] | None = None) -> Search:
+           on_result: Callable[[SeedResult, Search], None] | None = None,
+           guided: bool | None = None) -> Search:
     """Simulate `seeds` (or seeds from `first_seed` on) in `workers` processes. With a
     `budget` (seconds from `t0`): stop at `share` of it once a seed failed, and at the
     budget in any case (a seed's time over at most: the search stops when a seed ends),
     so that shrinking fits in the same budget. `keep(r)` says
     whether a failing seed's record (its whole run, held in memory until stored) is
-    kept; a dropped one is counted, not stored."""
+    kept; a dropped one is counted, not stored. `guided` (default `GUIDED`): some seeds
+    run mutants of the plans that reached something new (`corpus.py`), chosen from
+    `first_seed` alone, so the same search replays."""
     start = time.monotonic() if t0 is None else t0
     out = Search(stopped="budget" if seeds is None else "seeds")
+    if GUIDED if guided is None else guided:
+        out.guide = Guide(first_seed if seeds is None or not seeds else seeds[0],
+                          time_limit=cfg.time_limit)
 
     def got(r: SeedResult, _b: Any) -> None:
         if r.record is not None and (r.is_vacuous or (keep is not None and not keep(r))):
@@ -115,9 +131,12 @@ def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
     if left is None or left > 0:
         try:
             run_batch(cfg, seeds=seeds, budget=left if seeds is None else None,
-                      first_seed=first_seed, workers=workers, on_result=got)
+                      first_seed=first_seed, workers=workers, on_result=got,
+                      guide=out.guide)
         except _Enough:
             pass
+    if out.guide is not None:
+        out.guide.settle()
     out.results.sort(key=lambda r: r.seed)
     out.wall_seconds = round(time.monotonic() - start, 3)
     return out
@@ -156,13 +175,14 @@ def _progress(r: SeedResult, b: Search, t0: float) -> None:
 
 
 def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: int,
-        workers: int, results: str, shrink: bool) -> int:
+        workers: int, results: str, shrink: bool, guided: bool | None = None) -> int:
     """`cutover sim`: the seeds, every failing one stored, the first of each failure kind
     shrunk. A `budget` covers the search and the shrinking (`orchestrator.search.hunt.search`:
     the search stops at half of it once a seed failed, and each kind is shrunk with a
     deadline, the smallest plan found by then kept). Every seed's coverage, passing ones
     included, is recorded (`sim_batches`), so `cutover coverage` counts what this
-    printed."""
+    printed. `guided`: the search keeps a corpus (`search`); a failing mutant's plan is
+    written next to its run (`plan.json`), since its seed alone does not replay it."""
     try:
         store.check_writable(results)
     except store.StoreError as e:
@@ -172,7 +192,7 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
     seed_list = list(range(first_seed, first_seed + seeds)) if seeds is not None else None
     b = search(cfg, seeds=seed_list, budget=budget, first_seed=first_seed, workers=workers,
                t0=t0, share=SEARCH_SHARE if shrink else 1.0,
-               on_result=lambda r, b: _progress(r, b, t0))
+               on_result=lambda r, b: _progress(r, b, t0), guided=guided)
     if sys.stderr.isatty():
         click.echo("", err=True)
     stored: dict[int, str] = {}
@@ -183,6 +203,9 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
         stored[r.seed] = run_id
         click.echo(f"seed {r.seed}: {r.verdict.upper()}: {r.failing}: {r.sentence[:200]} "
                    f"(run {run_id})")
+        if r.lineage:
+            path = write_plan_file(results, run_id, r)
+            click.echo(f"  ({r.lineage}; its plan: {path})")
         if shrink and r.verdict == "invalid" and r.failing \
                 and r.failing not in {x.failing for x, _ in firsts}:
             firsts.append((r, run_id))
@@ -203,6 +226,8 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
         click.echo(f"error: the batch's coverage was not recorded: {e}", err=True)
         return EXIT_HARNESS
     cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
+    fired = sorted({p.removeprefix(BUGGIFY_PREFIX) for x in b.results
+                    for p in buggify_fired(x.coverage)})
     sim_s = sum(x.sim_seconds for x in b.results)
     cpu_s = sum(x.cpu_seconds for x in b.results)
     click.echo(f"sim: {len(b.results)} seeds in {b.wall_seconds:.1f} s "
@@ -214,6 +239,8 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
                + (f", {len(b.vacuous)} vacuous (no cutover, fault or operation they "
                   f"were asked for)" if b.vacuous else "")
                + f", coverage {len(cov)}/{len(POINTS)}"
+               + (f", buggify fired {len(fired)}: {', '.join(fired)}" if fired else "")
+               + (f"; guided: {b.guide.summary()}" if b.guide is not None else "")
                + (f"; shrinking {shrink_s:.1f} s" if firsts else "")
                + (f" (search and shrinking {time.monotonic() - t0:.1f} s of the "
                   f"{budget:g} s budget)" if budget is not None and firsts else ""))
@@ -223,6 +250,21 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
         return 1
     # Seeds that tested nothing are no pass: a batch of only those is unknown (2).
     return 2 if b.results and len(b.vacuous) == len(b.results) else 0
+
+
+def write_plan_file(results: str, run_id: str, r: SeedResult) -> str:
+    """A stored mutant's plan as a plan file (`cutover sim --replay`, `cutover run
+    --plan`): the run's config with the mutated plan, and where it came from."""
+    assert r.record is not None
+    cfg = dict(r.record["config"])
+    plan = cfg.pop("plan")
+    path = os.path.join(results, run_id, "plan.json")
+    doc = {"format": PLAN_FORMAT, "failing": r.failing, "mutant": r.lineage,
+           "config": {k: v for k, v in cfg.items() if k != "plan_file"}, "plan": plan,
+           "faults": Plan.from_dict(plan).describe()}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, default=str)
+    return path
 
 
 def _shrink_one(r: SeedResult, cfg: RunConfig, results: str, run_id: str,
@@ -294,8 +336,8 @@ def replay(path: str, results: str) -> int:
     return {"valid": 0, "invalid": 1}.get(o.verdict, 2)
 
 
-__all__ = ["SEARCH_SHARE", "Search", "asdict", "batch_counts", "load_plan_file",
-           "record_coverage", "replay", "run", "search"]
+__all__ = ["GUIDED", "SEARCH_SHARE", "Search", "asdict", "batch_counts", "load_plan_file",
+           "record_coverage", "replay", "run", "search", "write_plan_file"]
 
 
 def bench(seeds: int, switches: list[str], cap_seconds: float) -> None:

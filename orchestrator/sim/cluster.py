@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemesis.faults import Net
-from node.events import EXIT_HALTED, EventKind
+from node.buggify import OFF, Buggify, BuggifyCrash
+from node.events import EXIT_HALTED, EXIT_STORAGE, EventKind
 from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
 from node.raft import Message, Role
+from node.storage import storage_failure
 from orchestrator.run.config import KNOB_DEFAULTS
+from orchestrator.sim.buggify import SimBuggify, draw_points
 from orchestrator.sim.disk import SimDisk
 
 US = 1_000_000  # microseconds per second
@@ -91,6 +94,8 @@ class SimSettings:
     fsync_us: int = 400  # one fdatasync of a node's WAL (the loop waits for it)
     linger_us: int = 1000  # group commit: client requests share a Ready
     start_us: tuple[int, int] = (150_000, 450_000)  # spawn and recovery of a process
+    # BUGGIFY (node/buggify.py): each seed arms a subset of the node's points
+    buggify: bool = False
 
 
 @dataclass
@@ -117,6 +122,7 @@ class SimNode:
     turn_t0: int = 0
     turn_log: list[Any] = field(default_factory=list)
     cut: dict[int, int] = field(default_factory=dict)
+    bug: Buggify = OFF  # its BUGGIFY hook: one per node, across its restarts
 
     @property
     def up(self) -> bool:
@@ -163,6 +169,10 @@ class SimCluster:
         self.stats: dict[str, int] = {"messages": 0, "dropped": 0, "events": 0}
         self._in_turn: str | None = None  # the node whose loop turn is running
         self.t0_us = 0
+        if self.s.buggify:  # its own random stream: the seed's other draws stay as they are
+            armed = draw_points(seed)
+            for n in self.ids:
+                self.nodes[n].bug = SimBuggify(self, n, armed, seed)
         for n in self.ids:
             self._boot(n)
 
@@ -304,7 +314,10 @@ class SimCluster:
                 clock=self.clock, send=lambda msgs, n=nid, i=inc: self._send(n, i, msgs),
                 deliver=lambda ident, rep, n=nid, i=inc: self._reply(n, i, ident, rep),
                 rng=random.Random(f"node:{self.seed}:{nid}:{inc}"),
-                start_info={"pid": inc})
+                start_info={"pid": inc}, buggify=node.bug)
+        except BuggifyCrash as b:  # it died at a BUGGIFY point while starting
+            self.buggify_crash(nid, b)
+            return
         except Exception as e:  # noqa: BLE001 - a node that refuses to start (or dies trying)
             node.failed_starts += 1
             self.add_event(nid, EventKind.START_FAILED, {"error": f"{type(e).__name__}: {e}"})
@@ -393,6 +406,12 @@ class SimCluster:
                 self._publish(nid, str(EventKind.EXIT), detail)
             self.kill(nid)
             return
+        except BuggifyCrash as b:
+            node.disk.end_turn()
+            node.turn_log = []
+            self._in_turn = None
+            self.buggify_crash(nid, b)
+            return
         except Exception as e:  # noqa: BLE001 - what a node process would die of
             # An exception the node does not handle ends its process (a traceback in its
             # log, exit code 1): the simulated process dies the same way, and it is
@@ -411,8 +430,24 @@ class SimCluster:
         if node.inbox or node.ticks_due:
             self._wake(nid)
 
+    def buggify_crash(self, nid: str, b: BuggifyCrash) -> None:
+        """The node died at a BUGGIFY point: a process crash (`kill`: the page cache
+        survives) or a power loss there (`crash`: every unsynced byte lost; `tear`: a
+        prefix of each unsynced write survives). Planned, like the nemesis's kill: no
+        `crash` event; its supervisor starts it again."""
+        hook = self.nodes[nid].bug
+        torn = hook.rng if isinstance(hook, SimBuggify) and b.action == "tear" else None
+        self.kill(nid, power=b.action != "kill", torn=torn)
+        self.start(nid)
+
     def _died(self, nid: str, e: Exception) -> None:
-        self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
+        """The node process ends of `e`: a crash, or (storage it cannot trust) the
+        fail-stop exit the node process makes (`node/server.py`, `EXIT_STORAGE`)."""
+        if storage_failure(e):
+            self.add_event(nid, EventKind.EXIT, {"reason": "storage", "code": EXIT_STORAGE,
+                                                 "error": f"{type(e).__name__}: {e}"})
+        else:
+            self.add_event(nid, EventKind.CRASH, {"error": f"{type(e).__name__}: {e}"})
         self.kill(nid)
 
     def call_on(self, nid: str, fn: Callable[[Any], Any]) -> Any:
@@ -430,6 +465,8 @@ class SimCluster:
             self._publish(nid, str(EventKind.EXIT), {"reason": "halt", "index": e.index,
                                                      "term": e.term, "code": EXIT_HALTED})
             self.kill(nid)
+        except BuggifyCrash as b:
+            self.buggify_crash(nid, b)
         except Exception as e:  # noqa: BLE001 - what a node process would die of
             self._died(nid, e)
         return None
@@ -492,6 +529,9 @@ class SimCluster:
     def stop_all(self) -> None:
         """A clean stop of every live node (their `stop` events carry the final digest)."""
         for n in self.ids:
+            if self.nodes[n].bug is not OFF:
+                self.nodes[n].bug.on = False  # BUGGIFY ends with the run: a clean stop
+        for n in self.ids:
             node = self.nodes[n]
             if node.host is not None:
                 node.paused = False
@@ -509,6 +549,9 @@ class SimCluster:
             by_dst.setdefault(m.dst, []).append(m)
         net, rng = self.net, self.rng
         wait, turn, k = self._out_delay(self.nodes[src])
+        bug = self.nodes[src].bug
+        if bug.on and isinstance(bug, SimBuggify) and bug.delay_us:
+            wait, bug.delay_us = wait + bug.delay_us, 0  # `delay` at host.send
         for dst, batch in by_dst.items():
             link = (src, dst)
             self.stats["messages"] += 1

@@ -12,6 +12,7 @@ simulated disk knows the truth even across restarts.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -30,11 +31,12 @@ def _p(path: PathLike) -> str:
 
 
 class _Inode:
-    __slots__ = ("data", "durable")
+    __slots__ = ("bad", "data", "durable")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.durable = 0  # bytes that survive a power loss
+        self.bad: list[tuple[int, int]] = []  # latent sector errors: (offset, length)
 
 
 class SimFile:
@@ -53,7 +55,10 @@ class SimFile:
         d = self._disk
         d.bytes_written += len(data)
         d._log("write", self._inode, len(self._inode.data))
+        off = len(self._inode.data)
         self._inode.data += data
+        if d.armed is not None:
+            d._misfire(self._inode, off, bytes(data))
 
     def sync(self) -> None:
         d = self._disk
@@ -88,14 +93,25 @@ class SimDisk:
         # sync it waits for (`begin_turn`, `end_turn`, `undo`).
         self._turn: list[tuple[int, str, Any, Any]] | None = None
         self._turn_k = 0
+        # The lost and misdirected writes (`arm_writes`): while armed, each write goes
+        # wrong with probability p; the page cache still shows it as written, so what
+        # went wrong shows at the next crash (the process's cache is gone: what it
+        # reads then is what the media holds).
+        self.armed: tuple[str, float, random.Random] | None = None
+        self.pending: list[tuple[str, _Inode, int, bytes]] = []
+        self.misfired: dict[str, int] = {}
 
     # ------------------------------------------------------------------ reading
 
     def read_bytes(self, path: PathLike) -> bytes:
         try:
-            return bytes(self.names[_p(path)].data)
+            inode = self.names[_p(path)]
         except KeyError:
             raise FileNotFoundError(2, "No such file (simulated)", os.fspath(path)) from None
+        if any(off < len(inode.data) for off, _n in inode.bad):
+            raise OSError(errno.EIO, "Input/output error (simulated latent sector error)",
+                          os.fspath(path))
+        return bytes(inode.data)
 
     def exists(self, path: PathLike) -> bool:
         p = _p(path)
@@ -267,7 +283,9 @@ class SimDisk:
 
     def crash(self, *, power: bool, rng: random.Random | None = None) -> dict[str, Any]:
         """A SIGKILL changes nothing on disk; a power loss reverts to what is durable.
-        Returns what was lost ({"truncated": {path: bytes}, "undone": [names]})."""
+        Returns what was lost ({"truncated": {path: bytes}, "undone": [names]}). Either
+        way the writes that went wrong while armed show now (`arm_writes`)."""
+        self._land_misfires()
         lost: dict[str, Any] = {"truncated": {}, "undone": []}
         if not power:
             return lost
@@ -295,6 +313,47 @@ class SimDisk:
     def damage(self, path: PathLike, offset: int, data: bytes) -> None:
         """Overwrite bytes in place (a nemesis's corruption), durably."""
         self.overwrite(path, offset, data)
+
+    def sector_error(self, path: PathLike, offset: int, length: int) -> None:
+        """A latent sector error: from now on a read of the file fails (EIO), as a read
+        of the damaged range would (the node reads its files whole). A write does not
+        heal it: the node replaces a file rather than rewrite it."""
+        self.names[_p(path)].bad.append((offset, length))
+
+    def arm_writes(self, how: str | None, p: float = 0.0,
+                   rng: random.Random | None = None) -> dict[str, Any]:
+        """From now on each write is lost (`how` "lost": it never reaches the media) or
+        misdirected ("misdirected": it lands at another place of the node's files) with
+        probability `p`; None disarms. Returns how many went wrong so far."""
+        self.armed = None if how is None else (how, p, rng or random.Random(0))
+        return {"misfired": dict(self.misfired)}
+
+    def _misfire(self, inode: _Inode, off: int, data: bytes) -> None:
+        assert self.armed is not None
+        how, p, rng = self.armed
+        if rng.random() < p:
+            self.pending.append((how, inode, off, data))
+            self.misfired[how] = self.misfired.get(how, 0) + 1
+
+    def _land_misfires(self) -> None:
+        """What the media holds of the writes that went wrong: zeros where a lost or
+        misdirected write should have been, and a misdirected one's bytes over another
+        place of the node's files (never past a file's end)."""
+        pending, self.pending = self.pending, []
+        rng = self.armed[2] if self.armed is not None else random.Random(len(pending))
+        for how, inode, off, data in pending:
+            end = min(off + len(data), len(inode.data))
+            if end > off:
+                inode.data[off:end] = bytes(end - off)
+            if how != "misdirected":
+                continue
+            others = [i for _n, i in sorted(self.names.items()) if i.data]
+            if not others:
+                continue
+            target = rng.choice(others)
+            at = rng.randrange(len(target.data))
+            n = min(len(data), len(target.data) - at)
+            target.data[at:at + n] = data[:n]
 
     def materialize(self, root: PathLike, under: PathLike) -> None:
         """Write every file below `under` to the real directory `root` (for the offline

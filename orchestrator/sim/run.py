@@ -23,6 +23,7 @@ from node.wal import WalError, damage_entry
 from orchestrator.run.config import KNOB_DEFAULTS, RunConfig
 from orchestrator.run.invoke import UNREACHABLE, Ask
 from orchestrator.run.program import AwaitEvent, AwaitFlag, Evidence, Proc, Run
+from orchestrator.run.storage import described, locate
 from orchestrator.sim.cluster import (
     US,
     SimCluster,
@@ -91,6 +92,7 @@ class SimWorld:
     the node files materialized under `root` when the run is judged."""
 
     simultaneous = True
+    name = "sim"
 
     def __init__(self, cfg: RunConfig, root: Path, config_doc: dict[str, Any]) -> None:
         c = cfg
@@ -104,7 +106,7 @@ class SimWorld:
             max_msg_bytes=int(c.max_msg_bytes or KNOB_DEFAULTS["max_msg_bytes"]),
             max_inflight=int(c.max_inflight or KNOB_DEFAULTS["max_inflight"]),
             enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs),
-            profile=c.profile)
+            profile=c.profile, buggify=c.buggify)
         self.cl = SimCluster(c.seed, self.settings)
         self.ids = list(self.cl.ids)
         self.run_tag = f"sim{c.seed}"
@@ -297,9 +299,30 @@ class SimWorld:
     def damage_entry(self, nid: str, index: int) -> str | None:
         try:
             damage_entry(f"/sim/{nid}/wal", index, disk=self.cl.nodes[nid].disk)
-        except WalError as e:
+        except (WalError, OSError) as e:  # OSError: a sector error got there first
             return str(e)
         return None
+
+    def damage_storage(self, nid: str, how: str, area: str, pick: int) -> dict[str, Any]:
+        disk, root = self.cl.nodes[nid].disk, f"/sim/{nid}"
+        place = locate(disk, root, area, pick, how)
+        if "skipped" in place:
+            return place
+        if how == "flip":
+            old = disk.read_bytes(place["path"])[place["offset"]]
+            disk.damage(place["path"], place["offset"], bytes([old ^ (1 << place["bit"])]))
+        else:
+            disk.sector_error(place["path"], place["offset"], place["length"])
+        return described(place, root, how)
+
+    def arm_writes(self, nid: str, how: str | None, p: float = 0.0,
+                   seed: int = 0) -> dict[str, Any]:
+        rng = random.Random(f"disk:{self.cfg.seed}:{nid}:{seed}")
+        return self.cl.nodes[nid].disk.arm_writes(how, p, rng)
+
+    def ended(self, nid: str) -> bool:
+        node = self.cl.nodes[nid]
+        return node.host is None and not node.booting
 
     def start_and_wait(self, nid: str, seconds: float) -> str | None:
         cl = self.cl
@@ -385,9 +408,11 @@ def write_exits(events: list[dict[str, Any]], path: str) -> None:
                 fh.write(exit_record("exit", ev["node"], ev["t"], code=1,
                                      log=[str(ev.get("error"))]))
             elif ev["kind"] == EventKind.EXIT:
+                why = (f"stopping on its storage: {ev.get('error')}"
+                       if ev.get("reason") == "storage" else
+                       f"exiting: {ev.get('reason')} at index {ev.get('index')}")
                 fh.write(exit_record("exit", ev["node"], ev["t"], code=ev.get("code"),
-                                     log=[f"exiting: {ev.get('reason')} at index "
-                                          f"{ev.get('index')}"]))
+                                     log=[why]))
             elif ev["kind"] == EventKind.START_FAILED:
                 fh.write(exit_record("failed-start", ev["node"], ev["t"],
                                      reason=str(ev.get("error")), log=[str(ev.get("error"))]))

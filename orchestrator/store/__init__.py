@@ -87,6 +87,7 @@ from orchestrator.store.read import (  # noqa: F401
     coverage_by_run,
     coverage_of,
     coverage_rows,
+    event_kinds_by_node,
     fault_windows,
     history_tuples,
     iter_ops,

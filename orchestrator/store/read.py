@@ -171,6 +171,16 @@ def node_events(db: sqlite_utils.Database, run_id: str,
     return out
 
 
+def event_kinds_by_node(db: sqlite_utils.Database, run_id: str) -> dict[str, list[str]]:
+    """Each node's stored event kinds in the order it wrote them: what a re-check holds
+    the node's event log to (a log that lost lines since checks a shorter story)."""
+    out: dict[str, list[str]] = {}
+    for node, kind in db.conn.execute("select node, kind from node_events where run = ? "
+                                      "order by node, seq", [run_id]):
+        out.setdefault(str(node), []).append(str(kind))
+    return out
+
+
 def log_nodes(db: sqlite_utils.Database, run_id: str) -> set[str]:
     """The nodes the cutover checker scanned a log of."""
     return {r["node"] for r in db.query("select distinct node from log_entries where run = ?",

@@ -119,6 +119,12 @@ def node_table(db: sqlite_utils.Database, run_id: str,
             last_applied[n] = d["applied"]
     names |= store.log_nodes(db, run_id)
     c_cluster = cut.get("cutover")
+    # Halts at copies the corrupt-entry fault damaged on purpose: the designed outcome
+    # (I3 moved them to its summary's `excused`), labelled so a valid run does not read
+    # like a halted one.
+    i3 = ((cut.get("invariants") or {}).get("I3") or {}).get("summary") or {}
+    expected = {(v.get("node"), v.get("index")) for v in i3.get("excused") or []
+                if isinstance(v, dict)}
     rows = []
     for n in sorted(names):
         side = (detail_nodes.get(n) or {}).get("sidecar") or {}
@@ -133,6 +139,8 @@ def node_table(db: sqlite_utils.Database, run_id: str,
             last = h[-1]
             reason = (f"{len(h)}x, last at index {last.get('index')}: {last.get('reason')}"
                       if len(h) > 1 else f"at index {last.get('index')}: {last.get('reason')}")
+            if all((n, x.get("index")) in expected for x in h):
+                reason = f"expected (the corrupt-entry fault damaged it), {reason}"
         rows.append({"node": n, "cutover": c, "active": active, "applied": applied,
                      "halted": bool(h), "halt_reason": reason,
                      "above_wrapped": counts["wrapped"] if counts else None,

@@ -194,6 +194,7 @@ def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
         out.append(f"first violation: {name}{when}: {sentence}")
     elif row.get("summary"):
         out.append(f"summary: {row['summary']}")
+    out += counterexample_lines(checks.get("linearizability") or {})
     cov = store.coverage_of(db, row["id"])
     if cov:
         out.append(f"{summary_line(cov)} reached: " + ", ".join(
@@ -208,6 +209,27 @@ def show_lines(db: sqlite_utils.Database, row: Mapping[str, Any]) -> list[str]:
                  _d(n["above_wrapped"]), _d(n["above_clear"]), _d(n["above_noop"]),
                  ("yes, " + str(n["halt_reason"])) if n["halted"] else "no") for n in nodes]
         out += _columns(head, rows)
+    return out
+
+
+MAX_SHOWN_KEYS = 3  # as `cutover lin` explains at most three failing partitions
+
+
+def counterexample_lines(lin: Mapping[str, Any]) -> list[str]:
+    """The failing keys' counterexamples as `cutover lin` prints them (the explanation the
+    checker stored with its verdict: no search again), so `show` names the operations
+    without a browser."""
+    bad = [k for k in (lin.get("keys") or []) if isinstance(k, Mapping)
+           and k.get("verdict") in ("invalid", "unknown") and k.get("explanation")]
+    bad.sort(key=lambda k: k.get("verdict") != "invalid")  # invalid first, as lin does
+    if not bad:
+        return []
+    out = ["counterexample (as `cutover lin` prints it):"]
+    for k in bad[:MAX_SHOWN_KEYS]:
+        out += ["  " + ln for ln in str(k["explanation"]).splitlines()]
+    if len(bad) > MAX_SHOWN_KEYS:
+        out.append(f"  ... and {len(bad) - MAX_SHOWN_KEYS} more key(s) not valid "
+                   f"(`cutover report` draws them all)")
     return out
 
 

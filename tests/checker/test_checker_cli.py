@@ -5,6 +5,7 @@ with exactly one line `error: FILE[:LINE]: ...` on stderr and never a traceback.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -255,3 +256,41 @@ def test_examples() -> None:
     p = lin("--format", "jepsen-edn", str(bad))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "invalid" in p.stdout
+
+
+# --------------------------------------------------------------- the format from the file
+
+
+def test_the_format_and_model_are_told_from_the_file(tmp_path: Path) -> None:
+    """Without --format each file's first bytes decide, and the verdict is the one the
+    explicit flags give; a file whose bytes leave doubt is refused, never guessed."""
+    corpus = REPO / "tests" / "data" / "porcupine"
+    etcd = str(corpus / "etcd" / "etcd_000.log")
+    kv = str(corpus / "kv" / "c01-bad.txt")
+    for path, fmt in ((etcd, "porcupine-etcd"), (kv, "porcupine-kv"),
+                      (str(EXAMPLES / "register-bad.edn"), "jepsen-edn")):
+        told, given = lin(path), lin("--format", fmt, path)
+        no_traceback(told)
+        def timeless(out: str) -> str:  # the check's seconds differ between two runs
+            return re.sub(r", [0-9.]+ s\)", ")", out)
+
+        assert (told.returncode, timeless(told.stdout)) == \
+            (given.returncode, timeless(given.stdout)), path
+    # Jepsen ops with a :key are a kv history (what `cutover export` writes), after the
+    # export's comment lines.
+    keyed = write_file(tmp_path, "export.edn",
+                       "; cutover run r1 (seed 1): one op map per line.\n"
+                       "{:process 0, :type :invoke, :f :write, :key \"k1\", :value 1}\n"
+                       "{:process 0, :type :ok, :f :write, :key \"k1\", :value 1}\n"
+                       "{:process 1, :type :invoke, :f :read, :key \"k2\", :value nil}\n"
+                       "{:process 1, :type :ok, :f :read, :key \"k2\", :value 1}\n")
+    p = lin(keyed)
+    assert p.returncode == 1 and "model kv" in p.stdout, p.stdout + p.stderr
+    assert lin(write_file(tmp_path, "ok.edn", OK)).returncode == 0
+    # A nemesis op's :f says nothing about the client's model.
+    mixed = write_file(tmp_path, "mixed.edn", "{:process :nemesis, :type :info, "
+                       ":f :start-partition, :value nil}\n" + OK)
+    assert lin(mixed).returncode == 0
+    for name, text in (("odd.txt", "hello\n"),
+                       ("queue.edn", "{:process 0 :type :invoke :f :enqueue :value 1}\n")):
+        one_error_line(lin(write_file(tmp_path, name, text)), name, "--format")

@@ -44,7 +44,9 @@ def _run(src: Path, plan: str, results: Path, seed: int) -> tuple[int, str]:
     print(" ".join(cmd[2:]))
     r = subprocess.run(cmd, cwd=src, env={**os.environ, "PYTHONPATH": str(src)},
                        capture_output=True, text=True, timeout=180)
-    return r.returncode, (r.stdout.strip().splitlines() or [""])[-1]
+    verdicts = [ln for ln in r.stdout.splitlines()
+                if ln.startswith(("VALID", "INVALID", "UNKNOWN", "ERROR", "ABORTED"))]
+    return r.returncode, (verdicts or [""])[-1]
 
 
 @pytest.mark.real

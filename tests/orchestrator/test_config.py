@@ -42,6 +42,8 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 @dataclass
 class _Outcome:
     exit_code: int = 0
+    run_id: str = "r1"
+    verdict: str = "valid"
 
 
 def _plan_file(tmp_path: Path, **cfg: Any) -> str:
@@ -127,7 +129,7 @@ def test_config_for_plan_file_takes_every_field_the_user_gave(tmp_path: Path) ->
                       op_timeout=2.0, tick_ms=20.0, election_ticks=12, snapshot_every=50,
                       max_msg_bytes=1, max_inflight=1, enable_timeout_ticks=90,
                       lin_timeout=30.0, finish_within=10.0, scenario="churn",
-                      results=str(tmp_path / "r"))
+                      buggify=True, results=str(tmp_path / "r"))
     for name in FIELDS:
         if name in ("results", "plan_file"):
             continue

@@ -400,6 +400,13 @@ def test_trend_rates_medians_and_flakes(tmp_path: Path) -> None:
             for f in data.flakes] == [("no-barrier", 2, "aaa", ["valid", "invalid"])]
     text = "\n".join(trend_lines(trend_data(db, builds=["no-barrier"], last=2)))
     assert "fixed" not in text and "mx-1" not in text and "flakes: none in 2" in text
+    # Columns as wide as their widest cell: each header word starts where its cells do.
+    table = trend_lines(trend_data(db))
+    head = table[0]
+    cols = [head.index(w) for w in ("matrix", "started", "revision")]
+    for row in table[2:8]:
+        assert [row[c - 2:c] for c in cols] == ["  "] * 3, (head, row)
+        assert row[cols[0]:].startswith("mx-"), row
     with serving(results) as url:
         resp = urllib.request.urlopen(url + "/trend")
         page = resp.read().decode()

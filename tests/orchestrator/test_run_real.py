@@ -269,6 +269,11 @@ def test_a_retried_rotation_is_refused_on_real_processes(tmp_path) -> None:
                        timeout=300)
     assert r.returncode == 0 and "VALID" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     db = sqlite3.connect(str(results / "cutover.db"))
+    # The run ends with its id and what to type next (never `latest`, which moves).
+    (run_id,) = db.execute("select id from runs").fetchone()
+    tail = r.stdout.splitlines()[-5:]
+    assert tail[0] == f"run {run_id}" and f"  cutover show {run_id} --results {results}" \
+        in tail, r.stdout[-2000:]
     stops = [json.loads(d) for (d,) in db.execute(
         "select detail from nemesis where fault='rotate' and f='stop' order by idx")]
     results_of = {(s["key_id"], s["result"]) for s in stops}

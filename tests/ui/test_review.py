@@ -299,6 +299,42 @@ def test_report_of_a_real_run(real) -> None:
         assert_no_key_material(text.encode(), fh.read())
 
 
+def test_a_halt_the_corrupt_entry_fault_caused_is_labelled_expected(synth) -> None:
+    """The designed outcome of corrupt-entry (a halt at the damaged copy, which I3
+    excuses) reads as expected in the node table that `show` and the report share;
+    any other halt stays a plain one."""
+    from orchestrator.ui.data import node_table
+
+    results, runs = synth
+    leak = runs["leak"]
+    checks = json.loads(json.dumps(leak["checks"]))
+    with store.opened(results) as db:
+        plain = {r["node"]: r for r in node_table(db, leak["id"], checks)}
+        checks["cutover"]["invariants"]["I3"].setdefault("summary", {})["excused"] = [
+            {"node": "n2", "index": 12, "term": 1, "reason": "cleartext entry"}]
+        labelled = {r["node"]: r for r in node_table(db, leak["id"], checks)}
+    assert plain["n2"]["halted"] and "expected" not in plain["n2"]["halt_reason"]
+    assert labelled["n2"]["halt_reason"].startswith("expected (the corrupt-entry fault")
+    assert "index 12" in labelled["n2"]["halt_reason"]
+
+
+def test_show_prints_the_counterexample_as_lin_does(synth) -> None:
+    """The operations of a stale read are in `show`'s output: the explanation the
+    checker stored, line for line as `cutover lin` prints it."""
+    results, runs = synth
+    stale = runs["stale"]
+    r = cli("show", stale["id"], "--results", results)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    head = lines.index("counterexample (as `cutover lin` prints it):")
+    bad = [k for k in stale["checks"]["linearizability"]["keys"] if k["verdict"] == "invalid"]
+    want = ["  " + ln for ln in bad[0]["explanation"].splitlines()]
+    assert lines[head + 1: head + 1 + len(want)] == want
+    assert any("cannot be linearized next" in ln for ln in want)
+    leak = cli("show", runs["leak"]["id"], "--results", results)
+    assert "counterexample" not in leak.stdout  # a cutover violation has none
+
+
 def test_report_of_a_stale_read_shows_the_counterexample(synth, tmp_path) -> None:
     results, runs = synth
     stale = runs["stale"]
