@@ -197,6 +197,9 @@ def test_a_short_batch_of_the_fixed_build_finds_nothing() -> None:
         <= reached
 
 
+# slow (25-40 s, `pytest -m slow`): it keeps `make test` under its 10 minutes; the same
+# path (search, store, shrink, replay the plan) runs in tests/orchestrator/test_hunt.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", ["no-barrier"])
 def test_a_switch_is_found_stored_shrunk_and_replayed(tmp_path: Path, bug: str) -> None:
     results = tmp_path / "results"
