@@ -1,12 +1,11 @@
 """Benchmark (not a test): does the coverage-guided search (`orchestrator/sim/corpus.py`)
 find the held-out defects of `tests/defects/*.patch` sooner than the plain swarm search?
 
-For each defect: a scratch copy of the repository (its HEAD, with the guided search's
-files as they are in the working tree) with the patch applied (`/tmp/cg_<name>`), then `cutover sim --budget B --workers 1 --no-shrink --first-seed K`
-run there with and without guidance, for each K. One worker so both modes get the same
-CPU; no shrinking so the search spends the whole budget on search. Guidance is switched
-through `orchestrator.sim.cli.GUIDED` (the default a search uses when its caller does not
-say), set in the child before the command runs, so this needs no CLI flag.
+For each defect: a scratch copy of the repository's committed HEAD with the patch
+applied (in the system's temporary directory), then `cutover sim --budget B --workers 1
+--no-shrink --first-seed K --guided` and `--no-guided` run there, for each K. One worker
+so both modes get the same CPU; no shrinking so the search spends the whole budget on
+search.
 
     .venv/bin/python tests/defects/measure_guided.py [--budget 60] [--first-seeds 1,1001]
         [--defects a,b,...] [--parallel 2]
@@ -23,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +31,6 @@ PY = REPO / ".venv" / "bin" / "python"
 DEFAULT_DEFECTS = ("ack-beyond-match", "admin-ignores-stuck-barrier",
                    "follower-commit-unbounded", "vote-not-synced", "read-index-no-term-wait",
                    "heartbeat-commit-unbounded")
-OWN = ("orchestrator/sim/corpus.py", "orchestrator/sim/batch.py", "orchestrator/sim/cli.py",
-       "orchestrator/search/hunt.py")
-CHILD = ("import sys\nimport orchestrator.sim.cli as c\nc.GUIDED = {guided}\n"
-         "from orchestrator.cli import main\nsys.argv = ['cutover'] + sys.argv[1:]\nmain()\n")
 
 
 @dataclass
@@ -52,17 +48,15 @@ class Cell:
 
 def scratch(name: str) -> Path:
     """The repository with one defect put back, made once."""
-    d = Path(f"/tmp/cg_{name}")
+    d = Path(tempfile.gettempdir()) / f"cutover-guided-{name}"
     if not (d / ".patched").exists():
-        # The committed build (a colleague's half-made edit in the working tree must not
-        # break the measurement), with the guided search's own files as they are now.
+        # The committed build: a half-made edit in the working tree must not break the
+        # measurement.
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         arc = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True,
                              check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(d)], input=arc, check=True)
-        for rel in OWN:
-            shutil.copy2(REPO / rel, d / rel)
         with open(REPO / "tests" / "defects" / f"{name}.patch", "rb") as fh:
             subprocess.run(["patch", "-p1", "-s"], cwd=d, stdin=fh, check=True)
         (d / ".patched").touch()
@@ -72,9 +66,9 @@ def scratch(name: str) -> Path:
 def measure(name: str, guided: bool, first_seed: int, budget: float) -> Cell:
     d = scratch(name)
     res = d / f"results-{'g' if guided else 'u'}-{first_seed}"
-    cmd = [str(PY), "-c", CHILD.format(guided=guided), "sim", "--budget", f"{budget:g}",
+    cmd = [str(PY), "-m", "orchestrator.cli", "sim", "--budget", f"{budget:g}",
            "--workers", "1", "--no-shrink", "--first-seed", str(first_seed),
-           "--results", str(res)]
+           "--guided" if guided else "--no-guided", "--results", str(res)]
     p = subprocess.run(cmd, cwd=d, env={**os.environ, "PYTHONPATH": str(d)},
                        capture_output=True, text=True, check=False)
     c = Cell(name, guided, first_seed)
