@@ -69,6 +69,16 @@ class DefectRow:
     def caught(self) -> int:
         return sum(1 for v in self.verdicts if v == "invalid")
 
+    def add(self, verdict: str, first: str | None, t: float | None, err: str | None) -> None:
+        """One run's (or one search's) outcome, as both modes record it."""
+        self.verdicts.append(verdict)
+        if first:
+            self.firsts.append(first)
+        if t is not None:
+            self.times.append(t)
+        if err:
+            self.errors.append(err)
+
 
 def load_defects(directory: Path) -> list[Defect]:
     """Every `*.patch` in `directory`, with its header; ValueError on a malformed one."""
@@ -160,13 +170,7 @@ def run_detection(defects: list[Defect], seeds: list[int], time_limit: float,
                     verdict, first, t, err = fut.result()
                 except Exception as e:  # noqa: BLE001 - one broken run is one error row
                     verdict, first, t, err = "error", None, None, str(e)
-                row.verdicts.append(verdict)
-                if first:
-                    row.firsts.append(first)
-                if t is not None:
-                    row.times.append(t)
-                if err:
-                    row.errors.append(err)
+                row.add(verdict, first, t, err)
                 if callable(progress):
                     progress(d.name, s, verdict, first)
     return [rows[d.name] for d in defects]
@@ -241,13 +245,7 @@ def run_detection_sim(defects: list[Defect], budget: float, extra: list[str] | N
             verdict, first, t, err, seeds = run_sim_one(src, budget,
                                                         str(Path(tmp) / d.name / "results"),
                                                         extra or [])
-            row.verdicts.append(verdict)
-            if first:
-                row.firsts.append(first)
-            if t is not None:
-                row.times.append(t)
-            if err:
-                row.errors.append(err)
+            row.add(verdict, first, t, err)
             if callable(progress):
                 progress(d.name, seeds, verdict, first)
     return rows
