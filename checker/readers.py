@@ -290,62 +290,78 @@ def parse_jepsen_maps(path: str, maps: Iterable[tuple[int, Any]], model: str,
     `[key value]` tuple."""
     p = EventPairer(path)
     independent = model == "kv" and not porcupine_kv
-    allowed = FUNCTIONS.get(model)
     for ln, m in maps:
-        if not isinstance(m, dict):
-            raise HistoryError(path, ln, f"expected an operation map, found {_short(m)}")
-        typ = m.get("type")
-        proc = m.get("process")
-        f = m.get("f")
-        if typ is None or f is None or "process" not in m:
-            raise HistoryError(path, ln, "expected an operation map with :type, :f and :process")
-        if proc.__class__ is not int:
-            proc = freeze(proc)
-            if proc == "nemesis":
-                continue
-        if typ.__class__ is not str:
-            typ = str(typ)
-        if f.__class__ is not str:
-            f = str(f)
-        if allowed is not None and f not in allowed:
-            # Checked against the model, an unknown operation would just be "illegal"
-            # and read as a violation; it is a history the model cannot judge.
-            raise HistoryError(path, ln, f"unknown :f {_short(f)} for model {model} "
-                                         f"(expected one of {', '.join(sorted(allowed))})")
-        value = m.get("value")
-        key = m.get("key")
-        if key is None and independent and value.__class__ is list and len(value) == 2 \
-                and "key" not in m:
-            key, value = value[0], value[1]
-        if key.__class__ in (list, dict, float):
-            key = freeze(key)
-        if f == "cas" and typ == "invoke":
-            if not isinstance(value, list | tuple) or len(value) != 2:
-                raise HistoryError(path, ln, f"expected a cas value [from to], found "
-                                             f"{_short(value)}")
-        if value.__class__ in (list, dict, tuple):
-            value = freeze(value)  # states must be hashable: values become tuples
-        elif value.__class__ is float and value != value:
-            value = NAN  # the one NaN, so a NaN read back equals the NaN written
+        ev = normalize_map(path, ln, m, model, independent, porcupine_kv)
+        if ev is None:
+            continue
+        typ, proc, f, key, value, meta = ev
         if typ == "invoke":
-            p.invoke(ln, proc, f, key, None if f in ("read", "get") else value,
-                     meta=_meta(m))
-        elif typ in ("ok", "fail", "info"):
-            opened = p.open.get(proc)
-            if opened is not None and f != opened.f:
-                raise HistoryError(path, ln, f"completion :f {f!r} does not match the invoke's "
-                                             f":f {opened.f!r} (event {opened.call})")
-            if typ == "ok":
-                out = True if f == "cas" else value if f in ("read", "get") else None
-                if porcupine_kv and f == "get" and out is None:
-                    out = ""
-                p.complete(ln, proc, "ok", out)
-            else:
-                p.complete(ln, proc, typ)
+            p.invoke(ln, proc, f, key, value, meta=meta)
+            continue
+        opened = p.open.get(proc)
+        if opened is not None and f != opened.f:
+            raise HistoryError(path, ln, f"completion :f {f!r} does not match the invoke's "
+                                         f":f {opened.f!r} (event {opened.call})")
+        if typ == "ok":
+            p.complete(ln, proc, "ok", value)
         else:
-            raise HistoryError(path, ln, f"expected :type :invoke, :ok, :fail or :info, "
-                                         f"found {typ!r}")
+            p.complete(ln, proc, typ)
     return p.finish()
+
+
+def normalize_map(path: str, ln: int, m: Any, model: str, independent: bool,
+                  porcupine_kv: bool) -> tuple[str, Any, str, Any, Any, Any] | None:
+    """One Jepsen op map as (type, process, f, key, value, meta), or None for the
+    nemesis: the one reading of a map, shared by `parse_jepsen_maps` and the columnar
+    reader (`checker.lin_columns`), so the two cannot read a history differently. An
+    invoke's value is its input (None for a read); an `ok`'s is its output."""
+    if not isinstance(m, dict):
+        raise HistoryError(path, ln, f"expected an operation map, found {_short(m)}")
+    typ = m.get("type")
+    proc = m.get("process")
+    f = m.get("f")
+    if typ is None or f is None or "process" not in m:
+        raise HistoryError(path, ln, "expected an operation map with :type, :f and :process")
+    if proc.__class__ is not int:
+        proc = freeze(proc)
+        if proc == "nemesis":
+            return None
+    if typ.__class__ is not str:
+        typ = str(typ)
+    if f.__class__ is not str:
+        f = str(f)
+    allowed = FUNCTIONS.get(model)
+    if allowed is not None and f not in allowed:
+        # Checked against the model, an unknown operation would just be "illegal"
+        # and read as a violation; it is a history the model cannot judge.
+        raise HistoryError(path, ln, f"unknown :f {_short(f)} for model {model} "
+                                     f"(expected one of {', '.join(sorted(allowed))})")
+    value = m.get("value")
+    key = m.get("key")
+    if key is None and independent and value.__class__ is list and len(value) == 2 \
+            and "key" not in m:
+        key, value = value[0], value[1]
+    if key.__class__ in (list, dict, float):
+        key = freeze(key)
+    if f == "cas" and typ == "invoke":
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise HistoryError(path, ln, f"expected a cas value [from to], found "
+                                         f"{_short(value)}")
+    if value.__class__ in (list, dict, tuple):
+        value = freeze(value)  # states must be hashable: values become tuples
+    elif value.__class__ is float and value != value:
+        value = NAN  # the one NaN, so a NaN read back equals the NaN written
+    if typ == "invoke":
+        return typ, proc, f, key, None if f in ("read", "get") else value, _meta(m)
+    if typ == "ok":
+        out = True if f == "cas" else value if f in ("read", "get") else None
+        if porcupine_kv and f == "get" and out is None:
+            out = ""
+        return typ, proc, f, key, out, None
+    if typ in ("fail", "info"):
+        return typ, proc, f, key, UNKNOWN, None
+    raise HistoryError(path, ln, f"expected :type :invoke, :ok, :fail or :info, "
+                                 f"found {typ!r}")
 
 
 def _meta(m: dict) -> dict[str, Any] | None:

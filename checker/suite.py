@@ -305,6 +305,13 @@ def availability(rows: Iterable[Mapping[str, Any]],
             "seconds": series}
 
 
+def _detail(e: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An event's fields: flat (the simulator's, a run's event log) or under `detail` (a
+    stored row)."""
+    d = e.get("detail")
+    return d if isinstance(d, Mapping) else e
+
+
 def vacuity(config: Mapping[str, Any], ops: Iterable[Mapping[str, Any]],
             nemesis: Iterable[Mapping[str, Any]],
             events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -317,6 +324,7 @@ def vacuity(config: Mapping[str, Any], ops: Iterable[Mapping[str, Any]],
     fresh on some node; a run asked for faults (a nemesis other than `none`) must show
     one that ran; and its workload phase must have completed at least one operation."""
     missing: list[str] = []
+    events = list(events)  # read twice below
     cut_at = config.get("cutover_at")
     cut = sum(1 for e in events if e.get("kind") == EventKind.ENCRYPTION_APPLIED
               and (e.get("what") or (e.get("detail") or {}).get("what")) == "marker-fresh")
@@ -334,6 +342,12 @@ def vacuity(config: Mapping[str, Any], ops: Iterable[Mapping[str, Any]],
     if families and not faults:
         missing.append(f"it was asked for faults ({', '.join(map(str, families))}) and "
                        f"none ran")
+    cp = config.get("crash_point")
+    if isinstance(cp, Mapping) and not any(
+            e.get("kind") == EventKind.BUGGIFY and "crash_point" in _detail(e)
+            for e in events):
+        missing.append(f"it was asked for a crash at {cp.get('node')}'s durability boundary "
+                       f"{cp.get('k')} and none happened (crash points are the simulator's)")
     done = sum(1 for r in ops if r.get("type") == "ok"
                and not str(r.get("process", "")).startswith(("final-", "nemesis")))
     if not done:

@@ -6,7 +6,9 @@ is meant to be mailed around and opened years later, so it is a single file with
 CSS, server-side SVG and a few lines of inline JS for tooltips; nothing is fetched.
 
 Layout per partition: one lane per process, x = event position compressed to the events of
-the ops drawn (keys of a kv history interleave, and gaps between them carry no meaning).
+the ops drawn (keys of a kv history interleave, and gaps between them carry no meaning);
+given the run's times (a run report has them), the positions are labelled in seconds of
+the run. The page opens scrolled to the op that cannot come next, its label drawn whole.
 The linearization (or its longest prefix) is drawn as numbered points joined by a line:
 each point lies inside its op's interval and the points never move backwards in time,
 which is exactly the real-time condition a linearization has to satisfy.
@@ -24,7 +26,7 @@ import math
 import os
 import secrets
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -52,9 +54,11 @@ _BAR_Y = 10
 _BAR_H = 16
 _CHAR_W = 6.1  # 10px monospace
 # Fault bands, here and in the run report: one palette, colors handed out in order of
-# first appearance, so a fault has one color on every drawing of a run.
-FAULT_COLORS = ["#7e57c2", "#26a69a", "#8d6e63", "#42a5f5", "#ec407a", "#9ccc65",
-                "#ffca28", "#78909c"]
+# first appearance (the report hands them out per fault family), so a fault has one color
+# on every drawing of a run. Ten colors that tell apart (Tableau 10): a family's lane and
+# its bands must not be mistaken for a neighbour's.
+FAULT_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2",
+                "#edc948", "#9c755f", "#ff9da7", "#79706e"]
 
 
 def write_html(path: str, model: Model, result: CheckResult, title: str = "",
@@ -76,15 +80,19 @@ def write_html(path: str, model: Model, result: CheckResult, title: str = "",
 
 
 def render_html(model: Model, result: CheckResult, title: str = "",
-                annotations: list[dict] | None = None, nonce: str | None = None) -> str:
+                annotations: list[dict] | None = None, nonce: str | None = None,
+                times: Mapping[int, int] | None = None) -> str:
     """The whole page as a string (see the module docstring for what it shows).
 
     `annotations` are bands over the lanes, e.g. nemesis faults from a run report:
     dicts with `start` / `end` event positions (`end` None: until the end), `label`,
     `kind` (bands of one kind share a color) and optionally that `color`. `nonce` is
-    the page's CSP nonce (`csp`); a page embedding this one passes its own.
+    the page's CSP nonce (`csp`); a page embedding this one passes its own. `times`
+    maps event positions to ns since the run's start (a run report has them): the axis,
+    the tooltips and the blocked ops then say seconds of the run, the unit of every
+    other drawing of the run, instead of positions nobody can match with a timeline.
     """
-    page = _Page(model, annotations or [])
+    page = _Page(model, annotations or [], dict(times or {}))
     parts = sorted(result.partitions, key=lambda p: -p.verdict.rank)  # worst first
     drawn: list[PartitionResult] = []
     rest: list[PartitionResult] = []
@@ -116,6 +124,7 @@ def render_html(model: Model, result: CheckResult, title: str = "",
 class _Page:
     model: Model
     annotations: list[dict]
+    times: dict[int, int] = field(default_factory=dict)  # event position -> ns
     data: list[list[Any]] = field(default_factory=list)  # tooltip rows, indexed by data-i
     # State texts, each stored once: reads repeat the state before them, and a kv state
     # (a long appended string) would otherwise be copied into every row.
@@ -132,6 +141,20 @@ class _Page:
 
     def color(self, kind: str) -> str:
         return assign_color(kind, self.kind_colors)
+
+    def when(self, pos: int | None) -> str:
+        """An event position as the run's seconds when known, else as the position."""
+        if pos is None:
+            return "none (indeterminate)"
+        t = self.times.get(pos)
+        return f"{t / 1e9:.3f} s" if t is not None else f"event {pos}"
+
+    def span(self, op: Op) -> str:
+        """An op's interval, in the run's seconds when known (`when`)."""
+        if not self.times:
+            return f"[{op.call}, {'∞' if op.ret is None else op.ret}]"
+        end = "∞" if op.ret is None else self.when(op.ret)
+        return f"[{self.when(op.call)}, {end}]"
 
     def op_text(self, op: Op) -> str:
         return _clip(_safe(self.model.describe_op, op, _fallback_op), MAX_OP_TEXT)
@@ -215,13 +238,17 @@ def _header(page: _Page, result: CheckResult, title: str) -> str:
             end = a.get("end")
             rows.append(f'<tr><td>{swatch(page.color(kind))}{esc(kind)}</td>'
                         f'<td>{esc(a.get("label", ""))}</td>'
-                        f'<td>{esc(a.get("start", 0))}</td>'
-                        f'<td>{"end" if end is None else esc(end)}</td></tr>')
+                        f'<td>{esc(_at(page, a.get("start", 0)))}</td>'
+                        f'<td>{"end" if end is None else esc(_at(page, end))}</td></tr>')
         out.append('<details class="annots"><summary>annotations '
                    f"({len(page.annotations)})</summary><table><tr><th>kind</th><th>label</th>"
-                   "<th>from event</th><th>to event</th></tr>" + "".join(rows)
+                   "<th>from</th><th>to</th></tr>" + "".join(rows)
                    + "</table></details>")
     return "\n".join(out)
+
+
+def _at(page: _Page, pos: Any) -> str:
+    return page.when(pos) if page.times and isinstance(pos, int) else str(pos)
 
 
 def _legend(page: _Page) -> str:
@@ -382,8 +409,7 @@ def _partition_summary(page: _Page, part: PartitionResult) -> str:
         why = ("illegal in this state" if illegal else
                "legal here, but every continuation fails")
         items.append(f'<li><span class="mono">{esc(page.op_text(op))}</span> by process '
-                     f"{esc(op.process)} [{op.call}, {'∞' if op.ret is None else op.ret}]: "
-                     f"{why}</li>")
+                     f"{esc(op.process)} {esc(page.span(op))}: {why}</li>")
     return (f'<p class="sum">Not linearizable. The longest linearizable prefix: {esc(facts)}. '
             f'Nothing can come next from state <span class="mono">'
             f"{esc(page.state_text(state))}</span>:</p><ul class=\"blocked\">"
@@ -488,13 +514,16 @@ def _backdrop(page: _Page, geo: _Geometry, layout: _Lanes, width: float) -> list
         out.append(f'<rect class="lane{k % 2}" x="0" y="{_num(ly)}" width="{_num(width)}" '
                    f'height="{h}"/><text class="lname" x="6" y="{_num(ly + h / 2 + 4)}">'
                    f"{esc(_clip(str(p), 16))}</text>")
-    tick = max(1, math.ceil(56 / geo.unit))
+    tick = max(1, math.ceil((64 if page.times else 56) / geo.unit))
     for i in range(0, len(geo.axis), tick):
         x = geo.px(i)
+        t = page.times.get(geo.axis[i])
+        label = f"{t / 1e9:.3f}" if t is not None else str(geo.axis[i])
         out.append(f'<line class="grid" x1="{_num(x)}" y1="{_AXIS_H - 6}" x2="{_num(x)}" '
                    f'y2="{_num(height)}"/><text class="tick" x="{_num(x)}" '
-                   f'y="{_AXIS_H - 10}">{geo.axis[i]}</text>')
-    out.append(f'<text class="tick axl" x="6" y="{_AXIS_H - 10}">process \\ event</text>')
+                   f'y="{_AXIS_H - 10}">{label}</text>')
+    axl = "process \\ s" if page.times else "process \\ event"
+    out.append(f'<text class="tick axl" x="6" y="{_AXIS_H - 10}">{axl}</text>')
     out.extend(_annotation_bands(page, geo, height))
     return out
 
@@ -574,9 +603,11 @@ def _op_note(page: _Page, lin: list[Step], o: Op, si: int | None, chain: bool,
     return ""
 
 
-def _op_bar(o: Op, i: int, cls: str, desc: str, x1: float, x2: float, ry: float) -> str:
+def _op_bar(o: Op, i: int, cls: str, desc: str, x1: float, x2: float, ry: float,
+            full: bool = False) -> str:
     """One op's bar; its label is cut to what fits, since the full text is in the
-    tooltip (row `i` of the data blob)."""
+    tooltip (row `i` of the data blob); with `full` (an op that cannot come next) no
+    label here: `_draw_ops` writes it whole, on top."""
     w = max(2.0, x2 - x1)
     parts = [f'<g class="op {cls}" data-i="{i}">',
              f'<rect class="bar" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" width="{_num(w)}" '
@@ -585,7 +616,7 @@ def _op_bar(o: Op, i: int, cls: str, desc: str, x1: float, x2: float, ry: float)
         parts.append(f'<rect class="hatch" x="{_num(x1)}" y="{_num(ry + _BAR_Y)}" '
                      f'width="{_num(w)}" height="{_BAR_H}"/>')
     chars = int((w - 6) / _CHAR_W)
-    if chars >= 3:
+    if chars >= 3 and not full:
         label = desc if len(desc) <= chars else desc[: chars - 1] + "…"
         parts.append(f'<text class="olabel" x="{_num(x1 + 3)}" '
                      f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{esc(label)}</text>')
@@ -628,9 +659,14 @@ def _draw_ops(page: _Page, part: PartitionResult, ops: list[Op], geo: _Geometry,
         if o.id in blocked:
             focus = max(focus, x1)
         i = len(page.data)
-        page.data.append([desc, str(o.process), o.call, o.ret,
-                          None if si is None else si + 1, total, state, note, cls.split()[0]])
-        bars.append(_op_bar(o, i, cls, desc, x1, x2, ry))
+        page.data.append([desc, str(o.process), page.when(o.call) if page.times else o.call,
+                          (page.when(o.ret) if o.ret is not None else None) if page.times
+                          else o.ret, None if si is None else si + 1, total, state, note,
+                          cls.split()[0]])
+        bars.append(_op_bar(o, i, cls, desc, x1, x2, ry, full=o.id in blocked))
+        if o.id in blocked:  # the failing op's whole label, on top of everything
+            badges.append(f'<text class="flabel" x="{_num(x1 + 3)}" '
+                          f'y="{_num(ry + _BAR_Y + _BAR_H - 4)}">{esc(desc)}</text>')
         if si is not None and o.id in point_x:
             cx = geo.px(point_x[o.id])
             badges.append(_op_badge(i, si, chain, cx, ry))

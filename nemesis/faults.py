@@ -371,6 +371,8 @@ def _restart_stuck(ctx: Ctx, rng: random.Random) -> Generator[Effect, Any, None]
     """Restart the nodes whose barrier has been stuck for a while (2-4 s)."""
     now = ctx.world.now()
     for n, since in sorted(ctx.stuck.items()):
+        if ctx.stuck.get(n) != since:
+            continue  # another operator step restarted it while this one waited
         if now - since >= 2.0 + 2.0 * rng.random():
             ctx.world.kill(n)
             ctx.world.start(n)

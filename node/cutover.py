@@ -20,7 +20,7 @@ is one `if self.ekv` here or in `node/replica.py`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -441,6 +441,17 @@ class Cutover:
             raise Halt(0, f"cutover-divergence: snapshot says C={header_cutover}, "
                           f"sidecar says C={c}")
 
+    def check_sidecar_behind_log(self, engine_applied: int, snapshot_index: int,
+                                 entries: Iterable[Any]) -> None:
+        """elastickv's second start-up guard (row 8b, `ErrSidecarBehindRaftLog`):
+        raise Halt (a refused start) when the sidecar's `raft_applied_index` is behind
+        the engine's applied index and the gap cannot be shown harmless. Only the
+        elastickv profile calls it (`node/host.py`); see `sidecar_behind_log`."""
+        why = sidecar_behind_log(self.store.load().raft_applied_index, engine_applied,
+                                 snapshot_index, entries)
+        if why:
+            raise Halt(0, why)
+
     def adopt_snapshot(self, header_cutover: int, blob: bytes, snapshot_index: int) -> None:
         """Runtime InstallSnapshot (§6): adopt the encryption state it carries.
 
@@ -468,6 +479,43 @@ class Cutover:
         if sc.raft_envelope_cutover_index:
             self._install(sc.raft_envelope_cutover_index, sc.active_raft_dek,
                           why="install-snapshot")
+
+
+def sidecar_behind_log(sidecar_applied: int, engine_applied: int, snapshot_index: int,
+                       entries: Iterable[Any]) -> str:
+    """Why elastickv refuses to start on this sidecar and log ("" if it does not).
+
+    elastickv at d9a031d (`main_encryption_startup_guard.go` runSidecarBehindRaftLogGuard
+    145-197, `internal/encryption/audit.go` GuardSidecarBehindRaftLog 113-136,
+    `internal/raftengine/etcd/encryption_scanner.go` HasEncryptionRelevantEntryInRange
+    57-112, isEncryptionRelevantEntry 131-140), once per start after the engine opened:
+    a sidecar index of 0 skips the guard (a legacy or absent sidecar); an index at or
+    past the engine's applied index passes; otherwise the entries in (sidecar, engine]
+    are scanned for a cleartext encryption opcode (0x04-0x07 after the proposal
+    envelope; a wrapped entry reads as 0x01, invisible) and a hit refuses. The scan
+    reads the raft MemoryStorage, whose first entry follows the snapshot: a gap that
+    starts at or below the snapshot index is `ErrCompacted`, which the guard passes up
+    as a refusal of its own. The sidecar's index only moves on encryption entries, so
+    a node that took or installed a snapshot past its last one is refused for good.
+    Why a pure function: the unit test drives every branch without a node."""
+    if sidecar_applied == 0 or sidecar_applied >= engine_applied:
+        return ""
+    if sidecar_applied + 1 <= snapshot_index:
+        return (f"sidecar-behind-log: cannot scan ({sidecar_applied}, {engine_applied}] for "
+                f"encryption entries: compacted below the snapshot at {snapshot_index} "
+                f"(ErrCompacted)")
+    for e in entries:
+        if not sidecar_applied < e.index <= engine_applied or not e.data:
+            continue
+        try:
+            _pid, body = pl.decode_proposal(e.data)
+        except pl.PayloadError:
+            continue
+        if body and pl.OP_BOOTSTRAP <= body[0] <= pl.OP_ENCRYPTION_MAX:
+            return (f"sidecar-behind-log: entry {e.index} in ({sidecar_applied}, "
+                    f"{engine_applied}] is an encryption entry the sidecar has not "
+                    f"recorded (ErrSidecarBehindRaftLog)")
+    return ""
 
 
 class EnableHost(Protocol):

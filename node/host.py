@@ -75,6 +75,19 @@ class NodeOptions:
     durability_journal: bool = False
 
 
+def node16(node_id: str) -> int:
+    """The elastickv profile's nonce node field (row 10): the low 16 bits of FNV-64a of
+    the raft id, 0 read as 1 (`internal/raftengine/etcd/peers.go` DeriveNodeID 46-57,
+    `internal/encryption/write_path_startup.go` NodeID16 124-126,
+    `main_encryption_write_wiring.go` 259-265). Why it matters: unlike the fixed
+    profile's sorted-peer index it is not unique by construction (elastickv refuses a
+    start on a collision, `ErrNodeIDCollision`); n1..n9 do not collide."""
+    h = 0xCBF29CE484222325
+    for b in node_id.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
+    return (h or 1) & 0xFFFF
+
+
 class EventSink:
     """What the host writes its events to (`node.events.EventLog`, or a simulator's)."""
 
@@ -114,6 +127,8 @@ class NodeHost(Replica):
         self.cut: Cutover | None = None
         if kek is not None:
             node_num = sorted(opts.peers).index(opts.node_id) + 1
+            if opts.profile == "elastickv":
+                node_num = node16(opts.node_id)
             header = self.storage.snapshot_header
             try:  # the start-up divergence guard (§6), then the epoch bump
                 self.cut = Cutover(node_num, FileStore(opts.data_dir, disk), kek,
@@ -121,6 +136,13 @@ class NodeHost(Replica):
                                    on_event=self.log.emit, profile=opts.profile,
                                    snapshot_cutover=header.cutover if header else 0,
                                    snapshot_index=header.index if header else 0)
+                if opts.profile == "elastickv":
+                    # Row 8b: after the engine opened (elastickv: after
+                    # buildShardGroups, so after the epoch bump), before serving. The
+                    # model's applied index at start-up is its snapshot's (row 7).
+                    s_index = header.index if header else 0
+                    self.cut.check_sidecar_behind_log(s_index, s_index,
+                                                      self.storage.entries)
             except Halt as h:
                 self.storage.close()
                 raise StorageError(h.reason) from None

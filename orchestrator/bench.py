@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import resource
 import statistics
 import tempfile
 import threading
@@ -19,8 +20,10 @@ from typing import Any
 
 import click
 
-from checker import check, get_model, read_history
+from checker import Verdict, check, get_model, read_history
 from checker.edn import dumps_op, loads_all
+from checker.lin_columns import read_columns
+from checker.linearizability import check_history, default_workers
 from checker.synth import inject_stale_read, simulate_kv, write_jsonl
 from orchestrator.real.client import Client
 from orchestrator.real.cluster import Cluster
@@ -36,15 +39,17 @@ def default_corpus() -> Path:
     return Path(__file__).resolve().parents[1] / "tests" / "data" / "porcupine"
 
 
-def _timed_check(path: str, fmt: str, model: str) -> tuple[str, float]:
+def _timed_check(path: str, fmt: str, model: str, workers: int | None) -> tuple[str, float]:
     ops = read_history(path, fmt, model)
     t0 = time.perf_counter()
-    res = check(get_model(model), ops, timeout=60)
+    res = check(get_model(model), ops, timeout=60, workers=workers)
     return res.verdict.value, time.perf_counter() - t0
 
 
-def bench_corpus(corpus: Path, repeat: int) -> float:
-    """Check every corpus file `repeat` times; print per-set totals and the slowest file."""
+def bench_corpus(corpus: Path, repeat: int, workers: int | None = None) -> float:
+    """Check every corpus file `repeat` times; print per-set totals (of each file's
+    median, and of its best) and the slowest file, then every kv file (Porcupine's
+    `Kv*Clients*` benchmarks, side by side)."""
     rows = (corpus / "verdicts.tsv").read_text().splitlines()[1:]
     expected = {r.split("\t")[0]: r.split("\t")[1].strip() == "true" for r in rows if r}
     grand = 0.0
@@ -52,43 +57,114 @@ def bench_corpus(corpus: Path, repeat: int) -> float:
                                ("kv/", "porcupine-kv", "kv")):
         files = sorted(f for f in expected if f.startswith(prefix))
         per_file: dict[str, float] = {}
+        best: dict[str, float] = {}
         wrong = []
         for f in files:
             times = []
             for _ in range(repeat):
-                verdict, secs = _timed_check(str(corpus / f), fmt, model)
+                verdict, secs = _timed_check(str(corpus / f), fmt, model, workers)
                 times.append(secs)
             per_file[f] = statistics.median(times)
+            best[f] = min(times)
             if (verdict == "valid") != expected[f]:
                 wrong.append(f)
         total = sum(per_file.values())
         grand += total
         slowest = max(per_file, key=per_file.__getitem__)
         click.echo(f"corpus {prefix[:-1]:<4} files={len(files)} total_s={total:.3f} "
+                   f"best_total_s={sum(best.values()):.3f} "
                    f"max_s={per_file[slowest]:.3f} ({slowest}) "
                    f"verdicts_ok={len(files) - len(wrong)}/{len(files)}"
                    + (f" WRONG={','.join(wrong)}" if wrong else ""))
+        if prefix == "kv/":
+            for f in files:
+                click.echo(f"  {f:<16} median_s={per_file[f]:.4f} best_s={best[f]:.4f}")
     click.echo(f"corpus total_s={grand:.3f}")
     return grand
 
 
-def bench_generated(ops: int, keys: int, clients: int, seed: int) -> None:
-    """A big valid kv history, then the same with one provably stale read."""
+def _cpu() -> float:
+    """CPU seconds of this process and its finished workers: on a shared machine, the
+    figure that does not depend on what else runs."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _hwm_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM; `ru_maxrss` would also count
+    the moment the fork before the exec shared the benchmark's generated events)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _parse_and_check(path: str, workers: int | None, max_rss_mb: float) -> dict[str, Any]:
+    """What `cutover lin FILE` does, in a process of its own so that its peak memory is
+    its own: the reading, the check, and the peaks of this process and of its workers."""
+    n = workers or default_workers()
+    t0 = time.perf_counter()
+    c0 = _cpu()
+    cols = read_columns(path, "jsonl", "kv", workers=n)
+    t1 = time.perf_counter()
+    c1 = _cpu()
+    res = check_history(get_model("kv"), cols, timeout=300, workers=n, max_rss_mb=max_rss_mb)
+    t2 = time.perf_counter()
+    c2 = _cpu()
+    bad = [p for p in res.partitions if p.verdict is not Verdict.VALID]
+    return {"verdict": res.verdict.value, "parse_s": t1 - t0, "check_s": t2 - t1,
+            "parse_cpu_s": c1 - c0, "check_cpu_s": c2 - c1,
+            "rss_mb": _hwm_mb(),
+            "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "reasons": sorted({p.reason for p in bad if p.reason})[:2]}
+
+
+def _measured(conn: Any, path: str, workers: int | None, max_rss_mb: float) -> None:
+    conn.send(_parse_and_check(path, workers, max_rss_mb))
+    conn.close()
+
+
+def bench_generated(ops: int, keys: int, clients: int, seed: int, workers: int | None = None,
+                    max_rss_mb: float = 400.0) -> None:
+    """A big valid kv history, then the same with one provably stale read, each read and
+    checked as `cutover lin` does it (with `max_rss_mb`, the default cap), in a fresh
+    process: the wall time, split into reading and checking, and peak memory."""
     events = simulate_kv(ops, keys, clients, seed)
+    ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "history.jsonl")
+        paths = {}
         for label in ("generated", "stale-read"):
             if label == "stale-read":
                 inject_stale_read(events, seed)
-            write_jsonl(path, events)
-            t0 = time.perf_counter()
-            hist = read_history(path, "jsonl", "kv")
-            t1 = time.perf_counter()
-            res = check(get_model("kv"), hist, timeout=120)
-            t2 = time.perf_counter()
-            click.echo(f"{label:<10} ops={ops} keys={keys} clients={clients} "
-                       f"verdict={res.verdict.value} parse_s={t1 - t0:.2f} "
-                       f"check_s={t2 - t1:.2f} total_s={t2 - t0:.2f}")
+            paths[label] = os.path.join(d, f"{label}.jsonl")
+            write_jsonl(paths[label], events)
+        del events
+        n = workers or default_workers()
+        for label, path in paths.items():
+            rd, wr = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_measured, args=(wr, path, workers, max_rss_mb))
+            proc.start()
+            wr.close()
+            try:
+                r = rd.recv()
+            except EOFError:
+                raise BenchError(f"the check of the {label} history died "
+                                 f"(exit {proc.join() or proc.exitcode})") from None
+            finally:
+                proc.join()
+            click.echo(f"{label:<10} ops={ops} keys={keys} clients={clients} workers={n} "
+                       f"load={os.getloadavg()[0]:.1f} "
+                       f"verdict={r['verdict']} parse_s={r['parse_s']:.2f} "
+                       f"check_s={r['check_s']:.2f} total_s={r['parse_s'] + r['check_s']:.2f} "
+                       f"parse_cpu_s={r['parse_cpu_s']:.2f} check_cpu_s={r['check_cpu_s']:.2f} "
+                       f"peak_rss_mb={r['rss_mb']:.0f} "
+                       f"worker_peak_rss_mb={r['worker_rss_mb']:.0f}"
+                       + (f" reasons={r['reasons']}" if r["reasons"] else ""))
 
 
 def _percentile(xs: list[float], q: float) -> float:

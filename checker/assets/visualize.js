@@ -65,15 +65,37 @@
   document.addEventListener('keydown', function (ev) {
     if (ev.key === 'Escape') { unpin(); }
   });
+  // Open at the failing op: scroll its drawing there, and the page down to it when it
+  // is below the first screen.
   function focus(d) {
     var s = d.querySelector('.scroll');
-    if (s && !s.dataset.done) {
-      s.dataset.done = '1';
-      s.scrollLeft = Math.max(0, +s.getAttribute('data-focus') - s.clientWidth / 2);
+    if (!s || !s.clientWidth) { return; }
+    s.scrollLeft = Math.max(0, +s.getAttribute('data-focus') - s.clientWidth / 2);
+    var bad = s.querySelector('.op.bl, .op.bx');
+    var r = bad ? bad.getBoundingClientRect() : null;
+    if (r && r.bottom > window.innerHeight) {
+      window.scrollBy(0, r.bottom - window.innerHeight + 60);
     }
   }
+  function focusAll() {
+    document.querySelectorAll('details.part').forEach(function (d) {
+      if (d.open) { focus(d); }
+    });
+  }
   document.querySelectorAll('details.part').forEach(function (d) {
-    if (d.open) { focus(d); }
     d.addEventListener('toggle', function () { if (d.open) { focus(d); } });
   });
+  // Until the reader touches the page: a frame gets its real size late (resize).
+  var touched = false;
+  ['wheel', 'mousedown', 'keydown', 'touchstart'].forEach(function (t) {
+    window.addEventListener(t, function () { touched = true; }, {passive: true});
+  });
+  function early() { if (!touched) { focusAll(); } }
+  early();
+  window.addEventListener('load', early);
+  window.addEventListener('resize', early);
+  if (window.ResizeObserver) {
+    var ro = new ResizeObserver(early);
+    document.querySelectorAll('details.part .scroll').forEach(function (s) { ro.observe(s); });
+  }
 })();

@@ -38,17 +38,25 @@ def bench() -> None:
 @click.option("--keys", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--clients", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes checking partitions (default: the machine's cores).")
+@click.option("--max-memory", type=Finite(min=50), default=400.0, show_default=True,
+              help="MB a check of the generated history may grow by (as `cutover lin`).")
+@click.option("--skip-corpus", is_flag=True, help="Only the generated history.")
 def bench_checker(corpus: str | None, repeat: int, ops: int, keys: int, clients: int,
-                  seed: int) -> None:
-    """Check time on the Porcupine corpus and on a generated history."""
+                  seed: int, workers: int | None, max_memory: float,
+                  skip_corpus: bool) -> None:
+    """Check time on the Porcupine corpus and on a generated history (read and
+    checked as `cutover lin` does, in a fresh process: parse/check split, peak RSS)."""
     from orchestrator.bench import bench_corpus, bench_generated, default_corpus
 
     cdir = Path(corpus) if corpus else default_corpus()
-    if not (cdir / "verdicts.tsv").is_file():
+    if not skip_corpus and not (cdir / "verdicts.tsv").is_file():
         fail(f"no corpus at {cdir} (expected verdicts.tsv there); pass --corpus DIR")
-    click.echo(f"cpus={os.cpu_count()}")
-    bench_corpus(cdir, repeat)
-    bench_generated(ops, keys, clients, seed)
+    click.echo(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    if not skip_corpus:
+        bench_corpus(cdir, repeat, workers)
+    bench_generated(ops, keys, clients, seed, workers, max_memory)
 
 
 @bench.command("cluster")
@@ -209,10 +217,14 @@ def bench_edn(ops: int, seed: int) -> None:
                    "on the unpatched tree) instead of the defect patches.")
 @click.option("--defect", "picked", multiple=True, metavar="NAME",
               help="Only this defect (or, with --switches, this switch); repeatable.")
+@click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="With --sim or --mode hunt: the search's --crash-points (docs/sim.md).")
+@click.option("--buggify/--no-buggify", default=False, show_default=True,
+              help="With --sim or --mode hunt: the search's --buggify.")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
                     only: str | None, jobs: int, scenario: str | None, in_sim: bool,
                     budget: float, mode: str, confirm: int, switches: bool,
-                    picked: tuple[str, ...]) -> None:
+                    picked: tuple[str, ...], crash_points: int, buggify: bool) -> None:
     """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
     of the tree and run on N seeds; one row per defect, last line `detected=K/M`.
     `--mode hunt`: one `cutover hunt` per defect or (`--switches`) per bug switch; last
@@ -223,6 +235,8 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
 
     if mode == "hunt" and in_sim:
         fail("--sim and --mode hunt are two different benchmarks; give one")
+    if (crash_points or buggify) and not (in_sim or mode == "hunt"):
+        fail("--crash-points and --buggify are the simulator's: give --sim or --mode hunt")
     if switches and mode != "hunt":
         fail("--switches needs --mode hunt (real runs of the switches: `cutover matrix`)")
     try:
@@ -242,6 +256,8 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
         fail("no defect patches found")
     seed_list = list(range(first_seed, first_seed + seeds))
     extra = ["--scenario", scenario] if scenario else []
+    extra += ["--crash-points", str(crash_points)] if crash_points else []
+    extra += ["--buggify"] if buggify else []
     if mode == "hunt":
         def said(row: detection.HuntRow) -> None:
             click.echo(f"  {row.defect.name}: exit {row.exit_code}, "

@@ -37,22 +37,29 @@ from orchestrator.cli.common import Finite, main
                    "violation.")
 @click.option("--max-memory", type=Finite(min=50), default=400.0,
               show_default=True,
-              help="MB of memory (RSS) a check may hold before its verdict is `unknown`.")
+              help="MB of memory (RSS) a check may grow by, beyond the history it reads, "
+                   "in each process, before its verdict is `unknown`.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes reading and checking (per key partition); default: the "
+                   "machine's cores. The verdict and counterexample do not depend on it.")
 def lin(files: tuple[str, ...], fmt: str | None, model: str | None, timeout: float,
-        html_out: str | None, tsv: bool, all_partitions: bool, max_memory: float) -> None:
+        html_out: str | None, tsv: bool, all_partitions: bool, max_memory: float,
+        workers: int | None) -> None:
     """Check histories for linearizability (Porcupine's algorithm, with extras)."""
     from checker import (
         DEFAULT_MODEL,
         FORMATS,
         HistoryError,
         Verdict,
-        check,
         get_model,
         infer_format,
-        read_history,
     )
     from checker.explain import explain
+    from checker.lin_columns import read_columns
+    from checker.linearizability import check_history, default_workers
     from checker.visualize import write_html
+
+    n_workers = workers or default_workers()
 
     worst: list[Verdict] = []
     errors = 0
@@ -68,15 +75,15 @@ def lin(files: tuple[str, ...], fmt: str | None, model: str | None, timeout: flo
         file_fmt, default_model = sniffed
         model_name = model or default_model
         try:
-            ops = read_history(path, file_fmt, model_name)
+            ops = read_columns(path, file_fmt, model_name, workers=n_workers)
         except HistoryError as e:
             click.echo(f"error: {e}", err=True)
             errors += 1
             continue
         m = get_model(model_name)
         t0 = time.perf_counter()
-        result = check(m, ops, timeout=timeout, stop_early=not all_partitions,
-                       max_rss_mb=max_memory)
+        result = check_history(m, ops, timeout=timeout, stop_early=not all_partitions,
+                               max_rss_mb=max_memory, workers=n_workers)
         secs = time.perf_counter() - t0
         worst.append(result.verdict)
         if tsv:

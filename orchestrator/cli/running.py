@@ -199,12 +199,15 @@ def _next_lines(run_id: str, results: str, verdict: str) -> list[str]:
 @click.option("--guided/--no-guided", default=False, show_default=True,
               help="Keep a corpus of plans that reached new protocol states and run about "
                    "half the seeds as mutants of them (docs/sim.md).")
+@click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Re-run each seed that held N times, each crashed at one durability "
+                   "boundary it crossed (crash-consistency exploration, docs/sim.md).")
 @click.option("--replay", "replay_file", type=click.Path(dir_okay=False),
               help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
 def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
         rate: float, nemesis: str, scenario: str, cutover_at: str | None,
         bugs: tuple[str, ...], profile: str, workers: int, results: str, shrink: bool,
-        buggify: bool, guided: bool, replay_file: str | None) -> None:
+        buggify: bool, guided: bool, crash_points: int, replay_file: str | None) -> None:
     """The node's own code in a deterministic simulation: many seeds, failing ones
     stored as runs and shrunk to a minimal plan. Exit 0: no seed failed; 1: one did;
     2: every seed was vacuous (no cutover, fault or operation it was asked for)."""
@@ -229,7 +232,8 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
     except RunError as e:
         _user_error(e)
     sys.exit(simcli.run(cfg, seeds=seeds, budget=budget, first_seed=first_seed,
-                        workers=workers, results=results, shrink=shrink, guided=guided))
+                        workers=workers, results=results, shrink=shrink, guided=guided,
+                        crash_points=crash_points))
 
 
 # ------------------------------------------------------------------------------ hunt
@@ -266,11 +270,14 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
 @click.option("--guided/--no-guided", default=False, show_default=True,
               help="Keep a corpus of plans that reached new protocol states and run about "
                    "half the seeds as mutants of them (docs/sim.md).")
+@click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Re-run each seed that held N times, each crashed at one durability "
+                   "boundary it crossed (crash-consistency exploration, docs/sim.md).")
 @results_option
 def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int, confirm: int,
          rare: int, profile: str, bugs: tuple[str, ...], nemesis: str, scenario: str,
          nodes: int, time_limit: float, rate: float, buggify: bool, guided: bool,
-         results: str) -> None:
+         crash_points: int, results: str) -> None:
     """Search where it is cheap, confirm where it is real: simulated seeds within the
     budget, each failure kind shrunk once (inside the budget), each shrunk plan replayed
     on real processes --confirm times, a few real runs of rare-coverage seeds; one
@@ -295,11 +302,12 @@ def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int,
         cfg.validate()
         res = run_hunt(cfg, results=results, budget=budget, seeds=seeds,
                        first_seed=first_seed, workers=workers, confirm=confirm, rare=rare,
-                       guided=guided, say=lambda m: click.echo(m, err=True),
+                       guided=guided, crash_points=crash_points,
+                       say=lambda m: click.echo(m, err=True),
                        report=lambda rid: write_report(results, rid),
                        config_doc={"budget": budget, "seeds": seeds, "first_seed": first_seed,
                                    "workers": workers, "confirm": confirm, "rare": rare,
-                                   "guided": guided})
+                                   "guided": guided, "crash_points": crash_points})
     except (RunError, store.StoreError) as e:
         _user_error(e)
     for ln in summary_lines(res):

@@ -33,6 +33,8 @@ from nemesis.plan import (
 )
 from nemesis.plan import KNOBS as PLAN_KNOBS
 from nemesis.primitives import MAX_SECONDS, show
+from node.buggify import ACTIONS as BUGGIFY_ACTIONS
+from node.buggify import POINTS as BUGGIFY_POINTS
 
 
 class RunError(RuntimeError):
@@ -166,6 +168,10 @@ class RunConfig:
     # BUGGIFY (node/buggify.py): the simulator arms a subset of the node's points per
     # seed. Off by default: a seed's history must not change under those who replay it.
     buggify: bool = False
+    # Crash-consistency exploration (`orchestrator/sim/crashpoints.py`): kill node `node`
+    # at its `k`-th durability boundary (`action`: crash, tear or kill), and with `again`
+    # once more that many boundaries later. The simulator's only (`check_crash_point`).
+    crash_point: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -239,6 +245,8 @@ class RunConfig:
                                f"{', '.join(sorted(ALL_BUGS))}")
         if not isinstance(self.buggify, bool):
             raise RunError(f"buggify must be true or false, got {show(self.buggify)}")
+        if self.crash_point is not None:
+            self.crash_point = check_crash_point(self.crash_point, self.nodes)
         if not isinstance(self.results, str) or not self.results:
             raise RunError(f"results must be a directory name, got {show(self.results)}")
         if self.plan_file is not None and (not isinstance(self.plan_file, str)
@@ -258,6 +266,44 @@ class RunConfig:
             check_scenario(self.scenario)
         except PlanError as e:
             raise RunError(str(e)) from None
+
+
+# Where a node crosses a durability boundary (the BUGGIFY points a power loss may strike
+# at) and how a crash point kills it there: a power loss (what was not synced is lost), a
+# torn one (a prefix of each unsynced write survives), a process crash (the page cache
+# survives).
+CRASH_BOUNDARIES: tuple[str, ...] = tuple(p for p in BUGGIFY_POINTS
+                                          if "crash" in BUGGIFY_ACTIONS[p])
+CRASH_DEATHS = ("crash", "tear", "kill")
+_MAX_BOUNDARY = 1 << 40
+
+
+def check_crash_point(cp: Any, nodes: int) -> dict[str, Any]:
+    """A config's crash point, checked (a RunError of one line otherwise): {"node":
+    "n<i>", "k": the boundary's number on that node, from 1, "action": one of
+    CRASH_DEATHS, "again": 0 or how many boundaries later a second power loss strikes,
+    "point": the boundary the base run crossed there (optional, for the record)}."""
+    if not isinstance(cp, dict):
+        raise RunError(f"crash_point must be an object, got {show(cp)}")
+    unknown = sorted(str(k) for k in set(cp) - {"node", "k", "action", "again", "point"})
+    if unknown:
+        raise RunError(f"crash_point has unknown field(s) {', '.join(unknown)}")
+    if cp.get("node") not in {f"n{i + 1}" for i in range(nodes)}:
+        raise RunError(f"crash_point node must be one of n1..n{nodes}, got "
+                       f"{show(cp.get('node'))}")
+    k, again = cp.get("k"), cp.get("again", 0)
+    for name, v, lo in (("k", k, 1), ("again", again, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= _MAX_BOUNDARY:
+            raise RunError(f"crash_point {name} must be a whole number from {lo}, got "
+                           f"{show(v)}")
+    if cp.get("action") not in CRASH_DEATHS:
+        raise RunError(f"crash_point action must be one of {', '.join(CRASH_DEATHS)}, got "
+                       f"{show(cp.get('action'))}")
+    if "point" in cp and cp["point"] not in CRASH_BOUNDARIES:
+        raise RunError(f"crash_point point must be one of {', '.join(CRASH_BOUNDARIES)}, "
+                       f"got {show(cp['point'])}")
+    return {"node": cp["node"], "k": k, "action": cp["action"], "again": again,
+            **({"point": cp["point"]} if "point" in cp else {})}
 
 
 MAX_PLAN_FILE = 16 << 20  # bytes: a shrunk plan is a few KB, a long run's config.json MBs

@@ -207,7 +207,7 @@ def judge(ev: Evidence, excused: list[tuple[str, int]], *,
     end_ns = max((r["time_ns"] for r in ops), default=0)
     results["availability"] = suite.availability(ops, fault_windows(nem), end_ns)
     results["vacuity"] = suite.vacuity(config, ops, nem, [
-        e for e in events if e["kind"] == EventKind.ENCRYPTION_APPLIED])
+        e for e in events if e["kind"] in (EventKind.ENCRYPTION_APPLIED, EventKind.BUGGIFY)])
     # Not a checker (it never changes the verdict): which protocol states the run
     # reached, from the nodes' events, the history and what the nemesis did.
     cov = coverage(events, ops, nem)

@@ -221,7 +221,7 @@ def run_sim_one(src: Path, budget: float, results: str,
     if r.returncode >= 3:
         lines = [ln for ln in (r.stdout + "\n" + r.stderr).splitlines() if "error" in ln]
         return "error", None, None, (lines or [f"exit code {r.returncode}"])[-1], seeds
-    first = re.search(r"^seed \d+: INVALID: ([^:]+):", r.stdout, re.M)
+    first = re.search(r"^seed \d+[^:\n]*: INVALID: ([^:]+):", r.stdout, re.M)
     after = re.search(r"\(the first after ([0-9.]+) s\)", r.stdout)
     if r.returncode == 1 and first:
         return "invalid", first.group(1), float(after.group(1)) if after else wall, None, seeds

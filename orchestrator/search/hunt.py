@@ -230,7 +230,8 @@ def _shrink_kind(f: Finding, rec: Mapping[str, Any], results: str, workers: int,
 def hunt(cfg: RunConfig, *, results: str, budget: float | None, seeds: int | None,
          first_seed: int, workers: int, confirm: int, rare: int,
          say: Say = _quiet, report: Callable[[str], str | None] | None = None,
-         config_doc: Mapping[str, Any] | None = None, guided: bool | None = None) -> HuntResult:
+         config_doc: Mapping[str, Any] | None = None, guided: bool | None = None,
+         crash_points: int = 0) -> HuntResult:
     """The whole hunt (see the module docstring). `say` gets the progress lines;
     `report(run_id)` writes a run's report and returns its path (the CLI's UI layer).
     Raises RunError or StoreError before anything is searched when the results dir
@@ -246,7 +247,7 @@ def hunt(cfg: RunConfig, *, results: str, budget: float | None, seeds: int | Non
     try:
         res = _hunt(hunt_id, cfg, results=results, budget=budget, seeds=seeds,
                     first_seed=first_seed, workers=workers, confirm=confirm, rare=rare,
-                    say=say, report=report, guided=guided)
+                    say=say, report=report, guided=guided, crash_points=crash_points)
     except BaseException:
         _finish(results, hunt_id, res, status="aborted")
         raise
@@ -257,11 +258,11 @@ def hunt(cfg: RunConfig, *, results: str, budget: float | None, seeds: int | Non
 def _hunt(hunt_id: str, cfg: RunConfig, *, results: str, budget: float | None,
           seeds: int | None, first_seed: int, workers: int, confirm: int, rare: int,
           say: Say, report: Callable[[str], str | None] | None,
-          guided: bool | None = None) -> HuntResult:
+          guided: bool | None = None, crash_points: int = 0) -> HuntResult:
     t0 = time.monotonic()
     s, firsts = _search_phase(hunt_id, cfg, budget=budget, seeds=seeds,
                               first_seed=first_seed, workers=workers, t0=t0, say=say,
-                              guided=guided)
+                              guided=guided, crash_points=crash_points)
     res = HuntResult(hunt_id, results, cfg, budget, confirm, s)
     _store_failures(res, firsts)
     _shrink_findings(res, t0, workers, say)
@@ -275,7 +276,8 @@ def _hunt(hunt_id: str, cfg: RunConfig, *, results: str, budget: float | None,
 
 def _search_phase(hunt_id: str, cfg: RunConfig, *, budget: float | None, seeds: int | None,
                   first_seed: int, workers: int, t0: float, say: Say,
-                  guided: bool | None = None) -> tuple[Search, dict[str, int]]:
+                  guided: bool | None = None,
+                  crash_points: int = 0) -> tuple[Search, dict[str, int]]:
     """The simulated search, keeping the record of only the first seed of each failure
     kind (a record is a whole run held in memory: the other seeds of a kind are counted,
     never stored). Also returns kind -> that first seed, in the order the kinds were
@@ -293,7 +295,7 @@ def _search_phase(hunt_id: str, cfg: RunConfig, *, budget: float | None, seeds: 
     def progress(r: SeedResult, s: Search) -> None:
         n = len(s.results)
         if r.verdict == "invalid" and firsts.get(r.failing or "") == r.seed:
-            say(f"  seed {r.seed}: {r.failing}: {r.sentence[:160]}"
+            say(f"  {r.label}: {r.failing}: {r.sentence[:160]}"
                 + (f" ({r.lineage})" if r.lineage else ""))
         if n % 25 == 0:
             say(f"  {n} seeds, {n / max(1e-9, time.monotonic() - t0):.2f} seeds/s, "
@@ -304,7 +306,8 @@ def _search_phase(hunt_id: str, cfg: RunConfig, *, budget: float | None, seeds: 
         + (f", seeds {first_seed}..{first_seed + seeds - 1}" if seeds else "")
         + f", {workers} workers")
     s = search(cfg, seeds=seed_list, budget=budget, first_seed=first_seed, workers=workers,
-               t0=t0, keep=keep, on_result=progress, guided=guided)
+               t0=t0, keep=keep, on_result=progress, guided=guided,
+               crash_points=crash_points)
     return s, firsts
 
 

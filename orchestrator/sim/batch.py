@@ -28,6 +28,7 @@ from orchestrator.lifeline import worker_pool
 from orchestrator.run.config import RunConfig
 from orchestrator.run.program import new_run_id, verdict_line
 from orchestrator.sim.corpus import Guide, features
+from orchestrator.sim.crashpoints import pick_crash_points
 from orchestrator.sim.run import SimOutcome, simulate
 
 
@@ -49,6 +50,20 @@ class SeedResult:
     features: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     lineage: str = ""  # a mutant's parent and mutations (`corpus.Job`); "" for a seed's own
+    # Crash-consistency exploration (`crashpoints.py`): the crash points a base run
+    # picked for its re-runs, and a re-run's own (None for a seed's own run).
+    crash_points: list[dict[str, Any]] = field(default_factory=list)
+    crash_point: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """How a person names this run: its seed, and a re-run's crash point."""
+        cp = self.crash_point
+        if cp is None:
+            return f"seed {self.seed}"
+        return (f"seed {self.seed} crashed at {cp['node']}'s boundary {cp['k']} "
+                f"({cp.get('point', '?')}, {cp['action']}"
+                + (f", again {cp['again']} later" if cp.get("again") else "") + ")")
 
     @property
     def is_vacuous(self) -> bool:
@@ -72,18 +87,22 @@ def _record(o: SimOutcome) -> dict[str, Any]:
             "events": [{k: v for k, v in e.items() if k != "_i"} for e in o.events],
             "checks": o.checks, "coverage": o.coverage, "t0_ns": o.t0_ns, "files": files,
             "verdict": o.verdict, "first": o.first, "sim_seconds": o.sim_seconds,
+            "cpu_seconds": o.cpu_seconds,
             "log_entries": o.log_entries, "rows": o.rows}
 
 
 def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
-             plan_doc: dict[str, Any] | None = None, with_plan: bool = False) -> SeedResult:
+             plan_doc: dict[str, Any] | None = None, with_plan: bool = False,
+             crash_points: int = 0) -> SeedResult:
     """One seed in this process (a worker's job); never raises. `with_plan`: send the
-    plan back (a guided search may keep it in its corpus)."""
+    plan back (a guided search may keep it in its corpus). `crash_points`: count the
+    nodes' durability boundaries and pick that many crash points for re-runs."""
 
     cfg = RunConfig.from_dict({**cfg_doc, "seed": seed})
     with tempfile.TemporaryDirectory(prefix="cutover-sim-") as tmp:
         try:
-            o = simulate(cfg, tmp, Plan.from_dict(plan_doc) if plan_doc else None)
+            o = simulate(cfg, tmp, Plan.from_dict(plan_doc) if plan_doc else None,
+                         probe=crash_points > 0)
         except Exception as e:  # noqa: BLE001 - a harness error, reported as such
             return SeedResult(seed, "error", None, f"{type(e).__name__}: {e}", None, [], 0.0,
                               0.0, error=f"{type(e).__name__}: {e}")
@@ -92,7 +111,9 @@ def run_seed(cfg_doc: dict[str, Any], seed: int, keep: bool = True,
         return SeedResult(seed, o.verdict, o.failing, first[1], first[2], sorted(o.coverage),
                           o.sim_seconds, o.cpu_seconds, rec, checker=first[0],
                           features=features(o.events, o.nemesis, o.coverage),
-                          plan=o.plan.to_dict() if with_plan else None)
+                          plan=o.plan.to_dict() if with_plan else None,
+                          crash_points=pick_crash_points(seed, o.boundaries, crash_points),
+                          crash_point=cfg.crash_point)
 
 
 @dataclass
@@ -122,23 +143,35 @@ class BatchResult:
 def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float | None = None,
               first_seed: int = 1, workers: int = 2,
               on_result: Callable[[SeedResult, BatchResult], None] | None = None,
-              keep: bool = True, guide: Guide | None = None) -> BatchResult:
+              keep: bool = True, guide: Guide | None = None,
+              crash_points: int = 0) -> BatchResult:
     """Seeds in `workers` processes: the given list, or as many as fit in `budget`
     seconds of wall time (starting at `first_seed`). With a `guide`, each seed runs the
     plan the guide chose for it (its own, or a mutant sent as a plan dict), and a seed
-    is submitted only once the guide knows what it needs to choose (`Guide.can_plan`)."""
+    is submitted only once the guide knows what it needs to choose (`Guide.can_plan`).
+    With `crash_points` N, each seed's run that held (valid) is re-run N times, each
+    crashed at one durability boundary it picked (`crashpoints.py`); a re-run goes
+    before the next seed, and counts against the budget like a seed."""
     doc = asdict(cfg)
     out = BatchResult()
     t0 = time.monotonic()
     nxt = first_seed
     todo = list(seeds) if seeds is not None else None
     lineage: dict[int, str] = {}
+    # (seed, crash point, the plan a guided seed ran) of the re-runs still to run
+    reruns: list[tuple[int, dict[str, Any], dict[str, Any] | None]] = []
     # Workers that die with us (SIGKILL included), killed at once on Ctrl-C/SIGTERM.
     with worker_pool(workers) as ex:
         pending: set[cf.Future[SeedResult]] = set()
 
         def submit() -> bool:
             nonlocal nxt
+            if reruns:
+                if budget is not None and time.monotonic() - t0 >= budget:
+                    return False
+                s, cp, plan = reruns.pop(0)
+                pending.add(ex.submit(run_seed, {**doc, "crash_point": cp}, s, keep, plan))
+                return True
             if guide is not None and not guide.can_plan():
                 return False  # again when a seed it waits for is done
             if todo is not None:
@@ -151,11 +184,11 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
                 s = nxt
                 nxt += 1
             if guide is None:
-                pending.add(ex.submit(run_seed, doc, s, keep))
+                pending.add(ex.submit(run_seed, doc, s, keep, None, False, crash_points))
                 return True
             job = guide.plan(s)
             lineage[s] = job.lineage
-            pending.add(ex.submit(run_seed, doc, s, keep, job.plan, True))
+            pending.add(ex.submit(run_seed, doc, s, keep, job.plan, True, crash_points))
             return True
 
         def fill() -> None:
@@ -168,17 +201,20 @@ def run_batch(cfg: RunConfig, *, seeds: list[int] | None = None, budget: float |
             for fut in done:
                 pending.discard(fut)
                 r = fut.result()
-                if guide is not None:
+                if guide is not None and r.crash_point is None:
                     r.lineage = lineage.pop(r.seed, "")
                     guide.done(r.seed, r.plan, r.features)
                     r.plan = r.plan if r.lineage else None  # a seed's own: its seed says it
                 out.results.append(r)
+                if r.verdict == "valid":  # a failing base run needs no crash to fail
+                    reruns.extend((r.seed, cp, r.plan) for cp in r.crash_points)
                 if out.first_failure_s is None and r.is_failure:
                     out.first_failure_s = round(time.monotonic() - t0, 3)
                 if on_result is not None:
                     on_result(r, out)
                 fill()
-    out.results.sort(key=lambda r: r.seed)
+    out.results.sort(key=lambda r: (r.seed, r.crash_point is not None,
+                                    json.dumps(r.crash_point, sort_keys=True)))
     out.wall_seconds = round(time.monotonic() - t0, 3)
     return out
 
@@ -209,8 +245,13 @@ def store_run(results: str, rec: dict[str, Any]) -> str:
                                           cfg.get("profile") or "fixed")
     r = store.Recorder(results, run_id, 0)
     try:
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        r.run_row(started=now, finished=now, seed=seed, workload=cfg.get("workload"),
+        # started..finished is the seed's own time in its worker (the UI's wall time of
+        # a simulated run; duration_s is simulated seconds)
+        end = dt.datetime.now(dt.UTC)
+        now = (end - dt.timedelta(seconds=float(rec.get("cpu_seconds") or 0.0))
+               ).isoformat(timespec="milliseconds")
+        r.run_row(started=now, finished=end.isoformat(timespec="milliseconds"), seed=seed,
+                  workload=cfg.get("workload"),
                   nemesis=",".join(cfg.get("plan", {}).get("families") or []) or "none",
                   bugs=",".join(cfg.get("bugs") or []), config=cfg, status="done",
                   verdict=verdict, exit_code=suite.EXIT_CODES.get(verdict, 2),

@@ -21,7 +21,7 @@ from checker.coverage import BUGGIFY_PREFIX, POINTS, buggify_fired
 from nemesis.plan import PLAN_FORMAT, Plan
 from orchestrator import store
 from orchestrator.errors import EXIT_HARNESS
-from orchestrator.run.config import RunConfig, RunError, read_plan_file
+from orchestrator.run.config import RunConfig, RunError, default, read_plan_file
 from orchestrator.sim.batch import SeedResult, run_batch, store_run
 from orchestrator.sim.corpus import Guide
 from orchestrator.sim.run import simulate
@@ -95,7 +95,7 @@ def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
            share: float = SEARCH_SHARE,
            keep: Callable[[SeedResult], bool] | None = None,
            on_result: Callable[[SeedResult, Search], None] | None = None,
-           guided: bool | None = None) -> Search:
+           guided: bool | None = None, crash_points: int = 0) -> Search:
     """Simulate `seeds` (or seeds from `first_seed` on) in `workers` processes. With a
     `budget` (seconds from `t0`): stop at `share` of it once a seed failed, and at the
     budget in any case (a seed's time over at most: the search stops when a seed ends),
@@ -103,7 +103,8 @@ def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
     whether a failing seed's record (its whole run, held in memory until stored) is
     kept; a dropped one is counted, not stored. `guided` (default `GUIDED`): some seeds
     run mutants of the plans that reached something new (`corpus.py`), chosen from
-    `first_seed` alone, so the same search replays."""
+    `first_seed` alone, so the same search replays. `crash_points` N: each seed that held
+    is re-run N times, crashed at a durability boundary (`crashpoints.py`)."""
     start = time.monotonic() if t0 is None else t0
     out = Search(stopped="budget" if seeds is None else "seeds")
     if GUIDED if guided is None else guided:
@@ -132,12 +133,13 @@ def search(cfg: RunConfig, *, seeds: list[int] | None, budget: float | None,
         try:
             run_batch(cfg, seeds=seeds, budget=left if seeds is None else None,
                       first_seed=first_seed, workers=workers, on_result=got,
-                      guide=out.guide)
+                      guide=out.guide, crash_points=crash_points)
         except _Enough:
             pass
     if out.guide is not None:
         out.guide.settle()
-    out.results.sort(key=lambda r: r.seed)
+    out.results.sort(key=lambda r: (r.seed, r.crash_point is not None,
+                                    json.dumps(r.crash_point, sort_keys=True)))
     out.wall_seconds = round(time.monotonic() - start, 3)
     return out
 
@@ -152,8 +154,10 @@ def record_coverage(results: str, base_id: str, kind: str, cfg: RunConfig, s: Se
     """The search's coverage as one `sim_batches` row: every seed counted, and the
     points of each seed not stored as a run (so `cutover coverage` counts it)."""
     kept = set(stored)
-    unstored = {r.seed: r.coverage for r in s.results
-                if r.seed not in kept and r.verdict != "error"}
+    unstored: dict[int, list[str]] = {}
+    for r in s.results:  # a seed's crash re-runs add to its own points
+        if r.seed not in kept and r.verdict != "error":
+            unstored[r.seed] = sorted(set(unstored.get(r.seed, ())) | set(r.coverage))
     db = store.open_db(results, create=True)
     try:
         return store.record_sim_batch(db, base_id, kind, asdict(cfg), batch_counts(s),
@@ -175,7 +179,8 @@ def _progress(r: SeedResult, b: Search, t0: float) -> None:
 
 
 def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: int,
-        workers: int, results: str, shrink: bool, guided: bool | None = None) -> int:
+        workers: int, results: str, shrink: bool, guided: bool | None = None,
+        crash_points: int = 0) -> int:
     """`cutover sim`: the seeds, every failing one stored, the first of each failure kind
     shrunk. A `budget` covers the search and the shrinking (`orchestrator.search.hunt.search`:
     the search stops at half of it once a seed failed, and each kind is shrunk with a
@@ -192,7 +197,8 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
     seed_list = list(range(first_seed, first_seed + seeds)) if seeds is not None else None
     b = search(cfg, seeds=seed_list, budget=budget, first_seed=first_seed, workers=workers,
                t0=t0, share=SEARCH_SHARE if shrink else 1.0,
-               on_result=lambda r, b: _progress(r, b, t0), guided=guided)
+               on_result=lambda r, b: _progress(r, b, t0), guided=guided,
+               crash_points=crash_points)
     if sys.stderr.isatty():
         click.echo("", err=True)
     stored: dict[int, str] = {}
@@ -201,7 +207,7 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
         assert r.record is not None
         run_id = store_run(results, r.record)
         stored[r.seed] = run_id
-        click.echo(f"seed {r.seed}: {r.verdict.upper()}: {r.failing}: {r.sentence[:200]} "
+        click.echo(f"{r.label}: {r.verdict.upper()}: {r.failing}: {r.sentence[:200]} "
                    f"(run {run_id})")
         if r.lineage:
             path = write_plan_file(results, run_id, r)
@@ -225,31 +231,57 @@ def run(cfg: RunConfig, *, seeds: int | None, budget: float | None, first_seed: 
     except store.StoreError as e:
         click.echo(f"error: the batch's coverage was not recorded: {e}", err=True)
         return EXIT_HARNESS
-    cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
-    fired = sorted({p.removeprefix(BUGGIFY_PREFIX) for x in b.results
-                    for p in buggify_fired(x.coverage)})
-    sim_s = sum(x.sim_seconds for x in b.results)
-    cpu_s = sum(x.cpu_seconds for x in b.results)
-    click.echo(f"sim: {len(b.results)} seeds in {b.wall_seconds:.1f} s "
-               f"({len(b.results) / max(b.wall_seconds, 1e-9):.2f} seeds/s, "
-               f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
-               f"{len(b.failed)} failed"
-               + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed
-                  and b.first_failure_s is not None else "")
-               + (f", {len(b.vacuous)} vacuous (no cutover, fault or operation they "
-                  f"were asked for)" if b.vacuous else "")
-               + f", coverage {len(cov)}/{len(POINTS)}"
-               + (f", buggify fired {len(fired)}: {', '.join(fired)}" if fired else "")
-               + (f"; guided: {b.guide.summary()}" if b.guide is not None else "")
-               + (f"; shrinking {shrink_s:.1f} s" if firsts else "")
-               + (f" (search and shrinking {time.monotonic() - t0:.1f} s of the "
-                  f"{budget:g} s budget)" if budget is not None and firsts else ""))
+    click.echo(_summary(b, crash_points, len(firsts) > 0, shrink_s, budget, t0))
+    for line in _next_lines(results, list(stored.values()), [rid for _r, rid in firsts]):
+        click.echo(line)
     if b.errors:
         return EXIT_HARNESS
     if b.failed:
         return 1
     # Seeds that tested nothing are no pass: a batch of only those is unknown (2).
     return 2 if b.results and len(b.vacuous) == len(b.results) else 0
+
+
+def _summary(b: Search, crash_points: int, shrunk: bool, shrink_s: float,
+             budget: float | None, t0: float) -> str:
+    """The batch's last line: its speed, what failed, coverage, what BUGGIFY fired."""
+    cov = set().union(*(set(x.coverage) for x in b.results)) & set(POINTS)
+    fired = sorted({p.removeprefix(BUGGIFY_PREFIX) for x in b.results
+                    for p in buggify_fired(x.coverage)})
+    sim_s = sum(x.sim_seconds for x in b.results)
+    cpu_s = sum(x.cpu_seconds for x in b.results)
+    reruns = [x for x in b.results if x.crash_point is not None]
+    return (f"sim: {len(b.results)} seeds in {b.wall_seconds:.1f} s "
+            f"({len(b.results) / max(b.wall_seconds, 1e-9):.2f} seeds/s, "
+            f"{sim_s / max(cpu_s, 1e-9):.1f} simulated s per CPU s), "
+            f"{len(b.failed)} failed"
+            + (f" (the first after {b.first_failure_s:.1f} s)" if b.failed
+               and b.first_failure_s is not None else "")
+            + (f", {len(b.vacuous)} vacuous (no cutover, fault or operation they "
+               f"were asked for)" if b.vacuous else "")
+            + (f"; of them {len(reruns)} crash re-runs, "
+               f"{sum(1 for x in reruns if x.is_failure)} failed" if crash_points else "")
+            + f", coverage {len(cov)}/{len(POINTS)}"
+            + (f", buggify fired {len(fired)}: {', '.join(fired)}" if fired else "")
+            + (f"; guided: {b.guide.summary()}" if b.guide is not None else "")
+            + (f"; shrinking {shrink_s:.1f} s" if shrunk else "")
+            + (f" (search and shrinking {time.monotonic() - t0:.1f} s of the "
+               f"{budget:g} s budget)" if budget is not None and shrunk else ""))
+
+
+def _next_lines(results: str, stored: list[str], shrunk: list[str]) -> list[str]:
+    """What to type next: the first stored failure, its report and its shrunk plan's
+    replays (in simulation and on real processes), or the batch's coverage."""
+    opt = "" if results == default("results") else f" --results {results}"
+    if not stored:
+        return ["next:", f"  cutover coverage{opt}", f"  cutover serve{opt}"]
+    first = stored[0]
+    lines = ["next:", f"  cutover show {first}{opt}",
+             f"  cutover report {first}{opt} -o {first}.html"]
+    for rid in shrunk[:1]:
+        plan = os.path.join(results, rid, "shrunk-plan.json")
+        lines += [f"  cutover sim --replay {plan}", f"  cutover run --plan {plan}{opt}"]
+    return lines + [f"  cutover list{opt}", f"  cutover serve{opt}"]
 
 
 def write_plan_file(results: str, run_id: str, r: SeedResult) -> str:

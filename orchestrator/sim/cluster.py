@@ -28,6 +28,7 @@ from node.keystore import Kek
 from node.raft import Message, Role
 from node.storage import storage_failure
 from orchestrator.run.config import KNOB_DEFAULTS
+from orchestrator.sim import crashpoints
 from orchestrator.sim.buggify import SimBuggify, draw_points
 from orchestrator.sim.disk import SimDisk
 
@@ -96,6 +97,10 @@ class SimSettings:
     start_us: tuple[int, int] = (150_000, 450_000)  # spawn and recovery of a process
     # BUGGIFY (node/buggify.py): each seed arms a subset of the node's points
     buggify: bool = False
+    # Crash-consistency exploration (`crashpoints.py`): count every node's durability
+    # boundaries (`crash_probe`), and kill one node at one of them (`crash_point`).
+    crash_probe: bool = False
+    crash_point: dict[str, Any] | None = None
 
 
 @dataclass
@@ -173,6 +178,8 @@ class SimCluster:
             armed = draw_points(seed)
             for n in self.ids:
                 self.nodes[n].bug = SimBuggify(self, n, armed, seed)
+        if self.s.crash_probe or self.s.crash_point is not None:
+            crashpoints.install(self.nodes, self.add_event, self.s.crash_point, seed)
         for n in self.ids:
             self._boot(n)
 
@@ -436,7 +443,7 @@ class SimCluster:
         prefix of each unsynced write survives). Planned, like the nemesis's kill: no
         `crash` event; its supervisor starts it again."""
         hook = self.nodes[nid].bug
-        torn = hook.rng if isinstance(hook, SimBuggify) and b.action == "tear" else None
+        torn = getattr(hook, "rng", None) if b.action == "tear" else None
         self.kill(nid, power=b.action != "kill", torn=torn)
         self.start(nid)
 
@@ -550,7 +557,7 @@ class SimCluster:
         net, rng = self.net, self.rng
         wait, turn, k = self._out_delay(self.nodes[src])
         bug = self.nodes[src].bug
-        if bug.on and isinstance(bug, SimBuggify) and bug.delay_us:
+        if bug.on and getattr(bug, "delay_us", 0):
             wait, bug.delay_us = wait + bug.delay_us, 0  # `delay` at host.send
         for dst, batch in by_dst.items():
             link = (src, dst)

@@ -34,6 +34,7 @@ from orchestrator.sim.cluster import (
     WaitReply,
     WaitUntil,
 )
+from orchestrator.sim.crashpoints import CrashPoint
 
 
 def _us(seconds: float) -> int:
@@ -62,6 +63,8 @@ class SimOutcome:
     log_entries: list[dict[str, Any]] = field(default_factory=list)  # the I1-I7 scan
     phases: list[str] = field(default_factory=list)  # the run program's, in order
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the verdict's
+    # Each node's durability boundaries in order (`crashpoints.py`), when counted.
+    boundaries: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def failing(self) -> str | None:
@@ -94,7 +97,8 @@ class SimWorld:
     simultaneous = True
     name = "sim"
 
-    def __init__(self, cfg: RunConfig, root: Path, config_doc: dict[str, Any]) -> None:
+    def __init__(self, cfg: RunConfig, root: Path, config_doc: dict[str, Any],
+                 probe: bool = False) -> None:
         c = cfg
         assert c.seed is not None
         self.cfg = cfg
@@ -106,7 +110,8 @@ class SimWorld:
             max_msg_bytes=int(c.max_msg_bytes or KNOB_DEFAULTS["max_msg_bytes"]),
             max_inflight=int(c.max_inflight or KNOB_DEFAULTS["max_inflight"]),
             enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs),
-            profile=c.profile, buggify=c.buggify)
+            profile=c.profile, buggify=c.buggify, crash_probe=probe,
+            crash_point=c.crash_point)
         self.cl = SimCluster(c.seed, self.settings)
         self.ids = list(self.cl.ids)
         self.run_tag = f"sim{c.seed}"
@@ -420,13 +425,15 @@ def write_exits(events: list[dict[str, Any]], path: str) -> None:
 
 
 def simulate(cfg: RunConfig, workdir: str | os.PathLike[str],
-             plan: Plan | None = None) -> SimOutcome:
-    """One simulated run of `cfg` (its plan, or `plan`), checked; files under `workdir`."""
+             plan: Plan | None = None, probe: bool = False) -> SimOutcome:
+    """One simulated run of `cfg` (its plan, or `plan`), checked; files under `workdir`.
+    `probe`: count every node's durability boundaries (`SimOutcome.boundaries`), for the
+    crash points a crash-consistency exploration picks."""
     cpu0 = time.process_time()
     cfg = cfg.resolved()
     plan = plan if plan is not None else cfg.plan()
     cfg = cfg.with_knobs(plan)
-    world = SimWorld(cfg, Path(workdir), {**asdict(cfg), "plan": plan.to_dict()})
+    world = SimWorld(cfg, Path(workdir), {**asdict(cfg), "plan": plan.to_dict()}, probe)
     run = Run(world, cfg, plan)
     judged = run.go()
     rows = world.rows
@@ -437,4 +444,6 @@ def simulate(cfg: RunConfig, workdir: str | os.PathLike[str],
         sim_seconds=round(world.cl.now / US, 3),
         cpu_seconds=round(time.process_time() - cpu0, 3), run_dir=str(workdir),
         stats=dict(world.cl.stats), log_entries=rows.get("log_entries", []),
-        phases=list(run.phases), rows=rows)
+        phases=list(run.phases), rows=rows,
+        boundaries={n: bytes(b.trace) for n, nd in world.cl.nodes.items()
+                    if isinstance(b := nd.bug, CrashPoint)})

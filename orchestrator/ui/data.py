@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,11 +31,12 @@ from node.payload import OPCODE_NAMES
 from orchestrator import store
 from orchestrator.errors import ReviewError
 from orchestrator.ui import DEFAULT_MAX_OPS
-from orchestrator.ui.svg import fault_color
+from orchestrator.ui.svg import family_of, fault_color
 from workloads import MODEL_OF
 
 I1_CONTEXT_NS = 3_000_000_000  # the seconds around an I1 violation shown in the report
 MAX_LIN_KEYS = 10  # counterexample pages embedded in one report
+ENTRY_INVARIANTS = ("I1", "I2", "I4")  # their violations are log entries (node, index)
 
 
 def stored_checks(db: sqlite_utils.Database, run_id: str) -> dict[str, dict[str, Any]]:
@@ -191,16 +193,21 @@ def _time_to_position(ops: list[Op]) -> Callable[[int | None], int | None]:
 
 def lin_sections(db: sqlite_utils.Database, run_id: str, model_name: str,
                  lin: Mapping[str, Any], faults: list[dict[str, Any]],
-                 palette: dict[str, str], nonce: str | None = None) -> list[dict[str, Any]]:
+                 palette: dict[str, str], nonce: str | None = None,
+                 ends: Mapping[tuple[str, int], int | None] | None = None
+                 ) -> list[dict[str, Any]]:
     """For every key the stored check found not linearizable: its explanation and, for
     an invalid one, the counterexample page, drawn from the linearization the checker
-    stored (the history is read again, the search is not run again)."""
-    bad = [k for k in (lin.get("keys") or []) if k.get("verdict") != "valid"][:MAX_LIN_KEYS]
-    items = [{"key": k.get("key"), "verdict": k.get("verdict"),
+    stored (the history is read again, the search is not run again). `ends` maps
+    (process, invoke ns) to the op's completion ns (`pair_ops`), so the counterexample
+    speaks the run's seconds."""
+    bad = sorted((k for k in (lin.get("keys") or []) if k.get("verdict") != "valid"),
+                 key=lambda k: k.get("verdict") != "invalid")
+    items = [{"key": k.get("key"), "verdict": k.get("verdict"), "reason": k.get("reason"),
               "explanation": k.get("explanation"), "stored": bool(k.get("witness"))}
              for k in bad]
     drawable = [(item, k) for item, k in zip(items, bad, strict=True)
-                if k.get("verdict") == "invalid" and k.get("witness")]
+                if k.get("verdict") == "invalid" and k.get("witness")][:MAX_LIN_KEYS]
     if not drawable:
         return items
     model = get_model(model_name)
@@ -210,9 +217,11 @@ def lin_sections(db: sqlite_utils.Database, run_id: str, model_name: str,
         return items
     pos = _time_to_position(ops)
     annotations = [{"start": pos(f["start_ns"]), "end": pos(f["end_ns"]),
-                    "label": f"{f['fault']} {f['targets'] or ''}", "kind": f["fault"],
-                    "color": palette.get(f["fault"])}
+                    "label": f"{f['fault']} {f['targets'] or ''}",
+                    "kind": family_of(str(f["fault"])),
+                    "color": palette.get(family_of(str(f["fault"])))}
                    for f in faults]
+    times = position_times(ops, ends or {})
     for item, k in drawable:
         part = counterexample(model, ops, k)
         if part is None:
@@ -220,17 +229,55 @@ def lin_sections(db: sqlite_utils.Database, run_id: str, model_name: str,
             continue
         res = CheckResult(part.verdict, [part], model.name, float(lin.get("seconds") or 0.0))
         item["html"] = render_html(model, res, title=f"key {k['key']}",
-                                   annotations=annotations, nonce=nonce)
+                                   annotations=annotations, nonce=nonce, times=times)
+        item["explanation"] = in_seconds(str(item.get("explanation") or ""), times)
     return items
+
+
+def position_times(ops: Iterable[Op], ends: Mapping[tuple[str, int], int | None]
+                   ) -> dict[int, int]:
+    """Event positions (an op's call and return) as ns since the run's start: the
+    invoke's time the op carries, its completion's from `ends`."""
+    out: dict[int, int] = {}
+    for o in ops:
+        t = (o.meta or {}).get("time")
+        if not isinstance(t, int):
+            continue
+        out[o.call] = t
+        e = ends.get((str(o.process), t))
+        if o.ret is not None and isinstance(e, int):
+            out[o.ret] = e
+    return out
+
+
+_SPAN = re.compile(r"\[(\d+), (\d+|∞)\](?=\s\s|\s*$)", re.M)
+
+
+def in_seconds(text: str, times: Mapping[int, int]) -> str:
+    """The stored explanation with its op intervals (`[call, return]` as event
+    positions) in seconds of the run, as the drawing and the timeline show them. Only
+    an interval whose both ends are known is rewritten; the rest stays as stored."""
+    def sub(m: re.Match[str]) -> str:
+        a = times.get(int(m.group(1)))
+        b = None if m.group(2) == "∞" else times.get(int(m.group(2)))
+        if a is None or (b is None and m.group(2) != "∞"):
+            return m.group(0)
+        return f"[{a / 1e9:.3f} s, {'∞' if b is None else f'{b / 1e9:.3f} s'}]"
+    return _SPAN.sub(sub, text)
 
 
 def i1_section(db: sqlite_utils.Database, run_id: str, cut: Mapping[str, Any],
                nem: list[dict[str, Any]], windows: list[dict[str, Any]],
                events: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The offending entries of an I1 violation and what happened around them."""
-    inv = (cut.get("invariants") or {}).get("I1") or {}
-    if inv.get("valid", True):
+    """The offending entries of an I1, I2 or I4 violation (the invariants whose
+    violations are log entries) and what happened around them; the failing one, else
+    the first of them that failed."""
+    invs = cut.get("invariants") or {}
+    bad = [n for n in ENTRY_INVARIANTS if not (invs.get(n) or {}).get("valid", True)]
+    if not bad:
         return None
+    name = cut.get("failing") if cut.get("failing") in bad else bad[0]
+    inv = invs[name]
     violations = list(inv.get("violations") or [])[:50]
     c = cut.get("cutover") or 0
     stored = store.log_wrapped_above(db, run_id, c)
@@ -241,18 +288,25 @@ def i1_section(db: sqlite_utils.Database, run_id: str, cut: Mapping[str, Any],
     first = inv.get("first_violation") or (violations[0] if violations else {})
     entries = []
     if first.get("node") is not None and isinstance(first.get("index"), int):
-        lo = min(c, first["index"]) - 2
-        hi = max(first["index"] + 6, c + 3)
-        for r in store.log_entries_between(db, run_id, first["node"], lo, hi):
+        # around C and around the offending entry: they can be far apart
+        i = first["index"]
+        spans = sorted({(c - 2, c + 3), (i - 3, i + 6)})
+        if spans[-1][0] <= spans[0][1] + 1:
+            spans = [(spans[0][0], max(spans[0][1], spans[-1][1]))]
+        rows = [r for lo, hi in spans
+                for r in store.log_entries_between(db, run_id, first["node"], lo, hi)]
+        for r in rows:
             r["opcode_name"] = OPCODE_NAMES.get(r["opcode"]) if r["opcode"] is not None else None
             entries.append(r)
     # When: what the checker stored (checker.suite.entry_time, the one rule), so this
     # section, `show` and the summary agree; a run checked before there was a time for
     # it falls back on the cutover time.
-    t = cut.get("first_violation_ns") if cut.get("failing") == "I1" else None
+    t = cut.get("first_violation_ns") if cut.get("failing") == name else None
     if not isinstance(t, int):
         t = cut.get("cutover_time_ns")
-    out: dict[str, Any] = {"cutover": c, "violations": violations, "entries": entries,
+    out: dict[str, Any] = {"name": name, "title": inv.get("title") or name,
+                           "first": first, "cutover": c, "violations": violations,
+                           "entries": entries,
                            "count": inv.get("violation_count", len(violations)), "t_ns": t}
     if isinstance(t, int):
         a, b = max(0, t - I1_CONTEXT_NS), t + I1_CONTEXT_NS
@@ -312,7 +366,11 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
              if o["end_ns"] is not None and a <= o["end_ns"] <= b]
     model = MODEL_OF.get(cfg.get("workload") or row.get("workload") or "kv", "kv")
     cut = checks.get("cutover") or {}
-    palette: dict[str, str] = {}  # one color per fault, in every drawing of this page
+    details = {(r["fault"], r["time_ns"]): r["detail"] for r in nem
+               if r["f"] in ("start", "event")}
+    for f in windows:  # what the cutover lane names: a rotation's key id, the settled C
+        f["detail"] = details.get((f["fault"], f["start_ns"])) or {}
+    palette: dict[str, str] = {}  # one color per fault family, in every drawing of the page
     for f in windows:
         fault_color(str(f["fault"]), palette)
     nonce = new_nonce()  # the page's, and its embedded counterexamples' (same policy)
@@ -328,7 +386,8 @@ def report_data(db: sqlite_utils.Database, row: Mapping[str, Any], *,
         "events": [e for e in events if e["time_ns"] is not None and a <= e["time_ns"] <= b],
         "nodes": node_table(db, run_id, checks),
         "lin": lin_sections(db, run_id, model, checks.get("linearizability") or {}, windows,
-                            palette, nonce),
+                            palette, nonce,
+                            {(str(o["process"]), o["start_ns"]): o["end_ns"] for o in ops}),
         "i1": i1_section(db, run_id, cut, nem, windows, events) if cut else None,
         "coverage": store.coverage_of(db, run_id),
         "links": dict(links or {}),

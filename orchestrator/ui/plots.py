@@ -1,6 +1,7 @@
-"""The report's plots: the timeline (node events and ops per process), latency and
-throughput, all over the fault bands (`orchestrator.ui.svg`). A new plot goes here,
-and into `templates/report.html` where it is shown.
+"""The report's plots: the timeline (fault lanes, the cutover lane, node events, ops per
+client worker: `orchestrator.ui.lanes`), latency and throughput over the fault bands
+(`orchestrator.ui.svg`), each crossed by the "first violation" line. A new plot goes
+here, and into `templates/report.html` where it is shown.
 """
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from checker.history import process_sort_key
 from node.events import EventKind
+from orchestrator.ui.lanes import (
+    MARKER_LABEL_H,
+    client_lanes,
+    cutover_lane,
+    fault_lanes,
+    violation_marker,
+)
 from orchestrator.ui.svg import (
     AXIS_H,
     BAND_LABEL_H,
@@ -23,7 +30,6 @@ from orchestrator.ui.svg import (
     WIDTH,
     TimeAxis,
     axis,
-    band_label_rows,
     bands,
     esc,
     glyph,
@@ -92,24 +98,48 @@ def describe_event(ev: Mapping[str, Any]) -> str:
 
 def timeline_svg(ops: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
                  faults: Sequence[Mapping[str, Any]], t0: int, t1: int,
-                 palette: dict[str, str], plot_id: str = "timeline") -> str:
-    """One lane of cutover events per node, then one lane of ops per process."""
+                 palette: dict[str, str], plot_id: str = "timeline",
+                 concurrency: int | None = None, violation_ns: int | None = None) -> str:
+    """Fault lanes (one per family), the cutover lane, a lane of events per node, then
+    the client lanes (one per worker: `orchestrator.ui.lanes`), under the "first
+    violation" marker."""
     x = TimeAxis(t0, t1)
+    faults = [f for f in faults if visible(x, f)]
+    top = MARKER_LABEL_H + 2
+    lanes_svg, h = fault_lanes(x, faults, top, palette)
+    cut_svg, ch = cutover_lane(x, faults, events, top + h + (2 if h else 0))
+    ev_top = top + h + (2 if h else 0) + ch + (4 if ch else 0)
     nodes = sorted({str(e["node"]) for e in events if e.get("time_ns") is not None
                     and event_category(str(e.get("kind")), e.get("detail"))})
-    procs = sorted({str(o["process"]) for o in ops}, key=process_sort_key)
-    faults = [f for f in faults if visible(x, f)]
-    label_rows, n_rows = band_label_rows(x, faults)
-    top = 12 * n_rows + 8
     ev_h = EVENT_LANE_H * len(nodes)
-    lanes_h = LANE_H * len(procs)
-    bottom = top + ev_h + 6 + lanes_h
+    clients = client_lanes(ops, concurrency, t1)
+    y0 = ev_top + ev_h + 6
+    heights = [_client_lane_h(c["n"]) for c in clients]
+    bottom = y0 + sum(heights)
     height = bottom + AXIS_H
-    out = [f'<svg class="plot timeline" id="{plot_id}" viewBox="0 0 {WIDTH} {height}" '
-           f'width="{WIDTH}" height="{height}" role="img" '
-           'aria-label="timeline of operations per process">']
-    out.append(bands(x, faults, top, bottom - top, palette, label_rows))
-    # node event lanes
+    out = [f'<svg class="plot timeline" id="{plot_id}" viewBox="0 0 {WIDTH} {height:.0f}" '
+           f'width="{WIDTH}" height="{height:.0f}" role="img" '
+           'aria-label="timeline: faults, the cutover, node events and client operations">',
+           axis(x, bottom + 2, bottom - top),  # first: its grid lines go under the labels
+           lanes_svg, cut_svg, _event_lanes(x, events, nodes, ev_top)]
+    y = y0
+    for c, lh in zip(clients, heights, strict=True):
+        out.append(_client_lane(x, c, y, lh, t1))
+        y += lh
+    out.append(violation_marker(x, violation_ns, top, bottom + 2))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _client_lane_h(rows: int) -> float:
+    """A worker's lane is one row high; ops that overlap (one left open, the final
+    reads) share up to three rows' height."""
+    return float(LANE_H * min(rows, 3))
+
+
+def _event_lanes(x: TimeAxis, events: Sequence[Mapping[str, Any]], nodes: list[str],
+                 top: float) -> str:
+    out = []
     for i, n in enumerate(nodes):
         y = top + i * EVENT_LANE_H + EVENT_LANE_H / 2
         out.append(f'<text class="lane" x="{GUTTER - 6}" y="{y + 4:.1f}" '
@@ -120,7 +150,7 @@ def timeline_svg(ops: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str,
     for ev in events:
         t = ev.get("time_ns")
         cat = event_category(str(ev.get("kind")), ev.get("detail"))
-        if t is None or cat is None or not (t0 <= t <= t1):
+        if t is None or cat is None or not (x.t0 <= t <= x.t1):
             continue
         color, shape = EVENT_STYLE[cat]
         y = top + lane_of[str(ev["node"])] * EVENT_LANE_H + EVENT_LANE_H / 2
@@ -128,36 +158,40 @@ def timeline_svg(ops: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str,
                    f'<title>{esc(secs(t))} s  {esc(cat)}: {esc(describe_event(ev))}</title>'
                    + ("</circle>" if shape == "circle" else "</rect>" if shape in ("rect", "bar")
                       else "</polygon>"))
-    # op lanes
-    y0 = top + ev_h + 6
-    lane = {p: i for i, p in enumerate(procs)}
-    for p, i in lane.items():
-        y = y0 + i * LANE_H
-        out.append(f'<text class="lane small" x="{GUTTER - 6}" y="{y + LANE_H - 3:.1f}" '
-                   f'text-anchor="end">{esc(p)}</text>')
-    for o in ops:
+    return "".join(out)
+
+
+def _client_lane(x: TimeAxis, lane: Mapping[str, Any], y: float, lh: float, t1: int) -> str:
+    """One worker's ops; the lane's name in the gutter, its processes in the tooltip."""
+    procs = lane["procs"]
+    name = lane["name"] + (f" ({len(procs)}p)" if len(procs) > 1 else "")
+    out = [f'<g class="client" data-lane="{esc(lane["name"])}">'
+           f'<text class="lane small" x="{GUTTER - 6}" y="{y + min(lh, LANE_H) - 3:.1f}" '
+           f'text-anchor="end">{esc(name)}<title>processes {esc(", ".join(procs))}</title>'
+           '</text>']
+    rh = (lh - 1) / lane["n"]
+    for o, r in zip(lane["ops"], lane["rows"], strict=True):
         s = o["start_ns"]
         e = o.get("end_ns")
         typ = o.get("type", "info")
         xa = x(s)
         xb = x(t1 if e is None else e)
-        y = y0 + lane[str(o["process"])] * LANE_H + 1
         val = o.get("output") if o.get("f") == "read" and typ == "ok" else o.get("value")
         lat = "open" if e is None else f"{(e - s) / 1e6:.1f} ms"
         tip = (f"process {o['process']}  {o.get('f')} {o.get('key') or ''} "
                f"{json.dumps(val, default=str)}  -> {typ}"
                f"{' (' + str(o['error']) + ')' if o.get('error') else ''}  "
                f"{secs(s)} s, {lat}, node {o.get('node') or '-'}")
-        out.append(f'<rect class="op {esc(typ)}" x="{xa:.1f}" y="{y:.1f}" '
-                   f'width="{max(xb - xa, 1.0):.1f}" height="{LANE_H - 2}" '
+        out.append(f'<rect class="op {esc(typ)}" x="{xa:.1f}" y="{y + 1 + r * rh:.1f}" '
+                   f'width="{max(xb - xa, 1.0):.1f}" height="{max(rh - 1, 2.0):.1f}" '
                    f'fill="{OUTCOME_COLORS.get(typ, "#999")}"><title>{esc(tip)}</title></rect>')
-    out.append(axis(x, bottom + 2, bottom - top))
-    out.append("</svg>")
+    out.append("</g>")
     return "".join(out)
 
 
 def latency_svg(ops: Sequence[Mapping[str, Any]], faults: Sequence[Mapping[str, Any]],
-                t0: int, t1: int, palette: dict[str, str]) -> str:
+                t0: int, t1: int, palette: dict[str, str],
+                violation_ns: int | None = None) -> str:
     """Latency of every completed op at its invoke time, log scale, colored by outcome."""
     x = TimeAxis(t0, t1)
     pts = [(o["start_ns"], (o["end_ns"] - o["start_ns"]) / 1e6, o.get("type", "info"))
@@ -185,16 +219,18 @@ def latency_svg(ops: Sequence[Mapping[str, Any]], faults: Sequence[Mapping[str, 
                    f'fill="{OUTCOME_COLORS.get(typ, "#999")}"><title>{esc(secs(s))} s  '
                    f'{ms:.1f} ms  {esc(typ)}</title></circle>')
     out.append(axis(x, bottom, bottom - top))
+    out.append(violation_marker(x, violation_ns, top, bottom))
     out.append("</svg>")
     return "".join(out)
 
 
 def throughput_svg(completions: Sequence[Sequence[Any]], faults: Sequence[Mapping[str, Any]],
-                   t0: int, t1: int, palette: dict[str, str]) -> str:
+                   t0: int, t1: int, palette: dict[str, str],
+                   violation_ns: int | None = None) -> str:
     """Completions per second in buckets (at most ~200 over the window), per outcome."""
     x = TimeAxis(t0, t1)
     bucket = nice((x.t1 - x.t0) / 1e9 / 200)
-    b_ns = int(bucket * 1e9)
+    b_ns = max(1, int(bucket * 1e9))  # a window of a few ns still has a bucket
     n = max(1, math.ceil((x.t1 - x.t0) / b_ns))
     counts = {k: [0] * n for k in OUTCOME_COLORS}
     for t, typ in completions:
@@ -228,5 +264,6 @@ def throughput_svg(completions: Sequence[Sequence[Any]], faults: Sequence[Mappin
                    f'stroke="{OUTCOME_COLORS[typ]}" points="{pts}"><title>{typ} per second '
                    f'({bucket:g} s buckets)</title></polyline>')
     out.append(axis(x, bottom, bottom - top))
+    out.append(violation_marker(x, violation_ns, top, bottom))
     out.append("</svg>")
     return "".join(out)

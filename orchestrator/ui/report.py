@@ -7,14 +7,18 @@ is the same whether it is written to disk or served, and a test can feed it a ha
 run. Why the page looks the way it does:
 
 * The verdicts and the first violation, in one sentence, come first: that is what a
-  person opening a report after a red CI run wants to read.
+  person opening a report after a red CI run wants to read. Right below it comes the
+  evidence (the counterexample, or the offending log entries), linked from that box:
+  a reviewer had to scroll 3,000 px to find which operations failed.
 * The plots are inline SVG (`orchestrator.ui.plots`): no charting library, no fonts or
   scripts fetched; the file must open the same way years later, offline. Tooltips are
   SVG `<title>` elements, and a Content-Security-Policy makes the browser refuse any
   fetch, which keeps that promise honest.
-* Faults are drawn as bands behind every plot, because "what was the nemesis doing at
-  that moment" is the first question for any anomaly; a fault has one color on the
-  whole page, the counterexample's bands included.
+* Faults are drawn because "what was the nemesis doing at that moment" is the first
+  question for any anomaly: on the timeline one lane per fault family
+  (`orchestrator.ui.lanes`: twenty overlapping bands were unreadable), behind the
+  latency and throughput plots as bands; a family has one color on the whole page, the
+  counterexample's bands included. A "first violation" line crosses every plot.
 * A long history is drawn one window at a time (`data["window"]`): the timeline of
   100,000 ops is a picture no browser draws usefully. The caller chooses the window and
   passes links (served pages) or commands (a file on disk) to the other pages.
@@ -33,14 +37,15 @@ Input (`data`), every key optional unless said:
 ``ops``        [{process, f, key, type, start_ns, end_ns or None, value, output, node,
                error}] the completed (or open) ops of the window
 ``completions`` [[time_ns, type]] every completion in the window, for the throughput
-``faults``     [{start_ns, end_ns or None, fault, targets}]
-``palette``    {fault: color} already handed out (the counterexample's bands use it)
+``faults``     [{start_ns, end_ns or None, fault, targets, detail}]
+``palette``    {fault family: color} already handed out (the counterexample's bands use it)
 ``events``     [{node, time_ns, kind, detail}] node events (any kinds; the ones that
                matter for the cutover are drawn)
 ``nodes``      [{node, cutover, active, applied, halted, halt_reason, above_wrapped,
                above_clear, above_noop}]
-``lin``        [{key, verdict, explanation, html, stored}] per non-valid key
-``i1``         {cutover, violations, entries, t_ns, window_ns, faults, events} or None
+``lin``        [{key, verdict, reason, explanation, html, stored}] per non-valid key
+``i1``         {name (I1, I2 or I4), title, first, cutover, violations, entries, t_ns,
+               window_ns, faults, events} or None
 ``links``      {label: href} shown under the title (served pages)
 """
 from __future__ import annotations
@@ -66,6 +71,7 @@ from orchestrator.ui.plots import (
     timeline_svg,
 )
 from orchestrator.ui.render import page, verdict_class
+from orchestrator.ui.runlist import duration_text
 from orchestrator.ui.svg import OUTCOME_COLORS, fault_color, glyph, secs, targets_text
 from orchestrator.ui.text import check_line, checker_names
 
@@ -116,7 +122,7 @@ def _first(first: Sequence[Any] | None) -> dict[str, Any] | None:
 
 def _facts(run: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [("seed", run.get("seed")), ("started", run.get("started")),
-            ("duration", f"{run['duration_s']:.1f} s" if run.get("duration_s") else "-"),
+            ("duration", duration_text(run) or "-"),
             ("status", run.get("status")), ("exit code", run.get("exit_code")),
             ("workload", f"{run.get('workload')} ({cfg.get('keys', '?')} keys)"),
             ("nodes", cfg.get("nodes")), ("nemesis", run.get("nemesis")),
@@ -170,6 +176,12 @@ def _legend(palette: Mapping[str, str],
     return items
 
 
+def _violation_ns(first: Sequence[Any] | None) -> int | None:
+    """When the first violation happened (ns into the run), as the checker stored it."""
+    t = (list(first or []) + [None, None, None])[2]
+    return int(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
+
+
 def _plots(data: Mapping[str, Any], palette: dict[str, str]) -> dict[str, Markup]:
     w = data.get("window") or {}
     ops = data.get("ops") or []
@@ -177,10 +189,17 @@ def _plots(data: Mapping[str, Any], palette: dict[str, str]) -> dict[str, Markup
     t1 = int(w.get("to_ns") or max([o.get("end_ns") or o["start_ns"] for o in ops] or [1]))
     faults = data.get("faults") or []
     events = data.get("events") or []
-    return {"timeline": Markup(timeline_svg(ops, events, faults, t0, t1, palette)),
-            "latency": Markup(latency_svg(ops, faults, t0, t1, palette)),
+    conc = (data.get("config") or {}).get("concurrency")
+    vt = _violation_ns(data.get("first"))
+    return {"timeline": Markup(timeline_svg(ops, events, faults, t0, t1, palette,
+                                            concurrency=conc if isinstance(conc, int) else None,
+                                            violation_ns=vt)),
+            "latency": Markup(latency_svg(ops, faults, t0, t1, palette, violation_ns=vt)),
             "throughput": Markup(throughput_svg(data.get("completions") or [], faults, t0, t1,
-                                                palette))}
+                                                palette, violation_ns=vt))}
+
+
+UNCHECKED = "not finished"  # a key the checker left once another key was invalid
 
 
 def _lin(checks: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -195,30 +214,77 @@ def _lin(checks: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[
         else:
             note = "Not checked."
     out = []
+    unchecked: dict[str, list[str]] = {}
     for it in items:
         v = verdict_class(str(it.get("verdict")))
+        reason = str(it.get("reason") or "")
+        if v == "unknown" and reason.startswith(UNCHECKED):
+            unchecked.setdefault(reason, []).append(str(it.get("key")))
+            continue
         out.append({"key": it.get("key"), "verdict": v, "explanation": it.get("explanation"),
                     "html": it.get("html"),
                     "missing": v == "invalid" and not it.get("html")
                     and it.get("stored") is False})
-    return {"sections": out, "note": note}
+    lines = [f"{len(keys)} other key{'s' if len(keys) > 1 else ''} not checked "
+             f"({', '.join(keys)}): {reason.removeprefix(UNCHECKED).strip(' :')}. "
+             "The check stops at the first key that is not linearizable; these were "
+             "neither passed nor failed." for reason, keys in unchecked.items()]
+    for sec in out:  # the first drawn counterexample: the violation box links to it
+        if sec["html"]:
+            sec["first"] = True
+            break
+    return {"sections": out, "note": note, "unchecked": lines}
+
+
+def entry_role(e: Mapping[str, Any], c: int, offending: tuple[Any, Any]) -> str:
+    """What a log entry is to the violation: the marker's own entry at the cutover index
+    C (labelled so, since every entry above it must be wrapped and it is the line the
+    reader compares against), the first offending entry, or one above C."""
+    idx = e.get("idx")
+    if (e.get("node"), idx) == offending:
+        return "offending" + (" (above C)" if isinstance(idx, int) and idx > c else "")
+    if idx == c:
+        return "marker (C)"
+    return "above C" if isinstance(idx, int) and idx > c else ""
+
+
+def entry_rows(entries: Sequence[Mapping[str, Any]], c: int,
+                at: tuple[Any, Any]) -> list[tuple[Any, ...]]:
+    """The log around C and around the first offending entry, each a few entries wide,
+    with one "..." row for what lies between: C and the offending entry can be a hundred
+    entries apart, and the rows between them say nothing."""
+    idx = at[1] if isinstance(at[1], int) else c
+    keep = [e for e in entries if isinstance(e.get("idx"), int)
+            and (c - 2 <= e["idx"] <= c + 3 or idx - 3 <= e["idx"] <= idx + 6)]
+    rows: list[tuple[Any, ...]] = []
+    for k, e in enumerate(keep):
+        if k and e["idx"] > keep[k - 1]["idx"] + 1:
+            rows.append(("...", f"{e['idx'] - keep[k - 1]['idx'] - 1} entries", "", "", "",
+                         "", ""))
+        # an entry whose payload has no opcode is a new leader's no-op: not cleartext
+        stored = ("wrapped" if e.get("wrapped") else
+                  "no-op" if e.get("opcode") is None and not e.get("opcode_name") else
+                  "cleartext")
+        rows.append((e.get("node"), e.get("idx"), e.get("term"), e.get("opcode_name") or "-",
+                     stored, _dash(e.get("key_id")), entry_role(e, c, at)))
+    return rows
 
 
 def _i1(i1: Mapping[str, Any] | None, palette: dict[str, str]) -> dict[str, Any] | None:
     if not i1:
         return None
     c = i1.get("cutover") or 0
+    first = i1.get("first") or {}
+    at = (first.get("node"), first.get("index"))
     out: dict[str, Any] = {
+        "name": i1.get("name", "I1"), "title": i1.get("title") or "",
         "cutover": i1.get("cutover"),
         "count": i1.get("count", len(i1.get("violations") or [])),
         "violations": [(v.get("node"), v.get("index"), v.get("term"),
                         v.get("opcode_name") or v.get("opcode"),
                         "cleartext" if not v.get("wrapped") else "wrapped", v.get("half", ""),
                         v.get("reason", "")) for v in i1.get("violations") or []],
-        "entries": [(e.get("node"), e.get("idx"), e.get("term"), e.get("opcode_name") or "-",
-                     "wrapped" if e.get("wrapped") else "cleartext", _dash(e.get("key_id")),
-                     "above C" if e.get("idx", 0) > c else "")
-                    for e in i1.get("entries") or []],
+        "entries": entry_rows(i1.get("entries") or [], c, at),
         "t_ns": i1.get("t_ns"), "window": None,
     }
     win = i1.get("window_ns")
@@ -235,7 +301,8 @@ def _i1(i1: Mapping[str, Any] | None, palette: dict[str, str]) -> dict[str, Any]
         out["context"] = rows
         out["timeline"] = Markup(timeline_svg([], i1.get("events") or [],
                                               i1.get("band_faults") or [], int(a), int(b),
-                                              palette, plot_id="i1-timeline"))
+                                              palette, plot_id="i1-timeline",
+                                              violation_ns=i1.get("t_ns")))
     return out
 
 

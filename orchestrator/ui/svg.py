@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from checker.visualize import assign_color, esc
+from nemesis.faults import FAMILIES, KINDS, OPT_IN_FAMILIES
 
 # Geometry of the plots (px, in the SVG's own coordinates; the SVG scales to the page).
 WIDTH = 1100
@@ -27,8 +28,15 @@ PLOT_H = 220
 OUTCOME_COLORS = {"ok": "#4caf50", "fail": "#e57373", "info": "#ffa726"}
 
 __all__ = ["AXIS_H", "BAND_LABEL_H", "EVENT_LANE_H", "GUTTER", "LANE_H", "OUTCOME_COLORS",
-           "PLOT_H", "RIGHT", "WIDTH", "TimeAxis", "axis", "band_label_rows", "bands", "esc",
-           "fault_color", "glyph", "gridline", "nice", "secs", "targets_text", "visible"]
+           "PLOT_H", "RIGHT", "WIDTH", "TimeAxis", "axis", "bands", "esc", "family_color",
+           "family_of", "family_order", "fault_color", "glyph", "gridline", "nice", "secs",
+           "targets_text", "visible"]
+
+# What the run's operator does for the cutover (nemesis records that are not faults):
+# the timeline draws them in the cutover lane, not among the faults.
+CUTOVER_FAULTS = frozenset({"enable", "enable-raft-envelope", "cutover-requested",
+                            "cutover-settled", "rotate"})
+CUTOVER_FAMILIES = frozenset({"enable", "rotate"})
 
 
 def secs(ns: int | float | None) -> str:
@@ -60,10 +68,11 @@ class TimeAxis:
         step = nice(span / 10)
         first = math.ceil(self.t0 / 1e9 / step) * step
         out = []
-        t = first
-        while t <= self.t1 / 1e9 + 1e-9:
+        # by index, not by adding up: a step below 1 ns (a window of a few ns) rounded
+        # to 9 decimals would never advance
+        for k in range(int((self.t1 / 1e9 - first) / step + 1e-6) + 1):
+            t = round(first + k * step, 12)
             out.append((self(t * 1e9), f"{t:g}s" if step >= 1 else f"{t:.{_decimals(step)}f}s"))
-            t = round(t + step, 9)
         return out
 
 
@@ -82,9 +91,36 @@ def _decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if step * 10 % 10 == 5 else 0)
 
 
+def family_of(fault: str) -> str:
+    """The family of a nemesis record, by its kind's record (`nemesis/faults.py`):
+    `cutover` for the operator's records, `heal` for the heal, else `other` (a kind
+    this build does not know: an older run's)."""
+    if fault in CUTOVER_FAULTS:
+        return "cutover"
+    kind = KINDS.get(fault)
+    fam = (kind.family or "heal") if kind is not None else (
+        fault if fault in FAMILIES or fault in OPT_IN_FAMILIES else "other")
+    return "cutover" if fam in CUTOVER_FAMILIES else fam
+
+
+def family_order(fam: str) -> tuple[int, str]:
+    """Lanes in the order `--nemesis` names the families, then the rest by name."""
+    order = [f for f in FAMILIES + OPT_IN_FAMILIES if f not in CUTOVER_FAMILIES]
+    order += ["heal", "other"]
+    return (order.index(fam), fam) if fam in order else (len(order), fam)
+
+
+def family_color(family: str, palette: dict[str, str]) -> str:
+    """The colour of a fault family on this page: one per family (about ten families,
+    ten distinct colours), not one per kind (twenty kinds ran out of colours and
+    repeated near-identical pastels)."""
+    return assign_color(family, palette)
+
+
 def fault_color(name: str, palette: dict[str, str]) -> str:
-    """The band color of fault `name` on this page (the counterexample's palette too)."""
-    return assign_color(name, palette)
+    """The colour of fault `name`: its family's, on every drawing of the page (the
+    counterexample's bands too)."""
+    return family_color(family_of(name), palette)
 
 
 def axis(x: TimeAxis, y: float, height: float) -> str:
@@ -98,24 +134,6 @@ def axis(x: TimeAxis, y: float, height: float) -> str:
     return "".join(out)
 
 
-def band_label_rows(x: TimeAxis, faults: Sequence[Mapping[str, Any]]) -> tuple[list[int], int]:
-    """A text row per band label so that labels of nearby faults do not overlap."""
-    ends: list[float] = []
-    rows = []
-    for f in faults:
-        xa = x(f.get("start_ns") or 0)
-        w = len(str(f.get("fault"))) * 6.2 + 6
-        for i, e in enumerate(ends):
-            if xa >= e:
-                ends[i] = xa + w
-                rows.append(i)
-                break
-        else:
-            ends.append(xa + w)
-            rows.append(len(ends) - 1)
-    return rows, len(ends)
-
-
 def visible(x: TimeAxis, f: Mapping[str, Any]) -> bool:
     """Whether fault `f` overlaps the window (an open fault runs to its end)."""
     s = f.get("start_ns") or 0
@@ -124,28 +142,22 @@ def visible(x: TimeAxis, f: Mapping[str, Any]) -> bool:
 
 
 def bands(x: TimeAxis, faults: Sequence[Mapping[str, Any]], top: float, height: float,
-           palette: dict[str, str], label_rows: list[int] | None = None) -> str:
-    """One band per fault behind a plot, hover for what and when; with `label_rows`
-    (the timeline), each band is named above the plot too."""
+          palette: dict[str, str]) -> str:
+    """One band per fault behind a plot, in its family's colour; hover for what and
+    when."""
     out = []
-    for k, f in enumerate(faults):
+    for f in faults:
         s = f.get("start_ns") or 0
         e = f.get("end_ns")
         e = x.t1 if e is None else e
         xa, xb = x(s), x(e)
         color = fault_color(str(f.get("fault")), palette)
         targets = f.get("targets")
-        tip = (f"{f.get('fault')} on {targets_text(targets)} from {secs(s)} s to {secs(f.get('end_ns'))} s")
+        tip = (f"{f.get('fault')} on {targets_text(targets)} from {secs(s)} s to "
+               f"{secs(f.get('end_ns'))} s")
         out.append(f'<rect class="band" data-fault="{esc(f.get("fault"))}" x="{xa:.1f}" '
                    f'y="{top:.1f}" width="{max(xb - xa, 1.5):.1f}" height="{height:.1f}" '
                    f'fill="{color}"><title>{esc(tip)}</title></rect>')
-        if label_rows is not None:
-            ly = 12 + label_rows[k] * 12
-            lx = min(xa + 1, WIDTH - RIGHT - len(str(f.get("fault"))) * 6.2)
-            out.append(f'<text class="bandlabel" x="{lx:.1f}" y="{ly}" '
-                       f'fill="{color}">{esc(f.get("fault"))}</text>'
-                       f'<line class="bandtick" x1="{xa:.1f}" y1="{ly - 9}" x2="{xa:.1f}" '
-                       f'y2="{top:.1f}" stroke="{color}"/>')
     return "".join(out)
 
 

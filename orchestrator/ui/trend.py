@@ -17,9 +17,10 @@ from orchestrator import store
 from orchestrator.nightly.matrix import is_fixed
 from orchestrator.nightly.trend import Point, TrendData, trend_data
 from orchestrator.ui.render import page
-from orchestrator.ui.svg import GUTTER, PLOT_H, RIGHT, WIDTH, esc, fault_color, gridline, nice
+from orchestrator.ui.svg import GUTTER, PLOT_H, RIGHT, WIDTH, esc, family_color, gridline, nice
 
 LEGEND_ROW = 14
+LEGEND_CHAR_W = 6.9  # px of one character of the 11px monospace legend
 X_LABEL_H = 30
 
 
@@ -27,9 +28,14 @@ def trend_page(results: str, nonce: str | None = None, last: int | None = None) 
     """`/trend`: the plots, the table and the flakes of every recorded matrix."""
     with store.opened(results) as db:
         data = trend_data(db, last=last)
+    return render_trend(data, nonce)
+
+
+def render_trend(data: TrendData, nonce: str | None = None) -> str:
+    """The page of `data` (no database: a test draws hand-made trends)."""
     palette: dict[str, str] = {}
     for label in data.series:
-        fault_color(label, palette)
+        family_color(label, palette)
     rows = [{"label": label if i == 0 else "", "matrix": p.matrix,
              "started": p.started.replace("T", " ")[:16], "revision": (p.revision or "-")[:12],
              "detected": _detected(p), "median": "-" if p.median_s is None
@@ -70,10 +76,14 @@ def plot(data: TrendData, palette: dict[str, str], value: Callable[[Point], floa
     n = len(data.matrices)
     if not n or not data.series:
         return Markup("")
-    legend_h = LEGEND_ROW * ((len(data.series) + 3) // 4) + 6
+    w = WIDTH - GUTTER - RIGHT
+    labels = [label + (" (valid share)" if is_fixed(label) else "") for label in data.series]
+    # as many legend columns as the longest label allows: a label never runs into the next
+    col_w = max(len(t) for t in labels) * LEGEND_CHAR_W + 30
+    cols = max(1, min(4, int(w // col_w)))
+    legend_h = LEGEND_ROW * ((len(data.series) + cols - 1) // cols) + 6
     top = legend_h + 8
     height = top + PLOT_H + X_LABEL_H
-    w = WIDTH - GUTTER - RIGHT
     index = {m["id"]: i for i, m in enumerate(data.matrices)}
 
     def x(i: int) -> float:
@@ -91,14 +101,16 @@ def plot(data: TrendData, palette: dict[str, str], value: Callable[[Point], floa
                f'x2="{WIDTH - RIGHT}" y2="{top + PLOT_H:.1f}"/>')
     step = max(1, (n + 9) // 10)
     for i, m in enumerate(data.matrices):
-        if i % step == 0 or i == n - 1:
+        # every step-th, and the last; not one a step too close to the last
+        if (i % step == 0 and (i == n - 1 or n - 1 - i >= step)) or i == n - 1:
             label = str(m.get("started") or "").replace("T", " ")[5:16]
             anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
             out.append(f'<text class="tick" x="{x(i):.1f}" y="{top + PLOT_H + 14:.1f}" '
                        f'text-anchor="{anchor}"><title>{esc(m["id"])}</title>{esc(label)}'
                        f'</text>')
+    taken: dict[tuple[int, int], int] = {}
     for j, (label, points) in enumerate(data.series.items()):
-        color = fault_color(label, palette)
+        color = family_color(label, palette)
         dash = ' stroke-dasharray="5 3"' if is_fixed(label) else ""
         pts = [(index[p.matrix], value(p), p) for p in points if p.matrix in index]
         drawn = [(i, v, p) for i, v, p in pts if v is not None]
@@ -107,14 +119,21 @@ def plot(data: TrendData, palette: dict[str, str], value: Callable[[Point], floa
             out.append(f'<polyline class="series" points="{path}" fill="none" '
                        f'stroke="{color}" stroke-width="2"{dash}/>')
         for i, v, p in drawn:
+            # builds with the same value at the same matrix (all at 100%, say) side by
+            # side, not drawn over each other
+            k = taken.get((i, round(y(v))), 0)
+            taken[(i, round(y(v)))] = k + 1
+            # (inward at the first and the last matrix: the value labels are left of it)
+            dx = (k * 7 if i == 0 else -k * 7 if i == n - 1
+                  else (k + 1) // 2 * 7 * (1 if k % 2 else -1))
             tip = (f"{label} in {p.matrix} ({p.revision or 'no revision'}): "
                    f"{_detected(p)}, median "
                    f"{'-' if p.median_s is None else f'{p.median_s:.1f} s'}")
-            out.append(f'<circle class="pt" data-build="{esc(label)}" cx="{x(i):.1f}" '
+            out.append(f'<circle class="pt" data-build="{esc(label)}" cx="{x(i) + dx:.1f}" '
                        f'cy="{y(v):.1f}" r="4" fill="{color}"><title>{esc(tip)}</title>'
                        f'</circle>')
-        lx = GUTTER + (j % 4) * (w / 4)
-        ly = 12 + (j // 4) * LEGEND_ROW
+        lx = GUTTER + (j % cols) * (w / cols)
+        ly = 12 + (j // cols) * LEGEND_ROW
         out.append(f'<rect x="{lx:.1f}" y="{ly - 8}" width="14" height="8" fill="{color}"/>'
                    f'<text class="legend" x="{lx + 18:.1f}" y="{ly}">{esc(label)}'
                    f'{" (valid share)" if is_fixed(label) else ""}</text>')
@@ -122,4 +141,4 @@ def plot(data: TrendData, palette: dict[str, str], value: Callable[[Point], floa
     return Markup("".join(out))
 
 
-__all__ = ["plot", "trend_page"]
+__all__ = ["plot", "render_trend", "trend_page"]

@@ -45,8 +45,9 @@ from orchestrator import store
 from orchestrator.errors import ReviewError
 from orchestrator.store.export import history_text
 from orchestrator.ui.data import DEFAULT_MAX_OPS, report_data
-from orchestrator.ui.render import page, verdict_class
+from orchestrator.ui.render import page
 from orchestrator.ui.report import render_report
+from orchestrator.ui.runlist import index_page
 from orchestrator.ui.trend import trend_page
 
 SECRET_NAMES = frozenset({"kek"})
@@ -180,64 +181,6 @@ def zip_run(run_dir: str, history: str | None, out: Any,
     return n
 
 
-def _duration(s: Any) -> str:
-    return "" if s is None else f"{float(s):.1f}s"
-
-
-def _run_href(run_id: Any) -> str | None:
-    return f"/run/{urllib.parse.quote(str(run_id))}/" if run_id else None
-
-
-def hunt_rows(db: Any) -> list[dict[str, Any]]:
-    """The hunts for the index page: each with its findings, each finding with its
-    simulated run and the real runs that replayed it (links), and the rare-coverage
-    runs."""
-    out = []
-    for h in store.hunts(db):
-        runs = store.hunt_runs(db, h["id"])
-        findings = []
-        for f in store.hunt_findings(db, h["id"]):
-            mine = [r for r in runs if r.get("finding") == f["finding"]]
-            gap = f.get("gap") if isinstance(f.get("gap"), dict) else None
-            findings.append({
-                "n": f["finding"], "kind": f.get("kind"), "seed": f.get("seed"),
-                "sentence": f.get("sentence") or "", "sim_run": f.get("sim_run"),
-                "sim_href": _run_href(f.get("sim_run")), "plan": f.get("plan_file"),
-                "confirmed": f.get("confirmed") or 0, "attempts": len(mine),
-                "gap": None if gap is None else str(gap.get("line") or ""),
-                "runs": [{"id": r["real_run"], "href": _run_href(r["real_run"]),
-                          "verdict": verdict_class(r.get("verdict"), None),
-                          "outcome": r.get("outcome"), "kind": r.get("kind") or ""}
-                         for r in mine]})
-        rare = [{"id": r["real_run"], "href": _run_href(r["real_run"]), "seed": r.get("seed"),
-                 "verdict": verdict_class(r.get("verdict"), None),
-                 "points": ", ".join((r.get("detail") or {}).get("rare_points") or [])}
-                for r in runs if r.get("role") == "rare"]
-        cfg = (h.get("config") or {}).get("run") or {} if isinstance(h.get("config"), dict) \
-            else {}
-        out.append({"id": h["id"], "started": str(h.get("started") or "").replace("T", " ")[:19],
-                    "build": ",".join(cfg.get("bugs") or []) or cfg.get("profile") or "fixed",
-                    "status": h.get("status") or "", "summary": h.get("summary") or "",
-                    "seeds": ((h.get("detail") or {}).get("search") or {}).get("seeds"),
-                    "findings": findings, "rare": rare})
-    return out
-
-
-def index_page(results: str, nonce: str | None = None) -> str:
-    """`/`: every run, newest first, its verdict cell colored; then the hunts, each
-    finding with its simulated run and its real confirmations."""
-    with store.opened(results) as db:
-        rows = store.runs(db)
-        hunts = hunt_rows(db)
-    runs = [{"id": r["id"], "href": f"/run/{urllib.parse.quote(r['id'])}/",
-             "verdict": verdict_class(r.get("verdict"), r.get("status")),
-             "started": str(r.get("started") or "").replace("T", " ")[:19],
-             "duration": _duration(r.get("duration_s")), "workload": r.get("workload"),
-             "nemesis": r.get("nemesis"), "bugs": r.get("bugs") or "-", "seed": r.get("seed"),
-             "summary": r.get("summary") or ""} for r in rows]
-    return page("index.html", nonce=nonce, title="cutover results", runs=runs, hunts=hunts)
-
-
 def files_page(run_id: str, run_dir: str, rel: str, full: str,
                keks: set[Identity] | None = None, nonce: str | None = None) -> str:
     """`/run/<id>/files/<rel>`: a directory of the run (never its secrets, nor anything
@@ -299,7 +242,8 @@ class Handler(BaseHTTPRequestHandler):
             if "\0" in path or any("\0" in v for vs in query.values() for v in vs):
                 return self._error(400, "a NUL byte in the request")
             if path == "/":
-                return self._send(200, index_page(self.results, self._nonce))
+                return self._send(200, index_page(self.results, self._nonce,
+                                                  {k: v[-1] for k, v in query.items()}))
             if path == "/trend":
                 return self._send(200, trend_page(self.results, self._nonce))
             if path == "/favicon.ico":

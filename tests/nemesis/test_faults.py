@@ -22,6 +22,7 @@ from nemesis.faults import (
     StartAndWait,
     Until,
     WaitUp,
+    _restart_stuck,
     choose,
 )
 from nemesis.primitives import Step, Target, When
@@ -239,6 +240,21 @@ def test_operator_enable_retries_after_indeterminate_answers_and_marks_milestone
     # After `failed` the operator never asks the stuck node again before restarting it.
     stuck_node = ctx.attempts[1]["node"]
     assert ctx.attempts[2]["node"] != stuck_node or ("kill", stuck_node, False) in w.calls
+
+
+def test_two_operator_steps_never_restart_one_stuck_node_twice() -> None:
+    """Two EnableRaftEnvelope steps share the stuck-barrier list; one restarting a node
+    while the other waits for its own restart must not make the other restart it again
+    (it once raised KeyError, a harness error: seed 447 of an elastickv hunt)."""
+    ctx, w = _ctx()
+    w.t = 10.0
+    ctx.stuck.update({"n1": 1.0, "n2": 1.0})
+    first = _restart_stuck(ctx, random.Random(1))
+    assert isinstance(next(first), Until)  # n1 restarted; it waits for n1 to come up
+    list(_restart_stuck(ctx, random.Random(2)))  # the other step restarts n2 meanwhile
+    list(first)  # resumes: n2 is no longer stuck
+    kills = [c for c in w.calls if c[0] == "kill"]
+    assert kills == [("kill", "n1", False), ("kill", "n2", False)] and not ctx.stuck
 
 
 def test_operator_rotate_retries_with_the_same_key() -> None:

@@ -305,6 +305,8 @@ def test_each_finding_reproduces_on_elastickv_and_not_on_the_fixed_profile(
     assert cfg.profile == "elastickv"
     o = simulate(cfg, tmp_path / "ekv", plan)
     assert o.verdict == "invalid" and o.failing == doc["failing"], (o.failing, o.first)
+    for name in doc.get("also_failing", []):  # what ends it: a refused restart, say
+        assert o.checks[name]["valid"] == "invalid", (name, o.checks[name])
     fixed = simulate(replace(cfg, profile="fixed"), tmp_path / "fixed", plan)
     assert fixed.verdict == "valid", (fixed.failing, fixed.first)
 
@@ -313,4 +315,13 @@ def test_the_findings_are_there() -> None:
     assert {p.stem for p in FINDINGS} >= {"r2-second-marker", "r3-install-across-cutover",
                                          "keys-not-in-snapshots",
                                          "marker-stale-after-snapshot-across-rotation",
-                                         "rotation-retry-moves-key-back"}
+                                         "rotation-retry-moves-key-back",
+                                         "restart-refused-after-snapshot",
+                                         "r3-install-across-cutover-then-restart",
+                                         "marker-stale-after-snapshot-across-rotation-then-restart"}
+    # Each schedule has its write-up (issue 21), and the index links it.
+    index = (FINDINGS[0].parent.parent / "findings.md").read_text()
+    for p in FINDINGS:
+        stem = p.stem.removesuffix("-then-restart")
+        assert (p.parent / f"{stem}.md").exists(), stem
+        assert f"findings/{stem}.md" in index, stem

@@ -129,7 +129,8 @@ def test_config_for_plan_file_takes_every_field_the_user_gave(tmp_path: Path) ->
                       op_timeout=2.0, tick_ms=20.0, election_ticks=12, snapshot_every=50,
                       max_msg_bytes=1, max_inflight=1, enable_timeout_ticks=90,
                       lin_timeout=30.0, finish_within=10.0, scenario="churn",
-                      buggify=True, results=str(tmp_path / "r"))
+                      buggify=True, results=str(tmp_path / "r"),
+                      crash_point={"node": "n2", "k": 7, "action": "tear", "again": 0})
     for name in FIELDS:
         if name in ("results", "plan_file"):
             continue

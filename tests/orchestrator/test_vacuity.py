@@ -54,6 +54,22 @@ def test_each_thing_asked_for_and_missing_is_named() -> None:
     assert suite.first_violation(results)[0] == "vacuity"
 
 
+def test_a_crash_point_that_never_fired_is_named() -> None:
+    """A crash-consistency re-run (docs/sim.md) whose crash never happened tested nothing
+    new; on real processes it never can (crash points are the simulator's)."""
+    asked = {**ASKED, "crash_point": {"node": "n2", "k": 40, "action": "tear", "again": 0}}
+    none = suite.vacuity(asked, [OK], [KILL], [FRESH])
+    assert none["valid"] == "unknown" and none["missing"] == [
+        "it was asked for a crash at n2's durability boundary 40 and none happened (crash "
+        "points are the simulator's)"]
+    # A BUGGIFY death of the swarm's is not the crash point's.
+    swarm = {"node": "n2", "kind": "buggify", "point": "wal.synced", "action": "crash"}
+    assert suite.vacuity(asked, [OK], [KILL], [FRESH, swarm])["valid"] == "unknown"
+    fired = {"node": "n2", "kind": "buggify",
+             "detail": {"point": "wal.synced", "action": "tear", "crash_point": 40}}
+    assert suite.vacuity(asked, [OK], [KILL], [FRESH, fired])["valid"] == "valid"
+
+
 @pytest.mark.real
 def test_a_real_run_whose_faults_never_fired_is_not_valid(tmp_path) -> None:
     """Real processes: a plan whose only fault waits for an event that never comes (a

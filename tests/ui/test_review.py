@@ -81,12 +81,49 @@ def _fake_cutover(c: int, t_cut: int, bad: dict[str, Any]) -> dict[str, Any]:
             "failing": "I1"}
 
 
+# A default run's nemesis, roughly: twenty windows of many kinds, several overlapping,
+# and the operator's cutover records (fractions of the run: start, stop).
+BUSY_FAULTS = [("restart", ["n1"], .04, .07), ("reorder", ["n1", "n2", "n3"], .12, .25),
+               ("pause", ["n3"], .23, .31), ("pause", ["n1"], .30, .36),
+               ("slow-out", ["n2"], .30, .37), ("slow-out", ["n3"], .35, .37),
+               ("delay", ["n1", "n2", "n3"], .38, .40), ("pause", ["n1", "n2"], .39, .44),
+               ("halves", [], .41, .46), ("snapshot", ["n3"], .42, .42),
+               ("delay", ["n1", "n2", "n3"], .42, .44), ("kill", ["n3"], .50, .52),
+               ("loss", ["n1", "n2", "n3"], .58, .60), ("reorder", ["n1", "n2", "n3"], .60, .64),
+               ("kill", ["n2"], .63, .70), ("cut-in", ["n1"], .68, .82),
+               ("duplicate", ["n1", "n2", "n3"], .78, .80), ("loss", ["n1", "n2", "n3"], .80, .84),
+               ("slow-in", ["n3"], .80, .81), ("kill-power", ["n1"], .85, .88),
+               ("clock-skew", ["n2"], .86, .90), ("corrupt-entry", ["n2"], .97, .98)]
+BUSY_CUTOVER = [("rotate", ["n1"], .06, .062, {"key_id": 2}),
+                ("cutover-requested", None, .29, None, {}),
+                ("enable-raft-envelope", ["n1"], .29, .291, {}),
+                ("cutover-settled", None, .291, None, {"cutover": 10}),
+                ("rotate", ["n1"], .37, .371, {"key_id": 3})]
+
+
+def record_busy_nemesis(rec: Any, end: int) -> None:
+    """`BUSY_FAULTS` and `BUSY_CUTOVER` into a run's nemesis records."""
+    for fault, targets, a, b in BUSY_FAULTS:
+        if a == b:
+            rec.fault(int(a * end), "event", fault, targets)
+            continue
+        rec.fault(int(a * end), "start", fault, targets)
+        rec.fault(int(b * end), "stop", fault, targets)
+    for fault, targets, a, b, detail in BUSY_CUTOVER:
+        if b is None:
+            rec.fault(int(a * end), "event", fault, targets, detail)
+        else:
+            rec.fault(int(a * end), "start", fault, targets, detail)
+            rec.fault(int(b * end), "stop", fault, targets, {})
+
+
 def store_synthetic_run(results: str, run_id: str, *, seed: int, n_ops: int = 300,
-                        stale: bool = False, leak: bool = False,
+                        stale: bool = False, leak: bool = False, busy: bool = False,
                         started: str = "2026-01-01T00:00:00.000+00:00") -> dict[str, Any]:
     """A run recorded through `Recorder`, with a run directory (config, a KEK, node
     dirs) like `cutover run` leaves; `stale` makes one read stale, `leak` stores a
-    cutover check that found a cleartext entry above C on n1."""
+    cutover check that found a cleartext entry above C on n1, `busy` adds a default
+    run's worth of faults (`BUSY_FAULTS`)."""
     events = simulate_kv(n_ops, keys=3, clients=4, seed=seed, crash_rate=0.01)
     if stale:
         inject_stale_read(events, seed)
@@ -116,6 +153,8 @@ def store_synthetic_run(results: str, run_id: str, *, seed: int, n_ops: int = 30
                node="n1")
     rec.fault(end // 4, "start", "partition", ["n1"], {"grudge": "isolate"})
     rec.fault(end // 2, "stop", "partition", ["n1"])
+    if busy:
+        record_busy_nemesis(rec, end)
     t_cut, t_halt = end // 3, end // 2 + 1000
     evs = [("n1", t_cut - 1000, "marker-proposed", {"index": 10}),
            ("n1", t_cut - 500, "barrier", {"up": True}),

@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 
 from orchestrator import store
+from orchestrator.nightly.trend import Point, TrendData
+from orchestrator.ui.trend import render_trend
 from orchestrator.ui.web import serving
-from tests.ui.test_review import synthetic_results
+from tests.ui.test_review import store_synthetic_run, synthetic_results
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
@@ -150,6 +152,9 @@ def site(tmp_path_factory) -> Iterator[tuple[str, dict[str, Any]]]:
                              {"unknown": 2, "aborted": 130}.get(verdict), rid])
             runs[verdict] = {"id": rid, "verdict": verdict}
     db.conn.close()
+    # a failed run with a default run's worth of faults (tests/ui/test_review.py)
+    runs["busy"] = store_synthetic_run(results, "20260101T000007-s7", seed=2, stale=True,
+                                       busy=True, started="2026-01-01T00:00:07.000+00:00")
     with serving(results) as url:
         yield url, runs
 
@@ -270,3 +275,122 @@ def test_a_script_without_the_nonce_does_not_run(browser: WebDriver, site) -> No
             return window.injected === 1;""")
         assert ran is False, path
         assert any("Content Security Policy" in m for m in _errors(browser)), path
+
+
+# ------------------------------------------------------------- issue 23: the evidence
+
+
+def _window(wd: WebDriver, width: int, height: int = 900) -> None:
+    wd.s("/window/rect", {"width": width, "height": height})
+
+
+BOXES = """const sel = arguments[0];
+    return Array.from(document.querySelectorAll(sel)).map(e => {
+      const b = e.getBoundingClientRect();
+      return {text: e.textContent, l: b.left, r: b.right, t: b.top, b: b.bottom};
+    });"""
+
+
+def _overlaps(boxes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["text"], b["text"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a["l"] < b["r"] - 0.5 and b["l"] < a["r"] - 0.5
+            and a["t"] < b["b"] - 0.5 and b["t"] < a["b"] - 0.5]
+
+
+def test_a_failed_runs_page_leads_with_its_evidence(browser: WebDriver, site) -> None:
+    """At 1400 px: the violation marker is on every plot, and the counterexample starts
+    within the first screen below the first-violation box."""
+    base, runs = site
+    _window(browser, 1400)
+    try:
+        browser.get(f"{base}/run/{runs['busy']['id']}/")
+        info = browser.js("""
+            const box = document.getElementById('first-violation').getBoundingClientRect();
+            const cx = document.getElementById('counterexample').getBoundingClientRect();
+            const marks = {};
+            for (const id of ['timeline', 'latency', 'throughput']) {
+              marks[id] = Array.from(document.querySelectorAll(
+                `#${id} .violation-marker line`)).map(l => l.getBoundingClientRect().height);
+            }
+            return {box_top: box.top, box_bottom: box.bottom, cx_top: cx.top,
+                    cx_h: cx.height, screen: window.innerHeight, marks: marks,
+                    link: document.querySelector('#first-violation a[href="#counterexample"]')
+                          !== null};""")
+        for plot, heights in info["marks"].items():
+            assert heights and all(h > 50 for h in heights), (plot, info["marks"])
+        assert info["link"]
+        assert info["cx_h"] > 200
+        assert 0 <= info["cx_top"] - info["box_bottom"] < info["screen"], info
+        assert _errors(browser) == []
+    finally:
+        _window(browser, 1280, 1000)
+
+
+@pytest.mark.parametrize("width", [1400, 900])
+def test_no_two_fault_labels_overlap_on_the_timeline(browser: WebDriver, site,
+                                                     width: int) -> None:
+    base, runs = site
+    _window(browser, width)
+    try:
+        browser.get(f"{base}/run/{runs['busy']['id']}/")
+        labels = browser.js(BOXES, "#timeline text.faultlabel")
+        lanes = browser.js("return Array.from(document.querySelectorAll("
+                           "'#timeline g.faultlane')).map(g => g.dataset.family);")
+        plot = browser.js(BOXES, "#timeline")[0]
+        assert len(lanes) == len(set(lanes)) >= 8, lanes  # one lane per family
+        assert len(labels) >= len(lanes), labels
+        assert _overlaps(labels) == []
+        assert all(b["l"] >= plot["l"] and b["r"] <= plot["r"] + 0.5 for b in labels), \
+            "a label is clipped at the plot's edge"
+        assert _errors(browser) == []
+    finally:
+        _window(browser, 1280, 1000)
+
+
+def test_the_run_list_counts_and_filters(browser: WebDriver, site) -> None:
+    base, runs = site
+    browser.get(base + "/")
+    counts = browser.js("return Object.fromEntries(Array.from(document.querySelectorAll("
+                        "'#counts a.count')).map(a => [a.dataset.verdict, +a.dataset.count]));")
+    verdicts = [r["verdict"] for r in runs.values()]
+    assert counts == {v: verdicts.count(v) for v in set(verdicts)}
+    href = browser.js("return document.querySelector("
+                      "'.facet[data-dim=verdict] a[data-value=invalid]').href;")
+    browser.get(href)
+    shown = browser.js("return Array.from(document.querySelectorAll('tr.run'))"
+                       ".map(r => r.dataset.verdict);")
+    assert shown and set(shown) == {"invalid"} and len(shown) == verdicts.count("invalid")
+    assert _errors(browser) == []
+
+
+def test_trend_text_never_overlaps(browser: WebDriver, tmp_path) -> None:
+    """Long build names in the legend, twelve matrices on the axis, and builds with the
+    same rate at the same matrix: no two texts overlap and no two points coincide."""
+    builds = ["fixed", "no-barrier", "snapshot-install-no-cutover",
+              "elastickv: stale-check-first", "barrier-release-on-timeout",
+              "leader-unapplied-marker", "raw-admin-proposer"]
+    matrices = [{"id": f"m{i:02d}", "started": f"2026-01-{i + 1:02d}T03:00:00"}
+                for i in range(12)]
+    series = {b: [Point(m["id"], m["started"], "abc", b, 10, 10, 0, 3.0) for m in matrices]
+              for b in builds}
+    path = tmp_path / "trend.html"
+    path.write_text(render_trend(TrendData(matrices, series)), encoding="utf-8")
+    _window(browser, 1400)
+    try:
+        browser.get(path.as_uri())
+        for i in range(2):
+            sel = f"svg.trend:nth-of-type({i + 1}) text"
+            texts = browser.js(f"""const s = document.querySelectorAll('svg.trend')[{i}];
+                return Array.from(s.querySelectorAll('text')).map(e => {{
+                  const b = e.getBoundingClientRect();
+                  return {{text: e.textContent, l: b.left, r: b.right, t: b.top,
+                           b: b.bottom}}; }});""")
+            assert len(texts) > len(builds), sel
+            assert _overlaps(texts) == [], sel
+        pts = browser.js("""return Array.from(document.querySelectorAll('svg.trend')[0]
+            .querySelectorAll('circle.pt')).map(c => [c.getAttribute('cx'),
+                                                      c.getAttribute('cy')].join());""")
+        assert len(pts) == len(builds) * len(matrices) == len(set(pts))
+        assert _errors(browser) == []
+    finally:
+        _window(browser, 1280, 1000)
