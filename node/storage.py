@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from node.disk import REAL, Disk
 from node.events import EventKind
+from node.raft_types import RaftPanic
 from node.sidecar import SidecarError
 from node.snapshot import SnapshotError, SnapshotHeader, SnapshotStore
 from node.types import Entry, HardState, Snapshot, SnapshotMeta
@@ -52,8 +53,15 @@ def storage_failure(e: BaseException) -> bool:
     """Whether a node died of its storage (a file that failed its checksum or its
     structure, a read the disk refused) rather than of a bug: the one answer both the
     node process and the simulator give, so each exits the same way
-    (`node.events.EXIT_STORAGE`)."""
-    if isinstance(e, SidecarError | SnapshotError | WalError | StorageError):
+    (`node.events.EXIT_STORAGE`).
+
+    A `RaftPanic` counts: the node's durable log contradicts the log the cluster
+    committed, which correct Raft never reaches unless the node's storage lost a write
+    it had reported durable (a lost write at a WAL's tail reads back as a torn tail, and
+    a per-record checksum cannot tell them apart). The node stops instead of diverging:
+    fail-closed on storage it cannot trust. The `crashes` checker excuses that only on a
+    node a storage fault damaged; anywhere else it is still a finding."""
+    if isinstance(e, SidecarError | SnapshotError | WalError | StorageError | RaftPanic):
         return True
     return isinstance(e, OSError) and e.errno == errno.EIO
 

@@ -47,7 +47,12 @@ def check_i2(nodes: list[Node], decoded: DecodedLog, side_c: dict[str, int], cut
         c = side_c.get(n.name)
         det: dict[str, Any] = {"sidecar_cutover": c, "snapshots": []}
         _sidecar(col, n, c, cut, side_c, applied.get(n.name, 0), det)
-        if cut and cut in n.log and _marker_at_cutover(col, n, decoded, cut, det):
+        if cut and cut in n.log and max(n.commit, applied.get(n.name, 0)) < cut:
+            # Never committed on this node (its hard state and its events say so): a
+            # divergent tail Raft overwrites when the node catches up, unless it never
+            # does (a node that refused its damaged storage stays down). Not its history.
+            det["uncommitted_at_cutover"] = True
+        elif cut and cut in n.log and _marker_at_cutover(col, n, decoded, cut, det):
             verified_on.append(n.name)
         _snapshot_headers(col, n, cut, det)
         col.result.nodes[n.name] = det

@@ -96,6 +96,9 @@ class Lab:
         self.halts: dict[str, list[dict]] = {n: [] for n in NODES}
         self.extra_events: dict[str, list[dict]] = {n: [] for n in NODES}
         self.cutover_events = True
+        # Each node's commit index on disk and in its events (12: caught up; lower: a
+        # node that stopped there, as one that refused its damaged storage does).
+        self.commits = {n: 12 for n in NODES}
         self.built: dict[str, str] | None = None
 
     def true_digest(self, index: int) -> str:
@@ -142,7 +145,7 @@ class Lab:
                 for b in batches:
                     st.save_entries(b)
                     st.sync()
-                st.set_hard_state(HardState(3, "n2", 12))
+                st.set_hard_state(HardState(3, "n2", self.commits[n]))
                 st.sync()
                 if n == "n1":
                     st.compact(self.snapshot(), cutover=self.snap_cutover(),
@@ -156,10 +159,13 @@ class Lab:
                 ev.emit("halt", **h)
             for x in self.extra_events[n]:
                 ev.emit(**x)
-            reported = [(a, self.true_digest(a) if d is None else d) for a, d in self.digests[n]]
+            reported = [(a, self.true_digest(a) if d is None else d) for a, d in self.digests[n]
+                        if a <= self.commits[n]] or [(0, KV().digest())]
             for applied, digest in reported:
                 ev.emit(EventKind.PROGRESS, applied=applied, digest=digest)
-            ev.emit("stop", term=3, commit=12, applied=12, digest=reported[0][1])
+            top = self.commits[n]
+            ev.emit("stop", term=3, commit=top, applied=top,
+                    digest=self.true_digest(top) if top < 12 else reported[0][1])
             ev.close()
             dirs[n] = str(d)
         t_post = time.monotonic_ns()
@@ -437,6 +443,27 @@ def test_cutover_that_is_not_a_marker(lab: Lab) -> None:
     assert "not a cleartext enable-raft-envelope marker" in v["reason"]
     # n1's snapshot header (cutover 6) disagrees with C=5 as well.
     assert any(x["node"] == "n1" and x["index"] == C for x in report["I2"].violations)
+
+
+def test_an_uncommitted_entry_at_c_on_a_node_that_never_caught_up_is_not_judged(
+        lab: Lab, tmp_path: Path) -> None:
+    """A node that stopped before C committed (one that refused its damaged storage stays
+    down) may hold a divergent uncommitted entry at C, which Raft would have overwritten:
+    not its history. Found by a 1,500-seed batch of the fixed build with storage faults
+    (seeds 21184 and 21411), which I2 called "the entry at C is user"."""
+    lab.overrides["n3"][C] = Spec(C, 1, write("z", b"never-committed"))
+    lab.commits["n3"] = 4
+    report = lab.check()
+    assert "I2" not in only_failing(report), report["I2"].violations
+    assert report["I2"].nodes["n3"].get("uncommitted_at_cutover") is True
+    # The same entry on a node that committed past C is judged, and it is a violation.
+    (tmp_path / "committed").mkdir()
+    other = Lab(tmp_path / "committed")
+    other.overrides["n3"][C] = Spec(C, 1, write("z", b"never-committed"))
+    bad = other.check()
+    assert "I2" in only_failing(bad)
+    v = bad["I2"].first_violation
+    assert (v["node"], v["index"]) == ("n3", C) and "is user, not a cleartext" in v["reason"]
 
 
 def test_halt_event(lab: Lab) -> None:

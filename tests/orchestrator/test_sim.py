@@ -311,3 +311,26 @@ def test_a_power_loss_while_installing_a_snapshot_leaves_the_sidecar_ahead(
     assert any(e["kind"] == "snapshot-installed" and e["node"] == "n2" and e["cutover"]
                for e in o.events)
     assert not [e for e in o.events if e["kind"] == "start-failed"]
+
+
+@pytest.mark.sim
+def test_a_raft_panic_after_lost_writes_is_a_fail_closed_exit(tmp_path: Path) -> None:
+    """Seed 20410 of a 1,500-seed batch of the fixed build with BUGGIFY and storage
+    faults: n3's disk lost two writes it reported durable (a lost write at a WAL's tail
+    reads back as a torn tail), so after its bounce its log held term 1 where the
+    cluster had committed term 3. Raft saw it and panicked (exit code 1: a crash, and the
+    run INVALID). A RaftPanic is now what it is, storage the node cannot trust: it exits
+    `EXIT_STORAGE`, excused on a node a storage fault damaged, counted anywhere else."""
+    from node.events import EXIT_STORAGE
+    from orchestrator.sim.cli import load_plan_file
+
+    path = ROOT / "tests" / "plans" / "lost-write-then-raft-panic.json"
+    cfg, plan, _doc = load_plan_file(str(path))
+    print(f"cutover sim --replay {path.relative_to(ROOT)} (seed {cfg.seed})")
+    o = simulate(cfg, tmp_path / "run", plan)
+    assert any(n["fault"] == "lost-write" and n["f"] == "start" and n["targets"] == ["n3"]
+               for n in o.nemesis)
+    exits = [e for e in o.events if e["node"] == "n3" and e["kind"] == "exit"]
+    assert exits and exits[0]["code"] == EXIT_STORAGE and "RaftPanic" in exits[0]["error"]
+    assert o.verdict == "valid", (o.failing, o.first)
+    assert o.checks["crashes"].get("expected_refusals"), o.checks["crashes"]
