@@ -218,6 +218,16 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
     from orchestrator.sim import cli as simcli
 
     if replay_file:
+        # A replay is exact: the file's config, not the flags. A flag that would have
+        # changed the run (once `--profile fixed`, silently played on elastickv) is named.
+        ctx = click.get_current_context()
+        ignored = sorted(p.opts[0] for p in ctx.command.params
+                         if p.name not in ("replay_file", "results", "workers")
+                         and getattr(ctx.get_parameter_source(p.name or ""), "name", None)
+                         == "COMMANDLINE")
+        if ignored:
+            fail(f"--replay plays the file's own config exactly; {', '.join(ignored)} would "
+                 f"not be used (to play its plan with other flags: cutover run --plan FILE)")
         sys.exit(simcli.replay(replay_file, results))
     if (seeds is None) == (budget is None):
         fail("give exactly one of --seeds N and --budget SECONDS")

@@ -466,6 +466,14 @@ class SimCluster:
         node = self.nodes[nid]
         if not node.up or node.host is None:
             return None
+        if self.now < node.busy_until:
+            # Its loop is still in its last turn's fsyncs: a real process serves the
+            # request only once they are done, so what the request writes can never be
+            # durable before them. (A snapshot taken here while the turn's sidecar write
+            # was still "in flight" survived a power loss that took the sidecar back: a
+            # snapshot saying C beside a sidecar saying 0, the node refused for good;
+            # `cutover sim --buggify`, seed 24510.)
+            node.turn_log = []
         try:
             return fn(node.host)
         except NodeExit as e:

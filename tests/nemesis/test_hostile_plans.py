@@ -276,6 +276,19 @@ def test_the_valid_plan_file_replays(tmp_path: Path) -> None:
     assert p.stdout.startswith("seed 5: ") and "#3 kill bound A after step 2" in p.stdout
 
 
+def test_a_replay_refuses_the_flags_it_would_not_use(tmp_path: Path) -> None:
+    """`sim --replay FILE --profile fixed` once played the file's elastickv config
+    silently; a replay is exact, so a flag that would change the run is named."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(VALID))
+    p = subprocess.run([*CLI, "sim", "--replay", str(path), "--profile", "fixed", "--bug",
+                        "no-barrier", "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "--bug, --profile would not be used" in p.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was simulated
+
+
 def test_every_stored_plan_and_every_generated_plan_reads_back() -> None:
     """The checks refuse nothing the harness writes: the plan files in the repository,
     and plans the generator makes at the edges (a 1 s run, a cutover at 0, one node)."""

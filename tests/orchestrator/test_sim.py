@@ -334,3 +334,24 @@ def test_a_raft_panic_after_lost_writes_is_a_fail_closed_exit(tmp_path: Path) ->
     assert exits and exits[0]["code"] == EXIT_STORAGE and "RaftPanic" in exits[0]["error"]
     assert o.verdict == "valid", (o.failing, o.first)
     assert o.checks["crashes"].get("expected_refusals"), o.checks["crashes"]
+
+
+@pytest.mark.sim
+def test_a_harness_snapshot_during_a_turns_fsyncs_waits_for_them(tmp_path: Path) -> None:
+    """Seed 24510 of a 3,500-seed batch of the fixed build with BUGGIFY and storage
+    faults: the nemesis's snapshot-now reached n1 while its loop was still in the fsyncs
+    of the turn that applied the marker (the sidecar write that records C). The simulator
+    took the snapshot at once, durable, and a BUGGIFY power loss then took the turn's
+    unfinished writes back, sidecar included: a snapshot saying C=121 beside a sidecar
+    saying 0, and the start-up guard refused the node for good. A real process serves the
+    request only after those fsyncs; `SimCluster.call_on` now does the same."""
+    from orchestrator.sim.cli import load_plan_file
+
+    path = ROOT / "tests" / "plans" / "snapshot-now-during-fsyncs.json"
+    cfg, plan, _doc = load_plan_file(str(path))
+    print(f"cutover sim --replay {path.relative_to(ROOT)} (seed {cfg.seed})")
+    o = simulate(cfg, tmp_path / "run", plan)
+    assert any(e["kind"] == "buggify" and e["node"] == "n1" and e["action"] == "tear"
+               for e in o.events)  # the power loss still strikes
+    assert not [e for e in o.events if e["kind"] == "start-failed"], o.first
+    assert o.verdict == "valid", (o.failing, o.first)
