@@ -241,6 +241,16 @@ def _can_fork() -> bool:
     return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 
 
+def reap(procs: list[Any], conns: list[Any]) -> None:
+    """However a forked read or check ends: no worker left running, no pipe left open."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(timeout=5)
+    for c in conns:
+        c.close()
+
+
 def die_with_parent(parent: int) -> None:
     """First thing in a forked worker: be killed when the parent dies (Linux's
     PR_SET_PDEATHSIG), or go now if it already has."""
@@ -320,12 +330,7 @@ def _read_parallel(path: str, model: str, size: int, workers: int) -> Columns:
     except EOFError:
         raise _Fallback from None
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(timeout=5)
-        for rd in conns:
-            rd.close()
+        reap(procs, conns)
 
 
 def _stitch(out: Columns, state: tuple[dict[Any, int], int], part: tuple) -> tuple:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
-from .lin_columns import Columns, LazyOps, die_with_parent
+from .lin_columns import Columns, LazyOps, die_with_parent, reap
 from .lin_refute import refuted
 from .lin_search import (
     DEFAULT_MAX_CONFIGS,
@@ -372,12 +372,7 @@ def _fork(sched: _Scheduler, workers: int, bound0: int, deadline: float | None,
                     ops = sched.cols.ops(sched.parts[k]) if comp[1] or comp[2] else []
                     yield k, rank, _expand(comp, ops)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(timeout=5)
-        for c in conns:
-            c.close()
+        reap(procs, conns)
 
 
 def _worker(sched: _Scheduler, mine: set[int], shared: Any, lock: Any, conn: Any,

@@ -4,7 +4,7 @@ simulator, and both in one.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -173,6 +173,21 @@ def _next_lines(run_id: str, results: str, verdict: str) -> list[str]:
     return lines
 
 
+def search_options(f: Any) -> Any:
+    """The simulated search's own flags, the same on `sim` and `hunt` (docs/sim.md)."""
+    f = click.option("--crash-points", type=click.IntRange(0, 1000), default=0,
+                     show_default=True,
+                     help="Re-run each seed that held N times, each crashed at one "
+                          "durability boundary it crossed (crash-consistency exploration, "
+                          "docs/sim.md).")(f)
+    f = click.option("--guided/--no-guided", default=False, show_default=True,
+                     help="Keep a corpus of plans that reached new protocol states and run "
+                          "about half the seeds as mutants of them (docs/sim.md).")(f)
+    return click.option("--buggify/--no-buggify", default=False, show_default=True,
+                        help="Arm a seed-drawn subset of the node's BUGGIFY points "
+                             "(docs/sim.md).")(f)
+
+
 @main.command()
 @click.option("--seeds", type=click.IntRange(min=1), help="Simulate seeds first..first+N-1.")
 @click.option("--budget", type=Finite(min=0, min_open=True),
@@ -194,14 +209,7 @@ def _next_lines(run_id: str, results: str, verdict: str) -> list[str]:
 @click.option("--results", default=default("results"), show_default=True)
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
               help="Shrink the first failing seed of each kind to a minimal plan.")
-@click.option("--buggify/--no-buggify", default=False, show_default=True,
-              help="Arm a seed-drawn subset of the node's BUGGIFY points (docs/sim.md).")
-@click.option("--guided/--no-guided", default=False, show_default=True,
-              help="Keep a corpus of plans that reached new protocol states and run about "
-                   "half the seeds as mutants of them (docs/sim.md).")
-@click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
-              help="Re-run each seed that held N times, each crashed at one durability "
-                   "boundary it crossed (crash-consistency exploration, docs/sim.md).")
+@search_options
 @click.option("--replay", "replay_file", type=click.Path(dir_okay=False),
               help="Reproduce a plan file (a shrunk one) exactly, and nothing else.")
 def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, time_limit: float,
@@ -275,14 +283,7 @@ def sim(seeds: int | None, budget: float | None, first_seed: int, nodes: int, ti
               help="Seconds of workload and faults per seed.")
 @click.option("--rate", type=_ranged("rate", upper=False), default=SIM_DEFAULTS["rate"],
               show_default=True, help="Client ops per second.")
-@click.option("--buggify/--no-buggify", default=False, show_default=True,
-              help="Arm a seed-drawn subset of the node's BUGGIFY points (docs/sim.md).")
-@click.option("--guided/--no-guided", default=False, show_default=True,
-              help="Keep a corpus of plans that reached new protocol states and run about "
-                   "half the seeds as mutants of them (docs/sim.md).")
-@click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
-              help="Re-run each seed that held N times, each crashed at one durability "
-                   "boundary it crossed (crash-consistency exploration, docs/sim.md).")
+@search_options
 @results_option
 def hunt(budget: float | None, seeds: int | None, first_seed: int, workers: int, confirm: int,
          rare: int, profile: str, bugs: tuple[str, ...], nemesis: str, scenario: str,
