@@ -21,10 +21,17 @@ endif
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The install compiles the checker's hot modules with mypyc (setup.py; docs/checker.md,
+# "The compiled path"), so it runs again when they change; it says which path the
+# checker will run (compiled, or pure Python and why). A module edited since is never run
+# compiled anyway: `checker._native` compares its source hash and falls back.
+COMPILED_SRC := setup.py checker/lin_search.py checker/models.py checker/lin_refute.py
+
+$(STAMP): pyproject.toml $(COMPILED_SRC)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(BIN)/python -c 'import checker._native as n; print("checker:", n.status())'
 	@touch $(STAMP)
 
 # The main job on its defaults: `cutover hunt` (60 s of simulated search, then real
@@ -57,4 +64,4 @@ bench: install
 	$(BIN)/cutover bench checker
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info *.so checker/*.so

@@ -38,7 +38,7 @@ from typing import Any
 
 from .lin_columns import Columns, LazyOps, die_with_parent, reap
 from .lin_refute import refuted
-from .lin_search import (
+from .lin_result import (
     DEFAULT_MAX_CONFIGS,
     CheckResult,
     PartitionResult,
@@ -81,7 +81,13 @@ def _rank(phase: int, rounds: int, k: int) -> int:
 
 
 def interrupt(gens: Sequence[Generator], reason: str) -> PartitionResult:
-    """Stop a partition's searches; keep the deepest partial linearization found."""
+    """Stop a partition's searches; keep the deepest partial linearization found (not
+    for a partition skipped because another is invalid: `check_columns` keeps nothing
+    of those, so its path is not made)."""
+    if reason == SKIPPED:
+        for g in gens:
+            g.close()
+        return PartitionResult(Verdict.UNKNOWN, [], reason=reason)
     best: PartitionResult | None = None
     for g in gens:
         try:

@@ -24,6 +24,10 @@ from typing import Any
 
 from .history import UNKNOWN, Op
 
+# The hash of this file's source, baked in by the build when it compiles the module
+# (setup.py); "" in the source itself (see `checker._native`).
+SOURCE_HASH = ""
+
 _INF = 1 << 62
 _RECENT = 64  # appends checked per get: the latest ones, where a stale get shows
 
@@ -34,19 +38,22 @@ def refuted(model_name: str, ops: Sequence[Op]) -> int | None:
     ones after it can only go after it, so they change nothing). Else None."""
     if model_name not in ("kv", "register", "cas-register"):
         return None
-    fs = {o.f for o in ops}
+    # Ops seen as Any: compiled code checks a typed attribute it reads, and histories
+    # may carry times that are not the ints `Op` declares (floats).
+    anyops: Sequence[Any] = ops
+    fs = {o.f for o in anyops}
     if fs <= {"get", "append", "put"}:
-        bad = _appends(ops)
+        bad = _appends(anyops)
     elif fs <= {"read", "write", "cas"}:
-        bad = _registers(ops)
+        bad = _registers(anyops)
     else:
         return None
-    if bad is None:
+    if bad is None or bad.ret is None:  # (a refuting read has returned)
         return None
-    return bisect_left([o.call for o in ops], bad.ret)
+    return bisect_left([o.call for o in anyops], bad.ret)
 
 
-def _appends(ops: Sequence[Op]) -> Op | None:
+def _appends(ops: Sequence[Any]) -> Any:
     done = sorted((o.ret, o.value, o.call) for o in ops
                   if o.f == "append" and o.ret is not None)
     if not done or any(v.__class__ is not str for _, v, _ in done):
@@ -75,8 +82,8 @@ def _appends(ops: Sequence[Op]) -> Op | None:
     return None
 
 
-def _registers(ops: Sequence[Op]) -> Op | None:
-    writers: dict[Any, list[Op]] = {}
+def _registers(ops: Sequence[Any]) -> Any:
+    writers: dict[Any, list[Any]] = {}
     for o in ops:
         if o.f == "write":
             writers.setdefault(o.value, []).append(o)

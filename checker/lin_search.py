@@ -27,119 +27,45 @@ Python is the search space, not micro-tuning:
 
 A check never hangs or eats the machine: a timeout and a bound on remembered
 configurations turn into an `unknown` verdict with the reason.
+
+This module is compiled with mypyc when the install could (`checker.compiled()`,
+`docs/checker.md`, "The compiled path"): the same source, so the same answers. Hence its
+shape: the search's state lives in typed locals and in small classes with declared
+attributes (`_Search`, `_Frame`, `_Node`), not in closures and generators per
+configuration, and nothing here is patched or extended from outside (the result types
+live in `checker.lin_result`).
 """
 from __future__ import annotations
 
-import os
-import resource
-from bisect import bisect_left
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable, Generator
 from typing import Any
 
 from .history import UNKNOWN, Op, freeze
-from .models import Model
+from .lin_result import (
+    DEFAULT_MAX_CONFIGS,
+    CheckResult,
+    PartitionResult,
+    Step,
+    Verdict,
+    _Abort,
+    rss_mb,
+)
+from .models import KV, CasRegister, Model, Register
 
+__all__ = ["DEFAULT_MAX_CONFIGS", "CheckResult", "PartitionResult", "Step", "Verdict",
+           "_Abort", "rss_mb", "search_partition", "SOURCE_HASH"]
 
-class Verdict(StrEnum):
-    """The outcome of a check; the order of badness is invalid > unknown > valid."""
+# The hash of this file's source, baked in by the build when it compiles the module
+# (setup.py); "" in the source itself. `checker._native` compares it with the source
+# next to the compiled module, so a stale build never runs in place of newer code.
+SOURCE_HASH = ""
 
-    VALID = "valid"
-    INVALID = "invalid"
-    UNKNOWN = "unknown"
-
-    @property
-    def rank(self) -> int:
-        """Badness; the one ranking of verdicts (checks, runs, partitions, pages)."""
-        return {"valid": 0, "unknown": 1, "invalid": 2}[self.value]
-
-    @property
-    def exit_code(self) -> int:
-        return {"valid": 0, "invalid": 1, "unknown": 2}[self.value]
-
-    @staticmethod
-    def rank_of(value: str) -> int:
-        """The rank of a stored verdict string; one this build does not know ranks as
-        `unknown` (it is not a pass, and not a proven violation either)."""
-        try:
-            return Verdict(value).rank
-        except ValueError:
-            return Verdict.UNKNOWN.rank
-
-    @staticmethod
-    def worst(verdicts: list[Verdict]) -> Verdict:
-        return max(verdicts, key=lambda v: v.rank, default=Verdict.VALID)
-
-
-@dataclass
-class Step:
-    """One op placed in a linearization, with the model state right after it."""
-
-    op: Op
-    state: Any
-    unknown_chain: bool = False  # an indeterminate op applied to enable the next one
-
-
-@dataclass
-class PartitionResult:
-    """The verdict for one independent part of the history (e.g. one key)."""
-
-    verdict: Verdict
-    ops: list[Op]
-    linearization: list[Step] = field(default_factory=list)  # full, or the longest prefix
-    blocked: list[tuple[Op, bool]] = field(default_factory=list)  # (op, illegal right there)
-    reason: str = ""
-    configurations: int = 0
-    key: Any = None
-
-    @property
-    def valid(self) -> bool | str:
-        return _as_valid(self.verdict)
-
-
-@dataclass
-class CheckResult:
-    """The overall verdict is the worst of the partitions."""
-
-    verdict: Verdict
-    partitions: list[PartitionResult]
-    model: str
-    seconds: float = 0.0
-
-    @property
-    def valid(self) -> bool | str:
-        return _as_valid(self.verdict)
-
-    def failures(self) -> list[PartitionResult]:
-        return [p for p in self.partitions if p.verdict is not Verdict.VALID]
-
-
-def _as_valid(v: Verdict) -> bool | str:
-    return True if v is Verdict.VALID else False if v is Verdict.INVALID else "unknown"
-
-
-class _Abort(Exception):
-    pass
-
-
-def rss_mb() -> float:
-    """This process's resident memory now, in MB (its peak where /proc is missing).
-    The search's memory grows with the depth of its path (a frame per linearized op),
-    so a bound on configurations alone does not bound memory; this does."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 1e6
-    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best there is
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-DEFAULT_MAX_CONFIGS = 3_000_000
 _REACH_LIMIT = 20_000
 _SLICE = 256  # configurations a search explores before it yields to the scheduler
+_INF = 1 << 62  # a frontier past every op: history positions are far below it
+# Shared placeholders, never mutated: a frame's lists are replaced before they are read.
+_NO_INTS: list[int] = []
+_NO_OPTIONS: list[tuple[Any, int, tuple[int, ...]]] = []
 
 
 class _Retro:
@@ -147,9 +73,365 @@ class _Retro:
 
     __slots__ = ("state_after", "before")
 
-    def __init__(self, state_after: Any, before: Any) -> None:
+    def __init__(self, state_after: Any, before: _Node) -> None:
         self.state_after = state_after  # state right after it, where it really goes
         self.before = before  # the path node of the overwrite it goes in front of
+
+
+class _Node:
+    """A node of the search path: the move that made a configuration, and its parent.
+    `chain` is the tuple of unknown ops applied right before (indices into `unk`), or a
+    `_Retro` for an erasing move."""
+
+    __slots__ = ("parent", "idxs", "state", "chain")
+
+    def __init__(self, parent: _Node | None, idxs: list[int], state: Any,
+                 chain: Any) -> None:
+        self.parent = parent
+        self.idxs = idxs
+        self.state = state
+        self.chain = chain
+
+
+class _Erase:
+    """The last overwrite on the path: the frontier then, the state just before it, and
+    its path node (what an erasing move goes in front of)."""
+
+    __slots__ = ("frontier", "state", "node")
+
+    def __init__(self, frontier: int, state: Any, node: _Node) -> None:
+        self.frontier = frontier
+        self.state = state
+        self.node = node
+
+
+class _Frame:
+    """One configuration on the stack and where its moves have got to.
+
+    The moves are made lazily, in the order the search tries them (`_Search.advance`):
+    the reads legal now (one move), then the erasing move, then each candidate (after
+    each chain of unknown ops, when there are any). `phase` says which: 0 not started,
+    1 erasing move next, 2 chains of unknown ops to find, 4 candidates, 3 done."""
+
+    __slots__ = ("base", "rel", "used", "lo_ret", "frontier", "depth", "node", "erase",
+                 "state", "phase", "cands", "ci", "options", "oi", "m_idxs", "m_state",
+                 "m_used", "m_chain")
+
+    def __init__(self, base: int, rel: int, used: int, lo_ret: int, frontier: int,
+                 depth: int, node: _Node | None, erase: _Erase | None, state: Any) -> None:
+        self.base = base
+        self.rel = rel
+        self.used = used
+        self.lo_ret = lo_ret
+        self.frontier = frontier
+        self.depth = depth  # required ops linearized
+        self.node = node
+        self.erase = erase
+        self.state = state
+        self.phase = 0
+        self.cands: list[int] = _NO_INTS  # (set by `start`: no list made per frame here)
+        self.ci = 0
+        self.options: list[tuple[Any, int, tuple[int, ...]]] = _NO_OPTIONS
+        self.oi = 0
+        # The move `advance` found: ops linearized, state after, unknowns spent, chain.
+        self.m_idxs: list[int] = _NO_INTS
+        self.m_state: Any = None
+        self.m_used = 0
+        self.m_chain: Any = ()
+
+
+class _Search:
+    """One partition's ops as arrays, and the moves out of a configuration."""
+
+    def __init__(self, model: Model, ops: list[Op], by_ret_order: bool) -> None:
+        # (Any, not bool: a model's own step may say legal with any true value.)
+        self.step: Callable[[Any, Op], tuple[Any, Any]] = model.step
+        # The built-in models, called directly (compiled: a native call, no boxing).
+        self.kv: KV | None = model if isinstance(model, KV) and type(model) is KV else None
+        self.reg: CasRegister | None = (
+            model if isinstance(model, CasRegister) and type(model) in (CasRegister, Register)
+            else None)
+        readonly = model.readonly
+        # Ops seen as Any here: compiled code checks a typed attribute it reads, and
+        # histories may carry times that are not the ints `Op` declares (floats).
+        anyops: list[Any] = ops
+        # Required ops completed inside their interval; unknown ones are optional.
+        req = sorted((o for o in anyops if o.ret is not None
+                      and not (o.output is UNKNOWN and readonly(o))), key=_call_of)
+        self.req: list[Op] = req
+        anyreq: list[Any] = req
+        self.unk: list[Op] = sorted((o for o in anyops if o.ret is None and not readonly(o)),
+                                    key=_call_of)
+        n = len(req)
+        self.n = n
+        # Times are only compared with each other, so their ranks serve as well: native
+        # ints when compiled, whatever the history's times are (positions, or floats).
+        calls: list[Any] = [_call_of(o) for o in req]
+        rets: list[Any] = [_ret_of(o) for o in req]
+        unk_calls: list[Any] = [_call_of(o) for o in self.unk]
+        if not all(t.__class__ is int for t in calls + rets + unk_calls):
+            rank = {t: r for r, t in enumerate(sorted(set(calls + rets + unk_calls)))}
+            calls, rets = [rank[t] for t in calls], [rank[t] for t in rets]
+            unk_calls = [rank[t] for t in unk_calls]
+        self.calls: list[int] = calls
+        self.rets: list[int] = rets
+        self.ro: list[bool] = [bool(readonly(o)) for o in req]
+        self.read_memo: list[dict[Any, bool]] = [{} for _ in req]
+        overwrites = getattr(model, "overwrites", None)
+        self.blind: list[bool] = [bool(overwrites and overwrites(o)) for o in req]
+        self.by_ret: list[int] = sorted(range(n), key=lambda i: rets[i])
+        self.rets_sorted: list[int] = [rets[i] for i in self.by_ret]
+        # Each op's parts, read once, for the built-in models' `step_parts`.
+        parts = self.kv is not None or self.reg is not None
+        self.f_of: list[str] = [o.f for o in anyreq] if parts else []
+        self.value_of: list[Any] = [o.value for o in anyreq] if parts else []
+        self.output_of: list[Any] = [o.output for o in anyreq] if parts else []
+        # Made by `prepare`, for a search (the one pass needs none of them).
+        self.single: list[list[int]] = []
+        self.pos_ret: list[int] = []
+        self.cut: list[int] = []
+        self.by_ret_order = by_ret_order
+        # Classes of interchangeable unknown ops, each sorted by call.
+        cls_index: dict[Any, int] = {}
+        cls_ops: list[list[int]] = []
+        for j, o in enumerate(self.unk):
+            c = cls_index.setdefault((o.f, freeze(o.key), freeze(o.value)), len(cls_ops))
+            if c == len(cls_ops):
+                cls_ops.append([])
+            cls_ops[c].append(j)
+        self.cls_ops = cls_ops
+        self.cls_mask: list[int] = [sum(1 << j for j in js) for js in cls_ops]
+        self.cls_calls: list[list[int]] = [[unk_calls[j] for j in js] for js in cls_ops]
+        self.has_unknown = bool(self.unk)
+
+    def prepare(self) -> None:
+        """What the search needs beyond the one pass."""
+        n = self.n
+        # The one-op moves' `idxs`, made once per op (read only, like every `idxs`).
+        self.single = [[i] for i in range(n)]
+        # Each op's place in return order: sorting places sorts by return, ties by index.
+        self.pos_ret = [0] * n
+        for p, i in enumerate(self.by_ret):
+            self.pos_ret[i] = p
+        # For each place in return order, the ops called before that op returned: with
+        # the frontier there, the candidates are below this (at and above the base).
+        calls = self.calls
+        self.cut = [_bisect(calls, r, 0) for r in self.rets_sorted] + [n]
+
+    def stepped(self, state: Any, i: int) -> tuple[bool, Any]:
+        """`model.step(state, req[i])`; for the built-in models a native call on the
+        op's parts, read once (`prepare`)."""
+        kv = self.kv
+        if kv is not None:
+            return kv.step_parts(state, self.f_of[i], self.value_of[i], self.output_of[i])
+        reg = self.reg
+        if reg is not None:
+            return reg.step_parts(state, self.f_of[i], self.value_of[i], self.output_of[i])
+        legal, after = self.step(state, self.req[i])
+        return bool(legal), after
+
+    def frontier_of(self, base: int, rel: int, lo_ret: int) -> tuple[int, int]:
+        """The first op by return not yet linearized (its position in return order) and
+        its return: every op linearized next must be called before it."""
+        n = self.n
+        by_ret = self.by_ret
+        while lo_ret < n:
+            i = by_ret[lo_ret]
+            if i < base or (rel >> (i - base)) & 1:
+                lo_ret += 1
+            else:
+                return lo_ret, self.rets_sorted[lo_ret]
+        return lo_ret, _INF
+
+    def reach(self, state: Any, used: int,
+              frontier: int) -> list[tuple[Any, int, tuple[int, ...]]]:
+        """States reachable by chains of still-unused unknown ops, minimal spend each."""
+        cls_ops, cls_mask, cls_calls = self.cls_ops, self.cls_mask, self.cls_calls
+        step, unk = self.step, self.unk
+        out: list[tuple[Any, int, tuple[int, ...]]] = [(state, 0, ())]
+        avail = [c for c in range(len(cls_ops))
+                 if (used & cls_mask[c]).bit_count() < len(cls_ops[c])
+                 and cls_calls[c][(used & cls_mask[c]).bit_count()] < frontier]
+        if not avail:
+            return out
+        best: dict[Any, list[int]] = {state: [0]}
+        layer = out[:]
+        while layer:
+            nxt: list[tuple[Any, int, tuple[int, ...]]] = []
+            for s, m, chain in layer:
+                um = used | m
+                for c in avail:
+                    k = (um & cls_mask[c]).bit_count()
+                    if k >= len(cls_ops[c]) or cls_calls[c][k] >= frontier:
+                        continue
+                    j = cls_ops[c][k]
+                    legal, s2 = step(s, unk[j])
+                    if not legal or s2 == s:
+                        continue
+                    m2 = m | (1 << j)
+                    seen = best.get(s2)
+                    if seen is not None:
+                        if _covered(seen, m2):
+                            continue
+                        seen.append(m2)
+                    else:
+                        best[s2] = [m2]
+                    item = (s2, m2, chain + (j,))
+                    nxt.append(item)
+                    out.append(item)
+                    if len(out) > _REACH_LIMIT:
+                        raise _Abort(f"more than {_REACH_LIMIT} states reachable through "
+                                     "indeterminate operations")
+            layer = nxt
+        return out
+
+    def start(self, fr: _Frame) -> bool:
+        """A frame's first move: candidates are the ops not linearized, called before
+        the frontier, in the order to try. Reads legal right now are linearized now, all
+        at once, without branching: moving a read earlier never hurts (it changes
+        nothing and only relaxes the frontier). Read legality per state is memoized:
+        reads are re-tested a lot."""
+        base, rel, state = fr.base, fr.rel, fr.state
+        width = self.cut[fr.lo_ret] - base  # (below zero: no candidates)
+        cands: list[int] = []
+        ro = self.ro
+        for k in range(width):
+            if not (rel >> k) & 1:
+                cands.append(base + k)
+        if self.by_ret_order:
+            # By return: an insertion sort on each op's place in return order (a few
+            # ops, mostly in order already; ties are impossible, places are distinct).
+            pos_ret = self.pos_ret
+            for a in range(1, len(cands)):
+                i = cands[a]
+                p = pos_ret[i]
+                b = a - 1
+                while b >= 0 and pos_ret[cands[b]] > p:
+                    cands[b + 1] = cands[b]
+                    b -= 1
+                cands[b + 1] = i
+        legal_reads: list[int] | None = None  # (made when there is one: most frames)
+        read_memo = self.read_memo
+        for i in cands:
+            if ro[i]:
+                memo = read_memo[i]
+                ok = memo.get(state)
+                if ok is None:
+                    ok = memo[state] = self.stepped(state, i)[0]
+                if ok:
+                    if legal_reads is None:
+                        legal_reads = [i]
+                    else:
+                        legal_reads.append(i)
+        fr.cands = cands
+        if legal_reads is not None:
+            fr.phase = 3
+            fr.m_idxs, fr.m_state, fr.m_used, fr.m_chain = legal_reads, state, 0, ()
+            return True
+        fr.phase = 1
+        return self.advance(fr)
+
+    def advance(self, fr: _Frame) -> bool:
+        """The frame's next move into its `m_*` fields; False when there is none left."""
+        phase = fr.phase
+        if phase == 0:
+            return self.start(fr)
+        if phase == 3:
+            return False
+        ro, single = self.ro, self.single
+        if phase == 1:
+            # The op that must be linearized now may never have been observed: try first
+            # to put it right before the last overwrite (a write that ignores the state),
+            # which erases it and leaves the state as it is. That is a real
+            # linearization (it was pending then), and it keeps an unobserved write from
+            # being tried everywhere.
+            fr.phase = phase = 2
+            erase = fr.erase
+            if erase is not None:
+                i = self.by_ret[fr.lo_ret]
+                if not ro[i] and self.calls[i] < erase.frontier:
+                    legal, s_after = self.stepped(erase.state, i)
+                    if legal:
+                        fr.m_idxs, fr.m_state, fr.m_used = self.single[i], fr.state, 0
+                        fr.m_chain = _Retro(s_after, erase.node)
+                        return True
+        cands = fr.cands
+        nc = len(cands)
+        ci = fr.ci
+        if not self.has_unknown:
+            # No chains: reads were just found illegal here, only mutations can move.
+            fr.phase = 4
+            state = fr.state
+            kv = self.kv
+            while ci < nc:
+                i = cands[ci]
+                ci += 1
+                if ro[i]:
+                    continue
+                if kv is not None:  # (`stepped`, written out: the most frequent step)
+                    legal, s2 = kv.step_parts(state, self.f_of[i], self.value_of[i],
+                                              self.output_of[i])
+                else:
+                    legal, s2 = self.stepped(state, i)
+                if legal:
+                    fr.ci = ci
+                    fr.m_idxs, fr.m_state, fr.m_used, fr.m_chain = single[i], s2, 0, ()
+                    return True
+            fr.ci, fr.phase = ci, 3
+            return False
+        if phase == 2:
+            fr.phase = 4
+            fr.options = self.reach(fr.state, fr.used, fr.frontier)
+        # Each candidate after each chain of unknown ops.
+        options = fr.options
+        no = len(options)
+        oi = fr.oi
+        while ci < nc:
+            i = cands[ci]
+            if no == 1 and ro[i]:  # illegal in the one state there is (just tested)
+                ci += 1
+                continue
+            while oi < no:
+                s1, m, chain = options[oi]
+                oi += 1
+                legal, s2 = self.stepped(s1, i)
+                if legal:
+                    fr.ci, fr.oi = ci, oi
+                    fr.m_idxs, fr.m_state, fr.m_used, fr.m_chain = single[i], s2, m, chain
+                    return True
+            ci += 1
+            oi = 0
+        fr.ci, fr.oi, fr.phase = ci, oi, 3
+        return False
+
+
+def _bisect(a: list[int], x: int, lo: int) -> int:
+    """`bisect.bisect_left(a, x, lo)`, written out: compiled, it runs on native ints."""
+    hi = len(a)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _call_of(o: Any) -> Any:
+    return o.call
+
+
+def _ret_of(o: Any) -> Any:
+    return o.ret
+
+
+def _covered(prev: list[int], used: int) -> bool:
+    """Whether a configuration seen with one of `prev` (unknown ops spent) can do all
+    that one with `used` can: it spent a subset."""
+    for x in prev:
+        if x & ~used == 0:
+            return True
+    return False
 
 
 # Kept whole on purpose: the search's inner loop holds its state in locals, where a helper per step would cost a call each time (the kv corpus is measured against Go).
@@ -176,22 +458,10 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     `max_rss_mb` bounds what the process grows past `rss_base` (the history it holds is
     the reader's to bound); with `paths` off, a valid result carries no linearization.
     """
-    step = model.step
-    readonly = model.readonly
-    # Required ops completed inside their interval; unknown ones are optional.
-    req = sorted((o for o in ops if o.ret is not None
-                  and not (o.output is UNKNOWN and readonly(o))), key=lambda o: o.call)
-    unk = sorted((o for o in ops if o.ret is None and not readonly(o)), key=lambda o: o.call)
-    n = len(req)
-    calls = [o.call for o in req]
-    rets = [o.ret for o in req]
-    ro = [readonly(o) for o in req]
-    read_memo: list[dict[Any, bool]] = [{} for _ in req]
-    overwrites = getattr(model, "overwrites", None)
-    blind = [bool(overwrites and overwrites(o)) for o in req]
-    by_ret = sorted(range(n), key=rets.__getitem__)
-    rets_sorted = [rets[i] for i in by_ret]
     by_ret_order = order == "ret"
+    sr = _Search(model, ops, by_ret_order)
+    step = sr.step
+    req, unk, n = sr.req, sr.unk, sr.n
     if by_ret_order:
         # One pass first: the completed ops in the order they returned (an order real
         # time allows; indeterminate ops left out, as if they never happened). When each
@@ -199,205 +469,91 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
         # long, lightly contended history end here, at a model step per op.
         s = model.init()
         states = []
-        for i in by_ret:
-            legal, s = step(s, req[i])
+        for i in sr.by_ret:
+            legal, s = sr.stepped(s, i)
             if not legal:
                 break
             states.append(s)
         else:
             return PartitionResult(Verdict.VALID, ops, [Step(req[i], st) for i, st in zip(
-                by_ret, states, strict=True)] if paths else [], configurations=n)
+                sr.by_ret, states, strict=True)] if paths else [], configurations=n)
 
-    # Classes of interchangeable unknown ops, each sorted by call.
-    cls_index: dict[Any, int] = {}
-    cls_ops: list[list[int]] = []
-    for j, o in enumerate(unk):
-        c = cls_index.setdefault((o.f, freeze(o.key), freeze(o.value)), len(cls_ops))
-        if c == len(cls_ops):
-            cls_ops.append([])
-        cls_ops[c].append(j)
-    cls_mask = [sum(1 << j for j in js) for js in cls_ops]
-    cls_calls = [[unk[j].call for j in js] for js in cls_ops]
-    has_unknown = bool(unk)
-
-    def reach(state: Any, used: int, frontier: float) -> Any:
-        """States reachable by chains of still-unused unknown ops, minimal spend each."""
-        out: list[tuple[Any, int, tuple[int, ...]]] = [(state, 0, ())]
-        avail = [c for c in range(len(cls_ops))
-                 if (k := (used & cls_mask[c]).bit_count()) < len(cls_ops[c])
-                 and cls_calls[c][k] < frontier]
-        if not avail:
-            return out
-        best: dict[Any, list[int]] = {state: [0]}
-        layer = out[:]
-        while layer:
-            nxt: list[tuple[Any, int, tuple[int, ...]]] = []
-            for s, m, chain in layer:
-                um = used | m
-                for c in avail:
-                    k = (um & cls_mask[c]).bit_count()
-                    if k >= len(cls_ops[c]) or cls_calls[c][k] >= frontier:
-                        continue
-                    j = cls_ops[c][k]
-                    legal, s2 = step(s, unk[j])
-                    if not legal or s2 == s:
-                        continue
-                    m2 = m | (1 << j)
-                    seen = best.get(s2)
-                    if seen is not None:
-                        if any(x & ~m2 == 0 for x in seen):
-                            continue
-                        seen.append(m2)
-                    else:
-                        best[s2] = [m2]
-                    item = (s2, m2, chain + (j,))
-                    nxt.append(item)
-                    out.append(item)
-                    if len(out) > _REACH_LIMIT:
-                        raise _Abort(f"more than {_REACH_LIMIT} states reachable through "
-                                     "indeterminate operations")
-            layer = nxt
-        return out
-
-    INF = float("inf")
-
-    def frontier_of(base: int, rel: int, lo_ret: int) -> tuple[int, float]:
-        while lo_ret < n:
-            i = by_ret[lo_ret]
-            if i < base or (rel >> (i - base)) & 1:
-                lo_ret += 1
-            else:
-                return lo_ret, rets_sorted[lo_ret]
-        return lo_ret, INF
-
-    def successors(base: int, rel: int, state: Any, used: int, frontier: float,
-                   erase: tuple | None, lo_ret: int) -> Iterator[tuple[Any, Any, int, Any]]:
-        # Candidates: unlinearized ops called before the frontier, in the order to try.
-        width = bisect_left(calls, frontier, base) - base
-        free = ~rel & ((1 << width) - 1)
-        cands = []
-        while free:
-            low = free & -free
-            cands.append(base + low.bit_length() - 1)
-            free ^= low
-        if by_ret_order:
-            cands.sort(key=rets.__getitem__)
-        # Reads legal right now are linearized now, all at once, without branching:
-        # moving a read earlier never hurts (it changes nothing and only relaxes the
-        # frontier). Read legality per state is memoized: reads are re-tested a lot.
-        legal_reads = []
-        for i in cands:
-            if ro[i]:
-                memo = read_memo[i]
-                ok = memo.get(state)
-                if ok is None:
-                    ok = memo[state] = step(state, req[i])[0]
-                if ok:
-                    legal_reads.append(i)
-        if legal_reads:
-            yield legal_reads, state, 0, ()
-            return
-        # The op that must be linearized now may never have been observed: try first to
-        # put it right before the last overwrite (a write that ignores the state), which
-        # erases it and leaves the state as it is. That is a real linearization (it was
-        # pending then), and it keeps an unobserved write from being tried everywhere.
-        if erase is not None:
-            i = by_ret[lo_ret]
-            if not ro[i] and calls[i] < erase[0]:
-                legal, s_after = step(erase[1], req[i])
-                if legal:
-                    yield (i,), state, 0, _Retro(s_after, erase[2])
-        if not has_unknown:
-            # No chains: reads were just found illegal here, only mutations can move.
-            for i in cands:
-                if not ro[i]:
-                    legal, s2 = step(state, req[i])
-                    if legal:
-                        yield (i,), s2, 0, ()
-            return
-        options = reach(state, used, frontier)
-        for i in cands:
-            op = req[i]
-            for s1, m, chain in options:
-                legal, s2 = step(s1, op)
-                if legal:
-                    yield (i,), s2, m, chain
-
+    sr.prepare()
+    has_unknown = sr.has_unknown
+    blind = sr.blind
     root_state = model.init()
     result = PartitionResult(Verdict.VALID, ops)
-    lo_ret, frontier = frontier_of(0, 0, 0)
+    lo_ret, frontier = sr.frontier_of(0, 0, 0)
     if lo_ret == n:
         return result
-    # A path node: (parent, op index, state after, chain of unknown ops before it).
-    # A frame: (moves, base, rel, spent unknowns, lo_ret, path node, erase, state) where
-    # erase = (frontier then, state just before, path node) of the last overwrite.
-    stack: list[tuple[Iterator, int, int, int, int, Any, Any, Any]] = [
-        (successors(0, 0, root_state, 0, frontier, None, lo_ret), 0, 0, 0, lo_ret, None, None,
-         root_state)]
+    stack: list[_Frame] = [_Frame(0, 0, 0, lo_ret, frontier, 0, None, None, root_state)]
     seen_plain: set[tuple[int, int, Any]] = set()
     seen_unknown: dict[tuple[int, int, Any], list[int]] = {}
     configs = 0
     best_depth = -1
-    best_node: Any = None
-    best_cfg = (0, 0, root_state, 0)
+    best_node: _Node | None = None
+    best_cfg: tuple[int, int, Any, int] = (0, 0, root_state, 0)
     ticks = 0
     try:
         while stack:
-            gen, base, rel, used, lo_ret, node, erase, state = stack[-1]
-            here = rets_sorted[lo_ret] if lo_ret < n else INF
-            for idxs, s2, m, chain in gen:
-                rel2 = rel
-                for i in idxs:
-                    rel2 |= 1 << (i - base)
-                tz = (rel2 ^ (rel2 + 1)).bit_length() - 1
-                base2 = base + tz
-                rel2 >>= tz
-                used2 = used | m
-                key = (base2, rel2, s2)
-                if has_unknown:
-                    prev = seen_unknown.get(key)
-                    if prev is not None:
-                        if any(x & ~used2 == 0 for x in prev):
-                            continue
-                        prev.append(used2)
-                    else:
-                        seen_unknown[key] = [used2]
-                else:
-                    if key in seen_plain:
-                        continue
-                    seen_plain.add(key)
-                configs += 1
-                child = (node, idxs, s2, chain)
-                lo2, fr2 = frontier_of(base2, rel2, lo_ret)
-                if lo2 == n:
-                    if paths:  # else made again on demand (`checker.lin_parallel`)
-                        result.linearization = _path(model, child, req, unk)
-                    result.configurations = configs
-                    return result
-                depth = base2 + rel2.bit_count()
-                if depth > best_depth:
-                    best_depth, best_node, best_cfg = depth, child, (base2, rel2, s2, used2)
-                ticks += 1
-                if ticks >= _SLICE:
-                    ticks = 0
-                    if configs > max_configs:
-                        raise _Abort(f"explored more than {max_configs} configurations "
-                                     "(memory bound)")
-                    if max_rss_mb is not None and rss_mb() - rss_base > max_rss_mb:
-                        raise _Abort(f"the check grew past {max_rss_mb:g} MB of memory "
-                                     "(memory bound)")
-                    yield
-                erase2 = erase
-                if chain.__class__ is _Retro:
-                    erase2 = (erase[0], chain.state_after, erase[2])
-                elif not chain and blind[idxs[0]]:  # multi-op moves are reads
-                    # Ops pending now could have gone right before this overwrite.
-                    erase2 = (here, state, child)
-                stack.append((successors(base2, rel2, s2, used2, fr2, erase2, lo2), base2,
-                              rel2, used2, lo2, child, erase2, s2))
-                break
-            else:
+            fr = stack[-1]
+            if not (sr.start(fr) if fr.phase == 0 else sr.advance(fr)):
                 stack.pop()
+                continue
+            idxs = fr.m_idxs
+            s2 = fr.m_state
+            chain = fr.m_chain
+            base = fr.base
+            rel2 = fr.rel
+            for i in idxs:
+                rel2 |= 1 << (i - base)
+            base2 = base
+            while rel2 & 1:  # every op below the new base is linearized
+                rel2 >>= 1
+                base2 += 1
+            used2 = fr.used | fr.m_used
+            key = (base2, rel2, s2)
+            if has_unknown:
+                prev = seen_unknown.get(key)
+                if prev is not None:
+                    if _covered(prev, used2):
+                        continue
+                    prev.append(used2)
+                else:
+                    seen_unknown[key] = [used2]
+            else:
+                if key in seen_plain:
+                    continue
+                seen_plain.add(key)
+            configs += 1
+            child = _Node(fr.node, idxs, s2, chain)
+            lo2, fr2 = sr.frontier_of(base2, rel2, fr.lo_ret)
+            if lo2 == n:
+                if paths:  # else made again on demand (`checker.lin_parallel`)
+                    result.linearization = _path(model, child, req, unk)
+                result.configurations = configs
+                return result
+            depth = fr.depth + len(idxs)
+            if depth > best_depth:
+                best_depth, best_node, best_cfg = depth, child, (base2, rel2, s2, used2)
+            ticks += 1
+            if ticks >= _SLICE:
+                ticks = 0
+                if configs > max_configs:
+                    raise _Abort(f"explored more than {max_configs} configurations "
+                                 "(memory bound)")
+                if max_rss_mb is not None and rss_mb() - rss_base > max_rss_mb:
+                    raise _Abort(f"the check grew past {max_rss_mb:g} MB of memory "
+                                 "(memory bound)")
+                yield
+            erase2 = fr.erase
+            if isinstance(chain, _Retro):
+                assert erase2 is not None
+                erase2 = _Erase(erase2.frontier, chain.state_after, erase2.node)
+            elif not chain and blind[idxs[0]]:  # multi-op moves are reads
+                # Ops pending now could have gone right before this overwrite.
+                erase2 = _Erase(fr.frontier, fr.state, child)
+            stack.append(_Frame(base2, rel2, used2, lo2, fr2, depth, child, erase2, s2))
     except _Abort as e:
         result.verdict = Verdict.UNKNOWN
         result.reason = str(e)
@@ -409,35 +565,36 @@ def search_partition(model: Model, ops: list[Op], order: str = "call",
     result.configurations = configs
     result.linearization = _path(model, best_node, req, unk)
     base, rel, state, used = best_cfg
-    _, frontier = frontier_of(base, rel, 0)
-    options = reach(state, used, frontier) if has_unknown else [(state, 0, ())]
-    width = bisect_left(calls, frontier, base) - base
+    _, frontier = sr.frontier_of(base, rel, 0)
+    options = sr.reach(state, used, frontier) if has_unknown else [(state, 0, ())]
+    width = _bisect(sr.calls, frontier, base) - base
     for i in (base + k for k in range(width) if not (rel >> k) & 1):
         legal_somewhere = any(step(s, req[i])[0] for s, _, _ in options)
         result.blocked.append((req[i], not legal_somewhere))
     return result
 
 
-def _path(model: Model, node: Any, req: list[Op], unk: list[Op]) -> list[Step]:
-    nodes = []
+def _path(model: Model, node: _Node | None, req: list[Op], unk: list[Op]) -> list[Step]:
+    """The linearization a path node ends, from the root."""
+    nodes: list[_Node] = []
     while node is not None:
         nodes.append(node)
-        node = node[0]
+        node = node.parent
     steps: list[Step] = []
     placed: dict[int, Step] = {}  # path node -> the Step of its (last) op
     state = model.init()
-    for nd in reversed(nodes):
-        _, idxs, s2, chain = nd
-        if chain.__class__ is _Retro:
+    for nd in nodes[::-1]:
+        chain = nd.chain
+        if isinstance(chain, _Retro):
             # It goes right before the overwrite that erased it.
             k = steps.index(placed[id(chain.before)])
-            steps.insert(k, Step(req[idxs[0]], chain.state_after))
+            steps.insert(k, Step(req[nd.idxs[0]], chain.state_after))
             continue
         for j in chain:
             state = model.step(state, unk[j])[1]
             steps.append(Step(unk[j], state, unknown_chain=True))
-        for i in idxs:
-            steps.append(Step(req[i], s2))
+        for i in nd.idxs:
+            steps.append(Step(req[i], nd.state))
         placed[id(nd)] = steps[-1]
-        state = s2
+        state = nd.state
     return steps

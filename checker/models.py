@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Protocol
 
-from .history import UNKNOWN, Op, freeze, same
+from .history import UNKNOWN, Op, freeze
+
+# The hash of this file's source, baked in by the build when it compiles the module
+# (setup.py); "" in the source itself (see `checker._native`).
+SOURCE_HASH = ""
 
 
 class Model(Protocol):
@@ -29,6 +33,11 @@ class Model(Protocol):
     def describe_op(self, op: Op) -> str: ...
 
     def describe_state(self, state: Any) -> str: ...
+
+
+def _same(a: Any, b: Any) -> bool:
+    """`checker.history.same`, here so that a compiled model calls it natively."""
+    return a is b or bool(a == b)
 
 
 def _fmt(v: Any) -> str:
@@ -68,19 +77,21 @@ class CasRegister:
         return None
 
     def step(self, state: Any, op: Op) -> tuple[bool, Any]:
-        f = op.f
+        return self.step_parts(state, op.f, op.value, op.output)
+
+    def step_parts(self, state: Any, f: str, value: Any, out: Any) -> tuple[bool, Any]:
+        """`step` on an op's parts: the search reads them once per op, not per step."""
         if f == "read":
-            return (op.output is UNKNOWN or same(op.output, state)), state
+            return (out is UNKNOWN or _same(out, state)), state
         if f == "write":
-            return True, op.value
+            return True, value
         if f == "cas" and self.allow_cas:
-            a, b = op.value
-            out = op.output
+            a, b = value
             if out is UNKNOWN:
-                return True, (b if same(state, a) else state)
+                return True, (b if _same(state, a) else state)
             if out:
-                return same(state, a), b
-            return not same(state, a), state
+                return _same(state, a), b
+            return not _same(state, a), state
         return False, state
 
     def partition(self, ops: list[Op]) -> list[list[Op]]:
@@ -117,24 +128,27 @@ class KV:
     name = "kv"
 
     def __init__(self) -> None:
-        self._reg = CasRegister()
+        self._reg: CasRegister = CasRegister()
 
     def init(self) -> Any:
         return None
 
     def step(self, state: Any, op: Op) -> tuple[bool, Any]:
-        f = op.f
+        return self.step_parts(state, op.f, op.value, op.output)
+
+    def step_parts(self, state: Any, f: str, value: Any, out: Any) -> tuple[bool, Any]:
+        """`step` on an op's parts: the search reads them once per op, not per step."""
         if f == "get":
             cur = "" if state is None else state
-            return (op.output is UNKNOWN or same(op.output, cur)), state
+            return (out is UNKNOWN or _same(out, cur)), state
         if f == "put":
-            return True, op.value
+            return True, value
         if f == "append":
             cur = "" if state is None else state
-            if not isinstance(cur, str) or not isinstance(op.value, str):
+            if not isinstance(cur, str) or not isinstance(value, str):
                 return False, state  # appending to a number, or a number: never legal
-            return True, cur + op.value
-        return self._reg.step(state, op)
+            return True, cur + value
+        return self._reg.step_parts(state, f, value, out)
 
     def partition(self, ops: list[Op]) -> list[list[Op]]:
         by_key: dict[Any, list[Op]] = defaultdict(list)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node import payload as pl
+from node import registry
 from node.kv import KV
 from node.types import Entry, EntryKind
 
@@ -114,9 +115,17 @@ def _replay(ref: dict[int, Entry], payload_of: PayloadOf, base_index: int, base_
             try:
                 if pl.opcode(body) == pl.OP_USER:
                     kv.apply(pl.decode_body(body))
+                else:
+                    # elastickv profile (row 9): writer-registry rows live in the map
+                    for dek, full, epoch in pl.registry_rows(body):
+                        registry.apply_registration(kv, dek, full, epoch)
             except pl.PayloadError as err:
                 notes.append(f"committed entry {i} is malformed ({err}): replay stops at "
                              f"{i - 1}")
+                break
+            except registry.RegistryRefused as err:
+                notes.append(f"committed entry {i} is a writer registration every replica "
+                             f"refuses ({err.what}): replay stops at {i - 1}")
                 break
         end = i
         if i in wanted:

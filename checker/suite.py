@@ -167,13 +167,14 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     the nodes whose files a storage fault damaged (their unreadable files are the
     fault's, not evidence against the node).
 
-    With `profile` "elastickv" the byte scan leaves snapshot data out: elastickv's
-    snapshot is its Pebble store, whose values the storage envelope (a separate DEK,
-    design §4.4) already encrypts, and the model has no storage envelope. Its cleartext
-    stand-in is the model's gap, not a finding (docs/findings.md)."""
+    The byte scan reads snapshot data in both profiles (`profile` is kept for the
+    callers; it no longer changes the scan). elastickv's snapshot is its Pebble store,
+    whose values its storage envelope seals (design §4.4), and the elastickv profile
+    models that envelope (docs/protocol.md, row 11): a cleartext value in one of its
+    snapshots above C is a node that stores values without the envelope, a finding."""
+    del profile
     try:
-        rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused),
-                            scan_snapshot_data=profile != "elastickv")
+        rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused))
     except OSError as e:  # a file that cannot be read: the inputs are incomplete
         return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}",
                 "incomplete": True}, None

@@ -112,7 +112,9 @@ def _flag(name: str, v: Any) -> None:
         raise ValueError(f"{name} must be true or false, got {show(v)}")
 
 
-STORAGE_AREAS = ("wal", "snapshot", "sidecar")
+# "fsm": the elastickv profile's durable KV store (`node/fsmstore.py`); a plan names it,
+# the generator does not draw it (its draw, and so every seed's plan, stays as it was).
+STORAGE_AREAS = ("wal", "snapshot", "sidecar", "fsm")
 
 
 def _one_of(name: str, v: Any, choices: tuple[str, ...]) -> str:

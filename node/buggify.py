@@ -47,10 +47,12 @@ POINTS: tuple[str, ...] = (
     "host.send",          # a batch of messages handed to the network
     "host.tick",          # the Raft timer fires
     "host.sent-persisted", # a Ready's late messages (votes, acks) sent after its persist
+    "fsm.written",        # elastickv profile: a durable-store record written, not synced
+    "fsm.synced",         # after that record's fsync
 )
 _STORAGE = ("crash", "tear", "kill")
 ACTIONS: dict[str, tuple[str, ...]] = {
-    **{p: _STORAGE for p in POINTS if p.startswith(("wal.", "file."))},
+    **{p: _STORAGE for p in POINTS if p.startswith(("wal.", "file.", "fsm."))},
     "host.sent-unsynced": ("crash", "kill"),
     "host.sent-persisted": _STORAGE,
     "host.send": ("delay", "dup"),

@@ -35,6 +35,7 @@ from node.envelope import wrap as seal_bytes
 from node.events import EventKind
 from node.keystore import Kek, Keystore, KeystoreError, WrappedKey
 from node.sidecar import Sidecar
+from node.storenv import StorageEnvelope
 
 CUTOVER_BUGS = {
     "nonstrict-dispatch": "the apply hook unwraps at i >= cell instead of i > cell",
@@ -60,7 +61,8 @@ PROFILES = {
     "fixed": "the protocol with every fix this lab made (docs/protocol.md)",
     "elastickv": "elastickv as it stands at d9a031d: its halts and silent skips, snapshots "
                  "without keys, installs, EnableRaftEnvelope retry, lease timing, rotation "
-                 "replay and start-up (docs/protocol.md, 'The elastickv profile')",
+                 "replay, start-up and writer registration (docs/protocol.md, 'The "
+                 "elastickv profile')",
 }
 
 
@@ -144,7 +146,7 @@ class Cutover:
                  bugs: frozenset[str] = frozenset(),
                  on_event: Callable[..., None] | None = None, *,
                  profile: str = "fixed", snapshot_cutover: int = 0,
-                 snapshot_index: int = 0) -> None:
+                 snapshot_index: int = 0, full_node_id: int = 0) -> None:
         """The start-up of §5 and §6, in this order: the divergence guard on the newest
         snapshot's header (`snapshot_cutover`; a refusal raises `Halt`), then the epoch
         bump, then the keystore and the installer from the sidecar. The guard comes
@@ -161,6 +163,16 @@ class Cutover:
         self.store = store
         self._event = on_event or (lambda kind, **kw: None)
         self.restored_cutover = 0  # elastickv: Restore's restoredCutover (kv/fsm.go 579)
+        # elastickv's raft writer-registration gate (row 9): armed only in that profile
+        # and only when the host names this node's full id (elastickv: the wrap checks
+        # `r.registration != nil`, main_raft_envelope_wiring.go 210). `_registered` is
+        # raftRegistrationGate's one packed (DEK, epoch): a rotation to another DEK closes
+        # the gate again until that DEK is registered.
+        self.full_node_id = full_node_id if self.ekv else 0
+        self._registered: tuple[int, int] | None = None
+        # setRegistrationVerifier: "is this (DEK, epoch) row committed in the registry?",
+        # asked when apply installs a wrap; the replica wires it (it owns the KV map).
+        self.registration_verifier: Callable[[int, int], bool] | None = None
         self._latched_cutover = 0  # elastickv: the snapshot header's no-downgrade latch
         self.check_startup_snapshot(snapshot_cutover)
         sc = store.load()
@@ -172,8 +184,12 @@ class Cutover:
         else:
             epoch = store.bump_epoch()  # before any seal: nonces never repeat across starts
         self.nonces = NonceSource(node_num, epoch, zero_epoch=self.ekv)
+        self.kek = kek
         self.keys = Keystore(kek)
         self.keys.import_wrapped(sc.keys)
+        # Row 11: the storage envelope (elastickv only), its keys in this keystore.
+        self.storage = (StorageEnvelope(store.load, store.save, self.keys, node_num)
+                        if self.ekv else None)
         self.cell = 0
         self.wrap: int | None = None
         self.barrier = False  # only a restart clears a barrier left up by a failure
@@ -212,7 +228,58 @@ class Cutover:
         self.cell = cutover
         if wrap:
             self.wrap = key_id
+            if why in ("marker", "marker-replay", "rotate"):
+                # elastickv's installFromApply / installRotatedRaftDEK
+                # (main_raft_envelope_wiring.go 116-175) open the gate at once when the
+                # registry already holds this load's row for the key (a key it
+                # registered before, or the bootstrap batch's epoch-0 row).
+                self._mark_if_committed(key_id, why)
         self._event(EventKind.INSTALLER, cutover=cutover, key_id=key_id, wrap=wrap, why=why)
+
+    # ------------------------------------------------------- writer registration
+
+    @property
+    def gated(self) -> bool:
+        """Does the wrap refuse to seal for an unregistered load (elastickv, row 9)?"""
+        return self.full_node_id != 0
+
+    @property
+    def raft_epoch(self) -> int:
+        return self.nonces.local_epoch
+
+    def registered(self, dek: int) -> bool:
+        """raftRegistrationGate.Registered (main_raft_envelope_wiring.go 45-50) for this
+        load's epoch."""
+        return dek != 0 and self._registered == (dek, self.raft_epoch)
+
+    def mark_registered(self, dek: int, why: str) -> None:
+        """MarkRegistered: the wrap may now seal under `dek` (and only under it)."""
+        if dek == 0 or self.registered(dek):
+            return
+        self._registered = (dek, self.raft_epoch)
+        self._event(EventKind.WRITER_REGISTERED, dek=dek, epoch=self.raft_epoch,
+                    full_node_id=self.full_node_id, why=why)
+
+    def _mark_if_committed(self, dek: int, why: str) -> None:
+        v = self.registration_verifier
+        if self.gated and v is not None and v(dek, self.raft_epoch):
+            self.mark_registered(dek, f"install-{why}")
+
+    def wrap_installed_for(self, dek: int) -> bool:
+        """wrapInstalledFor (main_raft_envelope_wiring.go 177-186): the watcher's
+        trigger, a wrap for the active raft DEK and a non-zero cell."""
+        return dek != 0 and self.wrap == dek and self.cell != 0
+
+    def is_own_registration(self, payload: bytes, dek: int) -> bool:
+        """isLocalRaftWriterRegistrationPayload (main_raft_envelope_wiring.go 223-234):
+        this load's own 0x03 for the wrap's DEK passes the gate; nothing else does."""
+        if not payload or payload[0] != pl.OP_REGISTRATION:
+            return False
+        try:
+            reg = pl.decode_registration(payload)
+        except pl.PayloadError:
+            return False
+        return reg == (dek, self.full_node_id, self.raft_epoch)
 
     # ------------------------------------------------------------------ apply
 
@@ -241,13 +308,19 @@ class Cutover:
             op = pl.opcode(payload)
             if op == pl.OP_BOOTSTRAP:
                 body = pl.decode_body(payload)
-                return self._bootstrap(index, int(body["id"]), bytes(body["wrapped"]))
+                st = body.get("storage") if self.ekv else None
+                return self._bootstrap(index, int(body["id"]), bytes(body["wrapped"]),
+                                       (int(st[0]), bytes(st[1])) if st else None)
             if op == pl.OP_ROTATION:
                 sub, body = pl.rotation_body(payload)
                 if sub == pl.SUB_ROTATE_DEK:
                     return self._rotate(index, int(body["id"]), bytes(body["wrapped"]))
                 if sub == pl.SUB_ENABLE_ENVELOPE:
                     return self._marker(index, int(body["dek"]))
+                if sub == pl.SUB_ENABLE_STORAGE and self.storage is not None:
+                    kind, sc = self.storage.apply_enable(index, int(body["dek"]))
+                    return Applied(f"storage-{kind}", index, sc.raft_envelope_cutover_index,
+                                   sc.active_raft_dek, dek=int(body["dek"]))
                 raise Halt(index, f"unknown rotation sub-tag 0x{sub:02x}")
         except (pl.PayloadError, KeyError, TypeError, ValueError, KeystoreError) as e:
             raise Halt(index, f"malformed encryption entry: {e}") from None
@@ -263,14 +336,21 @@ class Cutover:
         if old is None:
             sc.keys[key_id] = rec
 
-    def _bootstrap(self, index: int, key_id: int, wrapped: bytes) -> Applied:
+    def _bootstrap(self, index: int, key_id: int, wrapped: bytes,
+                   storage: tuple[int, bytes] | None = None) -> Applied:
         sc = self.store.load()
         if sc.active_raft_dek == 0:
+            if storage is not None and self.storage is not None:
+                # ApplyBootstrap 691-705: the storage DEK first, then the raft DEK.
+                self._add_key(sc, index, storage[0], storage[1], "storage")
+                sc.active_storage_dek = storage[0]
             self._add_key(sc, index, key_id, wrapped, "raft")
             sc.active_raft_dek = key_id
         # An identical replay (or a late duplicate) changes nothing else.
         sc.raft_applied_index = max(sc.raft_applied_index, index)
         self.store.save(sc)
+        if self.storage is not None:
+            self.storage.refresh(sc)
         return Applied("bootstrap", index, sc.raft_envelope_cutover_index, sc.active_raft_dek)
 
     def _rotate(self, index: int, key_id: int, wrapped: bytes) -> Applied:
@@ -360,6 +440,15 @@ class Cutover:
         """Wrap `payload` under the proposer's key, if one is installed."""
         if self.wrap is None:
             return payload
+        if self.gated and not self.registered(self.wrap) \
+                and not self.is_own_registration(payload, self.wrap):
+            # elastickv's wrap gate (main_raft_envelope_wiring.go wrapFor 209-214): the
+            # payload is refused before it is proposed (store.ErrWriterNotRegistered out
+            # of the proposer, kv/raft_payload_wrapper.go 225-233): nothing reaches the
+            # log, so the caller's failure is definite.
+            raise Busy("writer-not-registered",
+                       f"writer registration not committed for raft dek_id {self.wrap} "
+                       f"local_epoch {self.raft_epoch}")
         dek = self.keys.get(self.wrap)
         if dek is None:  # pragma: no cover - the installer only installs known keys
             raise Busy("failed", f"wrap key {self.wrap} is not in the keystore")

@@ -82,8 +82,14 @@ class NonceExhaustedError(RuntimeError):
     """The per-process counter ran out; reusing a nonce under GCM leaks the key stream."""
 
 
-def _aad(key_id: int) -> bytes:
-    return AAD_TAG + bytes([VERSION]) + key_id.to_bytes(4, "big")
+def _aad(key_id: int, purpose: bytes = AAD_TAG, context: bytes = b"") -> bytes:
+    """``purpose | version | key_id | context``. The raft envelope is ``b"R"`` with no
+    context (6 bytes, the layout above); the elastickv profile's storage envelope
+    (`node.storenv`) is ``b"S"`` with the value's key as context, as elastickv binds
+    its storage envelope to the Pebble key (`store/encryption_glue.go` buildStorageAAD
+    514-530), so a value cut from one key and pasted under another, or a raft payload
+    fed to the storage reader, fails authentication."""
+    return purpose + bytes([VERSION]) + key_id.to_bytes(4, "big") + context
 
 
 def _check_key_id(key_id: int) -> None:
@@ -91,7 +97,8 @@ def _check_key_id(key_id: int) -> None:
         raise ValueError(f"key id must be in 1..{MAX_KEY_ID}, got {key_id!r}")
 
 
-def wrap(dek: bytes, key_id: int, nonce: bytes, plaintext: bytes) -> bytes:
+def wrap(dek: bytes, key_id: int, nonce: bytes, plaintext: bytes, *,
+         purpose: bytes = AAD_TAG, context: bytes = b"") -> bytes:
     """Encrypt a cleartext payload for the log.
 
     The caller supplies the nonce (from its `NonceSource`) so that uniqueness is a
@@ -103,7 +110,8 @@ def wrap(dek: bytes, key_id: int, nonce: bytes, plaintext: bytes) -> bytes:
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"a nonce is {NONCE_LEN} bytes, got {len(nonce)}")
     head = _HEAD.pack(VERSION, FLAG, key_id) + bytes(nonce)
-    return head + AESGCM(bytes(dek)).encrypt(bytes(nonce), bytes(plaintext), _aad(key_id))
+    return head + AESGCM(bytes(dek)).encrypt(bytes(nonce), bytes(plaintext),
+                                             _aad(key_id, purpose, context))
 
 
 def parse_header(data: bytes) -> tuple[int, bytes] | None:
@@ -126,7 +134,7 @@ def is_wrapped_shape(data: bytes) -> bool:
 
 
 def unwrap(lookup: Callable[[int], bytes | None], data: bytes, *,
-           check_flag: bool = True) -> bytes:
+           check_flag: bool = True, purpose: bytes = AAD_TAG, context: bytes = b"") -> bytes:
     """The plaintext of an envelope, or UnwrapError with the precise reason.
 
     `lookup` maps a key id to its DEK (``Keystore.get``): the key is selected by the
@@ -150,7 +158,8 @@ def unwrap(lookup: Callable[[int], bytes | None], data: bytes, *,
         raise UnwrapError("bad-key", f"key id {key_id} is not a {DEK_LEN}-byte key", key_id)
     nonce = bytes(data[_NONCE_OFF:HEADER_LEN])
     try:
-        return AESGCM(bytes(dek)).decrypt(nonce, bytes(data[HEADER_LEN:]), _aad(key_id))
+        return AESGCM(bytes(dek)).decrypt(nonce, bytes(data[HEADER_LEN:]),
+                                          _aad(key_id, purpose, context))
     except InvalidTag:
         raise UnwrapError(
             "auth-failed", f"authentication failed under key id {key_id}", key_id

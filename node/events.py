@@ -65,6 +65,10 @@ class EventKind(StrEnum):
     START_FAILED = "start-failed"
     # a BUGGIFY point (node/buggify.py) first reached by a process, or fired there
     BUGGIFY = "buggify"
+    # elastickv profile, row 9: an 0x03 writer registration applied (or refused: a halt
+    # follows), and this process load's wrap gate opening for a raft DEK
+    WRITER_REGISTRATION = "writer-registration"
+    WRITER_REGISTERED = "writer-registered"
 
 
 class EventLog:

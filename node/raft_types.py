@@ -36,6 +36,12 @@ class MsgType(IntEnum):
     HEARTBEAT = 7  # keeps followers from campaigning; carries the ReadIndex round number
     HEARTBEAT_RESP = 8
     SNAP = 9  # InstallSnapshot: the follower's next entry was compacted away
+    # Not Raft: the elastickv profile's RegisterEncryptionWriter RPC (row 9), a follower
+    # asking the leader to propose its writer registration, over the same switchboard
+    # (so partitions and loss cut it like the gRPC call they stand for). The host takes
+    # them before the core: `node/replica.py` `Replica.on_peer_rpc`.
+    REG = 10  # entries = (the 0x03 payload,), index = request number
+    REG_RESP = 11  # index = request number, reject = refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ its in-memory network, so a bug found in simulation is a bug in this code.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 import struct
 import time
@@ -18,13 +19,18 @@ from collections.abc import Callable
 from typing import Any
 
 from node import payload as pl
+from node import registry
 from node.cutover import Busy, Cutover, EnableFlow, Halt
 from node.envelope import parse_header
 from node.events import EventKind
-from node.kv import KV, snapshot_data, snapshot_enc, snapshot_kv
-from node.raft import NotLeader, RaftNode, ReadState, Role
+from node.keystore import generate_dek
+from node.kv import KV, Unopened, snapshot_data, snapshot_enc, snapshot_kv
+from node.raft import Message, MsgType, NotLeader, RaftNode, ReadState, Role
+from node.registration import PEER_RPC, PeerIdent, RegistrationWatcher, _Registration
+from node.storenv import STORAGE_KEY_ID
 from node.types import EntryKind, Snapshot
 
+__all__ = ["PEER_RPC", "ApplyError", "NodeExit", "Replica", "sealed_image_facts"]
 
 def sealed_image_facts(data: bytes) -> dict[str, Any]:
     """Key id, nonce and a digest of a sealed snapshot image, all public (they are in
@@ -57,12 +63,13 @@ class ApplyError(Exception):
     consumed without effect, silently as far as the cluster can tell."""
 
 
-class Replica:
+class Replica(RegistrationWatcher):
     """Protocol logic of one replica over a Raft core, a KV map and (maybe) a Cutover.
 
     A host sets `raft`, `kv`, `cut`, `bugs`, `id` and `log` (an object with
     `emit(kind, **detail)`), calls `Replica.__init__`, implements `_deliver` and
-    `persist_snapshot`, and drives: `_handle` for requests, `tick_logic` on each tick,
+    `persist_snapshot` (and, to keep the map durable on its own, `persist_writes` and
+    `persist_installed_image`), and drives: `_handle` for requests, `tick_logic` on each tick,
     `after_ready` after persisting and sending each Ready, `after_advance` after
     `raft.advance`, `observe_role` after the Ready loop, and `_answer_reads`.
     """
@@ -98,6 +105,16 @@ class Replica:
         self._last_role: tuple[Any, int, Any] = (None, -1, None)
         self._last_lease = 0.0
         self._next_lease_tick = 0.0  # elastickv: the renewal timer's next tick
+        # elastickv, row 9: the registration watcher (its first tick runs at once)
+        self._reg_next_poll = 0.0
+        self._reg_run: _Registration | None = None
+        self._reg_seq = 0
+        if self.cut is not None and self.cut.gated:
+            self.cut.registration_verifier = self._registry_has
+        # elastickv (row 7): the entries at or below this index that the core hands over
+        # after a start-up are duplicates of what the durable store already holds
+        # (`start_replay_window`); 0 in the fixed profile, which replays from its snapshot.
+        self.replay_until = 0
 
     # ------------------------------------------------------------- driving
 
@@ -106,6 +123,8 @@ class Replica:
         if self.enable is not None:
             self.enable[0].tick()
         self._maybe_lease(now)
+        if self.cut is not None and self.cut.gated:
+            self._registration_watcher(now)
 
     def observe_role(self) -> None:
         raft = self.raft
@@ -162,7 +181,10 @@ class Replica:
                 self._halt(snapshot.meta.index, snapshot.meta.term, h.reason)
                 image = b""
         self.kv.restore(image)
+        self.open_stored_values()
         self.applied = snapshot.meta.index
+        self.replay_until = 0  # the map is the image now: nothing above it is a duplicate
+        self.persist_installed_image(snapshot.meta.index, image)
         self.log.emit(EventKind.SNAPSHOT_INSTALLED, index=snapshot.meta.index,
                       term=snapshot.meta.term, prev_applied=prev_applied, cutover=cutover)
         # A proposal of ours at or below the snapshot's index may be in its image or may
@@ -190,7 +212,7 @@ class Replica:
 
     def snapshot_image(self, index: int) -> tuple[bytes, int, bytes]:
         """(snapshot data, header cutover, encryption blob) for a snapshot at `index`."""
-        image = self.kv.snapshot()
+        image = self.stored_image()
         cutover, enc = (0, b"")
         if self.cut is not None:
             cutover, enc = self.cut.snapshot_fields(index)
@@ -200,7 +222,15 @@ class Replica:
     # ------------------------------------------------------------ requests
 
     def _reply(self, ident: Any, rep: dict[str, Any]) -> None:
+        if isinstance(ident, PeerIdent):
+            self._send_peer([Message(MsgType.REG_RESP, self.id, ident.node, self.raft.term,
+                                     index=ident.seq, reject=not rep.get("ok"))])
+            return
         self._deliver(ident, rep)
+
+    def _send_peer(self, msgs: list[Message]) -> None:
+        """Send non-Raft messages to peers over the switchboard (the host's network)."""
+        raise NotImplementedError
 
     def _deliver(self, ident: Any, rep: dict[str, Any]) -> None:
         """Send `rep` to the client behind `ident` (a socket identity, a test's handle)."""
@@ -209,6 +239,28 @@ class Replica:
     def persist_snapshot(self, snap: Snapshot, cutover: int, encryption: bytes) -> None:
         """Make a snapshot the core just compacted to durable (the host owns storage)."""
         raise NotImplementedError
+
+    def persist_writes(self, index: int, writes: list[tuple[str, Any]],
+                       moves_applied: bool) -> None:
+        """Make the KV writes of entry `index` durable before going on (the elastickv
+        profile's durable store, row 7); nothing to do for a map that is rebuilt from the
+        snapshot and the log at every start (the fixed profile)."""
+
+    def persist_installed_image(self, index: int, image: bytes) -> None:
+        """The KV map was replaced by an installed snapshot's `image` at `index`: a
+        durable store (elastickv profile) must hold that image, as it came, from now on."""
+
+    def stored_image(self) -> bytes:
+        """The map as a snapshot image holds it: the map itself here; the elastickv
+        profile's host gives its durable store's image (values as stored: sealed under
+        the storage envelope once it is on, row 11)."""
+        return self.kv.snapshot()
+
+    def open_stored_values(self) -> None:
+        """A map just restored from stored bytes: open what the storage envelope sealed
+        (elastickv profile, row 11), an `Unopened` where this node cannot."""
+        if self.cut is not None and self.cut.storage is not None:
+            self.kv.data = self.cut.storage.open_map(self.kv.data)
 
     def take_snapshot(self) -> int:
         """Snapshot the state machine, compact the log behind it; returns its index.
@@ -222,6 +274,11 @@ class Replica:
         core handed it. So a snapshot is taken only between Readies.
         """
         index = self.applied
+        if self.raft.applied < self.replay_until:
+            # elastickv (row 7): the duplicates above the core's applied index are not
+            # delivered yet, so there is no log position to compact at that holds the
+            # map's state; the next snapshot comes once they are.
+            return self.raft.snapshot_index
         if index > self.raft.applied:
             raise RuntimeError(f"snapshot at {index} inside a Ready (the core has applied "
                                f"{self.raft.applied}): snapshots are taken between Readies")
@@ -259,7 +316,8 @@ class Replica:
             idx = self.take_snapshot()
             self._reply(ident, {"id": rid, "ok": True, "value": {"snapshot_index": idx}})
             return
-        if op in ("bootstrap", "rotate-dek", "enable-raft-envelope"):
+        if op in ("bootstrap", "rotate-dek", "enable-raft-envelope") or (
+                op == "enable-storage-envelope" and self.ekv):
             self._admin(ident, rid, op, req)
             return
         if op not in ("read", "write", "cas"):
@@ -274,7 +332,7 @@ class Replica:
             return
         if op == "read":
             if "stale-read" in self.bugs:
-                self._reply(ident, {"id": rid, "ok": True, "value": self.kv.read(key)})
+                self._read_reply(ident, rid, key)
                 return
             self._read_ctr += 1
             ctx = struct.pack(">Q", self._read_ctr)
@@ -327,6 +385,9 @@ class Replica:
             return
         if op != "enable-raft-envelope" and not self._can_serve(ident, rid):
             return
+        if op == "enable-storage-envelope":
+            self._enable_storage(ident, rid)
+            return
         if op == "enable-raft-envelope":  # its pre-check waits for the log itself
             self.admin_busy = True
             self.enable = (EnableFlow(self.cut, self.enable_timeout_ticks), ident, rid)
@@ -349,9 +410,62 @@ class Replica:
             if done is not None:
                 self._reply(ident, {"id": rid, "ok": True, "value": done})
                 return
-        make = pl.bootstrap_payload if op == "bootstrap" else pl.rotate_payload
+        if op == "bootstrap":
+            writers = None
+            if self.cut.gated:
+                # elastickv's BootstrapEncryption needs a writer batch (at least one,
+                # adapter/encryption_admin.go buildBootstrapBatch 710-746); its CLI's
+                # `--discover-from` lists each member's full id and reported epoch
+                # (cmd/elastickv-admin/encryption_mutators.go 626-683). Before any
+                # cut-over start every raft epoch is 0 (prepareRaftNonceEpoch).
+                writers = [(registry.full_node_id(p), 0) for p in self.raft.peers]
+            entry = pl.bootstrap_payload(key_id, wrapped, writers, self._storage_dek(req))
+        else:
+            entry = pl.rotate_payload(key_id, wrapped)
         try:
-            payload = self.cut.admin_proposal(make(key_id, wrapped))
+            payload = self.cut.admin_proposal(entry)
+        except Busy as b:
+            self._fail(ident, rid, b.code, str(b))
+            return
+        self.admin_busy = True
+        self._propose(payload, ident, rid, admin=True)
+
+    def _storage_dek(self, req: dict[str, Any]) -> tuple[int, bytes] | None:
+        """The bootstrap's storage DEK (elastickv profile, row 11): the request's
+        `storage_key_id` / `storage_wrapped`, or one made here under the KEK (elastickv's
+        operator CLI makes it before it calls BootstrapEncryption). Made from the raft
+        DEK by HMAC, and wrapped under a nonce drawn from the raft DEK's wrapping, so a
+        simulated seed still replays bit for bit; as secret as the raft DEK it comes from
+        (elastickv's two DEKs are independent: folded, docs/protocol.md row 11)."""
+        if self.cut is None or self.cut.storage is None:
+            return None
+        sid, swrapped = req.get("storage_key_id"), req.get("storage_wrapped")
+        if isinstance(sid, int) and isinstance(swrapped, bytes):
+            return sid, swrapped
+        wrapped = req.get("wrapped")
+        try:
+            raft_dek = self.cut.kek.unwrap_dek(wrapped)
+        except Exception:  # noqa: BLE001 - a bad raft DEK halts at its apply anyway
+            return STORAGE_KEY_ID, self.cut.kek.wrap_dek(generate_dek())
+        dek = hmac.new(raft_dek, b"cutover storage DEK", hashlib.sha256).digest()
+        nonce = hashlib.sha256(b"cutover storage DEK wrap" + bytes(wrapped)).digest()[:12]
+        return STORAGE_KEY_ID, self.cut.kek.wrap_dek(dek, nonce)
+
+    def _enable_storage(self, ident: bytes, rid: Any) -> None:
+        """EnableStorageEnvelope (adapter/encryption_admin.go 960-1045, cutoverPrecheck
+        1064-1093): refused before a bootstrap, answered at once when already active,
+        else the 0x05 0x04 entry with the active storage DEK id is proposed."""
+        assert self.cut is not None
+        sc = self.cut.sidecar
+        if not sc.active_storage_dek:
+            self._fail(ident, rid, "not-bootstrapped", "no storage DEK is active")
+            return
+        if sc.storage_envelope_active:
+            self._reply(ident, {"id": rid, "ok": True, "value": {
+                "status": "already-active", "cutover": sc.storage_cutover_index}})
+            return
+        try:
+            payload = self.cut.admin_proposal(pl.enable_storage_payload(sc.active_storage_dek))
         except Busy as b:
             self._fail(ident, rid, b.code, str(b))
             return
@@ -454,10 +568,47 @@ class Replica:
 
     # ----------------------------------------------------------------- ready
 
+    def _flush_writes(self, index: int, body: bytes | None) -> None:
+        """After entry `index` applied (or halted): its KV writes made durable. Only a user
+        command's writes move the durable applied index (elastickv bundles
+        metaAppliedIndex into the data mutation's batch); writes made by any other entry
+        are synced without it (elastickv's writer-registry rows)."""
+        writes = self.kv.take_writes()
+        if writes:
+            self.persist_writes(index, writes,
+                                moves_applied=bool(body) and body[0] == pl.OP_USER)
+
+    def _apply_duplicate(self, e: Any) -> None:
+        """elastickv's cold-start duplicate (engine.go applyNormalCommitted 2795-2815,
+        applyNormalEntry 2882-2976 with dropIfNonVolatile): an entry at or below the
+        applied index the node started from, which its durable store already holds. It
+        is decoded and unwrapped as any entry (a failure halts, row 1a); a lease is
+        re-applied for its in-memory effect (kv/fsm.go IsVolatileOnlyPayload 655-657:
+        only opcode 0x02); anything else, an encryption entry included, is dropped. The
+        applied index and the proposals stay as they are."""
+        if e.kind is EntryKind.NOOP or not e.data:
+            return
+        try:
+            _pid, body = pl.decode_proposal(e.data)
+        except pl.PayloadError:
+            return
+        if self.cut is not None:
+            try:
+                self.cut.open_entry(e.index, body)
+            except Halt as h:
+                self._halt(e.index, e.term, h.reason)
+                return
+        # What is left: a lease's effect is the HLC ceiling, which the model does not
+        # keep, so re-applying one changes nothing here; any other entry is dropped.
+
     def _apply(self, e: Any) -> None:
+        if e.index <= self.replay_until and e.index <= self.applied:
+            self._apply_duplicate(e)
+            return
         if e.kind is EntryKind.NOOP or not e.data:
             self.applied = e.index
             return
+        body: bytes | None = None
         try:
             try:
                 pid, body = pl.decode_proposal(e.data)
@@ -479,13 +630,16 @@ class Replica:
                 body = opened
             ok, value = self._apply_payload(e, body)
         except pl.PayloadError as err:
+            self._flush_writes(e.index, None)
             self._halt(e.index, e.term, str(err))
             return
         except Halt as h:
+            self._flush_writes(e.index, None)
             self._halt(e.index, e.term, h.reason)
             return
         except ApplyError as err:
             # elastickv: an error response, and the applied index moves on.
+            self._flush_writes(e.index, None)
             self.log.emit(EventKind.APPLY_ERROR, index=e.index, term=e.term, reason=str(err))
             self.applied = e.index
             w = self.pending.pop(pid, None)
@@ -494,6 +648,7 @@ class Replica:
                     self.admin_busy = False
                 self._fail(w[0], w[1], "apply-error", f"entry {e.index}: {err}")
             return
+        self._flush_writes(e.index, body)
         self.applied = e.index
         w = self.pending.pop(pid, None)
         if w is not None:
@@ -504,6 +659,9 @@ class Replica:
                 self._fail(ident, rid, "dropped", "proposal lost", definite=False)
             elif ok:
                 self._reply(ident, {"id": rid, "ok": True, "value": value, "index": e.index})
+            elif isinstance(value, Unopened):
+                self._fail(ident, rid, "read-error", f"entry {e.index}: the current value "
+                           f"does not open here ({value.code})")
             else:
                 self._fail(ident, rid, "cas-mismatch", f"current value {value!r}",
                            value=value)
@@ -536,6 +694,12 @@ class Replica:
                 except pl.PayloadError as err:
                     raise ApplyError(f"malformed lease: {err}") from None
             return True, None
+        if op == pl.OP_REGISTRATION and self.cut is not None and self.cut.gated:
+            # kv/fsm_encryption.go applyEncryption 84-85, applyRegistration 99-110: a body
+            # that does not decode halts like a refused row does.
+            for dek, full, epoch in pl.registry_rows(body):
+                self._register(e, dek, full, epoch, via="entry")
+            return True, None
         if op in (pl.OP_BOOTSTRAP, pl.OP_ROTATION) and self.cut is not None:
             applied = self.cut.apply(e.index, body)
             pos = self.cut.nonce_position() if applied.kind.startswith("rotate") else {}
@@ -543,6 +707,13 @@ class Replica:
                           term=e.term, cutover=applied.cutover, active=applied.active,
                           **({"dek": applied.dek} if applied.dek else {}),
                           **({"note": applied.note} if applied.note else {}), **pos)
+            if op == pl.OP_BOOTSTRAP and self.cut.gated:
+                # ApplyBootstrap 708-713: the writer batch, after the sidecar write. On
+                # every bootstrap entry that applies, a replay too (its rows are then
+                # the same replay of an idempotent insert): what the rows hold must
+                # follow from the log alone, as the checker's replay reads it.
+                for dek, full, epoch in pl.registry_rows(body):
+                    self._register(e, dek, full, epoch, via="bootstrap")
             return True, {"cutover": applied.cutover, "active": applied.active}
         if self.ekv and not pl.OP_ENCRYPTION_MIN <= op <= pl.OP_ENCRYPTION_MAX:
             raise ApplyError(f"opcode 0x{op:02x} does not decode")
@@ -559,7 +730,17 @@ class Replica:
     def _answer_reads(self) -> None:
         while self.reads_ready and self.reads_ready[0][0] <= self.applied:
             _, ident, rid, key = self.reads_ready.popleft()
-            self._reply(ident, {"id": rid, "ok": True, "value": self.kv.read(key)})
+            self._read_reply(ident, rid, key)
+
+    def _read_reply(self, ident: Any, rid: Any, key: str) -> None:
+        """A read's answer; a value this node cannot open (elastickv profile, row 11:
+        decryptForKey's error) fails the read, and nothing else changes."""
+        value = self.kv.read(key)
+        if isinstance(value, Unopened):
+            self._fail(ident, rid, "read-error", f"stored value of {key!r} does not open "
+                       f"({value.code}, key id {value.key_id})")
+            return
+        self._reply(ident, {"id": rid, "ok": True, "value": value})
 
     # ---------------------------------------------------------------- admin
 

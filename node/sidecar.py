@@ -93,6 +93,18 @@ class Sidecar:
     active_raft_dek: int = 0
     keys: dict[int, WrappedKey] = field(default_factory=dict)
     local_epoch: int = 0
+    # The elastickv profile's storage envelope (docs/protocol.md, row 11; elastickv's
+    # Active.Storage, StorageEnvelopeActive, StorageEnvelopeCutoverIndex and the storage
+    # DEK's LocalEpoch). Written (as one optional "storage" object) only once a storage
+    # DEK is active, so a fixed-profile sidecar is byte for byte what it was.
+    active_storage_dek: int = 0
+    storage_envelope_active: bool = False
+    storage_cutover_index: int = 0
+    storage_epoch: int = 0
+
+
+STORAGE = "storage"  # the optional object: {"active", "enabled", "cutover_index", "epoch"}
+_STORAGE_FIELDS = {"active", "enabled", "cutover_index", "epoch"}
 
 
 def sidecar_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -143,6 +155,12 @@ def _validate(s: Sidecar) -> None:
         raise ValueError(f"active_raft_dek {s.active_raft_dek} is not among the keys")
     if s.raft_envelope_cutover_index and not s.active_raft_dek:
         raise ValueError("cutover index is set but no raft DEK is active")
+    if s.active_storage_dek and s.active_storage_dek not in s.keys:
+        raise ValueError(f"active_storage_dek {s.active_storage_dek} is not among the keys")
+    if (s.storage_envelope_active or s.storage_cutover_index) and not s.active_storage_dek:
+        raise ValueError("the storage envelope is on but no storage DEK is active")
+    if not _is_int(s.storage_epoch) or not 0 <= s.storage_epoch <= 0xFFFF:
+        raise ValueError(f"storage_epoch must be a u16, got {s.storage_epoch!r}")
 
 
 def _encode(s: Sidecar) -> bytes:
@@ -161,6 +179,10 @@ def _encode(s: Sidecar) -> bytes:
             for k, r in sorted(s.keys.items())
         },
     }
+    if s.active_storage_dek:
+        doc[STORAGE] = {"active": s.active_storage_dek,
+                        "enabled": bool(s.storage_envelope_active),
+                        "cutover_index": s.storage_cutover_index, "epoch": s.storage_epoch}
     doc[CHECKSUM] = _checksum(doc)
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -197,8 +219,9 @@ def _decode(raw: bytes) -> Sidecar:
         raise ValueError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(doc, dict):
         raise ValueError("top level is not a JSON object")
-    if set(doc) - {CHECKSUM} != _FIELDS:
-        missing, extra = sorted(_FIELDS - set(doc)), sorted(set(doc) - _FIELDS - {CHECKSUM})
+    if set(doc) - {CHECKSUM, STORAGE} != _FIELDS:
+        missing = sorted(_FIELDS - set(doc))
+        extra = sorted(set(doc) - _FIELDS - {CHECKSUM, STORAGE})
         raise ValueError(f"fields do not match (missing {missing}, unknown {extra})")
     if doc["format"] != FORMAT or not _is_int(doc["format"]):
         raise ValueError(f"unsupported sidecar format {doc['format']!r}")
@@ -227,6 +250,16 @@ def _decode(raw: bytes) -> Sidecar:
         keys=keys,
         local_epoch=doc["local_epoch"],
     )
+    if STORAGE in doc:
+        st = doc[STORAGE]
+        if not isinstance(st, dict) or set(st) != _STORAGE_FIELDS \
+                or not isinstance(st["enabled"], bool):
+            raise ValueError(f"storage: expected fields {sorted(_STORAGE_FIELDS)}")
+        s.active_storage_dek, s.storage_envelope_active = st["active"], st["enabled"]
+        s.storage_cutover_index, s.storage_epoch = st["cutover_index"], st["epoch"]
+        if not all(_is_int(v) and v > 0 for v in (st["active"],)) \
+                or not _is_int(st["cutover_index"]) or st["cutover_index"] < 0:
+            raise ValueError("storage: active must be a key id, cutover_index >= 0")
     _validate(s)
     if CHECKSUM in doc:  # last: a structural fault is named as itself, not as a bad sum
         got = doc[CHECKSUM]
@@ -260,6 +293,8 @@ def _check_transition(path: Path, old: Sidecar, new: Sidecar) -> None:
     c_old, c_new = old.raft_envelope_cutover_index, new.raft_envelope_cutover_index
     if c_old and c_new != c_old:
         raise SidecarError(path, f"refusing to change the cutover index from {c_old} to {c_new}")
+    if old.storage_envelope_active and not new.storage_envelope_active:
+        raise SidecarError(path, "refusing to turn the storage envelope off")
     for key_id, rec in old.keys.items():
         if key_id not in new.keys:
             raise SidecarError(path, f"refusing to drop key id {key_id}")

@@ -6,6 +6,7 @@ Data directory layout::
     <data_dir>/LOCK             flock'ed while open: two processes must never share a WAL
     <data_dir>/wal/*.wal        the write-ahead log (format owned by node.wal)
     <data_dir>/snap/*.snap      snapshots (format owned by node.snapshot)
+    <data_dir>/fsm/             elastickv profile only: the durable KV store (node.fsmstore)
 
 Write order makes every crash point recoverable: a snapshot file is durable before the
 WAL records its marker, and the marker is durable before segments are deleted. So on
@@ -25,6 +26,7 @@ from typing import IO, Any
 
 from node.disk import REAL, Disk
 from node.events import EventKind
+from node.fsmstore import FsmStoreError
 from node.raft_types import RaftPanic
 from node.sidecar import SidecarError
 from node.snapshot import SnapshotError, SnapshotHeader, SnapshotStore
@@ -61,7 +63,8 @@ def storage_failure(e: BaseException) -> bool:
     a per-record checksum cannot tell them apart). The node stops instead of diverging:
     fail-closed on storage it cannot trust. The `crashes` checker excuses that only on a
     node a storage fault damaged; anywhere else it is still a finding."""
-    if isinstance(e, SidecarError | SnapshotError | WalError | StorageError | RaftPanic):
+    if isinstance(e, SidecarError | SnapshotError | WalError | StorageError | RaftPanic
+                  | FsmStoreError):
         return True
     return isinstance(e, OSError) and e.errno == errno.EIO
 

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # The checker model that judges each workload's history (`checker.models`).
-MODEL_OF: dict[str, str] = {"register": "kv", "kv": "kv"}
+MODEL_OF: dict[str, str] = {"register": "kv", "kv": "kv", "reads": "kv"}
+# Each workload's (read, write, cas) shares. `reads` is an idle cluster that clients
+# still read from: nothing a user writes moves a store's applied index (the elastickv
+# profile's row 7), which is what some hazards need (docs/findings/
+# registration-replay-halts-restart.md).
+MIXES: dict[str, tuple[float, float, float]] = {"register": (0.5, 0.35, 0.15),
+                                                "kv": (0.5, 0.35, 0.15),
+                                                "reads": (1.0, 0.0, 0.0)}
 WORKLOADS = tuple(MODEL_OF)
 TOKEN_PREFIX = "tok-"
 
@@ -72,4 +79,4 @@ class Workload:
 
 
 def make_workload(name: str, keys: int, seed: int, run_tag: str = "") -> Workload:
-    return Workload(name, keys, seed, run_tag=run_tag)
+    return Workload(name, keys, seed, run_tag=run_tag, mix=MIXES.get(name, MIXES["kv"]))

@@ -5,8 +5,10 @@ workload's plaintext tokens written after T (monotonic ``time_ns``, strictly gre
 T) in the raw bytes, so cleartext that reached the disk by a path the formats do not
 describe is still found. Where it looks: the bytes of every WAL entry record whose index
 is above C (truncated ones too), every torn WAL tail when C != 0 (its index is unknown),
-and the data region of every snapshot file whose index is above C (unless the caller
-passes ``scan_snapshot_data=False``). Tokens shorter than `MIN_TOKEN_LEN` bytes are
+the data region of every snapshot file whose index is above C (unless the caller
+passes ``scan_snapshot_data=False``), and every file of the elastickv profile's durable
+KV store (``fsm/``, `node.fsmstore`), whose values that profile's storage envelope seals
+(docs/protocol.md, row 11; a fixed-profile node has no such directory). Tokens shorter than `MIN_TOKEN_LEN` bytes are
 ignored: random ciphertext would contain them by chance. Leftover ``*.tmp`` snapshot
 files are not scanned (start-up prunes them).
 """
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from node.fsmstore import FSM_DIR
 from node.types import Entry
 from node.wal import WalRecord
 
@@ -48,6 +51,7 @@ def scan_nodes(nodes: list[Node], decoded: DecodedLog, cut: int, cut_time: int |
             _scan_wal(hits, n, decoded, cut, pat)
             if scan_snapshots:
                 _scan_snapshots(hits, n, cut, pat)
+            _scan_store(hits, n, pat)
     return scan
 
 
@@ -155,3 +159,21 @@ def _scan_snapshots(hits: _Hits, n: Node, cut: int, pat: re.Pattern[bytes]) -> N
             hits.hit(m, f"the data region of snapshot {s}", index=s, term=snap.header.term,
                      file=n.rel(snap.path) if snap.path else None,
                      offset=snap.data_offset + m.start())
+
+
+def _scan_store(hits: _Hits, n: Node, pat: re.Pattern[bytes]) -> None:
+    """The elastickv profile's durable KV store, every file of it (the base and its
+    journals): its values rest there sealed once the storage envelope is on, which the
+    harness turns on right after the bootstrap, long before T. A token written after T
+    in cleartext there is a node that stores values without the envelope."""
+    d = Path(n.path) / FSM_DIR
+    if not d.is_dir():
+        return
+    for p in sorted(d.iterdir()):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        data = p.read_bytes()
+        hits.scan["store_files_scanned"] = hits.scan.get("store_files_scanned", 0) + 1
+        for m in pat.finditer(data):
+            hits.hit(m, f"the durable KV store file {p.name}", file=n.rel(p),
+                     offset=m.start())

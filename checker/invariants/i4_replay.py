@@ -4,13 +4,15 @@
 log, commit point, snapshot images and events, and a function that opens an entry. The
 entries were already opened once while the keys were learnt (`keys.py`), so the replay
 reuses those answers instead of unwrapping again, and a snapshot image sealed above C
-is opened with the same keys.
+is opened with the same keys (and so are the values the elastickv profile's storage
+envelope sealed in it).
 """
 from __future__ import annotations
 
 from node.envelope import UnwrapError, is_wrapped_shape, unwrap
 from node.kv import snapshot_kv
 from node.snapshot import SnapshotFile
+from node.storenv import open_stored_image
 from node.types import Entry
 
 from ..replay import PayloadOf, ReplayNode, ReplayResult, entry_payload, replay_check
@@ -54,7 +56,9 @@ def open_image(snap: SnapshotFile, keys: Keys) -> tuple[bytes | None, str | None
         image = snapshot_kv(snap.data)
         if is_wrapped_shape(image):
             image = unwrap(keys.store.get, image)
-        return image, None
+        # The elastickv profile's values under the storage envelope (row 11); a no-op
+        # on an image without any.
+        return open_stored_image(image, keys.store.get), None
     except UnwrapError as e:
         return None, f"image does not unwrap ({e.code})"
     except (ValueError, TypeError) as e:

@@ -53,7 +53,10 @@ def bench_checker(corpus: str | None, repeat: int, ops: int, keys: int, clients:
     cdir = Path(corpus) if corpus else default_corpus()
     if not skip_corpus and not (cdir / "verdicts.tsv").is_file():
         fail(f"no corpus at {cdir} (expected verdicts.tsv there); pass --corpus DIR")
+    from checker._native import status
+
     click.echo(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    click.echo(f"checker: {status()}")  # compiled (mypyc) or pure Python, and why
     if not skip_corpus:
         bench_corpus(cdir, repeat, workers)
     bench_generated(ops, keys, clients, seed, workers, max_memory)

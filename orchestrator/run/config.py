@@ -99,7 +99,7 @@ FLAGS = {"nodes", "time_limit", "rate", "concurrency", "workload", "keys", "neme
          "nemesis_interval", "cutover_at", "profile", "seed", "snapshot_every",
          "max_msg_bytes", "max_inflight", "scenario"}
 DEFAULT_CUTOVER = -1.0  # `cutover_at`: a third of the way in (`resolved`)
-WORKLOADS = ("kv", "register")  # `workloads.MODEL_OF`'s (tests/orchestrator/test_config.py checks)
+WORKLOADS = ("kv", "register", "reads")  # `workloads.MODEL_OF`'s (tests/orchestrator/test_config.py checks)
 # node/cutover.py `PROFILES`, by name, for the flags' choices without loading the node
 # (tests/orchestrator/test_config.py checks they agree; `validate` asks the node itself).
 PROFILE_NAMES = ("fixed", "elastickv")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol
 
+from node.fsmstore import FSM_DIR
 from node.sidecar import SIDECAR_NAME
 from node.storage import SNAP_DIR, WAL_DIR
 
@@ -27,12 +28,13 @@ class Reader(Protocol):
 
 
 def files(disk: Reader, root: str, area: str) -> list[str]:
-    """The node's files of `area` ("wal", "snapshot", "sidecar"), sorted: temp files
-    and locks are left out (the node never reads them back)."""
+    """The node's files of `area` ("wal", "snapshot", "sidecar", "fsm": the elastickv
+    profile's durable KV store), sorted: temp files and locks are left out (the node
+    never reads them back)."""
     if area == "sidecar":
         p = os.path.join(root, SIDECAR_NAME)
         return [p] if disk.is_file(p) else []
-    d = os.path.join(root, WAL_DIR if area == "wal" else SNAP_DIR)
+    d = os.path.join(root, {"wal": WAL_DIR, "fsm": FSM_DIR}.get(area, SNAP_DIR))
     if not disk.is_dir(d):
         return []
     return [os.path.join(d, n) for n in sorted(disk.listdir(d))

@@ -7,7 +7,7 @@ before its fsync, a torn tail that the second restart trusts). BUGGIFY fires wit
 probability per pass and lands on the busy WAL boundaries; the rare boundaries (a
 snapshot's or sidecar's temp file, a directory sync) are where recovery code is least
 exercised. Here a base run counts each node's boundaries, every node's own sequence of
-the node's storage BUGGIFY points (`node/buggify.py`: `wal.*`, `file.*`, the two
+the node's storage BUGGIFY points (`node/buggify.py`: `wal.*`, `file.*`, `fsm.*`, the two
 `host.sent-*`), and picks a few by kind of point first, so a rare kind weighs as much as
 the WAL's thousands. Each pick is re-simulated: the simulator is deterministic, and the
 counting hook has no effect of its own, so the re-run is the base run up to the chosen
@@ -121,6 +121,7 @@ class CrashPoint(Buggify):
 _ACTIONS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "wal.written": (DEATHS, (3, 5, 2)),
     "file.written": (DEATHS, (3, 5, 2)),
+    "fsm.written": (DEATHS, (3, 5, 2)),
     "host.sent-unsynced": (("crash", "kill"), (3, 2)),
 }
 _OTHER = (DEATHS, (6, 2, 2))

@@ -122,3 +122,22 @@ def test_a_bit_flip_at_rest_on_real_files_is_refused_as_expected(tmp_path: Path)
     assert out.verdict == "valid", out.first
     if outcome.startswith("refused"):
         assert out.checks["crashes"].get("expected_refusals"), out.checks["crashes"]
+
+
+@pytest.mark.parametrize("action,pick", [("bitflip", 4321), ("sector-error", 77)])
+def test_damage_to_the_elastickv_durable_store_is_named_or_recovered(
+        tmp_path: Path, action: str, pick: int) -> None:
+    """Row 7's durable KV store is a storage area of its own (`area: "fsm"`): damage
+    there lands in `fsm/`, and the damaged node either recovers (a flip in the journal's
+    last record reads as a torn tail, and the entries it held are replayed from the log)
+    or refuses to start by the error's name, which the crashes checker expects."""
+    seed = 11
+    print("seed", seed, action)
+    step = Step(1, action, Target("follower"), When("time", at=3.5), duration=1.5,
+                params={"area": "fsm", "pick": pick})
+    o = simulate(RunConfig(nodes=5, time_limit=8, rate=60, seed=seed, cutover_at=2.0,
+                           profile="elastickv"), tmp_path, _plan(seed, step))
+    mine = [r for r in o.nemesis if r["fault"] == action]
+    landed = [r for r in mine if r["f"] == "start"]
+    assert landed and landed[0]["detail"]["file"].startswith("fsm/"), mine
+    assert o.checks["crashes"]["valid"] == "valid", o.checks["crashes"]
