@@ -12,7 +12,7 @@ import pytest
 from checker.crashes import check_crashes
 from checker.invariants import check_cutover
 from node.events import EXIT_HALTED, read_events
-from node.keystore import generate_dek, write_kek
+from node.keystore import Kek, generate_dek, write_kek
 from node.wal import damage_entry
 from orchestrator.real.client import Client
 from orchestrator.real.cluster import Cluster
@@ -20,13 +20,24 @@ from orchestrator.real.cluster import Cluster
 pytestmark = pytest.mark.real
 
 
-@pytest.mark.parametrize("profile", ["fixed", "elastickv"])
-def test_a_halted_node_process(tmp_path, profile: str) -> None:
-    seed = 12
+def _cluster(tmp_path, seed: int, profile: str) -> tuple[Cluster, Kek, str]:
+    """Three real nodes of `profile` with a fresh KEK (its path for the checkers)."""
     print(f"seed={seed} profile={profile}")
     kek_path = str(tmp_path / "kek")
     kek = write_kek(kek_path)
-    cl = Cluster(str(tmp_path / "run"), 3, seed=seed, kek_path=kek_path, profile=profile)
+    return Cluster(str(tmp_path / "run"), 3, seed=seed, kek_path=kek_path,
+                   profile=profile), kek, kek_path
+
+
+def _cut_over(c: Client, leader: str, kek: Kek) -> None:
+    """Bootstrap key 1 and enable the raft envelope on `leader`, both answered ok."""
+    assert c.admin(leader, "bootstrap", key_id=1, wrapped=kek.wrap_dek(generate_dek()))["ok"]
+    assert c.admin(leader, "enable-raft-envelope", timeout=10)["ok"]
+
+
+@pytest.mark.parametrize("profile", ["fixed", "elastickv"])
+def test_a_halted_node_process(tmp_path, profile: str) -> None:
+    cl, kek, kek_path = _cluster(tmp_path, 12, profile)
     try:
         cl.start()
         leader = cl.wait_leader()
@@ -81,18 +92,12 @@ def test_writer_registration_on_real_processes(tmp_path) -> None:
     key (a follower's through the leader, over the switchboard); until its own row
     commits, the leader refuses writes with `writer-not-registered` (a definite
     failure); a restarted follower registers its new epoch."""
-    seed = 14
-    print(f"seed={seed}")
-    kek_path = str(tmp_path / "kek")
-    kek = write_kek(kek_path)
-    cl = Cluster(str(tmp_path / "run"), 3, seed=seed, kek_path=kek_path, profile="elastickv")
+    cl, kek, kek_path = _cluster(tmp_path, 14, "elastickv")
     try:
         cl.start()
         leader = cl.wait_leader()
         with Client(cl.endpoints(), timeout=2.0) as c:
-            assert c.admin(leader, "bootstrap", key_id=1,
-                           wrapped=kek.wrap_dek(generate_dek()))["ok"]
-            assert c.admin(leader, "enable-raft-envelope", timeout=10)["ok"]
+            _cut_over(c, leader, kek)
             assert c.invoke("write", "k", "cut").type == "ok"  # the batch covers key 1
             assert c.admin(leader, "rotate-dek", key_id=2,
                            wrapped=kek.wrap_dek(generate_dek()), timeout=10)["ok"]
@@ -139,18 +144,12 @@ def test_a_restarted_process_replays_only_what_its_store_does_not_hold(
     restarted. elastickv's process starts from its durable KV store past the rotation
     and applies no encryption entry again; the fixed profile's replays the marker and
     the rotation from its snapshot."""
-    seed = 13
-    print(f"seed={seed} profile={profile}")
-    kek_path = str(tmp_path / "kek")
-    kek = write_kek(kek_path)
-    cl = Cluster(str(tmp_path / "run"), 3, seed=seed, kek_path=kek_path, profile=profile)
+    cl, kek, _kek_path = _cluster(tmp_path, 13, profile)
     try:
         cl.start()
         leader = cl.wait_leader()
         with Client(cl.endpoints(), timeout=2.0) as c:
-            assert c.admin(leader, "bootstrap", key_id=1,
-                           wrapped=kek.wrap_dek(generate_dek()))["ok"]
-            assert c.admin(leader, "enable-raft-envelope", timeout=10)["ok"]
+            _cut_over(c, leader, kek)
             rot = c.admin(leader, "rotate-dek", key_id=2,
                           wrapped=kek.wrap_dek(generate_dek()), timeout=10)
             assert rot["ok"], rot

@@ -81,6 +81,14 @@ def _spawned(parent: int) -> list[int]:
             and (_stat(d) or ["", ""])[1] == str(parent) and "spawn_main" in _cmdline(d)]
 
 
+def _default_sigint() -> None:
+    """In the child, SIGINT as a terminal would deliver it. A shell that starts pytest in
+    the background (`cmd &` without job control) leaves SIGINT ignored, every child
+    inherits that, and Python then installs no KeyboardInterrupt handler: a test of what
+    Ctrl-C does would test nothing (or time out)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _until(pred: Callable[[], object], timeout: float, what: str,
            proc: subprocess.Popen | None = None, poll: float = 0.005) -> None:
     """Poll `pred` until true; fail after `timeout` (or when `proc` ended first)."""
@@ -115,7 +123,8 @@ class Command:
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(CLI + args, cwd=REPO, env=env, stdout=out,
                                          stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_default_sigint)
 
     def signal(self, sig: int) -> int:
         """Send `sig`, then wait for the command itself to end; its exit status."""
