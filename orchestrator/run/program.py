@@ -333,40 +333,34 @@ class Run:
     def bootstrap(self) -> None:
         """The first DEK through the leader (retried while leadership settles)."""
         w = self.w
-        wrapped = w.new_dek()
         end = w.now() + 15.0
-        err = "no leader"
-        for _ in range(50):
-            lead = w.leader()
-            if lead is not None:
-                rep = w.ask(lead, {"op": "bootstrap", "key_id": 1, "wrapped": wrapped}, 2.0)
-                if rep and rep.get("ok"):
-                    if self.cfg.profile == "elastickv":
-                        self.enable_storage_envelope(end)
-                    return
-                err = "no answer" if rep is None else f"{rep.get('code')}: {rep.get('text')}"
-            if w.now() > end:
-                break
-            w.run_for(0.2)
-        raise RunError(f"seed {self.cfg.seed}: could not bootstrap encryption ({err})")
+        self._ask_leader({"op": "bootstrap", "key_id": 1, "wrapped": w.new_dek()}, end,
+                         "bootstrap encryption")
+        if self.cfg.profile == "elastickv":
+            self.enable_storage_envelope(end)
 
     def enable_storage_envelope(self, end: float) -> None:
         """elastickv's §7.1 Phase 1, right after the bootstrap (Phase 0): the operator's
         `elastickv-admin encryption enable-storage-envelope` (docs/protocol.md, row 11),
         retried while leadership settles; from its apply on, values are stored sealed."""
+        self._ask_leader({"op": "enable-storage-envelope"}, end, "enable the storage envelope")
+
+    def _ask_leader(self, req: dict[str, Any], end: float, what: str) -> None:
+        """An admin request to whoever leads, retried every 0.2 s until it is answered ok
+        (at most 50 tries, and not past `end`); otherwise the run cannot go on."""
         w = self.w
         err = "no leader"
         for _ in range(50):
             lead = w.leader()
             if lead is not None:
-                rep = w.ask(lead, {"op": "enable-storage-envelope"}, 2.0)
+                rep = w.ask(lead, req, 2.0)
                 if rep and rep.get("ok"):
                     return
                 err = "no answer" if rep is None else f"{rep.get('code')}: {rep.get('text')}"
             if w.now() > end:
                 break
             w.run_for(0.2)
-        raise RunError(f"seed {self.cfg.seed}: could not enable the storage envelope ({err})")
+        raise RunError(f"seed {self.cfg.seed}: could not {what} ({err})")
 
     # ------------------------------------------------------------------ clients
 
