@@ -69,6 +69,7 @@ def replay_check(nodes: list[ReplayNode], payload_of: PayloadOf) -> ReplayResult
     violations: list[dict[str, Any]] = []
     notes: list[str] = []
     _election_safety(nodes, violations)
+    _votes_kept(nodes, violations)
     ref = _reference_log(nodes, violations, payload_of)
     base_index, base_state, base = _base(nodes, ref)
     if base_index is None:
@@ -216,6 +217,36 @@ def _election_safety(nodes: list[ReplayNode], violations: list[dict[str, Any]]) 
                     "reason": f"two leaders in term {term}: {first['node']} and {n.name}",
                     "t": ev.get("t"), "evidence": "election-safety"})
                 first["node"] = n.name  # report each further claimant once
+
+
+def _votes_kept(nodes: list[ReplayNode], violations: list[dict[str, Any]]) -> None:
+    """Raft keeps votedFor on stable storage before it answers: a node that granted its
+    vote in term T (a `vote` event, written before the grant left) must come back from
+    any crash in a later term, or in T still voting for the same candidate (each `start`
+    event's `term` and `vote`). One that does not could grant a second candidate in T;
+    this sees the forgotten promise itself, long before two leaders show it. A start
+    without `vote` (evidence of an older node build) proves nothing either way."""
+    for n in nodes:
+        last: tuple[int, Any] | None = None
+        for ev in n.reported:
+            kind = ev.get("kind")
+            if kind == "vote" and isinstance(ev.get("term"), int):
+                last = (ev["term"], ev.get("candidate"))
+            elif kind == "start" and last is not None and "vote" in ev:
+                term, vote = ev.get("term"), ev.get("vote")
+                if not isinstance(term, int):
+                    continue
+                if term > last[0] or (term == last[0] and vote == last[1]):
+                    continue
+                lost = (f"in term {term}" if term < last[0]
+                        else f"in term {term} voting for {vote or 'nobody'}")
+                violations.append({
+                    "node": n.name, "index": None, "term": last[0], "opcode": None,
+                    "reason": f"{n.name} granted its vote in term {last[0]} to {last[1]}, "
+                              f"then restarted {lost}: the vote was not on stable storage "
+                              f"and can be given twice",
+                    "t": ev.get("t"), "evidence": "vote-durability"})
+                break  # once per node: later starts repeat the same loss
 
 
 def _reference_log(nodes: list[ReplayNode], violations: list[dict[str, Any]],

@@ -174,7 +174,8 @@ def check_invariants(node_dirs: Mapping[str, str], kek_path: str,
     snapshots above C is a node that stores values without the envelope, a finding."""
     del profile
     try:
-        rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused))
+        rep = check_cutover(dict(node_dirs), kek_path, list(tokens), excused=set(excused),
+                            damaged=list(damaged))
     except OSError as e:  # a file that cannot be read: the inputs are incomplete
         return {"valid": "unknown", "error": f"cannot read the nodes' files: {e}",
                 "incomplete": True}, None

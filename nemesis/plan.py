@@ -248,6 +248,9 @@ def make_plan(seed: int, families: tuple[str, ...], *, time_limit: float,
     b.races()
     b.enable_at_cutover(retry_same=scenario != "sequence")
     b.corrupt()
+    # Drawn last, from a stream of its own: every earlier step of every seed's plan is
+    # what it was before this draw existed.
+    b.follow_up(random.Random(f"nemesis:{seed}:{scenario}:follow-up"))
     return Plan(seed, fams, scenario, tuple(b.steps), knobs, b.features)
 
 
@@ -484,6 +487,16 @@ class _Builder:
                      delay=r.choice([0.0, 0.0, 0.001, 0.005, 0.02]),
                      duration=r.choice([0.5, 1.0, 2.0]), origin="race-marker",
                      **self.params("rotate-race"))
+
+    def follow_up(self, r: random.Random) -> None:
+        """An operator's next move on the node whose EnableRaftEnvelope just failed
+        (`apply-wait-timeout`: its marker may still commit): a RotateDEK there, as one
+        who suspects the key. The node keeps its barrier up and its leadership, so
+        whatever it proposes now lands above a marker that can still commit."""
+        if not self.allowed("rotate") or self.cutover_at is None or r.random() >= 0.35:
+            return
+        self.add("rotate", Target("event"), When("event", event="apply-wait-timeout"),
+                 delay=r.choice([0.0, 0.02, 0.1, 0.3]), origin="operator")
 
     def enable_at_cutover(self, retry_same: bool) -> None:
         if self.cutover_at is None:

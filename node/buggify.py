@@ -14,7 +14,15 @@ What an armed point may do is only what the world could do at that instant:
 * `delay`: the process is slow there (a real node sleeps; the simulator holds the
   batch in flight longer);
 * `dup`: the batch just handed to the network goes out twice (a duplicating network);
-* `early`: a timer fires early (one extra Raft tick).
+* `early`: a timer fires early (one extra Raft tick);
+* `short`, `back`, `resend`, `skip`: the Raft core takes a legal but unusual path: a
+  leader sends an APP with fewer entries than it could (none at all on a probe), backs
+  off further than a rejection's hint asks, a candidate asks for votes again within its
+  term (the Raft paper retries RequestVote; etcd does not), or a node campaigns without
+  PreVote (etcd's default; PreVote is a liveness aid, not a safety rule). Each is what another correct
+  implementation does, so a correct node survives every one; they widen the states a
+  follower's log and a vote can be in (a divergent tail an APP does not reach, a
+  second vote request in one term).
 
 On real processes a point is armed only by the environment: ``CUTOVER_BUGGIFY=
 "point=action:probability,..."`` with ``CUTOVER_BUGGIFY_SEED`` (`from_env`). The
@@ -49,6 +57,11 @@ POINTS: tuple[str, ...] = (
     "host.sent-persisted", # a Ready's late messages (votes, acks) sent after its persist
     "fsm.written",        # elastickv profile: a durable-store record written, not synced
     "fsm.synced",         # after that record's fsync
+    "raft.append-short",  # a leader's APP about to leave with its entries
+    "raft.probe-back",    # a leader moving a follower's next back after a rejection
+    "raft.vote-resend",   # a candidate's tick, its vote still open
+    "raft.skip-prevote",  # an election timeout, about to campaign
+    "host.sent-vote",     # a Ready's vote grant sent (it promises the vote is durable)
 )
 _STORAGE = ("crash", "tear", "kill")
 ACTIONS: dict[str, tuple[str, ...]] = {
@@ -57,6 +70,12 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "host.sent-persisted": _STORAGE,
     "host.send": ("delay", "dup"),
     "host.tick": ("early",),
+    "raft.append-short": ("short",),
+    "raft.probe-back": ("back",),
+    "raft.vote-resend": ("resend",),
+    "raft.skip-prevote": ("skip",),
+    # a vote's promise is its durability: only a power loss there can break it
+    "host.sent-vote": ("crash", "tear"),
 }
 ENV = "CUTOVER_BUGGIFY"
 ENV_SEED = "CUTOVER_BUGGIFY_SEED"

@@ -69,6 +69,9 @@ class EventKind(StrEnum):
     # follows), and this process load's wrap gate opening for a raft DEK
     WRITER_REGISTRATION = "writer-registration"
     WRITER_REGISTERED = "writer-registered"
+    # a vote granted (never a pre-vote), written before the grant is sent: a node must
+    # never come back from a crash without it (Raft's votedFor on stable storage)
+    VOTE = "vote"
 
 
 class EventLog:

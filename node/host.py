@@ -27,7 +27,7 @@ from node.events import EventKind
 from node.fsmstore import FsmStore
 from node.keystore import Kek
 from node.kv import KV, snapshot_enc, snapshot_kv
-from node.raft import Config, Message, RaftNode, Ready
+from node.raft import Config, Message, MsgType, RaftNode, Ready
 from node.registry import full_node_id, startup_epoch_refusal
 from node.replica import PEER_RPC, NodeExit, Replica
 from node.sidecar import SidecarError
@@ -133,7 +133,7 @@ class NodeHost(Replica):
         self._check_registration_epoch()
         cfg = Config(election_ticks=opts.election_ticks, heartbeat_ticks=opts.heartbeat_ticks,
                      max_msg_bytes=opts.max_msg_bytes, max_inflight=opts.max_inflight)
-        self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg,
+        self.raft = RaftNode(opts.node_id, opts.peers, rng=rng, config=cfg, buggify=buggify,
                              bugs=frozenset(b for b in self.bugs if b == "commit-old-term"),
                              hard_state=self.storage.hard_state, snapshot=snap,
                              entries=self.storage.entries,
@@ -156,7 +156,7 @@ class NodeHost(Replica):
         self.log.emit(EventKind.START, **(start_info or {}),
                       cutover=self.cut.sidecar.raft_envelope_cutover_index if self.cut else 0,
                       **(self.cut.nonce_position() if self.cut else {}), **self._positions(),
-                      **start_facts)
+                      vote=self.raft.vote, **start_facts)
 
     # ------------------------------------------------------------------ start-up
 
@@ -387,12 +387,20 @@ class NodeHost(Replica):
             self.log.emit(EventKind.LOG_TRUNCATED, index=rd.entries[0].index, entries=cut,
                           term=rd.entries[0].term)
         if rd.messages_after_persist:
+            voted = False
+            for m in rd.messages_after_persist:
+                if m.type is MsgType.VOTE_RESP and not m.reject:
+                    voted = True
+                    self.log.emit(EventKind.VOTE, term=m.term, candidate=m.dst)
             self._send(rd.messages_after_persist)
             if bg.on:
                 if bg.hit("host.send") == "dup":
                     self._send(rd.messages_after_persist)
                 # What they promise (a vote, an ack) must be durable by now: a power
-                # loss here shows it if it is not.
+                # loss here shows it if it is not. A vote is rare beside the acks, so
+                # it has a point of its own that a seed can arm at a high rate.
+                if voted:
+                    bg.hit("host.sent-vote")
                 bg.hit("host.sent-persisted")
         self.after_ready(rd.snapshot, rd.committed_entries, rd.read_states)
         now = self.clock()

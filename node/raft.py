@@ -59,6 +59,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from node.buggify import OFF, Buggify
 from node.raft_log import RaftLog
 from node.raft_progress import (
     Progress,
@@ -115,6 +116,7 @@ class RaftNode(ReadyAssembly):
         snapshot: Snapshot | None = None,
         entries: Sequence[Entry] = (),
         applied: int | None = None,
+        buggify: Buggify = OFF,
     ) -> None:
         unknown = set(bugs) - KNOWN_BUGS
         if unknown:
@@ -127,6 +129,7 @@ class RaftNode(ReadyAssembly):
         self._rng = rng
         self._cfg = config or Config()
         self._bugs = frozenset(bugs)
+        self._bg = buggify  # `raft.*` points: legal, unusual paths (node/buggify.py)
 
         hs = hard_state or HardState()
         snap = snapshot or Snapshot()
@@ -261,7 +264,16 @@ class RaftNode(ReadyAssembly):
             return
         self._elapsed += 1
         if self._elapsed >= self._timeout:
-            self._campaign(pre=self._cfg.pre_vote)
+            # Without PreVote a stale candidate raises voters' terms (a grant may follow).
+            self._campaign(pre=self._cfg.pre_vote and not (
+                self._bg.on and self._bg.hit("raft.skip-prevote") == "skip"))
+        elif (self._role is not Role.FOLLOWER and self._bg.on
+              and self._bg.hit("raft.vote-resend") == "resend"):
+            # Ask whoever has not granted again: an answer may have been lost.
+            pre = self._role is Role.PRE_CANDIDATE
+            self._ask_votes(MsgType.PRE_VOTE if pre else MsgType.VOTE,
+                            self._term + 1 if pre else self._term,
+                            [p for p in self._others if not self._votes.get(p)])
 
     def propose(self, data: bytes) -> int:
         """Append `data` as a new entry; returns its index. Raises NotLeader.
@@ -379,8 +391,11 @@ class RaftNode(ReadyAssembly):
         if self._poll_result() is True:  # single-node cluster
             self._won_poll()
             return
+        self._ask_votes(kind, vote_term, self._others)
+
+    def _ask_votes(self, kind: MsgType, vote_term: int, to: Iterable[str]) -> None:
         last_index, last_term = self._log.last_index(), self._log.last_term()
-        for p in self._others:
+        for p in to:
             self._msgs.append(
                 Message(kind, self.id, p, vote_term, index=last_index, log_term=last_term)
             )
@@ -584,6 +599,11 @@ class RaftNode(ReadyAssembly):
             if pr.maybe_decr_to(m.index, next_probe):
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()
+                lo = max(pr.match + 1, self._log.offset + 1)
+                if (lo < pr.next and self._bg.on
+                        and self._bg.hit("raft.probe-back") == "back"):
+                    # Any next above the match is correct (the paper backs off by one).
+                    pr.next = self._rng.randint(lo, pr.next - 1)
                 self._maybe_send_append(m.src, send_if_empty=True)
             return
         if not pr.maybe_update(m.index):
@@ -673,6 +693,10 @@ class RaftNode(ReadyAssembly):
             pr.become_snapshot(snap.meta.index)
             return True
         ents = log.batch_from(pr.next, self._cfg.max_msg_bytes)
+        least = 0 if send_if_empty else 1
+        if len(ents) > least and self._bg.on and self._bg.hit("raft.append-short") == "short":
+            # A smaller batch (none on a probe): the follower's log beyond it stays.
+            ents = ents[: self._rng.randint(least, min(len(ents) - 1, 2))]
         if not ents and not send_if_empty:
             return False
         self._msgs.append(
@@ -769,16 +793,5 @@ class RaftNode(ReadyAssembly):
         log_term: int = 0,
         read_seq: int = 0,
     ) -> None:
-        self._msgs.append(
-            Message(
-                kind,
-                self.id,
-                to,
-                self._term,
-                index=index,
-                log_term=log_term,
-                reject=reject,
-                reject_hint=reject_hint,
-                read_seq=read_seq,
-            )
-        )
+        self._msgs.append(Message(kind, self.id, to, self._term, index=index, log_term=log_term,
+                                  reject=reject, reject_hint=reject_hint, read_seq=read_seq))

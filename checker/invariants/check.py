@@ -8,7 +8,7 @@ the results are stored and the first violation is picked in.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ def check_cutover(
     *,
     scan_snapshot_data: bool = True,
     excused: Iterable[tuple[str, int]] = (),
+    damaged: Iterable[str] = (),
 ) -> CutoverReport:
     """Check I1-I7 on the data dirs `node_dirs` (node name -> dir); read-only.
 
@@ -45,12 +46,19 @@ def check_cutover(
     `excused` are (node, index) copies a nemesis damaged on purpose: an I1 finding or an
     I3 halt (or its I5 nonce twin) at exactly that copy is the correct, loud reaction,
     not a violation (it is listed in the invariant's summary instead).
+    `damaged` are the nodes a storage fault damaged: a disk that lost a synced write
+    may lose a vote with it, so their forgotten votes are listed, not counted (two
+    leaders or a divergence that follows still are).
     """
     kek = load_kek(kek_path)
     nodes = [read_node(n, Path(d)) for n, d in sorted(node_dirs.items())]
     rep = analyze(nodes, kek, plaintext_tokens, scan_snapshot_data)
     if excused:
         excuse(rep, {(str(n), int(i)) for n, i in excused})
+    hurt = {str(n) for n in damaged}
+    if hurt:
+        _move(rep.results["I4"], lambda v: v.get("evidence") == "vote-durability"
+              and v.get("node") in hurt)
     return rep
 
 
@@ -73,16 +81,20 @@ def excuse(rep: CutoverReport, excused: set[tuple[str, int]]) -> None:
         return (v.get("node"), v.get("index")) in excused
 
     for name in ("I1", "I3", "I5"):
-        r = rep.results[name]
-        kept = [v for v in r.violations if not is_excused(name, v)]
-        gone = len(r.violations) - len(kept)
-        if not gone:
-            continue
-        r.summary["excused"] = [v for v in r.violations if is_excused(name, v)]
-        r.violations = kept
-        r.violation_count -= gone
-        r.valid = r.violation_count == 0
-        r.first_violation = kept[0] if kept else None
+        _move(rep.results[name], lambda v, name=name: is_excused(name, v))
+
+
+def _move(r: InvariantResult, excused: Callable[[Violation], bool]) -> None:
+    """The violations `excused` picks go to the summary (`excused`), out of the count."""
+    kept = [v for v in r.violations if not excused(v)]
+    gone = len(r.violations) - len(kept)
+    if not gone:
+        return
+    r.summary.setdefault("excused", []).extend(v for v in r.violations if excused(v))
+    r.violations = kept
+    r.violation_count -= gone
+    r.valid = r.violation_count == 0
+    r.first_violation = kept[0] if kept else None
 
 
 def analyze(nodes: list[Node], kek: Kek, plaintext_tokens: Iterable[tuple[bytes, int]],

@@ -222,12 +222,14 @@ def bench_edn(ops: int, seed: int) -> None:
               help="Only this defect (or, with --switches, this switch); repeatable.")
 @click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="With --sim or --mode hunt: the search's --crash-points (docs/sim.md).")
-@click.option("--buggify/--no-buggify", default=False, show_default=True,
-              help="With --sim or --mode hunt: the search's --buggify.")
+@click.option("--buggify/--no-buggify", default=None,
+              help="With --sim or --mode hunt: the search's --buggify (default: on, the "
+                   "whole search is what is measured; --no-buggify for the plain swarm).")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
                     only: str | None, jobs: int, scenario: str | None, in_sim: bool,
                     budget: float, mode: str, confirm: int, switches: bool,
-                    picked: tuple[str, ...], crash_points: int, buggify: bool) -> None:
+                    picked: tuple[str, ...], crash_points: int,
+                    buggify: bool | None) -> None:
     """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
     of the tree and run on N seeds; one row per defect, last line `detected=K/M`.
     `--mode hunt`: one `cutover hunt` per defect or (`--switches`) per bug switch; last
@@ -240,6 +242,8 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
         fail("--sim and --mode hunt are two different benchmarks; give one")
     if (crash_points or buggify) and not (in_sim or mode == "hunt"):
         fail("--crash-points and --buggify are the simulator's: give --sim or --mode hunt")
+    if buggify is None:
+        buggify = in_sim or mode == "hunt"
     if switches and mode != "hunt":
         fail("--switches needs --mode hunt (real runs of the switches: `cutover matrix`)")
     try:

@@ -168,6 +168,11 @@ class RunConfig:
     # BUGGIFY (node/buggify.py): the simulator arms a subset of the node's points per
     # seed. Off by default: a seed's history must not change under those who replay it.
     buggify: bool = False
+    # How many of the node's points (`node/buggify.py` POINTS, in order) a seed's draw
+    # and the crash points' count know. A stored config keeps the number it ran with,
+    # so a point added later leaves its replay as it was; a config stored before the
+    # field existed knew `BUGGIFY_LEGACY_POINTS`. None: all of them (`resolved`).
+    buggify_points: int | None = None
     # Crash-consistency exploration (`orchestrator/sim/crashpoints.py`): kill node `node`
     # at its `k`-th durability boundary (`action`: crash, tear or kill), and with `again`
     # once more that many boundaries later. The simulator's only (`check_crash_point`).
@@ -181,6 +186,7 @@ class RunConfig:
         unknown = sorted(k for k in d if k not in names and k != "plan")
         if unknown:
             raise RunError(f"not a run config: unknown field(s) {', '.join(unknown)}")
+        d = {"buggify_points": BUGGIFY_LEGACY_POINTS, **d}
         try:
             cfg = cls(**{k: v for k, v in d.items() if k in names})
         except TypeError as e:
@@ -194,6 +200,8 @@ class RunConfig:
             c.seed = random.SystemRandom().randrange(1, 1_000_000)
         if c.concurrency is None:
             c.concurrency = 2 * c.nodes
+        if c.buggify_points is None:
+            c.buggify_points = len(BUGGIFY_POINTS)
         if c.cutover_at is not None and c.cutover_at < 0:
             c.cutover_at = round(c.time_limit / 3, 3)
         return c
@@ -245,6 +253,11 @@ class RunConfig:
                                f"{', '.join(sorted(ALL_BUGS))}")
         if not isinstance(self.buggify, bool):
             raise RunError(f"buggify must be true or false, got {show(self.buggify)}")
+        k = self.buggify_points
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int)
+                              or not 1 <= k <= len(BUGGIFY_POINTS)):
+            raise RunError(f"buggify_points must be a whole number from 1 to "
+                           f"{len(BUGGIFY_POINTS)}, got {show(k)}")
         if self.crash_point is not None:
             self.crash_point = check_crash_point(self.crash_point, self.nodes)
         if not isinstance(self.results, str) or not self.results:
@@ -272,6 +285,9 @@ class RunConfig:
 # at) and how a crash point kills it there: a power loss (what was not synced is lost), a
 # torn one (a prefix of each unsynced write survives), a process crash (the page cache
 # survives).
+# The points a config stored before `buggify_points` existed knew (the Raft core's and
+# `host.sent-vote` came after them).
+BUGGIFY_LEGACY_POINTS = 14
 CRASH_BOUNDARIES: tuple[str, ...] = tuple(p for p in BUGGIFY_POINTS
                                           if "crash" in BUGGIFY_ACTIONS[p])
 CRASH_DEATHS = ("crash", "tear", "kill")

@@ -22,6 +22,7 @@ from typing import Any
 
 from nemesis.faults import Net
 from node.buggify import OFF, Buggify, BuggifyCrash
+from node.buggify import POINTS as BUGGIFY_POINTS
 from node.events import EXIT_HALTED, EXIT_STORAGE, EventKind
 from node.host import NodeExit, NodeHost, NodeOptions
 from node.keystore import Kek
@@ -97,6 +98,7 @@ class SimSettings:
     start_us: tuple[int, int] = (150_000, 450_000)  # spawn and recovery of a process
     # BUGGIFY (node/buggify.py): each seed arms a subset of the node's points
     buggify: bool = False
+    buggify_points: int = len(BUGGIFY_POINTS)  # how many of them (`RunConfig`)
     # Crash-consistency exploration (`crashpoints.py`): count every node's durability
     # boundaries (`crash_probe`), and kill one node at one of them (`crash_point`).
     crash_probe: bool = False
@@ -175,11 +177,12 @@ class SimCluster:
         self._in_turn: str | None = None  # the node whose loop turn is running
         self.t0_us = 0
         if self.s.buggify:  # its own random stream: the seed's other draws stay as they are
-            armed = draw_points(seed)
+            armed = draw_points(seed, BUGGIFY_POINTS[:self.s.buggify_points])
             for n in self.ids:
                 self.nodes[n].bug = SimBuggify(self, n, armed, seed)
         if self.s.crash_probe or self.s.crash_point is not None:
-            crashpoints.install(self.nodes, self.add_event, self.s.crash_point, seed)
+            crashpoints.install(self.nodes, self.add_event, self.s.crash_point, seed,
+                                BUGGIFY_POINTS[:self.s.buggify_points])
         for n in self.ids:
             self._boot(n)
 

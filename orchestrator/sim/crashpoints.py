@@ -29,6 +29,7 @@ import random
 from typing import Any
 
 from node.buggify import OFF, Buggify, BuggifyCrash
+from node.buggify import POINTS as BUGGIFY_POINTS
 from node.events import EventKind
 from node.raft_types import Role
 from orchestrator.run.config import CRASH_BOUNDARIES as BOUNDARIES
@@ -65,8 +66,10 @@ class CrashPoint(Buggify):
     node's host (None while it starts), for the context of each boundary."""
 
     def __init__(self, inner: Buggify, add_event: Any, nid: str, host: Any,
-                 cp: dict[str, Any] | None = None, seed: int = 0) -> None:
+                 cp: dict[str, Any] | None = None, seed: int = 0,
+                 points: frozenset[str] | None = None) -> None:
         self.on = True
+        self.points = points  # the boundaries that count (None: all)
         self.inner = inner
         self.add_event = add_event
         self.nid = nid
@@ -93,7 +96,7 @@ class CrashPoint(Buggify):
     def hit(self, point: str) -> str | None:
         out = self.inner.hit(point) if self.inner.on else None
         i = _INDEX.get(point)
-        if i is None:
+        if i is None or (self.points is not None and point not in self.points):
             return out
         self.count += 1
         ctx, self.term = _context(self.host(), self.term)
@@ -171,11 +174,12 @@ def pick_crash_points(seed: int, traces: dict[str, bytes], n: int) -> list[dict[
 
 
 def install(nodes: dict[str, Any], add_event: Any, cp: dict[str, Any] | None,
-            seed: int) -> None:
+            seed: int, points: tuple[str, ...] = BUGGIFY_POINTS) -> None:
     """Every node's hook wrapped in a counting `CrashPoint` (the same hook on every node,
     in the base run and in its re-runs, so that both play alike); the one of `cp`'s node
-    armed."""
+    armed. Only the boundaries among `points` count: a config stored before a point
+    existed (`RunConfig.buggify_points`) counts as it did."""
     for nid, node in nodes.items():
         mine = cp if cp is not None and cp["node"] == nid else None
         node.bug = CrashPoint(node.bug if node.bug is not None else OFF, add_event, nid,
-                              lambda n=node: n.host, mine, seed)
+                              lambda n=node: n.host, mine, seed, frozenset(points))

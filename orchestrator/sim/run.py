@@ -18,6 +18,7 @@ from checker.crashes import EXITS_FILE
 from checker.crashes import record as exit_record
 from nemesis.faults import Net, Sleep, Until
 from nemesis.plan import Plan
+from node.buggify import POINTS as BUGGIFY_POINTS
 from node.events import EventKind
 from node.wal import WalError, damage_entry
 from orchestrator.run.config import KNOB_DEFAULTS, RunConfig
@@ -110,7 +111,8 @@ class SimWorld:
             max_msg_bytes=int(c.max_msg_bytes or KNOB_DEFAULTS["max_msg_bytes"]),
             max_inflight=int(c.max_inflight or KNOB_DEFAULTS["max_inflight"]),
             enable_timeout_ticks=c.enable_timeout_ticks, bugs=tuple(c.bugs),
-            profile=c.profile, buggify=c.buggify, crash_probe=probe,
+            profile=c.profile, buggify=c.buggify,
+            buggify_points=c.buggify_points or len(BUGGIFY_POINTS), crash_probe=probe,
             crash_point=c.crash_point)
         self.cl = SimCluster(c.seed, self.settings)
         self.ids = list(self.cl.ids)

@@ -681,3 +681,47 @@ def test_i5_a_node_started_twice_with_one_epoch_while_cut_over(lab: Lab) -> None
     assert only_failing(report) == {"I5"}
     v = report["I5"].first_violation
     assert v["node"] == "n2" and v["nonce_epoch"] == 3 and "started 2 times" in v["reason"]
+
+
+# --------------------------------------------------------------------------- votes kept
+
+
+def test_a_vote_forgotten_across_a_restart_breaks_i4(lab: Lab) -> None:
+    """Raft's votedFor on stable storage: n2 granted n1 its vote in term 2, then came
+    back in term 2 voting for nobody, free to grant a second candidate."""
+    lab.extra_events["n2"] += [{"kind": "vote", "term": 2, "candidate": "n1"},
+                               {"kind": "start", "term": 2, "vote": None}]
+    report = lab.check()
+    assert only_failing(report) == {"I4"}
+    v = report["I4"].first_violation
+    assert (v["node"], v["term"], v["evidence"]) == ("n2", 2, "vote-durability")
+    assert "to n1" in v["reason"] and "voting for nobody" in v["reason"]
+
+
+def test_a_vote_restarted_into_an_older_term_breaks_i4(lab: Lab) -> None:
+    lab.extra_events["n3"] += [{"kind": "vote", "term": 3, "candidate": "n2"},
+                               {"kind": "start", "term": 2, "vote": "n1"}]
+    v = lab.check()["I4"].first_violation
+    assert (v["node"], v["evidence"]) == ("n3", "vote-durability") and "in term 2" in v["reason"]
+
+
+def test_votes_kept_or_superseded_are_fine(lab: Lab) -> None:
+    lab.extra_events["n2"] += [{"kind": "vote", "term": 2, "candidate": "n1"},
+                               {"kind": "start", "term": 2, "vote": "n1"},  # kept
+                               {"kind": "vote", "term": 3, "candidate": "n3"},
+                               {"kind": "start", "term": 5, "vote": None}]  # a later term
+    # A start without `vote` is an older build's evidence: it proves nothing.
+    lab.extra_events["n3"] += [{"kind": "vote", "term": 2, "candidate": "n1"},
+                               {"kind": "start", "term": 1}]
+    assert lab.check().valid
+
+
+def test_a_forgotten_vote_on_a_node_a_storage_fault_damaged_is_listed(lab: Lab) -> None:
+    """A disk that lost a write it reported synced may lose a vote with it: listed under
+    `excused`, not counted (what follows from it, two leaders, still would be)."""
+    lab.extra_events["n2"] += [{"kind": "vote", "term": 2, "candidate": "n1"},
+                               {"kind": "start", "term": 2, "vote": None}]
+    report = lab.check(damaged=["n2"])
+    assert report.valid
+    assert [v["evidence"] for v in report["I4"].summary["excused"]] == ["vote-durability"]
+    assert not lab.check(damaged=["n3"]).valid

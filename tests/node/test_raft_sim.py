@@ -7,6 +7,7 @@ pure function of its seed, so `run_random(N, n)` (or the Figure 8 loop body) rep
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from node.buggify import ACTIONS
 from node.raft import (
     BUG_COMMIT_OLD_TERM,
     Config,
@@ -693,3 +695,77 @@ def test_a_read_rides_on_the_append_round() -> None:
     _deliver(ls.cores, replies)
     rd2 = lead.ready()
     assert [s.ctx for s in rd2.read_states] == [b"r"]
+
+
+# ------------------------------------------------------------------ BUGGIFY in the core
+
+
+def run_buggified(seed: int, n: int, p: float, ticks: int = 400) -> SimCluster:
+    """`run_random` with every `raft.*` BUGGIFY point firing with probability `p`."""
+    print(f"seed={seed} buggify={p}")
+    cl = SimCluster(dataclasses.replace(random_sim_config(seed, n), buggify=p), seed=seed)
+    cl.run_random(ticks, random_faults(seed))
+    cl.check_log_matching()
+    converged = cl.heal_and_converge()
+    assert cl.check_final() == [], f"seed={seed} n={n}: {cl.violations[:5]}"
+    assert converged, f"seed={seed} n={n}: no convergence after healing"
+    return cl
+
+
+RAFT_POINTS = {p for p in ACTIONS if p.startswith("raft.")}
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_the_cores_buggify_paths_keep_raft_safe(seed: int) -> None:
+    """Short APPs, back-offs past the hint and votes asked twice are what other correct
+    Raft implementations do; the core must stay safe and converge under all of them."""
+    cl = run_buggified(seed, 3 if seed % 2 else 5, 0.3)
+    assert cl.stats["proposed"] > 0 and sum(cl.fired.values()) > 0, dict(cl.fired)
+
+
+def test_every_raft_buggify_point_fires() -> None:
+    fired: Counter[str] = Counter()
+    for seed in range(8):
+        fired += run_buggified(seed, 3, 0.3).fired
+    assert set(fired) == RAFT_POINTS, dict(fired)
+
+
+def _acks_its_whole_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/defects/ack-beyond-match.patch, put in by hand: a follower acknowledges its
+    whole log instead of what the APP proved to match."""
+    orig = RaftNode._handle_append
+
+    def handle(self: RaftNode, m: Message) -> None:
+        before = len(self._msgs)
+        orig(self, m)
+        r = self._msgs[-1] if len(self._msgs) == before + 1 else None
+        if (r is not None and r.type is MsgType.APP_RESP and not r.reject
+                and r.index == m.index + len(m.entries)):
+            self._msgs[-1] = dataclasses.replace(r, index=self.last_index)
+
+    monkeypatch.setattr(RaftNode, "_handle_append", handle)
+
+
+def test_buggify_exposes_an_ack_beyond_what_the_append_proved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The negative control: with that defect put back, the buggified search breaks
+    Raft's safety on some seed (a short APP leaves a deposed leader's tail behind the
+    acknowledged prefix, and the leader counts it as its own)."""
+    _acks_its_whole_log(monkeypatch)
+    found = []
+    for seed in range(60):
+        cfg = dataclasses.replace(random_sim_config(seed, 3), buggify=0.3)
+        cl = SimCluster(cfg, seed=seed)
+        try:
+            cl.run_random(400, random_faults(seed), stop=lambda c=cl: bool(c.violations))
+            if not cl.violations:
+                cl.check_log_matching()
+                cl.heal_and_converge()
+                cl.check_final()
+        except (AssertionError, RaftPanic) as e:  # the leader's own invariant, tripped
+            cl.violations.append(f"assert: {e!r}")
+        if cl.violations:
+            found.append(seed)
+            print(f"seed={seed}: {cl.violations[0]}")
+            break
+    assert found, "ack-beyond-match not exposed in 60 buggified seeds"

@@ -47,6 +47,27 @@ def test_config_knob_is_checked() -> None:
     assert RunConfig().buggify is False
     with pytest.raises(RunError, match="buggify"):
         RunConfig(buggify="yes").validate()  # type: ignore[arg-type]
+    for bad in (0, len(POINTS) + 1, True, "all"):
+        with pytest.raises(RunError, match="buggify_points"):
+            RunConfig(buggify_points=bad).validate()  # type: ignore[arg-type]
+
+
+def test_a_stored_config_keeps_the_points_it_knew() -> None:
+    """A point added later must not change how a stored seed replays: a config stored
+    before `buggify_points` existed knew the first 14 points, a new one knows all, and
+    the draw over a prefix is the longer draw cut to that prefix."""
+    from orchestrator.run.config import BUGGIFY_LEGACY_POINTS
+
+    old = {k: v for k, v in dataclasses.asdict(RunConfig(seed=3, buggify=True)).items()
+           if k != "buggify_points"}
+    assert RunConfig.from_dict(old).buggify_points == BUGGIFY_LEGACY_POINTS
+    fresh = RunConfig(seed=3, buggify=True).resolved()
+    assert fresh.buggify_points == len(POINTS)
+    assert RunConfig.from_dict(dataclasses.asdict(fresh)).buggify_points == len(POINTS)
+    for seed in range(1, 40):
+        legacy = draw_points(seed, POINTS[:BUGGIFY_LEGACY_POINTS])
+        full = draw_points(seed)
+        assert legacy == {p: a for p, a in full.items() if p in POINTS[:BUGGIFY_LEGACY_POINTS]}
 
 
 @pytest.mark.sim
@@ -88,3 +109,38 @@ def test_off_runs_have_no_trace(tmp_path) -> None:
     off = sim_run.simulate(RunConfig(seed=1, time_limit=12, rate=100), tmp_path / "off")
     assert not [e for e in off.events if e["kind"] == "buggify"]
     assert not buggify_fired(off.coverage)
+
+
+def _votes_not_synced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/defects/vote-not-synced.patch, put in by hand: a Ready whose hard state
+    changed only in its vote is not fsynced before the vote is sent."""
+    from node.raft_ready import ReadyAssembly
+
+    orig = ReadyAssembly.ready
+
+    def ready(self: ReadyAssembly):  # type: ignore[no-untyped-def]
+        phs = self._persisted_hs
+        rd = orig(self)
+        hs = rd.hard_state
+        if (hs is not None and rd.must_sync and not rd.entries and rd.snapshot is None
+                and hs.term == phs.term and hs.vote != phs.vote):
+            rd.must_sync = False
+        return rd
+
+    monkeypatch.setattr(ReadyAssembly, "ready", ready)
+
+
+@pytest.mark.sim
+def test_a_vote_forgotten_at_a_power_loss_is_seen(tmp_path, monkeypatch) -> None:
+    """The negative control of I4's vote-durability check and of `host.sent-vote`: with
+    votes not synced, seed 22 (BUGGIFY on) grants a vote in a term its voter already
+    held, loses power right after it, and comes back voting for nobody; the fixed build
+    on the same seed is valid."""
+    o = _run(tmp_path / "fixed", 22, time_limit=30)
+    assert o.verdict == "valid", (o.failing, o.first)
+    _votes_not_synced(monkeypatch)
+    o = _run(tmp_path / "defect", 22, time_limit=30)
+    assert o.verdict == "invalid" and o.failing == "cutover I4", (o.failing, o.first)
+    assert "voting for nobody" in str(o.first)
+    assert any(e["kind"] == "buggify" and e["point"] == "host.sent-vote"
+               and e["action"] in ("crash", "tear") for e in o.events)

@@ -322,3 +322,31 @@ def test_matrix_shows_catches_by_another_invariant_apart() -> None:
     assert "expects" in lines[0]
     assert "I1 (1), other: cutover I3 (1)" in lines[2] and " I1 " in lines[2]
 
+
+
+def test_an_operator_follows_a_failed_enable_with_a_rotation_on_that_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The follow-up is drawn last, from a stream of its own: the rest of each plan is
+    what the seed draws without it, and a plan without the rotate family or without a
+    cutover never has one."""
+    kw = {"time_limit": 30, "interval": 5, "cutover_at": 10, "nodes": 5}
+
+    def follow_ups(p: Plan) -> list:
+        return [s for s in p.steps if s.action == "rotate" and s.when.on == "event"
+                and s.when.event == "apply-wait-timeout"]
+
+    plans = [make_plan(s, FAMILIES, **kw) for s in range(60)]
+    with_one = [p for p in plans if follow_ups(p)]
+    assert 10 <= len(with_one) <= 35, len(with_one)
+    for p in with_one:
+        (f,) = follow_ups(p)
+        assert f.target.role == "event" and f.id == max(s.id for s in p.steps)
+    assert not any(follow_ups(make_plan(s, tuple(x for x in FAMILIES if x != "rotate"), **kw))
+                   for s in range(60))
+    assert not any(follow_ups(make_plan(s, FAMILIES, **{**kw, "cutover_at": None}))
+                   for s in range(60))
+    from nemesis import plan as plan_mod
+    monkeypatch.setattr(plan_mod._Builder, "follow_up", lambda self, r: None)
+    for s, p in enumerate(plans):
+        rest = [x for x in p.steps if x not in follow_ups(p)]
+        assert tuple(rest) == make_plan(s, FAMILIES, **kw).steps, s

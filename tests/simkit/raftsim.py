@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from node.buggify import ACTIONS, OFF, Buggify
 from node.raft import (
     Config,
     Message,
@@ -146,6 +147,26 @@ class SimConfig:
     drop: float = 0.0
     duplicate: float = 0.0
     compact_every: int = 0  # snapshot once applied - snapshot_index >= this (0 = never)
+    # Each `raft.*` BUGGIFY point (node/buggify.py) fires with this probability: the
+    # core's legal but unusual paths (short APPs, deeper back-offs, votes asked twice).
+    buggify: float = 0.0
+
+
+class RaftBuggify(Buggify):
+    """A core's hook that fires every `raft.*` point with probability `p`, from its own
+    seeded stream (so a schedule replays), and counts what fired."""
+
+    def __init__(self, p: float, seed: int, fired: Counter[str]) -> None:
+        self.on = True
+        self.p = p
+        self.rng = random.Random(seed)
+        self.fired = fired
+
+    def hit(self, point: str) -> str | None:
+        if not point.startswith("raft.") or self.rng.random() >= self.p:
+            return None
+        self.fired[point] += 1
+        return ACTIONS[point][0]
 
 
 @dataclass
@@ -222,6 +243,7 @@ class SimCluster:
         self.apply_listeners: list[Callable[[str, Entry], None]] = []
         self.violations: list[str] = []
         self.stats: Counter[str] = Counter()
+        self.fired: Counter[str] = Counter()  # BUGGIFY points fired, across nodes
         self.leaders: dict[int, str] = {}  # term -> the one leader seen in it
         self._leaders_checked: set[tuple[str, int]] = set()
         # index -> (term, kind, data, term in which a leader committed it)
@@ -292,6 +314,8 @@ class SimCluster:
             hard_state=st.hard_state,
             snapshot=snap,
             entries=list(st.entries),
+            buggify=(RaftBuggify(self.cfg.buggify, self.rng.getrandbits(64), self.fired)
+                     if self.cfg.buggify else OFF),
         )
         node.fsm = self.fsm_factory(node.id, node.durable)
         if snap is not None:
