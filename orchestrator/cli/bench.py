@@ -222,13 +222,16 @@ def bench_edn(ops: int, seed: int) -> None:
               help="Only this defect (or, with --switches, this switch); repeatable.")
 @click.option("--crash-points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="With --sim or --mode hunt: the search's --crash-points (docs/sim.md).")
+@click.option("--nemesis", default=None,
+              help="With --sim or --mode hunt: the search's --nemesis (default: its own, "
+                   "`all`; `all,clock,storage,races` adds the opt-in families).")
 @click.option("--buggify/--no-buggify", default=None,
               help="With --sim or --mode hunt: the search's --buggify (default: on, the "
                    "whole search is what is measured; --no-buggify for the plain swarm).")
 def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir: str | None,
                     only: str | None, jobs: int, scenario: str | None, in_sim: bool,
                     budget: float, mode: str, confirm: int, switches: bool,
-                    picked: tuple[str, ...], crash_points: int,
+                    picked: tuple[str, ...], crash_points: int, nemesis: str | None,
                     buggify: bool | None) -> None:
     """Defects that are not bug switches (tests/defects/*.patch): each applied to a copy
     of the tree and run on N seeds; one row per defect, last line `detected=K/M`.
@@ -240,8 +243,9 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
 
     if mode == "hunt" and in_sim:
         fail("--sim and --mode hunt are two different benchmarks; give one")
-    if (crash_points or buggify) and not (in_sim or mode == "hunt"):
-        fail("--crash-points and --buggify are the simulator's: give --sim or --mode hunt")
+    if (crash_points or buggify or nemesis) and not (in_sim or mode == "hunt"):
+        fail("--crash-points, --nemesis and --buggify are the simulator's: give --sim or "
+             "--mode hunt")
     if buggify is None:
         buggify = in_sim or mode == "hunt"
     if switches and mode != "hunt":
@@ -265,6 +269,7 @@ def bench_detection(seeds: int, first_seed: int, time_limit: float, defects_dir:
     extra = ["--scenario", scenario] if scenario else []
     extra += ["--crash-points", str(crash_points)] if crash_points else []
     extra += ["--buggify"] if buggify else []
+    extra += ["--nemesis", nemesis] if nemesis else []
     if mode == "hunt":
         def said(row: detection.HuntRow) -> None:
             click.echo(f"  {row.defect.name}: exit {row.exit_code}, "

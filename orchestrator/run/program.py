@@ -304,7 +304,13 @@ class Run:
         w.boot()
         w.settle(15.0)
         self._enter("bootstrap")
-        self.bootstrap()
+        try:
+            self.bootstrap()
+        except RunError:
+            judged = self._judge_failed_setup()
+            if judged is None:
+                raise
+            return judged
         w.begin()
         w.listen(self.ctx.on_event)
         workload = make_workload(c.workload, c.keys, c.seed or 0, run_tag=w.run_tag)
@@ -329,6 +335,25 @@ class Run:
         w.run_for(0.3)  # followers apply the last commits before their stop digests
         w.stop_all()
         return self.check(excused)
+
+    def _judge_failed_setup(self) -> Judged | None:
+        """The set-up could not bootstrap. When the nodes themselves are why (a node
+        that died or refused to start on its own, as a defect that loses the node-id
+        file at a power loss makes it), that is a finding: the run is judged on what
+        they left, INVALID. Anything else (no verdict against the nodes) stays a harness
+        error, for the caller to raise."""
+        w = self.w
+        try:
+            w.begin()
+            self._enter("check")
+            w.stop_all()
+            judged = self._judge([])
+        except Exception:  # noqa: BLE001 - the set-up's own error is the one to report
+            return None
+        if judged.verdict != "invalid":
+            return None
+        w.keep(judged.results, judged.rows, judged.coverage)
+        return judged
 
     def bootstrap(self) -> None:
         """The first DEK through the leader (retried while leadership settles)."""
@@ -582,13 +607,16 @@ class Run:
     def check(self, excused: list[tuple[str, int]]) -> Judged:
         """Every checker on what the world kept (real: what the database holds), and the
         rows that store the verdict."""
+        judged = self._judge(excused)
+        self.w.keep(judged.results, judged.rows, judged.coverage)
+        return judged
+
+    def _judge(self, excused: list[tuple[str, int]]) -> Judged:
         ev = self.w.evidence()
         results, rep, cov = judge(ev, excused, lin_timeout=min(
             self.cfg.lin_timeout, max(3.0, self.w.left() - 1)))
-        rows = verdict_rows(results, rep, cov)
-        self.w.keep(results, rows, cov)
         return Judged(results, suite.worst(r["valid"] for r in results.values()),
-                      suite.first_violation(results), cov, rows)
+                      suite.first_violation(results), cov, verdict_rows(results, rep, cov))
 
 
 def stored_evidence(db: Any, run_id: str, run_dir: str) -> Evidence:

@@ -144,3 +144,42 @@ def test_a_vote_forgotten_at_a_power_loss_is_seen(tmp_path, monkeypatch) -> None
     assert "voting for nobody" in str(o.first)
     assert any(e["kind"] == "buggify" and e["point"] == "host.sent-vote"
                and e["action"] in ("crash", "tear") for e in o.events)
+
+
+@pytest.mark.sim
+def test_nodes_that_cannot_start_during_the_set_up_are_a_finding(tmp_path, monkeypatch) -> None:
+    """Seed 164 with `write_atomic`'s fsync dropped (tests/defects/atomic-write-no-fsync
+    .patch, by hand): power losses right after the first votes leave three nodes an
+    empty node-id file, they refuse to start and the bootstrap never completes. That was
+    a harness error (exit 3); it is the nodes' own failure, judged INVALID (crashes).
+    The fixed build on the same seed is valid."""
+    import node.disk as disk_mod
+
+    assert _run(tmp_path / "fixed", 164).verdict == "valid"
+
+    def no_fsync(disk, path, data, *, temp_suffix=".tmp", mode=0o644):  # type: ignore[no-untyped-def]
+        p = disk_mod.Path(path)
+        tmp = p.with_name(p.name + temp_suffix)
+        bg = getattr(disk, "buggify", OFF)
+        f = disk.create_truncate(tmp, mode)
+        try:
+            f.write(data)
+            if bg.on:
+                bg.hit("file.written")
+            if bg.on:  # the defect: no f.sync() between the two points
+                bg.hit("file.synced")
+        finally:
+            f.close()
+        disk.rename(tmp, p)
+        if bg.on:
+            bg.hit("file.renamed")
+        disk.sync_dir(p.parent)
+        if bg.on:
+            bg.hit("file.dir.synced")
+
+    import orchestrator.sim.disk as sim_disk
+
+    monkeypatch.setattr(sim_disk, "write_atomic", no_fsync)
+    o = _run(tmp_path / "defect", 164)
+    assert o.verdict == "invalid" and o.failing == "crashes", (o.failing, o.first)
+    assert "WrongNodeError" in str(o.first)

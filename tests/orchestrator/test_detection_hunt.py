@@ -127,7 +127,8 @@ def test_bench_detection_hunt_mode_on_one_switch_end_to_end() -> None:
 def test_hunt_mode_flags_that_do_not_go_together_are_one_line() -> None:
     for args in (["--switches"], ["--mode", "hunt", "--sim"],
                  ["--mode", "hunt", "--switches", "--defect", "no-such-switch"],
-                 ["--crash-points", "2"], ["--buggify"]):  # the simulator's, not real runs
+                 ["--crash-points", "2"], ["--buggify"],
+                 ["--nemesis", "all,storage"]):  # the simulator's, not real runs
         r = subprocess.run([*CLI, "bench", "detection", *args], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
         print(args, r.returncode, r.stderr)
