@@ -715,7 +715,7 @@ def run_buggified(seed: int, n: int, p: float, ticks: int = 400) -> SimCluster:
 RAFT_POINTS = {p for p in ACTIONS if p.startswith("raft.")}
 
 
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed", range(12))
 def test_the_cores_buggify_paths_keep_raft_safe(seed: int) -> None:
     """Short APPs, back-offs past the hint and votes asked twice are what other correct
     Raft implementations do; the core must stay safe and converge under all of them."""
